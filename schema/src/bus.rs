@@ -1,0 +1,278 @@
+//! Messages that travel over RabbitMQ. Each queue carries one envelope enum whose variants
+//! name their version (`…V1`); a new shape is a new variant, so old and new processes can
+//! run side by side during a rolling upgrade.
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::Deploy;
+use crate::rules::goal::{AgentRecord, StageGoal};
+use crate::time::EpochMs;
+use crate::*;
+
+/// A deploy command from the API to the workers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CommandEnvelope {
+    /// Unique id; workers apply a command id once.
+    pub id: String,
+    /// Delivery attempt (1 for the first).
+    pub attempt: u32,
+    /// When the API accepted it.
+    pub issued_at: EpochMs,
+    /// Who asked.
+    pub operator: String,
+    /// What to do.
+    pub command: Command,
+}
+
+/// What a command asks for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind")]
+pub enum Command {
+    /// Deploy a build on a stage (`POST /v1/envs/{env}/{stage}/deploys`).
+    #[serde(rename = "create_deploy.v1", rename_all = "camelCase")]
+    CreateDeployV1 {
+        /// Environment.
+        env_name: EnvName,
+        /// Stage.
+        stage_name: StageName,
+        /// Build to deploy.
+        build_id: BuildId,
+        /// Free text.
+        description: Option<String>,
+    },
+}
+
+impl Command {
+    /// Short name for logs, metrics and the commands table.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Command::CreateDeployV1 { .. } => "create_deploy",
+        }
+    }
+}
+
+/// Why a command failed, with the HTTP status the API answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(rename_all = "camelCase")]
+#[error("{code}: {message}")]
+pub struct CommandError {
+    /// HTTP status.
+    pub status: u16,
+    /// Stable code (`not_found`, `invalid_build`…).
+    pub code: String,
+    /// For people.
+    pub message: String,
+}
+
+/// The worker's answer to a command (sent to the API's direct reply-to).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CommandReply {
+    /// The command.
+    pub command_id: String,
+    /// The outcome.
+    pub outcome: CommandOutcome,
+}
+
+/// Success with a JSON result (for a deploy: the deploy), or an error.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "outcome")]
+pub enum CommandOutcome {
+    /// Applied.
+    Ok {
+        /// Result document.
+        result: serde_json::Value,
+    },
+    /// Refused or failed.
+    Err {
+        /// Why.
+        error: CommandError,
+    },
+}
+
+/// What gateways send workers: agent records that changed, host facts and heartbeats.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind")]
+pub enum ReportMessage {
+    /// A batch from one gateway.
+    #[serde(rename = "reports.v1")]
+    ReportsV1(ReportBatch),
+}
+
+/// One batch of changes seen by a gateway.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReportBatch {
+    /// Which gateway sent it.
+    pub gateway: String,
+    /// When.
+    pub sent_at: EpochMs,
+    /// Hosts whose identity or groups changed (or that the gateway has not reported yet).
+    pub hosts: Vec<HostFacts>,
+    /// Agent records to store.
+    pub agents: Vec<AgentUpdate>,
+    /// Hosts seen since the last batch, with the time they were last seen.
+    pub heartbeats: Vec<Heartbeat>,
+}
+
+impl ReportBatch {
+    /// Whether the batch carries nothing.
+    pub fn is_empty(&self) -> bool {
+        self.hosts.is_empty() && self.agents.is_empty() && self.heartbeats.is_empty()
+    }
+}
+
+/// A host's identity as its agent reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[allow(missing_docs)]
+pub struct HostFacts {
+    pub host_id: HostId,
+    pub host_name: HostName,
+    pub ip: Option<String>,
+    pub groups: Vec<GroupName>,
+    pub agent_version: String,
+    pub autoscaling_group: Option<String>,
+    pub availability_zone: Option<String>,
+    pub seen_at: EpochMs,
+}
+
+/// A host was seen at a time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Heartbeat {
+    /// The host.
+    pub host_id: HostId,
+    /// Last ping.
+    pub at: EpochMs,
+}
+
+/// An agent record computed by a gateway.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentUpdate {
+    /// Host.
+    pub host_id: HostId,
+    /// Its name.
+    pub host_name: HostName,
+    /// Stage.
+    pub env_id: EnvId,
+    /// When the gateway computed it.
+    pub at: EpochMs,
+    /// The record; `None` removes it.
+    pub record: Option<AgentRecord>,
+    /// The control sequence the gateway knew: user actions newer than this win over the
+    /// record's state.
+    pub control_seq: i64,
+    /// Error text reported with a non-zero error number.
+    pub error_message: Option<String>,
+}
+
+/// What workers send every gateway: goal changes, in version order per stage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind")]
+pub enum ChangeMessage {
+    /// A stage was created or changed (or deleted: `stage` is `None`).
+    #[serde(rename = "stage.v1", rename_all = "camelCase")]
+    StageV1 {
+        /// The stage.
+        env_id: EnvId,
+        /// Its version after the change.
+        version: i64,
+        /// The new snapshot.
+        stage: Option<Box<StageSnapshot>>,
+    },
+    /// Agent records changed by workers or users (admissions, host actions).
+    #[serde(rename = "agents.v1", rename_all = "camelCase")]
+    AgentsV1 {
+        /// The stage.
+        env_id: EnvId,
+        /// Its version after the change.
+        version: i64,
+        /// The records.
+        agents: Vec<AgentControl>,
+    },
+}
+
+impl ChangeMessage {
+    /// The stage and version the change brings.
+    pub fn stage_version(&self) -> (&EnvId, i64) {
+        match self {
+            ChangeMessage::StageV1 { env_id, version, .. } | ChangeMessage::AgentsV1 { env_id, version, .. } => {
+                (env_id, *version)
+            }
+        }
+    }
+}
+
+/// Everything a gateway holds about a stage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StageSnapshot {
+    /// What goals are made from.
+    pub goal: StageGoal,
+    /// Group capacity.
+    pub groups: Vec<GroupName>,
+    /// Host capacity (host names).
+    pub hosts: Vec<HostName>,
+}
+
+/// One agent record as workers set it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentControl {
+    /// Host.
+    pub host_id: HostId,
+    /// The record; `None` when removed.
+    pub record: Option<AgentRecord>,
+    /// Sequence of user actions on this record.
+    pub control_seq: i64,
+}
+
+/// A domain event on the `events` topic exchange (routing key = `kind`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeployEvent {
+    /// `deploy.started`, `deploy.succeeding`, `deploy.failing`, …
+    pub kind: String,
+    /// Environment.
+    pub env_name: EnvName,
+    /// Stage.
+    pub stage_name: StageName,
+    /// The deploy after the event.
+    pub deploy: Deploy,
+    /// When.
+    pub at: EpochMs,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_envelope_names_its_version() {
+        let env = CommandEnvelope {
+            id: "c1".into(),
+            attempt: 1,
+            issued_at: 5,
+            operator: "alice".into(),
+            command: Command::CreateDeployV1 {
+                env_name: EnvName::parse("web").unwrap(),
+                stage_name: StageName::parse("prod").unwrap(),
+                build_id: BuildId::parse("b_abc").unwrap(),
+                description: None,
+            },
+        };
+        let json = serde_json::to_value(&env).unwrap();
+        assert_eq!(json["command"]["kind"], "create_deploy.v1");
+        assert_eq!(json["command"]["envName"], "web");
+        assert_eq!(serde_json::from_value::<CommandEnvelope>(json).unwrap(), env);
+    }
+
+    #[test]
+    fn unknown_message_kinds_are_refused() {
+        assert!(serde_json::from_str::<ReportMessage>(r#"{"kind":"reports.v9"}"#).is_err());
+        assert!(serde_json::from_str::<ChangeMessage>(r#"{"kind":"stage.v1"}"#).is_err());
+    }
+}

@@ -1,0 +1,144 @@
+//! Admission: which hosts may leave service to start the current deploy, within the stage's
+//! parallelism cap. Workers run it under the stage's row lock; first deploys of new hosts are
+//! never capped and are started by the gateway directly.
+
+use crate::rules::goal::AgentRecord;
+use crate::*;
+
+/// The number of hosts of a stage that may be out of service at once.
+///
+/// `existing` is the number of hosts that are not on their first deploy. With only
+/// `max_parallel` set the cap is that number; with only `max_parallel_pct`, that percentage of
+/// `existing` rounded down; with both, the smaller. The cap is never below 1 (Teletraan lets
+/// it reach 0 on an empty stage) and never above `existing` unless that is 0.
+pub fn parallel_cap(max_parallel: i32, max_parallel_pct: i32, existing: u32) -> u32 {
+    let by_count = u32::try_from(max_parallel).ok().filter(|n| *n > 0);
+    let by_pct = u32::try_from(max_parallel_pct)
+        .ok()
+        .filter(|p| *p > 0)
+        .map(|p| (u64::from(existing) * u64::from(p.min(100)) / 100) as u32);
+    let cap = match (by_count, by_pct) {
+        (Some(n), Some(p)) => n.min(p),
+        (Some(n), None) => n,
+        (None, Some(p)) => p,
+        (None, None) => 1,
+    };
+    cap.min(existing).max(1)
+}
+
+/// How many more hosts may start now.
+pub fn open_slots(cap: u32, active: u32) -> u32 {
+    cap.saturating_sub(active)
+}
+
+/// Whether a host with this record waits for admission to start `current`: it serves
+/// another deploy (or was asked to redo this one) and is not held, stopped or gone.
+pub fn waits_for_admission(record: &AgentRecord, current: &DeployId) -> bool {
+    if record.stage != DeployStage::ServingBuild {
+        return false;
+    }
+    match record.state {
+        AgentState::Normal => &record.deploy_id != current,
+        AgentState::Reset | AgentState::ResetBySystem => true,
+        AgentState::PausedBySystem
+        | AgentState::PausedByUser
+        | AgentState::Delete
+        | AgentState::Unreachable
+        | AgentState::Stop => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn count_cap_alone() {
+        assert_eq!(parallel_cap(1, 0, 3), 1);
+        assert_eq!(parallel_cap(2, 0, 3), 2);
+        assert_eq!(parallel_cap(5, 0, 3), 3, "never more than the hosts there are");
+    }
+
+    #[test]
+    fn percent_cap_rounds_down_but_stays_at_least_one() {
+        assert_eq!(parallel_cap(0, 10, 20), 2);
+        assert_eq!(parallel_cap(0, 10, 25), 2);
+        assert_eq!(parallel_cap(0, 10, 5), 1);
+        assert_eq!(parallel_cap(0, 100, 7), 7);
+    }
+
+    #[test]
+    fn both_caps_take_the_smaller() {
+        assert_eq!(parallel_cap(3, 50, 20), 3);
+        assert_eq!(parallel_cap(30, 50, 20), 10);
+    }
+
+    #[test]
+    fn empty_stage_still_admits_one() {
+        assert_eq!(parallel_cap(0, 10, 0), 1);
+        assert_eq!(parallel_cap(4, 0, 0), 1);
+    }
+
+    #[test]
+    fn open_slots_never_go_negative() {
+        assert_eq!(open_slots(2, 0), 2);
+        assert_eq!(open_slots(2, 2), 0);
+        assert_eq!(open_slots(2, 5), 0);
+    }
+
+    fn rec(deploy: &str, stage: DeployStage, state: AgentState) -> AgentRecord {
+        AgentRecord { stage, state, ..AgentRecord::fresh(DeployId::parse(deploy).unwrap(), false) }
+    }
+
+    #[test]
+    fn who_waits_for_admission() {
+        let cur = DeployId::parse("d2").unwrap();
+        assert!(waits_for_admission(&rec("d1", DeployStage::ServingBuild, AgentState::Normal), &cur));
+        assert!(!waits_for_admission(&rec("d2", DeployStage::ServingBuild, AgentState::Normal), &cur));
+        assert!(waits_for_admission(&rec("d2", DeployStage::ServingBuild, AgentState::Reset), &cur));
+        assert!(
+            !waits_for_admission(&rec("d1", DeployStage::Restarting, AgentState::Normal), &cur),
+            "mid-deploy hosts switch at once"
+        );
+        assert!(!waits_for_admission(&rec("d1", DeployStage::ServingBuild, AgentState::PausedByUser), &cur));
+        assert!(!waits_for_admission(&rec("d1", DeployStage::ServingBuild, AgentState::Unreachable), &cur));
+    }
+
+    proptest! {
+        /// Admitting `open_slots` hosts at a time, with hosts finishing in any order, never has
+        /// more hosts out of service than the cap.
+        #[test]
+        fn admission_never_exceeds_the_cap(
+            hosts in 1u32..60,
+            max_parallel in 0i32..8,
+            pct in 0i32..101,
+            finish_order in proptest::collection::vec(any::<prop::sample::Index>(), 0..200),
+        ) {
+            prop_assume!(max_parallel > 0 || pct > 0);
+            let cap = parallel_cap(max_parallel, pct, hosts);
+            let mut waiting = hosts;
+            let mut active: Vec<u32> = Vec::new();
+            let mut next = 0u32;
+            let mut steps = finish_order.into_iter();
+            loop {
+                let admit = open_slots(cap, active.len() as u32).min(waiting);
+                for _ in 0..admit {
+                    active.push(next);
+                    next += 1;
+                }
+                waiting -= admit;
+                prop_assert!(active.len() as u32 <= cap);
+                if active.is_empty() {
+                    break;
+                }
+                let i = match steps.next() {
+                    Some(ix) => ix.index(active.len()),
+                    None => 0,
+                };
+                active.swap_remove(i);
+            }
+            prop_assert_eq!(waiting, 0, "every host was admitted in the end");
+        }
+    }
+}
