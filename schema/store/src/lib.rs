@@ -1,1 +1,147 @@
-//! placeholder
+//! `store`: everything the deploy system keeps in Postgres.
+//!
+//! SQL lives here, next to the mapping of its rows; callers see typed methods on [`Store`].
+//! Operations that must be atomic (a deploy with the retirement of the previous one, its
+//! admissions and the messages announcing them) are one method and one transaction; messages
+//! for RabbitMQ are written to the outbox in that transaction and relayed afterwards.
+//!
+//! This crate must never talk to RabbitMQ or HTTP, and never decide rollout rules itself: the
+//! rules are the pure functions of `schema::rules`, which it calls.
+
+mod agents;
+mod builds;
+mod commands;
+mod deploys;
+mod hosts;
+mod migrate;
+mod outbox;
+mod rows;
+mod stages;
+#[cfg(feature = "testing")]
+pub mod testing;
+mod tokens;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio_postgres::NoTls;
+
+pub use agents::{AgentRow, AppliedBatch};
+pub use commands::NewCommand;
+pub use migrate::MIGRATIONS;
+pub use outbox::{Exchange, OutboxMessage};
+pub use stages::{StageKey, StageMap};
+pub use tokens::{Role, hash_token};
+
+/// What can go wrong in the store.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The thing asked for does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The change conflicts with what is stored.
+    #[error("{0}")]
+    Conflict(String),
+    /// The input breaks a rule.
+    #[error(transparent)]
+    Invalid(#[from] schema::model::Invalid),
+    /// Postgres cannot be reached (pool exhausted, connection refused or lost).
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// Any other database error (a bug or a broken database).
+    #[error("database error: {0}")]
+    Db(tokio_postgres::Error),
+    /// A stored value could not be read back.
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+}
+
+impl From<tokio_postgres::Error> for Error {
+    fn from(e: tokio_postgres::Error) -> Self {
+        if e.is_closed() || e.as_db_error().is_none() && e.to_string().contains("connection") {
+            Error::Unavailable(e.to_string())
+        } else {
+            Error::Db(e)
+        }
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for Error {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        Error::Unavailable(e.to_string())
+    }
+}
+
+/// Result of store operations.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A pool of Postgres connections and the queries of the deploy system.
+#[derive(Clone)]
+pub struct Store {
+    pool: Pool,
+}
+
+impl Store {
+    /// Connects a pool of up to `max_connections` to `url` (connections open lazily).
+    pub fn connect(url: &str, max_connections: usize) -> Result<Store> {
+        let config =
+            tokio_postgres::Config::from_str(url).map_err(|e| Error::Unavailable(format!("bad database URL: {e}")))?;
+        let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let pool = Pool::builder(manager)
+            .max_size(max_connections)
+            .wait_timeout(Some(Duration::from_secs(10)))
+            .create_timeout(Some(Duration::from_secs(5)))
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .build()
+            .map_err(|e| Error::Unavailable(e.to_string()))?;
+        Ok(Store { pool })
+    }
+
+    /// Creates the database named in `url` when it does not exist (connecting to the server's
+    /// `postgres` database to do so).
+    pub async fn ensure_database(url: &str) -> Result<()> {
+        let config =
+            tokio_postgres::Config::from_str(url).map_err(|e| Error::Unavailable(format!("bad database URL: {e}")))?;
+        let name = config.get_dbname().unwrap_or("postgres").to_string();
+        if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(Error::Invalid(schema::model::Invalid {
+                field: "database",
+                message: format!("database name {name:?} may only contain letters, digits and '_'"),
+            }));
+        }
+        let mut admin = config.clone();
+        admin.dbname("postgres");
+        let (client, conn) = admin.connect(NoTls).await.map_err(|e| Error::Unavailable(e.to_string()))?;
+        let task = tokio::spawn(conn);
+        let exists = client.query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name]).await?.is_some();
+        if !exists {
+            match client.batch_execute(&format!("CREATE DATABASE \"{name}\"")).await {
+                Ok(()) => tracing::info!(database = %name, "created database"),
+                // Another process created it meanwhile.
+                Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_DATABASE) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        drop(client);
+        let _ = task.await;
+        Ok(())
+    }
+
+    /// Applies the migrations that are not applied yet (safe to run from several processes).
+    pub async fn migrate(&self) -> Result<Vec<i32>> {
+        let mut client = self.pool.get().await?;
+        migrate::run(&mut client).await
+    }
+
+    /// Checks that a connection works (for `/readyz`).
+    pub async fn ping(&self) -> Result<()> {
+        let client = self.pool.get().await?;
+        client.simple_query("SELECT 1").await?;
+        Ok(())
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object> {
+        Ok(self.pool.get().await?)
+    }
+}

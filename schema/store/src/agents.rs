@@ -1,0 +1,348 @@
+//! Agent records (host x stage): applying gateway reports, admission, and reads.
+
+use std::collections::BTreeSet;
+use std::time::SystemTime;
+
+use schema::bus::{AgentControl, AgentUpdate, ChangeMessage, ReportBatch};
+use schema::model::{Agent, Environ};
+use schema::rules::admission;
+use schema::rules::goal::AgentRecord;
+use schema::time::EpochMs;
+use schema::*;
+use tokio_postgres::{GenericClient, Row};
+
+use crate::rows::*;
+use crate::stages::announce_with;
+use crate::{Result, Store};
+
+/// Hosts silent for longer than this are not admitted (they would hold a slot they cannot
+/// use); Teletraan's janitor calls such hosts stale after the same 600 s.
+const ADMIT_ONLY_SEEN_WITHIN_SECS: f64 = 600.0;
+
+const AGENT_COLUMNS: &str = "host_id, env_id, host_name, deploy_id, deploy_stage, state, status, start_date, last_update, \
+     last_operator, last_err_no, fail_count, first_deploy, first_deploy_time, stage_start_date, container_health_status, \
+     control_seq";
+
+fn agent_from_row(r: &Row) -> Result<Agent> {
+    Ok(Agent {
+        host_id: get_id(r, "host_id")?,
+        host_name: get_id(r, "host_name")?,
+        env_id: get_id(r, "env_id")?,
+        deploy_id: get_id(r, "deploy_id")?,
+        deploy_stage: get_parsed(r, "deploy_stage")?,
+        state: get_parsed(r, "state")?,
+        status: get_parsed(r, "status")?,
+        start_date: get_ms(r, "start_date")?,
+        last_update_date: get_ms(r, "last_update")?,
+        last_operator: get(r, "last_operator")?,
+        last_errno: get(r, "last_err_no")?,
+        fail_count: get(r, "fail_count")?,
+        first_deploy: get(r, "first_deploy")?,
+        first_deploy_date: get_opt_ms(r, "first_deploy_time")?,
+        stage_start_date: get_ms(r, "stage_start_date")?,
+        container_health_status: get(r, "container_health_status")?,
+    })
+}
+
+fn record_from_row(r: &Row) -> Result<AgentRecord> {
+    Ok(AgentRecord {
+        deploy_id: get_id(r, "deploy_id")?,
+        stage: get_parsed(r, "deploy_stage")?,
+        status: get_parsed(r, "status")?,
+        state: get_parsed(r, "state")?,
+        err_no: get(r, "last_err_no")?,
+        fail_count: get(r, "fail_count")?,
+        first_deploy: get(r, "first_deploy")?,
+        container_health: get(r, "container_health_status")?,
+    })
+}
+
+/// One agent record with what a gateway keeps of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentRow {
+    /// Stage.
+    pub env_id: EnvId,
+    /// Host.
+    pub host_id: HostId,
+    /// Host name.
+    pub host_name: HostName,
+    /// The record.
+    pub record: AgentRecord,
+    /// Sequence of user actions on it.
+    pub control_seq: i64,
+}
+
+fn agent_row(r: &Row) -> Result<AgentRow> {
+    Ok(AgentRow {
+        env_id: get_id(r, "env_id")?,
+        host_id: get_id(r, "host_id")?,
+        host_name: get_id(r, "host_name")?,
+        record: record_from_row(r)?,
+        control_seq: get(r, "control_seq")?,
+    })
+}
+
+/// What applying a report batch touched.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AppliedBatch {
+    /// Stages whose records changed (to re-evaluate).
+    pub stages: BTreeSet<EnvId>,
+    /// Records written.
+    pub written: u64,
+    /// Records removed.
+    pub deleted: u64,
+    /// Updates dropped because a newer decision was stored (an admission, a later report).
+    pub skipped: u64,
+}
+
+/// Admits the next waiting hosts of a locked stage into its current deploy, within the cap:
+/// their records move to the current deploy at PRE_DOWNLOAD, and the gateways are told.
+pub(crate) async fn admit(c: &impl GenericClient, e: &Environ, now: EpochMs) -> Result<Vec<HostId>> {
+    let Some(deploy_id) = &e.deploy_id else { return Ok(Vec::new()) };
+    if e.env_state != EnvState::Normal {
+        return Ok(Vec::new());
+    }
+    let counts = c
+        .query_one(
+            "SELECT count(*) FILTER (WHERE NOT first_deploy) AS existing,
+                count(*) FILTER (WHERE (NOT first_deploy AND deploy_stage <> 'SERVING_BUILD' AND state <> 'PAUSED_BY_USER')
+                                 OR state = 'STOP') AS active
+             FROM agents WHERE env_id = $1",
+            &[&e.id.as_str()],
+        )
+        .await?;
+    let existing = u32::try_from(get::<i64>(&counts, "existing")?).unwrap_or(u32::MAX);
+    let active = u32::try_from(get::<i64>(&counts, "active")?).unwrap_or(u32::MAX);
+    let cap = admission::parallel_cap(e.max_parallel, e.max_parallel_pct, existing);
+    let slots = admission::open_slots(cap, active);
+    if slots == 0 {
+        return Ok(Vec::new());
+    }
+    // The same rule as `admission::waits_for_admission`, as a query; the store tests check
+    // that both agree.
+    let rows = c
+        .query(
+            "SELECT a.host_id FROM agents a LEFT JOIN host_heartbeats h ON h.host_id = a.host_id
+             WHERE a.env_id = $1 AND a.deploy_stage = 'SERVING_BUILD'
+               AND ((a.state = 'NORMAL' AND a.deploy_id <> $2) OR a.state IN ('RESET', 'RESET_BY_SYSTEM'))
+               AND (h.last_seen IS NULL OR h.last_seen > now() - make_interval(secs => $4))
+             ORDER BY h.last_seen DESC NULLS LAST, a.host_name
+             LIMIT $3",
+            &[&e.id.as_str(), &deploy_id.as_str(), &i64::from(slots), &ADMIT_ONLY_SEEN_WITHIN_SECS],
+        )
+        .await?;
+    let mut hosts: Vec<String> = rows.iter().map(|r| get(r, "host_id")).collect::<Result<_>>()?;
+    if hosts.is_empty() {
+        return Ok(Vec::new());
+    }
+    hosts.sort();
+    let now_ts = ts(now);
+    let rows = c
+        .query(
+            &format!(
+                "UPDATE agents SET deploy_id = $2, deploy_stage = 'PRE_DOWNLOAD', status = 'UNKNOWN', state = 'NORMAL',
+                     last_err_no = 0, fail_count = 0, start_date = $3, stage_start_date = $3, last_update = $3,
+                     last_operator = 'system'
+                 WHERE env_id = $1 AND host_id = ANY($4)
+                 RETURNING {AGENT_COLUMNS}"
+            ),
+            &[&e.id.as_str(), &deploy_id.as_str(), &now_ts, &hosts],
+        )
+        .await?;
+    let mut admitted = Vec::with_capacity(rows.len());
+    let mut controls = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let row = agent_row(r)?;
+        admitted.push(row.host_id.clone());
+        controls.push(AgentControl { host_id: row.host_id, record: Some(row.record), control_seq: row.control_seq });
+    }
+    tracing::debug!(env_id = %e.id, deploy_id = %deploy_id, admitted = admitted.len(), cap, active, "admitted hosts");
+    announce_with(c, &e.id, |version| ChangeMessage::AgentsV1 { env_id: e.id.clone(), version, agents: controls })
+        .await?;
+    Ok(admitted)
+}
+
+impl Store {
+    /// Stores what a gateway sent: host facts, heartbeats and agent records. Records computed
+    /// before a newer decision (an admission to the current deploy, or a later report from
+    /// another gateway) do not overwrite it; user actions newer than the gateway's knowledge
+    /// keep their state.
+    pub async fn apply_report_batch(&self, batch: &ReportBatch) -> Result<AppliedBatch> {
+        self.upsert_hosts(&batch.hosts).await?;
+        self.record_heartbeats(&batch.heartbeats).await?;
+
+        // Keep the newest update per (host, stage), in key order so concurrent batches lock
+        // rows in the same order.
+        let mut updates: Vec<&AgentUpdate> = batch.agents.iter().collect();
+        updates.sort_by(|a, b| (&a.host_id, &a.env_id, a.at).cmp(&(&b.host_id, &b.env_id, b.at)));
+        updates.reverse();
+        updates.dedup_by(|a, b| a.host_id == b.host_id && a.env_id == b.env_id);
+        updates.reverse();
+
+        let mut applied = AppliedBatch::default();
+        let (upserts, deletes): (Vec<&AgentUpdate>, Vec<&AgentUpdate>) =
+            updates.into_iter().partition(|u| u.record.is_some());
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        if !upserts.is_empty() {
+            let mut host_id = Vec::new();
+            let mut host_name = Vec::new();
+            let mut env_id = Vec::new();
+            let mut deploy_id = Vec::new();
+            let mut stage = Vec::new();
+            let mut status = Vec::new();
+            let mut state = Vec::new();
+            let mut err_no = Vec::new();
+            let mut fail_count = Vec::new();
+            let mut first_deploy = Vec::new();
+            let mut health = Vec::new();
+            let mut control_seq = Vec::new();
+            let mut at: Vec<SystemTime> = Vec::new();
+            for u in &upserts {
+                let Some(r) = &u.record else { continue };
+                host_id.push(u.host_id.as_str());
+                host_name.push(u.host_name.as_str());
+                env_id.push(u.env_id.as_str());
+                deploy_id.push(r.deploy_id.as_str());
+                stage.push(r.stage.as_str());
+                status.push(r.status.as_str());
+                state.push(r.state.as_str());
+                err_no.push(r.err_no);
+                fail_count.push(r.fail_count);
+                first_deploy.push(r.first_deploy);
+                health.push(r.container_health.as_str());
+                control_seq.push(u.control_seq);
+                at.push(ts(u.at));
+            }
+            let rows = tx
+                .query(
+                    "INSERT INTO agents AS a (host_id, env_id, host_name, deploy_id, deploy_stage, state, status, start_date,
+                         last_update, last_operator, last_err_no, fail_count, first_deploy, stage_start_date,
+                         container_health_status, control_seq, report_at)
+                     SELECT u.host_id, u.env_id, u.host_name, u.deploy_id, u.stage, u.state, u.status, u.at, u.at, 'system',
+                         u.err_no, u.fail_count, u.first_deploy, u.at, u.health, u.control_seq, u.at
+                     FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+                                 $8::int4[], $9::int4[], $10::bool[], $11::text[], $12::int8[], $13::timestamptz[])
+                          AS u(host_id, host_name, env_id, deploy_id, stage, status, state, err_no, fail_count,
+                               first_deploy, health, control_seq, at)
+                     JOIN environs e ON e.env_id = u.env_id
+                     ON CONFLICT (host_id, env_id) DO UPDATE SET
+                         host_name = EXCLUDED.host_name,
+                         deploy_id = EXCLUDED.deploy_id,
+                         deploy_stage = EXCLUDED.deploy_stage,
+                         status = EXCLUDED.status,
+                         state = CASE WHEN EXCLUDED.control_seq >= a.control_seq THEN EXCLUDED.state ELSE a.state END,
+                         start_date = CASE WHEN a.deploy_id <> EXCLUDED.deploy_id THEN EXCLUDED.start_date ELSE a.start_date END,
+                         stage_start_date = CASE WHEN a.deploy_id <> EXCLUDED.deploy_id OR a.deploy_stage <> EXCLUDED.deploy_stage
+                                                 THEN EXCLUDED.stage_start_date ELSE a.stage_start_date END,
+                         last_update = EXCLUDED.last_update,
+                         last_operator = 'system',
+                         last_err_no = EXCLUDED.last_err_no,
+                         fail_count = EXCLUDED.fail_count,
+                         first_deploy = a.first_deploy AND EXCLUDED.deploy_stage <> 'SERVING_BUILD'
+                                        AND EXCLUDED.state <> 'PAUSED_BY_SYSTEM',
+                         first_deploy_time = CASE WHEN a.first_deploy AND (EXCLUDED.deploy_stage = 'SERVING_BUILD'
+                                                       OR EXCLUDED.state = 'PAUSED_BY_SYSTEM')
+                                                  THEN EXCLUDED.last_update ELSE a.first_deploy_time END,
+                         container_health_status = EXCLUDED.container_health_status,
+                         report_at = EXCLUDED.report_at
+                     WHERE (a.report_at IS NULL OR a.report_at <= EXCLUDED.report_at)
+                       AND NOT (a.deploy_id <> EXCLUDED.deploy_id
+                                AND a.deploy_id = (SELECT deploy_id FROM environs WHERE env_id = a.env_id))
+                     RETURNING a.env_id",
+                    &[
+                        &host_id,
+                        &host_name,
+                        &env_id,
+                        &deploy_id,
+                        &stage,
+                        &status,
+                        &state,
+                        &err_no,
+                        &fail_count,
+                        &first_deploy,
+                        &health,
+                        &control_seq,
+                        &at,
+                    ],
+                )
+                .await?;
+            applied.written = rows.len() as u64;
+            applied.skipped += upserts.len() as u64 - applied.written;
+            for r in &rows {
+                applied.stages.insert(get_id(r, "env_id")?);
+            }
+
+            // Errors: the latest text per host and stage, for the UI.
+            let errors: Vec<&&AgentUpdate> = upserts
+                .iter()
+                .filter(|u| u.error_message.is_some() && u.record.as_ref().is_some_and(|r| r.err_no != 0))
+                .collect();
+            for u in errors {
+                tx.execute(
+                    "INSERT INTO agent_errors (host_id, env_id, host_name, error_msg, updated_at)
+                     SELECT $1, $2, $3, $4, $5 WHERE EXISTS (SELECT 1 FROM environs WHERE env_id = $2)
+                     ON CONFLICT (host_id, env_id) DO UPDATE SET host_name = EXCLUDED.host_name,
+                         error_msg = EXCLUDED.error_msg, updated_at = EXCLUDED.updated_at",
+                    &[&u.host_id.as_str(), &u.env_id.as_str(), &u.host_name.as_str(), &u.error_message, &ts(u.at)],
+                )
+                .await?;
+            }
+        }
+        for u in &deletes {
+            let rows = tx
+                .query(
+                    "DELETE FROM agents WHERE host_id = $1 AND env_id = $2 AND (report_at IS NULL OR report_at <= $3)
+                     RETURNING env_id",
+                    &[&u.host_id.as_str(), &u.env_id.as_str(), &ts(u.at)],
+                )
+                .await?;
+            applied.deleted += rows.len() as u64;
+            for r in &rows {
+                applied.stages.insert(get_id(r, "env_id")?);
+            }
+        }
+        tx.commit().await?;
+        Ok(applied)
+    }
+
+    /// The agent records of a stage (the host grid), by host name.
+    pub async fn agents_of_stage(&self, env_id: &EnvId) -> Result<Vec<Agent>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                &format!("SELECT {AGENT_COLUMNS} FROM agents WHERE env_id = $1 ORDER BY host_name"),
+                &[&env_id.as_str()],
+            )
+            .await?;
+        rows.iter().map(agent_from_row).collect()
+    }
+
+    /// Every agent record, for a gateway's start-up load.
+    pub async fn all_agent_rows(&self) -> Result<Vec<AgentRow>> {
+        let client = self.client().await?;
+        let rows = client.query(&format!("SELECT {AGENT_COLUMNS} FROM agents"), &[]).await?;
+        rows.iter().map(agent_row).collect()
+    }
+
+    /// The agent records of one stage, for a gateway's reload of that stage.
+    pub async fn stage_agent_rows(&self, env_id: &EnvId) -> Result<Vec<AgentRow>> {
+        let client = self.client().await?;
+        let rows =
+            client.query(&format!("SELECT {AGENT_COLUMNS} FROM agents WHERE env_id = $1"), &[&env_id.as_str()]).await?;
+        rows.iter().map(agent_row).collect()
+    }
+
+    /// The last error a host reported for a stage.
+    pub async fn agent_error(&self, env_id: &EnvId, host_name: &HostName) -> Result<Option<(HostId, String)>> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "SELECT host_id, error_msg FROM agent_errors WHERE env_id = $1 AND host_name = $2
+                 ORDER BY updated_at DESC LIMIT 1",
+                &[&env_id.as_str(), &host_name.as_str()],
+            )
+            .await?;
+        row.map(|r| Ok((get_id(&r, "host_id")?, get(&r, "error_msg")?))).transpose()
+    }
+}

@@ -1,0 +1,124 @@
+//! Commands: what the API asked the workers to do, applied once per command id.
+
+use schema::bus::{CommandEnvelope, CommandError, CommandOutcome};
+use schema::model::CommandStatus;
+use schema::time::EpochMs;
+use tokio_postgres::GenericClient;
+
+use crate::rows::*;
+use crate::{Error, Result, Store};
+
+/// A command the API is about to publish.
+#[derive(Debug, Clone)]
+pub struct NewCommand<'a> {
+    /// Command id.
+    pub id: &'a str,
+    /// Kind (`create_deploy`…).
+    pub kind: &'a str,
+    /// Who asked.
+    pub operator: &'a str,
+    /// The envelope as JSON.
+    pub payload: serde_json::Value,
+    /// When.
+    pub now: EpochMs,
+}
+
+/// Records a command before it is applied; returns the stored outcome when the command was
+/// applied already (a redelivery), so the caller replies with it and changes nothing.
+pub(crate) async fn begin(
+    c: &impl GenericClient,
+    envelope: &CommandEnvelope,
+    now: EpochMs,
+) -> Result<Option<CommandOutcome>> {
+    let payload = serde_json::to_value(envelope).map_err(|e| Error::Corrupt(e.to_string()))?;
+    c.execute(
+        "INSERT INTO commands (command_id, kind, operator, payload, status, created_at)
+         VALUES ($1, $2, $3, $4, 'PENDING', $5) ON CONFLICT (command_id) DO NOTHING",
+        &[&envelope.id, &envelope.command.kind(), &envelope.operator, &payload, &ts(now)],
+    )
+    .await?;
+    let row = c
+        .query_one("SELECT status, result, error FROM commands WHERE command_id = $1 FOR UPDATE", &[&envelope.id])
+        .await?;
+    let status: &str = get(&row, "status")?;
+    Ok(match status {
+        "DONE" => {
+            Some(CommandOutcome::Ok { result: get::<Option<serde_json::Value>>(&row, "result")?.unwrap_or_default() })
+        }
+        "FAILED" => {
+            let error: serde_json::Value = get::<Option<serde_json::Value>>(&row, "error")?.unwrap_or_default();
+            Some(CommandOutcome::Err {
+                error: serde_json::from_value(error).map_err(|e| Error::Corrupt(format!("command error: {e}")))?,
+            })
+        }
+        _ => None,
+    })
+}
+
+/// Stores the outcome of a command.
+pub(crate) async fn finish(c: &impl GenericClient, id: &str, outcome: &CommandOutcome, now: EpochMs) -> Result<()> {
+    let (status, result, error) = match outcome {
+        CommandOutcome::Ok { result } => ("DONE", Some(result.clone()), None),
+        CommandOutcome::Err { error } => {
+            ("FAILED", None, Some(serde_json::to_value(error).map_err(|e| Error::Corrupt(e.to_string()))?))
+        }
+    };
+    c.execute(
+        "UPDATE commands SET status = $2, result = $3, error = $4, finished_at = $5 WHERE command_id = $1",
+        &[&id, &status, &result, &error, &ts(now)],
+    )
+    .await?;
+    Ok(())
+}
+
+impl Store {
+    /// Records a command as PENDING before it is published (so its URL answers at once).
+    pub async fn insert_command(&self, cmd: NewCommand<'_>) -> Result<()> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "INSERT INTO commands (command_id, kind, operator, payload, status, created_at)
+                 VALUES ($1, $2, $3, $4, 'PENDING', $5) ON CONFLICT (command_id) DO NOTHING",
+                &[&cmd.id, &cmd.kind, &cmd.operator, &cmd.payload, &ts(cmd.now)],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Marks a PENDING command FAILED (it could not be published).
+    pub async fn fail_command(&self, id: &str, error: &CommandError, now: EpochMs) -> Result<()> {
+        let client = self.client().await?;
+        let error = serde_json::to_value(error).map_err(|e| Error::Corrupt(e.to_string()))?;
+        client
+            .execute(
+                "UPDATE commands SET status = 'FAILED', error = $2, finished_at = $3 WHERE command_id = $1 AND status = 'PENDING'",
+                &[&id, &error, &ts(now)],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// A command's progress.
+    pub async fn command(&self, id: &str) -> Result<Option<CommandStatus>> {
+        let client = self.client().await?;
+        let Some(row) = client
+            .query_opt(
+                "SELECT command_id, kind, status, result, error, created_at, finished_at FROM commands WHERE command_id = $1",
+                &[&id],
+            )
+            .await?
+        else {
+            return Ok(None);
+        };
+        let error: Option<serde_json::Value> = get(&row, "error")?;
+        Ok(Some(CommandStatus {
+            id: get(&row, "command_id")?,
+            kind: get(&row, "kind")?,
+            status: get(&row, "status")?,
+            created_at: get_ms(&row, "created_at")?,
+            finished_at: get_opt_ms(&row, "finished_at")?,
+            result: get(&row, "result")?,
+            error: error.map(serde_json::from_value).transpose().map_err(|e| Error::Corrupt(e.to_string()))?,
+        }))
+    }
+}

@@ -1,0 +1,77 @@
+//! Test support: a fresh, migrated database per test, dropped when the test ends (even when
+//! it panics).
+
+use crate::Store;
+
+/// The server tests use; override with `TELETRAAN_TEST_DATABASE_URL` (any database name: the
+/// per-test database replaces it).
+pub fn server_url() -> String {
+    std::env::var("TELETRAAN_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// A database that exists for the life of this value.
+pub struct TestDatabase {
+    /// Its URL.
+    pub url: String,
+    name: String,
+    /// A store on it.
+    pub store: Store,
+}
+
+impl TestDatabase {
+    /// Creates and migrates a database with a unique name.
+    pub async fn new() -> TestDatabase {
+        let name = format!("teletraan_test_{}", uuid::Uuid::new_v4().simple());
+        let url = with_dbname(&server_url(), &name);
+        Store::ensure_database(&url).await.expect("create test database");
+        let store = Store::connect(&url, 8).expect("connect test database");
+        store.migrate().await.expect("migrate test database");
+        TestDatabase { url, name, store }
+    }
+}
+
+/// Replaces the database name in a `postgres://` URL.
+pub fn with_dbname(url: &str, name: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let base = match base.rsplit_once('/') {
+        Some((head, _)) if head.contains("//") => format!("{head}/{name}"),
+        _ => format!("{base}/{name}"),
+    };
+    match query {
+        Some(q) => format!("{base}?{q}"),
+        None => base,
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        let admin = with_dbname(&self.url, "postgres");
+        // Drop runs inside or outside a runtime; a thread with its own runtime works in both.
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+            rt.block_on(async move {
+                let Ok((client, conn)) = tokio_postgres::connect(&admin, tokio_postgres::NoTls).await else { return };
+                tokio::spawn(conn);
+                let _ = client.batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")).await;
+            });
+        })
+        .join();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_name_is_replaced() {
+        assert_eq!(with_dbname("postgres://u@h:5432/postgres", "x"), "postgres://u@h:5432/x");
+        assert_eq!(with_dbname("postgres://u@h:5432/a?sslmode=disable", "x"), "postgres://u@h:5432/x?sslmode=disable");
+        assert_eq!(with_dbname("postgres://u@h:5432", "x"), "postgres://u@h:5432/x");
+    }
+}

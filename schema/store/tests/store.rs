@@ -1,0 +1,346 @@
+//! The store against a real Postgres, one fresh database per test.
+
+use schema::bus::{
+    AgentUpdate, ChangeMessage, Command, CommandEnvelope, CommandOutcome, Heartbeat, HostFacts, ReportBatch,
+};
+use schema::model::{ArtifactPolicy, Build, BuildInput, Deploy, Environ, EnvironInput};
+use schema::rules::admission::waits_for_admission;
+use schema::rules::goal::AgentRecord;
+use schema::*;
+use store::testing::TestDatabase;
+use store::{Exchange, Store};
+
+const NOW: i64 = 1_800_000_000_000;
+
+fn id<T: TryFrom<String>>(s: &str) -> T
+where
+    T::Error: std::fmt::Debug,
+{
+    T::try_from(s.to_string()).unwrap()
+}
+
+async fn stage(store: &Store, env: &str, stage: &str, json: &str) -> Environ {
+    let mut input: EnvironInput = serde_json::from_str(json).unwrap();
+    input.env_name = Some(env.into());
+    input.stage_name = Some(stage.into());
+    let e = Environ::create(EnvId::generate(), input, "alice", NOW).unwrap();
+    store.create_stage(&e).await.unwrap();
+    e
+}
+
+async fn build(store: &Store, name: &str) -> Build {
+    let input: BuildInput = serde_json::from_value(serde_json::json!({
+        "name": name, "artifactUrl": "https://a/x.tgz", "repo": "org/x", "branch": "main", "commit": "abcdef1234"
+    }))
+    .unwrap();
+    let b = Build::publish(input, &ArtifactPolicy::default(), "ci", NOW).unwrap();
+    store.insert_build(&b).await.unwrap();
+    b
+}
+
+fn deploy_command(cmd_id: &str, env: &str, stage: &str, build: &BuildId) -> CommandEnvelope {
+    CommandEnvelope {
+        id: cmd_id.into(),
+        attempt: 1,
+        issued_at: NOW,
+        operator: "alice".into(),
+        command: Command::CreateDeployV1 {
+            env_name: id(env),
+            stage_name: id(stage),
+            build_id: build.clone(),
+            description: Some("test".into()),
+        },
+    }
+}
+
+async fn deploy(store: &Store, cmd_id: &str, env: &str, stage: &str, build: &BuildId, now: i64) -> Deploy {
+    match store.apply_command(&deploy_command(cmd_id, env, stage, build), now).await.unwrap() {
+        CommandOutcome::Ok { result } => serde_json::from_value(result).unwrap(),
+        CommandOutcome::Err { error } => panic!("deploy refused: {error}"),
+    }
+}
+
+fn update(host: &str, env: &EnvId, record: AgentRecord, at: i64) -> AgentUpdate {
+    AgentUpdate {
+        host_id: id(host),
+        host_name: id(host),
+        env_id: env.clone(),
+        at,
+        record: Some(record),
+        control_seq: 0,
+        error_message: None,
+    }
+}
+
+fn serving(deploy: &DeployId) -> AgentRecord {
+    AgentRecord {
+        stage: DeployStage::ServingBuild,
+        status: AgentStatus::Succeeded,
+        ..AgentRecord::fresh(deploy.clone(), false)
+    }
+}
+
+async fn changes(store: &Store) -> Vec<ChangeMessage> {
+    let msgs = store.lease_outbox(1000, std::time::Duration::from_secs(60)).await.unwrap();
+    store.delete_outbox(&msgs.iter().map(|m| m.id).collect::<Vec<_>>()).await.unwrap();
+    msgs.into_iter()
+        .filter(|m| m.exchange == Exchange::Changes)
+        .map(|m| serde_json::from_value(m.payload).unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn stages_are_created_read_updated_and_deleted() {
+    let db = TestDatabase::new().await;
+    let s = &db.store;
+    let e = stage(s, "web", "prod", "{}").await;
+    assert_eq!(s.stage(&id("web"), &id("prod")).await.unwrap(), e);
+    let dup = Environ::create(
+        EnvId::generate(),
+        serde_json::from_str(r#"{"envName":"web","stageName":"prod"}"#).unwrap(),
+        "a",
+        NOW,
+    )
+    .unwrap();
+    assert!(matches!(s.create_stage(&dup).await, Err(store::Error::Conflict(_))));
+
+    let updated = s
+        .update_stage(&id("web"), &id("prod"), serde_json::from_str(r#"{"maxParallel":3}"#).unwrap(), "bob", NOW + 1)
+        .await
+        .unwrap();
+    assert_eq!((updated.max_parallel, updated.last_operator.as_str()), (3, "bob"));
+    assert_eq!(s.stage(&id("web"), &id("prod")).await.unwrap(), updated);
+
+    s.set_capacity(&id("web"), &id("prod"), CapacityType::Group, &["g1".into()], "bob", NOW).await.unwrap();
+    assert!(matches!(s.delete_stage(&id("web"), &id("prod")).await, Err(store::Error::Conflict(_))), "capacity left");
+    s.set_capacity(&id("web"), &id("prod"), CapacityType::Group, &[], "bob", NOW).await.unwrap();
+    s.delete_stage(&id("web"), &id("prod")).await.unwrap();
+    assert!(matches!(s.stage(&id("web"), &id("prod")).await, Err(store::Error::NotFound(_))));
+
+    // Every change was announced to the gateways, in version order, ending with the deletion.
+    let versions: Vec<i64> = changes(s).await.iter().map(|c| c.stage_version().1).collect();
+    assert!(versions.windows(2).all(|w| w[0] < w[1]), "{versions:?}");
+    assert_eq!(versions.len(), 5);
+}
+
+#[tokio::test]
+async fn a_deploy_retires_the_previous_one_and_admits_within_the_cap() {
+    let db = TestDatabase::new().await;
+    let s = &db.store;
+    let e = stage(s, "web", "prod", r#"{"maxParallel":2}"#).await;
+    let b1 = build(s, "web").await;
+    let b2 = build(s, "web").await;
+    let d1 = deploy(s, "c1", "web", "prod", &b1.id, NOW).await;
+    assert_eq!(d1.state, DeployState::Running);
+
+    // Five hosts serve d1.
+    let batch = ReportBatch {
+        agents: (1..=5).map(|i| update(&format!("h{i}"), &e.id, serving(&d1.id), NOW + 10)).collect(),
+        heartbeats: (1..=5).map(|i| Heartbeat { host_id: id(&format!("h{i}")), at: NOW + 10 }).collect(),
+        ..Default::default()
+    };
+    let applied = s.apply_report_batch(&batch).await.unwrap();
+    assert_eq!(applied.written, 5);
+    s.refresh_stage(&e.id, NOW + 11).await.unwrap();
+    let d1_now = s.deploy(&d1.id).await.unwrap();
+    assert_eq!((d1_now.state, d1_now.success_total, d1_now.total), (DeployState::Succeeding, 5, 5));
+    assert_eq!(d1_now.acceptance_status, AcceptanceStatus::Accepted);
+    changes(s).await;
+
+    let d2 = deploy(s, "c2", "web", "prod", &b2.id, NOW + 20).await;
+    assert_eq!(s.deploy(&d1.id).await.unwrap().state, DeployState::Succeeded);
+    let agents = s.agents_of_stage(&e.id).await.unwrap();
+    let admitted: Vec<_> = agents.iter().filter(|a| a.deploy_id == d2.id).collect();
+    assert_eq!(admitted.len(), 2, "maxParallel 2");
+    assert!(admitted.iter().all(|a| a.deploy_stage == DeployStage::PreDownload && a.status == AgentStatus::Unknown));
+
+    // The gateways learn the new deploy, then the admissions.
+    let msgs = changes(s).await;
+    assert!(matches!(&msgs[0], ChangeMessage::StageV1 { stage: Some(snap), .. }
+        if snap.goal.deploy.as_ref().map(|d| &d.id) == Some(&d2.id)));
+    let ChangeMessage::AgentsV1 { agents: controls, .. } = &msgs[1] else { panic!("{msgs:?}") };
+    assert_eq!(controls.len(), 2);
+
+    // No more admissions while both are out of service.
+    s.refresh_stage(&e.id, NOW + 21).await.unwrap();
+    assert_eq!(s.agents_of_stage(&e.id).await.unwrap().iter().filter(|a| a.deploy_id == d2.id).count(), 2);
+
+    // One finishes: one more is admitted.
+    let done = admitted[0].host_id.as_str().to_string();
+    s.apply_report_batch(&ReportBatch {
+        agents: vec![update(&done, &e.id, serving(&d2.id), NOW + 30)],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    s.refresh_stage(&e.id, NOW + 31).await.unwrap();
+    let agents = s.agents_of_stage(&e.id).await.unwrap();
+    assert_eq!(agents.iter().filter(|a| a.deploy_id == d2.id).count(), 3);
+    let out_of_service =
+        agents.iter().filter(|a| a.deploy_id == d2.id && a.deploy_stage != DeployStage::ServingBuild).count();
+    assert_eq!(out_of_service, 2);
+}
+
+#[tokio::test]
+async fn a_stale_report_does_not_undo_an_admission() {
+    let db = TestDatabase::new().await;
+    let s = &db.store;
+    let e = stage(s, "web", "prod", "{}").await;
+    let b1 = build(s, "web").await;
+    let b2 = build(s, "web").await;
+    let d1 = deploy(s, "c1", "web", "prod", &b1.id, NOW).await;
+    s.apply_report_batch(&ReportBatch {
+        agents: vec![update("h1", &e.id, serving(&d1.id), NOW + 1)],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let d2 = deploy(s, "c2", "web", "prod", &b2.id, NOW + 2).await;
+    assert_eq!(s.agents_of_stage(&e.id).await.unwrap()[0].deploy_id, d2.id, "admitted");
+
+    // A gateway that had not seen the admission yet reports the host serving d1 again.
+    let applied = s
+        .apply_report_batch(&ReportBatch {
+            agents: vec![update("h1", &e.id, serving(&d1.id), NOW + 3)],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(applied.skipped, 1);
+    assert_eq!(s.agents_of_stage(&e.id).await.unwrap()[0].deploy_id, d2.id);
+}
+
+#[tokio::test]
+async fn an_older_report_does_not_overwrite_a_newer_one() {
+    let db = TestDatabase::new().await;
+    let s = &db.store;
+    let e = stage(s, "web", "prod", "{}").await;
+    let b1 = build(s, "web").await;
+    let d1 = deploy(s, "c1", "web", "prod", &b1.id, NOW).await;
+    let at = |stage| AgentRecord { stage, ..AgentRecord::fresh(d1.id.clone(), true) };
+    s.apply_report_batch(&ReportBatch {
+        agents: vec![update("h1", &e.id, at(DeployStage::Staging), NOW + 5)],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let applied = s
+        .apply_report_batch(&ReportBatch {
+            agents: vec![update("h1", &e.id, at(DeployStage::Downloading), NOW + 4)],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(applied.skipped, 1);
+    let a = &s.agents_of_stage(&e.id).await.unwrap()[0];
+    assert_eq!(a.deploy_stage, DeployStage::Staging);
+    assert!(a.first_deploy);
+}
+
+#[tokio::test]
+async fn commands_apply_once_and_refusals_are_stored() {
+    let db = TestDatabase::new().await;
+    let s = &db.store;
+    stage(s, "web", "prod", "{}").await;
+    let b = build(s, "web").await;
+    let other = build(s, "api").await;
+    let d = deploy(s, "c1", "web", "prod", &b.id, NOW).await;
+    // Redelivery: the same outcome, no second deploy.
+    let again = deploy(s, "c1", "web", "prod", &b.id, NOW + 5).await;
+    assert_eq!(again, d);
+    assert_eq!(s.deploys_of_stage(&d.env_id, 10).await.unwrap().len(), 1);
+
+    let refused = s.apply_command(&deploy_command("c2", "web", "prod", &other.id), NOW).await.unwrap();
+    let CommandOutcome::Err { error } = refused else { panic!() };
+    assert_eq!(error.status, 400);
+    let missing = s.apply_command(&deploy_command("c3", "web", "nope", &b.id), NOW).await.unwrap();
+    let CommandOutcome::Err { error } = missing else { panic!() };
+    assert_eq!((error.status, error.code.as_str()), (404, "not_found"));
+    let status = s.command("c3").await.unwrap().unwrap();
+    assert_eq!(status.status, "FAILED");
+}
+
+#[tokio::test]
+async fn admission_query_agrees_with_the_rule() {
+    let db = TestDatabase::new().await;
+    let s = &db.store;
+    let e = stage(s, "web", "prod", r#"{"maxParallelPct":100}"#).await;
+    let b1 = build(s, "web").await;
+    let b2 = build(s, "web").await;
+    let d1 = deploy(s, "c1", "web", "prod", &b1.id, NOW).await;
+    let mut records = Vec::new();
+    for (i, stage) in [DeployStage::ServingBuild, DeployStage::Restarting].into_iter().enumerate() {
+        for (j, state) in AgentState::ALL.iter().enumerate() {
+            for (k, deploy) in [d1.id.clone(), id::<DeployId>("other")].into_iter().enumerate() {
+                let host = format!("h{i}-{j}-{k}");
+                let r = AgentRecord { stage, state: *state, ..serving(&deploy) };
+                records.push((host, r));
+            }
+        }
+    }
+    s.apply_report_batch(&ReportBatch {
+        agents: records.iter().map(|(h, r)| update(h, &e.id, r.clone(), NOW + 1)).collect(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    // The new deploy is d2: every host the rule says waits, and only those, is admitted.
+    let d2 = deploy(s, "c2", "web", "prod", &b2.id, NOW + 2).await;
+    let agents = s.agents_of_stage(&e.id).await.unwrap();
+    for (host, r) in &records {
+        let a = agents.iter().find(|a| a.host_id.as_str() == host).unwrap();
+        let expected = waits_for_admission(r, &d2.id);
+        assert_eq!(a.deploy_id == d2.id, expected, "{host} {r:?}");
+    }
+}
+
+#[tokio::test]
+async fn hosts_and_heartbeats_are_recorded() {
+    let db = TestDatabase::new().await;
+    let s = &db.store;
+    let facts = HostFacts {
+        host_id: id("h1"),
+        host_name: id("web-1"),
+        ip: Some("10.0.0.1".into()),
+        groups: vec![id("web"), id("canary")],
+        agent_version: "1.0".into(),
+        autoscaling_group: None,
+        availability_zone: None,
+        seen_at: NOW,
+    };
+    s.apply_report_batch(&ReportBatch {
+        hosts: vec![facts.clone()],
+        heartbeats: vec![Heartbeat { host_id: id("h1"), at: NOW }, Heartbeat { host_id: id("h1"), at: NOW + 5 }],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    // Group membership is replaced, not merged.
+    s.upsert_hosts(&[HostFacts { groups: vec![id("web")], seen_at: NOW + 6, ..facts }]).await.unwrap();
+    let db2 = tokio_postgres::connect(&db.url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(db2.1);
+    let groups: Vec<String> = db2
+        .0
+        .query("SELECT group_name FROM host_groups WHERE host_id = 'h1'", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(groups, vec!["web"]);
+    let seen: std::time::SystemTime =
+        db2.0.query_one("SELECT last_seen FROM host_heartbeats WHERE host_id = 'h1'", &[]).await.unwrap().get(0);
+    assert_eq!(seen, std::time::UNIX_EPOCH + std::time::Duration::from_millis((NOW + 5) as u64));
+}
+
+#[tokio::test]
+async fn tokens_are_found_by_their_hash_only() {
+    let db = TestDatabase::new().await;
+    let s = &db.store;
+    s.seed_token("admin", store::Role::Admin, "s3cret", NOW).await.unwrap();
+    assert_eq!(s.token("s3cret", NOW).await.unwrap(), Some(("admin".into(), store::Role::Admin)));
+    assert_eq!(s.token("other", NOW).await.unwrap(), None);
+    s.seed_token("admin", store::Role::Admin, "rotated", NOW).await.unwrap();
+    assert_eq!(s.token("s3cret", NOW).await.unwrap(), None, "seeding again replaces the token");
+    assert_eq!(s.token_hashes(NOW).await.unwrap().len(), 1);
+}
