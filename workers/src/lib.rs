@@ -1,1 +1,82 @@
-//! placeholder
+//! `workers`: the RabbitMQ bus and everything that runs behind it.
+//!
+//! Consumers apply deploy commands (replying to the API) and gateway reports (then
+//! re-evaluating the stages they touched: deploy state and admission); the outbox relay
+//! publishes what transactions announced; a periodic sweep catches what no event woke up.
+//! Any number of worker processes may run: they share the queues and Postgres row locks, with
+//! no leader.
+//!
+//! Workers never answer HTTP and never hold rollout rules of their own: the rules are the pure
+//! functions of `schema::rules`, applied inside `store` transactions.
+
+pub mod bus;
+pub mod commands;
+mod metrics;
+pub mod relay;
+pub mod reports;
+pub mod rpc;
+pub mod sweep;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use store::Store;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::bus::{BusConfig, WorkQueue};
+
+/// The current time in epoch milliseconds.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// Settings of a worker process.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// The broker.
+    pub bus: BusConfig,
+    /// Postgres URL (the relay listens for outbox notifications on its own connection).
+    pub database_url: String,
+    /// Commands handled at once.
+    pub command_prefetch: u16,
+    /// Report batches handled at once.
+    pub report_prefetch: u16,
+    /// Period of the sweep.
+    pub sweep_interval: Duration,
+}
+
+impl WorkerConfig {
+    /// Defaults for a broker and a database.
+    pub fn new(bus: BusConfig, database_url: String) -> Self {
+        WorkerConfig {
+            bus,
+            database_url,
+            command_prefetch: 16,
+            report_prefetch: 8,
+            sweep_interval: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Starts every worker task; they stop when `shutdown` turns true.
+pub fn spawn(config: WorkerConfig, store: Store, shutdown: watch::Receiver<bool>, tasks: &mut JoinSet<()>) {
+    tasks.spawn(bus::consume(
+        config.bus.clone(),
+        WorkQueue::Commands,
+        config.command_prefetch,
+        Arc::new(commands::CommandHandler::new(store.clone())),
+        shutdown.clone(),
+    ));
+    tasks.spawn(bus::consume(
+        config.bus.clone(),
+        WorkQueue::Reports,
+        config.report_prefetch,
+        Arc::new(reports::ReportHandler::new(store.clone())),
+        shutdown.clone(),
+    ));
+    tasks.spawn(relay::run(store.clone(), config.database_url.clone(), config.bus.clone(), shutdown.clone()));
+    tasks.spawn(sweep::run(store, config.sweep_interval, shutdown));
+}

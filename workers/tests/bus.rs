@@ -1,0 +1,215 @@
+//! The bus against a real RabbitMQ (and Postgres for the command round trip), one namespace
+//! and one database per test.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use lapin::options::{BasicGetOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use schema::bus::{Command, CommandEnvelope, CommandOutcome};
+use schema::model::{ArtifactPolicy, Build, BuildInput, Environ};
+use schema::*;
+use store::testing::TestDatabase;
+use tokio::sync::{Mutex, watch};
+use workers::bus::{self, DeliveryCtx, Disposition, Handler, Outgoing, Publisher, WorkQueue};
+use workers::rpc::CommandClient;
+use workers::testing::TestBus;
+
+/// Records payloads; answers with a fixed disposition for the first `fail_times` deliveries.
+struct Recorder {
+    seen: Mutex<Vec<(Vec<u8>, u32)>>,
+    fail_times: u32,
+    failures: AtomicU32,
+}
+
+impl Handler for Recorder {
+    async fn handle(&self, ctx: &DeliveryCtx<'_>) -> Disposition {
+        self.seen.lock().await.push((ctx.delivery.data.clone(), ctx.attempt));
+        if ctx.delivery.data == b"poison" {
+            return Disposition::Dead("poison".into());
+        }
+        if self.failures.fetch_add(1, Ordering::SeqCst) < self.fail_times {
+            return Disposition::Retry("not yet".into());
+        }
+        Disposition::Ack
+    }
+}
+
+async fn wait_for<F: Fn() -> Fut, Fut: std::future::Future<Output = bool>>(what: &str, f: F) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !f().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn queue_len(cfg: &bus::BusConfig, queue: &str) -> u32 {
+    let conn = bus::connect(cfg).await.unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    let q = ch
+        .queue_declare(
+            cfg.name(queue).as_str().into(),
+            QueueDeclareOptions { passive: true, ..Default::default() },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    q.message_count()
+}
+
+fn work(cfg: &bus::BusConfig, body: &[u8]) -> Outgoing {
+    Outgoing { exchange: cfg.exchange(WorkQueue::Reports), routing_key: "reports".into(), payload: body.to_vec() }
+}
+
+#[tokio::test]
+async fn consumer_acks_retries_and_dead_letters() {
+    let tb = TestBus::new();
+    let cfg = tb.config.clone();
+    let handler = Arc::new(Recorder { seen: Mutex::new(Vec::new()), fail_times: 1, failures: AtomicU32::new(0) });
+    let (stop, shutdown) = watch::channel(false);
+    let consumer = tokio::spawn(bus::consume(cfg.clone(), WorkQueue::Reports, 4, handler.clone(), shutdown));
+
+    let publisher = Publisher::new(cfg.clone());
+    publisher.publish(&[work(&cfg, b"first"), work(&cfg, b"poison")]).await.unwrap();
+
+    // "first" fails once, comes back from the retry queue as attempt 2 and is acked.
+    wait_for("the retried delivery", || async {
+        handler.seen.lock().await.iter().any(|(d, attempt)| d == b"first" && *attempt == 2)
+    })
+    .await;
+    wait_for("the poison message in the dead queue", || async { queue_len(&cfg, "reports.dead").await == 1 }).await;
+    assert_eq!(queue_len(&cfg, "reports").await, 0);
+    let seen = handler.seen.lock().await.clone();
+    assert_eq!(seen.iter().filter(|(d, _)| d == b"poison").count(), 1, "dead-lettered at once, not retried");
+
+    // The dead message is the original payload.
+    let conn = bus::connect(&cfg).await.unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    let got =
+        ch.basic_get(cfg.name("reports.dead").as_str().into(), BasicGetOptions::default()).await.unwrap().unwrap();
+    assert_eq!(got.delivery.data, b"poison");
+
+    stop.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), consumer).await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn undecodable_command_is_dead_lettered() {
+    let tb = TestBus::new();
+    let db = TestDatabase::new().await;
+    let cfg = tb.config.clone();
+    let (stop, shutdown) = watch::channel(false);
+    let handler = Arc::new(workers::commands::CommandHandler::new(db.store.clone()));
+    let consumer = tokio::spawn(bus::consume(cfg.clone(), WorkQueue::Commands, 4, handler, shutdown));
+    let publisher = Publisher::new(cfg.clone());
+    publisher
+        .publish(&[Outgoing {
+            exchange: cfg.exchange(WorkQueue::Commands),
+            routing_key: "commands".into(),
+            payload: b"{nope".to_vec(),
+        }])
+        .await
+        .unwrap();
+    wait_for("the dead command", || async { queue_len(&cfg, "commands.dead").await == 1 }).await;
+    stop.send(true).unwrap();
+    consumer.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_deploy_command_round_trips_through_a_worker() {
+    let tb = TestBus::new();
+    let db = TestDatabase::new().await;
+    let cfg = tb.config.clone();
+    let now = workers::now_ms();
+    let e = Environ::create(
+        EnvId::generate(),
+        serde_json::from_str(r#"{"envName":"web","stageName":"prod"}"#).unwrap(),
+        "a",
+        now,
+    )
+    .unwrap();
+    db.store.create_stage(&e).await.unwrap();
+    let input: BuildInput = serde_json::from_value(serde_json::json!({
+        "name": "web", "artifactUrl": "https://a/x.tgz", "repo": "r", "branch": "main", "commit": "abc1234"
+    }))
+    .unwrap();
+    let b = Build::publish(input, &ArtifactPolicy::default(), "ci", now).unwrap();
+    db.store.insert_build(&b).await.unwrap();
+
+    let (stop, shutdown) = watch::channel(false);
+    let handler = Arc::new(workers::commands::CommandHandler::new(db.store.clone()));
+    let consumer = tokio::spawn(bus::consume(cfg.clone(), WorkQueue::Commands, 4, handler, shutdown));
+
+    let client = CommandClient::new(cfg.clone());
+    let envelope = CommandEnvelope {
+        id: "cmd-1".into(),
+        attempt: 1,
+        issued_at: now,
+        operator: "alice".into(),
+        command: Command::CreateDeployV1 {
+            env_name: EnvName::parse("web").unwrap(),
+            stage_name: StageName::parse("prod").unwrap(),
+            build_id: b.id.clone(),
+            description: None,
+        },
+    };
+    let reply = client.send(&envelope, Duration::from_secs(20)).await.unwrap().expect("a reply in time");
+    let CommandOutcome::Ok { result } = reply.outcome else { panic!("{reply:?}") };
+    let deploy: schema::model::Deploy = serde_json::from_value(result).unwrap();
+    assert_eq!(deploy.build_id, b.id);
+    assert_eq!(db.store.current_deploy(&e.env_name, &e.stage_name).await.unwrap().id, deploy.id);
+
+    // The same command again: the same deploy, not a second one.
+    let again = client.send(&envelope, Duration::from_secs(20)).await.unwrap().unwrap();
+    assert_eq!(again.outcome, CommandOutcome::Ok { result: serde_json::to_value(&deploy).unwrap() });
+
+    stop.send(true).unwrap();
+    consumer.await.unwrap();
+}
+
+#[tokio::test]
+async fn relay_publishes_the_outbox_and_empties_it() {
+    let tb = TestBus::new();
+    let db = TestDatabase::new().await;
+    let cfg = tb.config.clone();
+    // A queue bound to the changes fanout, like a gateway's.
+    let conn = bus::connect(&cfg).await.unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    bus::declare_topology(&ch, &cfg).await.unwrap();
+    let q = ch
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    ch.queue_bind(
+        q.name().clone(),
+        cfg.changes_exchange().as_str().into(),
+        "".into(),
+        Default::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+
+    let e = Environ::create(
+        EnvId::generate(),
+        serde_json::from_str(r#"{"envName":"web","stageName":"prod"}"#).unwrap(),
+        "a",
+        1,
+    )
+    .unwrap();
+    db.store.create_stage(&e).await.unwrap();
+    assert_eq!(db.store.outbox_len().await.unwrap(), 1);
+
+    let publisher = Publisher::new(cfg.clone());
+    let sent = workers::relay::relay_once(&db.store, &publisher, &cfg).await.unwrap();
+    assert_eq!(sent, 1);
+    assert_eq!(db.store.outbox_len().await.unwrap(), 0);
+    let got = ch.basic_get(q.name().clone(), BasicGetOptions::default()).await.unwrap().expect("the change");
+    let change: schema::bus::ChangeMessage = serde_json::from_slice(&got.delivery.data).unwrap();
+    assert_eq!(change.stage_version().0, &e.id);
+}
