@@ -1,1 +1,106 @@
-fn main() {}
+//! `teletraan-agent`: the command line around the `agent` library.
+//!
+//! Exit codes: 0 success; 1 runtime failure (base directory locked by another agent, a ping
+//! that failed in `once`, an unusable base directory); 2 bad configuration or usage.
+
+use std::process::ExitCode;
+
+use agent::config::{Cli, Command, Config};
+use agent::layout::Layout;
+use agent::runner::Agent;
+use agent::status;
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let config = match Config::load(cli.options) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("teletraan-agent: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let command = cli.command.unwrap_or(Command::Run);
+    if let Command::Status { json } = command {
+        return print_status(&config, json);
+    }
+    eprintln!("teletraan-agent {} effective configuration:\n{config}", env!("CARGO_PKG_VERSION"));
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("teletraan-agent: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    runtime.block_on(serve(config, command))
+}
+
+async fn serve(config: Config, command: Command) -> ExitCode {
+    let mut agent = match Agent::open(config) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("teletraan-agent: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match command {
+        Command::Once => match agent.round().await {
+            Ok(summary) => {
+                tracing::info!(steps = summary.steps, "round done");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("teletraan-agent: {e}");
+                ExitCode::from(1)
+            }
+        },
+        Command::Run | Command::Status { .. } => {
+            agent.run(shutdown_signal()).await;
+            tracing::info!("shutting down");
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the agent");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+fn print_status(config: &Config, json: bool) -> ExitCode {
+    let layout = Layout::new(&config.dir);
+    let loaded = status::load(&layout.status_file());
+    for p in &loaded.problems {
+        eprintln!("teletraan-agent: {p}");
+    }
+    if json {
+        match serde_json::to_string_pretty(&loaded.envs) {
+            Ok(text) => println!("{text}"),
+            Err(e) => {
+                eprintln!("teletraan-agent: cannot encode the status: {e}");
+                return ExitCode::from(1);
+            }
+        }
+    } else {
+        print!("{}", status::render_table(&layout, &loaded.envs));
+    }
+    ExitCode::SUCCESS
+}

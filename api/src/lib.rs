@@ -1,1 +1,35 @@
-//! placeholder
+//! `api`: the HTTP side of the deploy system.
+//!
+//! Two routers: the REST API under `/v1` (Teletraan's paths and camelCase JSON; config writes
+//! go straight to Postgres, deploy commands go through RabbitMQ to a worker), and the gateway
+//! that answers agent pings from memory. Each listener also serves `/healthz`, `/readyz` and
+//! `/metrics`.
+//!
+//! Handlers never return a 500 for bad input: every error has a JSON body and a 4xx status,
+//! or 503 when a dependency is down. The gateway never touches the database on the ping path.
+
+pub mod auth;
+pub mod error;
+pub mod extract;
+pub mod gateway;
+pub mod health;
+pub mod rest;
+
+use std::sync::Arc;
+
+use axum::Router;
+
+/// The API listener's router: REST plus health.
+pub fn api_router(state: rest::ApiState) -> Router {
+    let store = state.store.clone();
+    rest::router(state).merge(health::api(store)).fallback(not_found)
+}
+
+/// The gateway listener's router: ping plus health.
+pub fn gateway_router(gw: Arc<gateway::Gateway>) -> Router {
+    gateway::router(gw.clone()).merge(health::gateway(gw)).fallback(not_found)
+}
+
+async fn not_found() -> error::ApiError {
+    error::ApiError::not_found("no such path")
+}

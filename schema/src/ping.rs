@@ -96,7 +96,9 @@ pub struct DeployGoal {
     /// Sent only with PRE_DOWNLOAD; `{}` means "there are none" (the agent deletes its file).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub script_variables: Option<StringMap>,
+    #[serde(default)]
     pub first_deploy: bool,
+    #[serde(default)]
     pub is_docker: bool,
 }
 

@@ -1,0 +1,417 @@
+//! Configuration: flags, `TELETRAAN_AGENT_*` environment variables and a TOML file, with the
+//! precedence flag > environment > file > default. Every key has the same name in the three
+//! places (`--ping-interval`, `TELETRAAN_AGENT_PING_INTERVAL`, `ping_interval`).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+/// Default gateway URL.
+pub const DEFAULT_SERVER: &str = "http://127.0.0.1:8081";
+/// Default base directory.
+pub const DEFAULT_DIR: &str = "/var/lib/teletraan-agent";
+
+/// The command line.
+#[derive(Debug, Parser)]
+#[command(name = "teletraan-agent", version, about = "The on-host deploy agent of the Teletraan-class deploy system.")]
+pub struct Cli {
+    /// What to do (default: run).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Configuration options.
+    #[command(flatten)]
+    pub options: Options,
+}
+
+/// Subcommands.
+#[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
+pub enum Command {
+    /// Ping, execute goals and sleep, forever (the default).
+    Run,
+    /// One round: ping and execute goals until the gateway answers NOOP, then exit.
+    Once,
+    /// Print what the host runs per environment, from the status file.
+    Status {
+        /// Print the status file's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Options as given by flags or environment variables (clap applies flag > env); `None` when
+/// neither set them, so the file and then the defaults apply.
+#[derive(Debug, Clone, Default, Args)]
+pub struct Options {
+    /// TOML configuration file.
+    #[arg(long, global = true, env = "TELETRAAN_AGENT_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Gateway URL [default: http://127.0.0.1:8081].
+    #[arg(long, global = true, env = "TELETRAAN_AGENT_SERVER", value_name = "URL")]
+    pub server: Option<String>,
+    /// Token sent as `Authorization: token <T>`.
+    #[arg(long, global = true, env = "TELETRAAN_AGENT_TOKEN", value_name = "TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Host id [default: the host name].
+    #[arg(long, global = true, env = "TELETRAAN_AGENT_HOST_ID", value_name = "ID")]
+    pub host_id: Option<String>,
+    /// Host name [default: the machine's host name].
+    #[arg(long, global = true, env = "TELETRAAN_AGENT_HOST_NAME", value_name = "NAME")]
+    pub host_name: Option<String>,
+    /// Host IP address [default: resolved from the host name].
+    #[arg(long, global = true, env = "TELETRAAN_AGENT_HOST_IP", value_name = "IP")]
+    pub host_ip: Option<String>,
+    /// Host groups, comma separated.
+    #[arg(long, global = true, env = "TELETRAAN_AGENT_GROUPS", value_name = "G1,G2")]
+    pub groups: Option<String>,
+    /// Host tags, comma separated `key=value` pairs (sent as `ec2Tags`).
+    #[arg(long, global = true, env = "TELETRAAN_AGENT_TAGS", value_name = "K=V,...")]
+    pub tags: Option<String>,
+    /// Base directory [default: /var/lib/teletraan-agent].
+    #[arg(long, global = true, env = "TELETRAAN_AGENT_DIR", value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// Seconds between idle pings (a random jitter of up to 10% is added) [default: 30].
+    #[arg(long, global = true, env = "TELETRAAN_AGENT_PING_INTERVAL", value_name = "SECS")]
+    pub ping_interval: Option<u64>,
+    /// Seconds a hook may run before it is killed [default: 1800].
+    #[arg(long, global = true, env = "TELETRAAN_AGENT_SCRIPT_TIMEOUT", value_name = "SECS")]
+    pub script_timeout: Option<u64>,
+    /// Attempts per step before TOO_MANY_RETRY [default: 3].
+    #[arg(long, global = true, env = "TELETRAAN_AGENT_MAX_RETRIES", value_name = "N")]
+    pub max_retries: Option<u32>,
+    /// Builds kept on disk per environment [default: 2].
+    #[arg(long, global = true, env = "TELETRAAN_AGENT_BUILDS_TO_KEEP", value_name = "N")]
+    pub builds_to_keep: Option<usize>,
+    /// Seconds a hook runs before the agent pings with status UNKNOWN (and again each time) [default: 60].
+    #[arg(long, global = true, env = "TELETRAAN_AGENT_MIN_RUNNING_TIME", value_name = "SECS")]
+    pub min_running_time: Option<u64>,
+    /// Seconds between SIGTERM and SIGKILL when a hook is stopped [default: 30].
+    #[arg(long, global = true, env = "TELETRAAN_AGENT_TERMINATION_TIMEOUT", value_name = "SECS")]
+    pub termination_timeout: Option<u64>,
+    /// Seconds before the first retry of a failed step, doubled each time up to 60 [default: 2].
+    #[arg(long, global = true, env = "TELETRAAN_AGENT_RETRY_DELAY", value_name = "SECS")]
+    pub retry_delay: Option<u64>,
+}
+
+/// A list given either as a TOML array or as one comma separated string.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum ListValue {
+    List(Vec<String>),
+    Text(String),
+}
+
+/// Tags given either as a TOML table or as one `k=v,k2=v2` string.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum TagsValue {
+    Table(BTreeMap<String, String>),
+    Text(String),
+}
+
+/// The TOML file; unknown keys are refused so a typo does not go unnoticed.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    server: Option<String>,
+    token: Option<String>,
+    host_id: Option<String>,
+    host_name: Option<String>,
+    host_ip: Option<String>,
+    groups: Option<ListValue>,
+    tags: Option<TagsValue>,
+    dir: Option<PathBuf>,
+    ping_interval: Option<u64>,
+    script_timeout: Option<u64>,
+    max_retries: Option<u32>,
+    builds_to_keep: Option<usize>,
+    min_running_time: Option<u64>,
+    termination_timeout: Option<u64>,
+    retry_delay: Option<u64>,
+}
+
+/// The effective configuration.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Gateway base URL, without a trailing slash.
+    pub server: String,
+    /// Token for `Authorization: token <T>`; never printed.
+    pub token: Option<String>,
+    /// Host id sent as `hostId`.
+    pub host_id: String,
+    /// Host name sent as `hostName`.
+    pub host_name: String,
+    /// Address sent as `hostIp`.
+    pub host_ip: Option<String>,
+    /// Groups sent as `groups`.
+    pub groups: Vec<String>,
+    /// Tags sent as `ec2Tags` (a JSON object encoded as a string).
+    pub tags: BTreeMap<String, String>,
+    /// Base directory.
+    pub dir: PathBuf,
+    /// Idle time between rounds (before jitter).
+    pub ping_interval: Duration,
+    /// Delays between the attempts of one ping (Teletraan: 1 s then 2 s).
+    pub ping_retry_delays: Vec<Duration>,
+    /// Hook timeout per attempt.
+    pub script_timeout: Duration,
+    /// Attempts per step.
+    pub max_retries: u32,
+    /// Builds kept per environment.
+    pub builds_to_keep: usize,
+    /// Progress-ping period while a hook runs.
+    pub min_running_time: Duration,
+    /// Grace period between SIGTERM and SIGKILL.
+    pub termination_timeout: Duration,
+    /// First delay between attempts of a failed step.
+    pub retry_delay: Duration,
+}
+
+impl Config {
+    /// A configuration with every default, for `dir` and `server` (used by tests and as the base
+    /// of [`Config::resolve`]).
+    pub fn with_defaults(dir: impl Into<PathBuf>, server: impl Into<String>, host: &str) -> Config {
+        Config {
+            server: server.into().trim_end_matches('/').to_string(),
+            token: None,
+            host_id: host.to_string(),
+            host_name: host.to_string(),
+            host_ip: None,
+            groups: Vec::new(),
+            tags: BTreeMap::new(),
+            dir: dir.into(),
+            ping_interval: Duration::from_secs(30),
+            ping_retry_delays: vec![Duration::from_secs(1), Duration::from_secs(2)],
+            script_timeout: Duration::from_secs(1800),
+            max_retries: 3,
+            builds_to_keep: 2,
+            min_running_time: Duration::from_secs(60),
+            termination_timeout: Duration::from_secs(30),
+            retry_delay: Duration::from_secs(2),
+        }
+    }
+
+    /// Loads the file named by `--config`/`TELETRAAN_AGENT_CONFIG` (if any) and merges it under
+    /// the flags and environment variables.
+    pub fn load(options: Options) -> Result<Config> {
+        let file = match &options.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        Config::resolve(options, file, crate::layout::machine_hostname())
+    }
+
+    fn resolve(o: Options, f: FileConfig, machine_host: Option<String>) -> Result<Config> {
+        let server = o.server.or(f.server).unwrap_or_else(|| DEFAULT_SERVER.into());
+        let server = server.trim().trim_end_matches('/').to_string();
+        if !(server.starts_with("http://") || server.starts_with("https://")) || server.len() <= "https://".len() {
+            return Err(Error::Config(format!("server {server:?} must be an http:// or https:// URL")));
+        }
+        let token = o.token.or(f.token).map(|t| t.trim().to_string()).filter(|t| !t.is_empty());
+        let host_name = match o.host_name.or(f.host_name) {
+            Some(n) => n.trim().to_string(),
+            None => machine_host.ok_or_else(|| {
+                Error::Config("cannot read the machine's host name; set TELETRAAN_AGENT_HOST_NAME".into())
+            })?,
+        };
+        check_name("host name", &host_name, |s| schema::HostName::parse(s).map(|_| ()))?;
+        let host_id = o.host_id.or(f.host_id).map(|s| s.trim().to_string()).unwrap_or_else(|| host_name.clone());
+        check_name("host id", &host_id, |s| schema::HostId::parse(s).map(|_| ()))?;
+        let host_ip = o.host_ip.or(f.host_ip).map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
+        let host_ip = host_ip.or_else(|| resolve_ip(&host_name));
+        let groups = match o.groups.map(ListValue::Text).or(f.groups) {
+            Some(ListValue::Text(t)) => split_list(&t),
+            Some(ListValue::List(l)) => l.iter().map(|g| g.trim().to_string()).filter(|g| !g.is_empty()).collect(),
+            None => Vec::new(),
+        };
+        for g in &groups {
+            check_name("group", g, |s| schema::GroupName::parse(s).map(|_| ()))?;
+        }
+        let tags = match o.tags.map(TagsValue::Text).or(f.tags) {
+            Some(TagsValue::Text(t)) => parse_tags(&t)?,
+            Some(TagsValue::Table(t)) => t,
+            None => BTreeMap::new(),
+        };
+        let dir = o.dir.or(f.dir).unwrap_or_else(|| PathBuf::from(DEFAULT_DIR));
+        if dir.as_os_str().is_empty() {
+            return Err(Error::Config("dir must not be empty".into()));
+        }
+        let dir = std::path::absolute(&dir).map_err(|e| Error::Config(format!("dir {}: {e}", dir.display())))?;
+        let mut c = Config::with_defaults(dir, server, &host_id);
+        c.token = token;
+        c.host_name = host_name;
+        c.host_ip = host_ip;
+        c.groups = groups;
+        c.tags = tags;
+        c.ping_interval = secs("ping_interval", o.ping_interval.or(f.ping_interval), c.ping_interval, 1)?;
+        c.script_timeout = secs("script_timeout", o.script_timeout.or(f.script_timeout), c.script_timeout, 1)?;
+        c.min_running_time =
+            secs("min_running_time", o.min_running_time.or(f.min_running_time), c.min_running_time, 1)?;
+        c.termination_timeout =
+            secs("termination_timeout", o.termination_timeout.or(f.termination_timeout), c.termination_timeout, 0)?;
+        c.retry_delay = secs("retry_delay", o.retry_delay.or(f.retry_delay), c.retry_delay, 0)?;
+        c.max_retries = o.max_retries.or(f.max_retries).unwrap_or(c.max_retries);
+        if c.max_retries == 0 {
+            return Err(Error::Config("max_retries must be at least 1".into()));
+        }
+        c.builds_to_keep = o.builds_to_keep.or(f.builds_to_keep).unwrap_or(c.builds_to_keep);
+        if c.builds_to_keep == 0 {
+            return Err(Error::Config("builds_to_keep must be at least 1".into()));
+        }
+        Ok(c)
+    }
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// The effective configuration, one `key = value` per line, without the token's value.
+impl fmt::Display for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let token = if self.token.is_some() { "(set, not shown)" } else { "(none)" };
+        writeln!(f, "server = {}", self.server)?;
+        writeln!(f, "token = {token}")?;
+        writeln!(f, "host_id = {}", self.host_id)?;
+        writeln!(f, "host_name = {}", self.host_name)?;
+        writeln!(f, "host_ip = {}", self.host_ip.as_deref().unwrap_or("(unknown)"))?;
+        writeln!(f, "groups = {}", self.groups.join(","))?;
+        let tags: Vec<String> = self.tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        writeln!(f, "tags = {}", tags.join(","))?;
+        writeln!(f, "dir = {}", self.dir.display())?;
+        writeln!(f, "ping_interval = {}", self.ping_interval.as_secs())?;
+        writeln!(f, "script_timeout = {}", self.script_timeout.as_secs())?;
+        writeln!(f, "max_retries = {}", self.max_retries)?;
+        writeln!(f, "builds_to_keep = {}", self.builds_to_keep)?;
+        writeln!(f, "min_running_time = {}", self.min_running_time.as_secs())?;
+        writeln!(f, "termination_timeout = {}", self.termination_timeout.as_secs())?;
+        write!(f, "retry_delay = {}", self.retry_delay.as_secs())
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::Config(format!("cannot read config file {}: {e}", path.display())))?;
+    toml::from_str(&text).map_err(|e| Error::Config(format!("config file {}: {e}", path.display())))
+}
+
+fn check_name<E: fmt::Display>(what: &str, v: &str, parse: impl Fn(&str) -> Result<(), E>) -> Result<()> {
+    parse(v).map_err(|e| Error::Config(format!("{what} {v:?}: {e}")))
+}
+
+fn secs(key: &str, v: Option<u64>, default: Duration, min: u64) -> Result<Duration> {
+    match v {
+        None => Ok(default),
+        Some(s) if s < min => Err(Error::Config(format!("{key} must be at least {min} second(s), got {s}"))),
+        Some(s) => Ok(Duration::from_secs(s)),
+    }
+}
+
+fn split_list(s: &str) -> Vec<String> {
+    s.split(',').map(str::trim).filter(|g| !g.is_empty()).map(String::from).collect()
+}
+
+fn parse_tags(s: &str) -> Result<BTreeMap<String, String>> {
+    let mut tags = BTreeMap::new();
+    for pair in split_list(s) {
+        match pair.split_once('=') {
+            Some((k, v)) if !k.trim().is_empty() => {
+                tags.insert(k.trim().to_string(), v.trim().to_string());
+            }
+            _ => return Err(Error::Config(format!("tag {pair:?} is not key=value"))),
+        }
+    }
+    Ok(tags)
+}
+
+/// First non-loopback address the host name resolves to.
+fn resolve_ip(host: &str) -> Option<String> {
+    use std::net::ToSocketAddrs;
+    let addrs = (host, 0).to_socket_addrs().ok()?;
+    addrs.map(|a| a.ip()).find(|ip| !ip.is_loopback()).map(|ip| ip.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Options {
+        let mut argv = vec!["teletraan-agent"];
+        argv.extend_from_slice(args);
+        Cli::try_parse_from(argv).unwrap().options
+    }
+
+    fn file(text: &str) -> FileConfig {
+        toml::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn defaults_apply_when_nothing_is_set() {
+        let c = Config::resolve(Options::default(), FileConfig::default(), Some("web-1".into())).unwrap();
+        assert_eq!(c.server, DEFAULT_SERVER);
+        assert_eq!(c.host_id, "web-1");
+        assert_eq!(c.host_name, "web-1");
+        assert_eq!(c.dir, PathBuf::from(DEFAULT_DIR));
+        assert_eq!(c.ping_interval, Duration::from_secs(30));
+        assert_eq!(c.script_timeout, Duration::from_secs(1800));
+        assert_eq!((c.max_retries, c.builds_to_keep), (3, 2));
+    }
+
+    #[test]
+    fn flag_beats_file_and_file_beats_default() {
+        let f = file("server = \"http://file:1\"\nping_interval = 7\ngroups = [\"a\", \"b\"]\ntags = { az = \"x\" }");
+        let c = Config::resolve(parse(&["--server", "http://flag:2/"]), f, Some("h".into())).unwrap();
+        assert_eq!(c.server, "http://flag:2");
+        assert_eq!(c.ping_interval, Duration::from_secs(7));
+        assert_eq!(c.groups, ["a", "b"]);
+        assert_eq!(c.tags["az"], "x");
+    }
+
+    #[test]
+    fn comma_lists_and_tags_parse() {
+        let c =
+            Config::resolve(parse(&["--groups", "web, api,", "--tags", "az=1a,team=x"]), file(""), Some("h".into()))
+                .unwrap();
+        assert_eq!(c.groups, ["web", "api"]);
+        assert_eq!(c.tags.len(), 2);
+        let err = Config::resolve(parse(&["--tags", "novalue"]), file(""), Some("h".into())).unwrap_err();
+        assert!(err.to_string().contains("novalue"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_clear_errors() {
+        assert!(Cli::try_parse_from(["teletraan-agent", "--ping-interval", "soon"]).is_err());
+        let err = toml::from_str::<FileConfig>("ping_intervall = 3").unwrap_err().to_string();
+        assert!(err.contains("ping_intervall"), "{err}");
+        let err = Config::resolve(parse(&["--host-id", ""]), file(""), Some("h".into())).unwrap_err();
+        assert!(err.to_string().contains("host id"), "{err}");
+        let err = Config::resolve(parse(&["--ping-interval", "0"]), file(""), Some("h".into())).unwrap_err();
+        assert!(err.to_string().contains("ping_interval"), "{err}");
+        let err = Config::resolve(parse(&["--server", "ftp://x"]), file(""), Some("h".into())).unwrap_err();
+        assert!(err.to_string().contains("ftp://x"), "{err}");
+    }
+
+    #[test]
+    fn display_never_shows_the_token() {
+        let c = Config::resolve(parse(&["--token", "s3cr3t"]), file(""), Some("h".into())).unwrap();
+        assert_eq!(c.token.as_deref(), Some("s3cr3t"));
+        let shown = format!("{c} {c:?}");
+        assert!(!shown.contains("s3cr3t"), "{shown}");
+        assert!(shown.contains("token = (set, not shown)"));
+    }
+
+    #[test]
+    fn subcommands_parse() {
+        let cli = Cli::try_parse_from(["teletraan-agent", "status", "--json", "--dir", "/x"]).unwrap();
+        assert_eq!(cli.command, Some(Command::Status { json: true }));
+        assert_eq!(cli.options.dir, Some(PathBuf::from("/x")));
+        assert_eq!(Cli::try_parse_from(["teletraan-agent"]).unwrap().command, None);
+    }
+}

@@ -1,0 +1,93 @@
+//! The one error type of the agent library.
+
+use std::path::{Path, PathBuf};
+
+/// Everything that can go wrong in the agent, with enough context to act on it.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A configuration value is missing or invalid.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// A file operation failed.
+    #[error("{what} {path}: {source}")]
+    Io {
+        /// What the agent was doing.
+        what: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Another agent holds the lock on the base directory.
+    #[error("another teletraan-agent already uses {0} (lock held)")]
+    Locked(PathBuf),
+    /// The gateway could not be reached or answered badly.
+    #[error("ping failed: {0}")]
+    Ping(String),
+    /// The artifact could not be fetched (worth retrying).
+    #[error("download of {url} failed: {message}")]
+    Download {
+        /// The artifact URL.
+        url: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// The artifact URL cannot be handled (not worth retrying).
+    #[error("artifact URL {0:?} is not supported (use http://, https:// or file://)")]
+    UnsupportedUrl(String),
+    /// The artifact does not have the published digest.
+    #[error("checksum mismatch for {url}: expected sha256 {expected}, got sha256 {actual}")]
+    Checksum {
+        /// The artifact URL.
+        url: String,
+        /// Published digest (hex).
+        expected: String,
+        /// Digest of what was downloaded (hex).
+        actual: String,
+    },
+    /// A published digest is not a hex SHA-256.
+    #[error("{0}")]
+    BadDigest(String),
+    /// An archive entry was refused.
+    #[error("refused archive entry {entry:?}: {reason}")]
+    UnsafeEntry {
+        /// The entry's path as written in the archive.
+        entry: String,
+        /// Why it was refused.
+        reason: String,
+    },
+    /// STAGING asked for a build that is not extracted.
+    #[error("build {0} is not downloaded (DOWNLOADING must succeed before STAGING)")]
+    NotDownloaded(String),
+    /// The archive could not be read.
+    #[error("bad archive: {0}")]
+    Archive(String),
+}
+
+impl Error {
+    /// Wraps an IO error with what was being done and where.
+    pub fn io(what: &'static str, path: &Path, source: std::io::Error) -> Error {
+        Error::Io { what, path: path.to_path_buf(), source }
+    }
+
+    /// True when repeating the same step cannot succeed (the artifact itself is at fault).
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            Error::UnsupportedUrl(_)
+            | Error::Checksum { .. }
+            | Error::BadDigest(_)
+            | Error::UnsafeEntry { .. }
+            | Error::Config(_) => true,
+            Error::Io { .. }
+            | Error::Locked(_)
+            | Error::Ping(_)
+            | Error::Download { .. }
+            | Error::NotDownloaded(_)
+            | Error::Archive(_) => false,
+        }
+    }
+}
+
+/// Shorthand for results of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,34 @@
+//! `agent`: the on-host deploy agent `teletraan-agent`.
+//!
+//! The agent pings the gateway (`POST /v1/system/ping`, Teletraan's protocol), runs the stage the
+//! answer asks for (hook scripts of the build, download, safe extraction, the atomic switch of
+//! the live symlink), persists its status atomically under its base directory and reports the
+//! outcome in the next ping. Builds moved from Teletraan run unchanged: hook names, their
+//! environment variables and the status file follow Teletraan's agent.
+//!
+//! What it must never do: link the database or the message broker. It depends on `schema` for
+//! the wire types and nothing else of the workspace (never `store`, `workers`, `lapin`,
+//! `tokio-postgres`); it talks to the outside world only through the gateway's HTTP endpoint and
+//! the artifact URLs it is given. It never writes outside its base directory, except what the
+//! hook scripts it runs choose to do.
+
+#![warn(missing_docs)]
+
+pub mod client;
+pub mod config;
+pub mod download;
+pub mod error;
+pub mod exec;
+pub mod extract;
+pub mod hooks;
+pub mod layout;
+pub mod runner;
+pub mod stage;
+pub mod status;
+#[doc(hidden)]
+pub mod testutil;
+
+pub use error::Error;
+
+/// Version string sent as `agentVersion`.
+pub const AGENT_VERSION: &str = concat!("teletraan-agent-rs/", env!("CARGO_PKG_VERSION"));

@@ -1,0 +1,390 @@
+//! The agent loop: ping with one report per environment, execute the goal's stage, persist
+//! the result, ping again at once with it, until the gateway answers NOOP; then sleep the ping
+//! interval (with jitter), or back off (with jitter) while the gateway is unreachable.
+
+use std::collections::hash_map::RandomState;
+use std::future::Future;
+use std::hash::{BuildHasher, Hasher};
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use schema::ping::{DeployGoal, PingRequest, PingResponse};
+use schema::{AgentStatus, DeployStage, OpCode};
+
+use crate::client::Gateway;
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::exec::{HookSettings, Outcome, Progress, run_hook};
+use crate::hooks;
+use crate::layout::{DirLock, Layout, write_atomic};
+use crate::stage;
+use crate::status::{self, Envs, StepResult};
+
+/// A guard against a gateway that never answers NOOP: at most this many steps per round.
+const MAX_STEPS_PER_ROUND: usize = 200;
+/// Longest wait between rounds while the gateway is unreachable (unless the interval is longer).
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
+
+/// What one round did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RoundSummary {
+    /// Steps executed (DELETE goals included).
+    pub steps: usize,
+    /// Old builds removed afterwards.
+    pub removed_builds: Vec<String>,
+}
+
+/// The agent: configuration, its base directory (locked) and the status of every environment.
+#[derive(Debug)]
+pub struct Agent {
+    config: Config,
+    layout: Layout,
+    gateway: Gateway,
+    http: reqwest::Client,
+    settings: HookSettings,
+    envs: Envs,
+    _lock: DirLock,
+}
+
+impl Agent {
+    /// Creates the directories, takes the lock and loads the status file (a corrupt one is
+    /// logged and treated as empty).
+    pub fn open(config: Config) -> Result<Agent> {
+        let layout = Layout::new(&config.dir);
+        layout.create_dirs()?;
+        let lock = DirLock::acquire(&layout)?;
+        let loaded = status::load(&layout.status_file());
+        for p in &loaded.problems {
+            tracing::error!("{p}");
+        }
+        Ok(Agent {
+            gateway: Gateway::new(&config)?,
+            http: crate::download::http_client()?,
+            settings: HookSettings::from_config(&config),
+            layout,
+            envs: loaded.envs,
+            config,
+            _lock: lock,
+        })
+    }
+
+    /// The environments as currently known.
+    pub fn envs(&self) -> &Envs {
+        &self.envs
+    }
+
+    /// The directory layout.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// Runs rounds until `shutdown` completes. Never returns because the gateway is down.
+    pub async fn run(&mut self, shutdown: impl Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(self.config.ping_interval)
+            .with_max_delay(MAX_BACKOFF.max(self.config.ping_interval))
+            .with_factor(2.0)
+            .with_jitter()
+            .with_jitter_seed(random_u64())
+            .without_max_times();
+        let mut failing: Option<<ExponentialBuilder as BackoffBuilder>::Backoff> = None;
+        loop {
+            let pause = tokio::select! {
+                r = self.round() => match r {
+                    Ok(summary) => {
+                        failing = None;
+                        tracing::debug!(steps = summary.steps, "round done");
+                        jittered(self.config.ping_interval, random_u64())
+                    }
+                    Err(e) => {
+                        let wait = failing.get_or_insert_with(|| backoff.build()).next().unwrap_or(MAX_BACKOFF);
+                        tracing::error!(error = %e, retry_in_s = wait.as_secs(), "round failed");
+                        wait
+                    }
+                },
+                _ = &mut shutdown => return,
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = &mut shutdown => return,
+            }
+        }
+    }
+
+    /// One round: ping, execute goals until NOOP (or a fatal result has been reported), then
+    /// clean old builds. Fails when a ping fails (after its retries); the status is saved.
+    pub async fn round(&mut self) -> Result<RoundSummary> {
+        let mut summary = RoundSummary::default();
+        let mut resp = self.ping().await?;
+        while resp.op_code != OpCode::Noop {
+            if summary.steps >= MAX_STEPS_PER_ROUND {
+                tracing::warn!(steps = summary.steps, "too many steps in one round; pausing until the next");
+                break;
+            }
+            summary.steps += 1;
+            let Some(goal) = resp.deploy_goal.clone() else {
+                tracing::warn!(op = %resp.op_code, "answer without a deploy goal; ignoring it");
+                break;
+            };
+            let Some(env) = self.env_of(&goal) else {
+                tracing::warn!(env.id = %goal.env_id, "goal names no env and the env id is not known here; ignoring it");
+                break;
+            };
+            if resp.op_code == OpCode::Delete {
+                self.forget(&env)?;
+                resp = self.ping().await?;
+                continue;
+            }
+            match self.execute(&env, resp.op_code, &goal, &resp).await {
+                Outcome::Aborted(next) => {
+                    // Reported as UNKNOWN (Teletraan's ABORTED_BY_SERVER): the entry still says so.
+                    resp = *next;
+                }
+                Outcome::Done(result) => {
+                    tracing::info!(env, stage = %goal.deploy_stage, status = %result.status, "step finished");
+                    let fatal = result.status.is_fatal();
+                    self.record(&env, &result);
+                    resp = self.ping().await?;
+                    if fatal {
+                        break;
+                    }
+                }
+            }
+        }
+        summary.removed_builds = stage::clean_builds(&self.layout, &self.envs, self.config.builds_to_keep);
+        Ok(summary)
+    }
+
+    fn env_of(&self, goal: &DeployGoal) -> Option<String> {
+        match &goal.env_name {
+            Some(n) => Some(n.to_string()),
+            None => status::find_by_env_id(&self.envs, goal.env_id.as_str()).map(String::from),
+        }
+    }
+
+    /// The ping with every environment's report.
+    pub fn ping_request(&self) -> PingRequest {
+        let c = &self.config;
+        let tags =
+            (!c.tags.is_empty()).then(|| serde_json::to_string(&c.tags).ok().map(serde_json::Value::String)).flatten();
+        PingRequest {
+            host_id: Some(c.host_id.clone()),
+            host_name: Some(c.host_name.clone()),
+            host_ip: c.host_ip.clone(),
+            ec2_tags: tags,
+            agent_version: Some(crate::AGENT_VERSION.to_string()),
+            groups: Some(c.groups.clone()),
+            reports: Some(self.envs.values().map(|e| e.ping_report()).collect()),
+            ..PingRequest::default()
+        }
+    }
+
+    async fn ping(&self) -> Result<PingResponse> {
+        self.gateway.ping(&self.ping_request()).await
+    }
+
+    /// Saves the status; a failed save turns the env's result into AGENT_FAILED so the server
+    /// stops the deploy on this host (Teletraan does the same).
+    fn save(&mut self, env: &str) -> Result<()> {
+        let r = status::save(&self.layout.status_file(), &self.envs);
+        if let (Err(e), Some(entry)) = (&r, self.envs.get_mut(env)) {
+            entry.finish(&StepResult::agent_failed(format!("Failed to dump status to the disk: {e}")));
+        }
+        r
+    }
+
+    fn record(&mut self, env: &str, result: &StepResult) {
+        if let Some(entry) = self.envs.get_mut(env) {
+            entry.finish(result);
+        }
+        if let Err(e) = self.save(env) {
+            tracing::error!(error = %e, "cannot save the status");
+        }
+    }
+
+    /// DELETE: forget the env (status entry and script config); its target and log stay.
+    fn forget(&mut self, env: &str) -> Result<()> {
+        tracing::info!(env, "DELETE: forgetting the environment");
+        self.envs.remove(env);
+        let cfg = self.layout.script_config(env);
+        match std::fs::remove_file(&cfg) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                tracing::warn!(file = %cfg.display(), error = %e, "cannot remove the script config");
+            }
+            _ => {}
+        }
+        status::save(&self.layout.status_file(), &self.envs)
+    }
+
+    /// Takes the goal, persists it (status UNKNOWN) and runs its stage.
+    async fn execute(&mut self, env: &str, op: OpCode, goal: &DeployGoal, resp: &PingResponse) -> Outcome {
+        tracing::info!(env, op = %op, stage = %goal.deploy_stage, deploy.id = %goal.deploy_id, "executing");
+        self.envs.entry(env.to_string()).or_default().apply_goal(op, goal);
+        if let Err(e) = self.write_script_config(env, goal) {
+            return Outcome::Done(StepResult::agent_failed(e.to_string()));
+        }
+        if let Err(e) = self.save(env) {
+            return Outcome::Done(StepResult::agent_failed(format!("Failed to dump status to the disk: {e}")));
+        }
+        let Some(entry) = self.envs.get(env) else {
+            return Outcome::Done(StepResult::agent_failed("internal: env entry vanished"));
+        };
+        let stage = goal.deploy_stage;
+        let settings = self.settings.with_overrides(&entry.runtime_config, stage.as_str());
+        match stage {
+            DeployStage::Downloading => Outcome::Done(self.download(env, goal, &settings).await),
+            DeployStage::Staging => Outcome::Done(self.staging(env, goal)),
+            _ => {
+                let lookup = hooks::find(&self.layout, env, stage);
+                if let Some(result) = hooks::without_hook(stage, &lookup, env) {
+                    return Outcome::Done(result);
+                }
+                let hooks::Lookup::Found(hook) = lookup else {
+                    return Outcome::Done(StepResult::succeeded());
+                };
+                let vars = hooks::environment(&self.layout, env, entry, stage);
+                let mut watch = Watch { gateway: &self.gateway, request: self.ping_request(), current: resp };
+                run_hook(&hook, &vars, &self.layout.log(env), &settings, &mut watch).await
+            }
+        }
+    }
+
+    /// `scriptVariables` non-empty: write the file; `{}`: delete it; absent: leave it.
+    fn write_script_config(&self, env: &str, goal: &DeployGoal) -> Result<()> {
+        let path = self.layout.script_config(env);
+        match &goal.script_variables {
+            Some(vars) if !vars.is_empty() => write_atomic(&path, hooks::script_config_text(vars).as_bytes()),
+            Some(_) => match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io("cannot remove", &path, e)),
+                _ => Ok(()),
+            },
+            None => Ok(()),
+        }
+    }
+
+    async fn download(&self, env: &str, goal: &DeployGoal, settings: &HookSettings) -> StepResult {
+        let Some(build) = &goal.build else {
+            return StepResult::agent_failed("the DOWNLOADING goal carries no build");
+        };
+        let mut delays = settings.retry_delays();
+        let attempts = settings.max_retries.max(1);
+        let mut last = String::new();
+        for attempt in 1..=attempts {
+            match stage::download_build(&self.layout, &self.http, env, build).await {
+                Ok(()) => return StepResult { fail_count: attempt as i32 - 1, ..StepResult::succeeded() },
+                Err(e) if e.is_permanent() => {
+                    tracing::error!(env, build.id = %build.id, error = %e, "download refused");
+                    return StepResult::agent_failed(e.to_string());
+                }
+                Err(e) => {
+                    tracing::warn!(env, build.id = %build.id, attempt, error = %e, "download failed");
+                    last = e.to_string();
+                    if attempt < attempts {
+                        tokio::time::sleep(delays.next().unwrap_or(settings.retry_delay)).await;
+                    }
+                }
+            }
+        }
+        StepResult {
+            status: AgentStatus::TooManyRetry,
+            error_code: 1,
+            error_message: Some(last),
+            fail_count: attempts as i32,
+        }
+    }
+
+    fn staging(&mut self, env: &str, goal: &DeployGoal) -> StepResult {
+        let id = match (&goal.build, self.envs.get(env).and_then(|e| e.build_info.as_ref())) {
+            (Some(b), _) => b.id.to_string(),
+            (None, Some(info)) => info.build_id.clone(),
+            (None, None) => {
+                return StepResult::agent_failed("STAGING without a known build (no DOWNLOADING goal seen)");
+            }
+        };
+        match stage::stage_build(&self.layout, env, &id) {
+            Ok(previous) => {
+                if let (Some(prev), Some(entry)) = (previous, self.envs.get_mut(env)) {
+                    entry.previous_build_id = Some(prev);
+                }
+                StepResult::succeeded()
+            }
+            Err(e) => StepResult::agent_failed(e.to_string()),
+        }
+    }
+}
+
+/// Progress pings while a hook runs: the entry already says UNKNOWN for the running step.
+struct Watch<'a> {
+    gateway: &'a Gateway,
+    request: PingRequest,
+    current: &'a PingResponse,
+}
+
+impl Progress for Watch<'_> {
+    async fn ping(&mut self) -> Option<PingResponse> {
+        match self.gateway.ping(&self.request).await {
+            Ok(next) if goal_changed(self.current, &next) => Some(next),
+            Ok(_) => None,
+            Err(e) => {
+                tracing::warn!(error = %e, "progress ping failed; the hook goes on");
+                None
+            }
+        }
+    }
+}
+
+/// Teletraan's `plan_changed`: another opcode, a goal appearing or vanishing, or another
+/// deploy, env or stage.
+pub fn goal_changed(old: &PingResponse, new: &PingResponse) -> bool {
+    if old.op_code != new.op_code {
+        return true;
+    }
+    match (&old.deploy_goal, &new.deploy_goal) {
+        (Some(a), Some(b)) => a.deploy_id != b.deploy_id || a.env_id != b.env_id || a.deploy_stage != b.deploy_stage,
+        (None, None) => false,
+        _ => true,
+    }
+}
+
+/// `base` plus up to 10% of it, from `random`.
+pub fn jittered(base: Duration, random: u64) -> Duration {
+    let max_extra = base.as_millis() as u64 / 10;
+    if max_extra == 0 { base } else { base + Duration::from_millis(random % (max_extra + 1)) }
+}
+
+fn random_u64() -> u64 {
+    RandomState::new().build_hasher().finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resp(op: OpCode, stage: DeployStage) -> PingResponse {
+        let goal = serde_json::from_value(serde_json::json!({
+            "deployId": "d1", "deployType": "REGULAR", "envId": "e1", "envName": "web", "stageName": "prod",
+            "stageType": "PRODUCTION", "deployStage": stage.as_str(), "firstDeploy": false, "isDocker": false,
+            "deployAlias": null
+        }))
+        .unwrap();
+        PingResponse { op_code: op, deploy_goal: Some(goal) }
+    }
+
+    #[test]
+    fn goal_change_is_teletraans_plan_change() {
+        let a = resp(OpCode::Deploy, DeployStage::Restarting);
+        assert!(!goal_changed(&a, &a.clone()));
+        assert!(goal_changed(&a, &resp(OpCode::Deploy, DeployStage::PostRestart)));
+        assert!(goal_changed(&a, &resp(OpCode::Restart, DeployStage::Restarting)));
+        assert!(goal_changed(&a, &PingResponse::noop()));
+    }
+
+    #[test]
+    fn jitter_stays_within_ten_percent() {
+        for r in [0, 1, 999, u64::MAX] {
+            let d = jittered(Duration::from_secs(30), r);
+            assert!(d >= Duration::from_secs(30) && d <= Duration::from_secs(33), "{d:?}");
+        }
+    }
+}

@@ -1,0 +1,160 @@
+//! The real binary: configuration errors, the printed configuration, the lock, an unreachable
+//! gateway, and recovery after `kill -9` in the middle of a hook.
+
+mod common;
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use agent::testutil::{TempDir, wait_until};
+use common::{Fake, Mode, build_archive, build_json};
+use serde_json::json;
+
+const BIN: &str = env!("CARGO_BIN_EXE_teletraan-agent");
+const B1: &str = "BuildOne00000000000000_abcdef0";
+
+fn agent_cmd(dir: &Path, server: &str) -> tokio::process::Command {
+    let mut c = tokio::process::Command::new(BIN);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("TELETRAAN_AGENT_") {
+            c.env_remove(k);
+        }
+    }
+    c.env("TELETRAAN_AGENT_DIR", dir)
+        .env("TELETRAAN_AGENT_SERVER", server)
+        .env("TELETRAAN_AGENT_HOST_ID", "host-1")
+        .env("TELETRAAN_AGENT_MIN_RUNNING_TIME", "1")
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    c
+}
+
+async fn output(mut c: tokio::process::Command) -> (i32, String, String) {
+    let out = c.output().await.unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.code().unwrap_or(-1), text(&out.stdout), text(&out.stderr))
+}
+
+#[tokio::test]
+async fn bad_configuration_exits_2_with_a_clear_error() {
+    let t = TempDir::new("bin-cfg");
+    let dir = t.path().join("a");
+    let mut c = agent_cmd(&dir, "http://127.0.0.1:9");
+    c.args(["once", "--ping-interval", "soon"]);
+    let (code, _, err) = output(c).await;
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--ping-interval") && !err.contains("panicked"), "{err}");
+
+    let file = t.path().join("agent.toml");
+    std::fs::write(&file, "ping_intervall = 3\n").unwrap();
+    let mut c = agent_cmd(&dir, "http://127.0.0.1:9");
+    c.args(["once", "--config"]).arg(&file);
+    let (code, _, err) = output(c).await;
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("ping_intervall") && err.contains("agent.toml"), "{err}");
+
+    let mut c = agent_cmd(&dir, "http://127.0.0.1:9");
+    c.env("TELETRAAN_AGENT_HOST_ID", "").arg("once");
+    let (code, _, err) = output(c).await;
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("host id"), "{err}");
+}
+
+#[tokio::test]
+async fn unreachable_gateway_fails_once_with_exit_1() {
+    let t = TempDir::new("bin-down");
+    let mut c = agent_cmd(&t.path().join("a"), "http://127.0.0.1:9");
+    c.arg("once");
+    let (code, _, err) = output(c).await;
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("ping failed") && !err.contains("panicked"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn once_prints_the_configuration_without_the_token() {
+    let t = TempDir::new("bin-once");
+    let fake = Fake::start().await;
+    let mut c = agent_cmd(&t.path().join("a"), &fake.url());
+    c.env("TELETRAAN_AGENT_TOKEN", "s3cr3t-token").env("TELETRAAN_AGENT_GROUPS", "web,api").arg("once");
+    let (code, _, err) = output(c).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("token = (set, not shown)") && err.contains("groups = web,api"), "{err}");
+    assert!(!err.contains("s3cr3t-token"), "{err}");
+    assert_eq!(fake.pings().len(), 1);
+}
+
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|s| s.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z')))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_hook_then_restart_reports_the_interrupted_step_as_unknown() {
+    let t = TempDir::new("bin-crash");
+    let dir = t.path().join("a");
+    let fake = Fake::start().await;
+    let pidfile = t.path().join("hook.pid");
+    let restarting = format!("echo $$ > {}\nexec sleep 1000", pidfile.display());
+    fake.serve("one.tar.gz", build_archive("one", &[("RESTARTING", &restarting)]));
+    fake.set_mode(Mode::Deploy {
+        deploy_id: "DeployOne".into(),
+        build: build_json(B1, &format!("{}/artifacts/one.tar.gz", fake.url()), None),
+        script_variables: json!({"RECORD": t.path().join("record").to_string_lossy()}),
+    });
+
+    let mut c = agent_cmd(&dir, &fake.url());
+    c.arg("run").stdout(Stdio::null()).stderr(Stdio::null());
+    let mut running = c.spawn().unwrap();
+    wait_until("RESTARTING to start", Duration::from_secs(60), || {
+        std::fs::read_to_string(&pidfile).is_ok_and(|s| s.trim().parse::<i32>().is_ok())
+    });
+    let hook_pid: i32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+    // While the hook runs, progress pings report the step as UNKNOWN (min running time 1 s).
+    wait_until("a progress ping", Duration::from_secs(60), || {
+        fake.report_trail().last().map(String::as_str) == Some("RESTARTING UNKNOWN")
+    });
+
+    // A second agent on the same directory is refused.
+    let mut second = agent_cmd(&dir, &fake.url());
+    second.arg("once");
+    let (code, _, err) = output(second).await;
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("already uses"), "{err}");
+
+    running.start_kill().unwrap();
+    running.wait().await.unwrap();
+    // SAFETY: signalling the hook's own process group, which the test owns.
+    unsafe {
+        libc::kill(-hook_pid, libc::SIGKILL);
+    }
+    wait_until("the orphaned hook to die", Duration::from_secs(20), || !alive(hook_pid));
+
+    fake.set_mode(Mode::Noop);
+    let before = fake.pings().len();
+    let mut c = agent_cmd(&dir, &fake.url());
+    c.arg("once");
+    let (code, _, err) = output(c).await;
+    assert_eq!(code, 0, "{err}");
+    let pings = fake.pings();
+    let r = common::env_report(&pings[before]).expect("the restarted agent reports the env");
+    assert_eq!(r.deploy_id.as_deref(), Some("DeployOne"));
+    assert_eq!(r.deploy_stage, Some(schema::DeployStage::Restarting));
+    assert_eq!(r.agent_status, Some(schema::AgentStatus::Unknown));
+
+    let mut c = agent_cmd(&dir, &fake.url());
+    c.args(["status", "--json"]);
+    let (code, out, err) = output(c).await;
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["web"]["report"]["deployStage"], "RESTARTING");
+    let mut c = agent_cmd(&dir, &fake.url());
+    c.arg("status");
+    let (code, out, _) = output(c).await;
+    assert_eq!(code, 0);
+    assert!(
+        out.lines().nth(1).is_some_and(|l| l.contains("web") && l.contains("RESTARTING") && l.contains(B1)),
+        "{out}"
+    );
+}

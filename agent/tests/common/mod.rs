@@ -1,0 +1,236 @@
+//! A small fake gateway for the loop tests: it walks one deploy through Teletraan's stage
+//! sequence from the agent's reports, serves artifacts, and records every ping.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use schema::DeployStage;
+use schema::ping::{PingReport, PingRequest};
+use serde_json::{Value, json};
+
+pub const ENV_ID: &str = "EnvIdWeb000000000000aa";
+
+const SEQUENCE: [DeployStage; 8] = [
+    DeployStage::PreDownload,
+    DeployStage::Downloading,
+    DeployStage::PostDownload,
+    DeployStage::Staging,
+    DeployStage::PreRestart,
+    DeployStage::Restarting,
+    DeployStage::PostRestart,
+    DeployStage::ServingBuild,
+];
+
+/// One deploy the fake gateway walks.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub env_id: String,
+    pub env_name: String,
+    pub deploy_id: String,
+    pub build: Value,
+    pub script_variables: Value,
+}
+
+/// What the fake gateway answers.
+#[derive(Debug, Clone)]
+pub enum Mode {
+    /// Always NOOP.
+    Noop,
+    /// Walk this deploy of env `web` ([`ENV_ID`]).
+    Deploy { deploy_id: String, build: Value, script_variables: Value },
+    /// Walk these deploys, one goal at a time, the first unfinished one first.
+    Many(Vec<Target>),
+    /// DELETE (without env name) while the agent still reports the env.
+    Delete,
+}
+
+#[derive(Debug)]
+pub struct FakeState {
+    pub mode: Mode,
+    pub pings: Vec<PingRequest>,
+    pub artifacts: HashMap<String, Vec<u8>>,
+}
+
+#[derive(Clone)]
+pub struct Fake {
+    pub state: Arc<Mutex<FakeState>>,
+    pub addr: SocketAddr,
+}
+
+impl Fake {
+    pub async fn start() -> Fake {
+        let state = Arc::new(Mutex::new(FakeState { mode: Mode::Noop, pings: Vec::new(), artifacts: HashMap::new() }));
+        let app = axum::Router::new()
+            .route("/v1/system/ping", post(ping))
+            .route("/artifacts/{name}", get(artifact))
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Fake { state, addr }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn set_mode(&self, mode: Mode) {
+        self.state.lock().unwrap().mode = mode;
+    }
+
+    pub fn serve(&self, name: &str, bytes: Vec<u8>) {
+        self.state.lock().unwrap().artifacts.insert(name.to_string(), bytes);
+    }
+
+    pub fn pings(&self) -> Vec<PingRequest> {
+        self.state.lock().unwrap().pings.clone()
+    }
+
+    /// The env's report in every ping, as `STAGE STATUS` (`-` when the ping had none).
+    pub fn report_trail(&self) -> Vec<String> {
+        self.pings()
+            .iter()
+            .map(|p| match env_report(p) {
+                Some(r) => format!(
+                    "{} {}",
+                    r.deploy_stage.map(|s| s.as_str()).unwrap_or("null"),
+                    r.agent_status.map(|s| s.as_str()).unwrap_or("null")
+                ),
+                None => "-".to_string(),
+            })
+            .collect()
+    }
+}
+
+pub fn env_report(p: &PingRequest) -> Option<&PingReport> {
+    report_of(p, ENV_ID)
+}
+
+pub fn report_of<'a>(p: &'a PingRequest, env_id: &str) -> Option<&'a PingReport> {
+    p.reports.as_ref()?.iter().find(|r| r.env_id.as_deref() == Some(env_id))
+}
+
+/// The next stage for a host that sent `report` for `deploy_id`; `None` when done or failed.
+fn next_stage(report: Option<&PingReport>, deploy_id: &str) -> Option<DeployStage> {
+    match report {
+        Some(r) if r.deploy_id.as_deref() == Some(deploy_id) => {
+            let stage = r.deploy_stage.unwrap_or(DeployStage::Unknown);
+            match r.agent_status {
+                Some(schema::AgentStatus::Succeeded) => {
+                    SEQUENCE.iter().position(|x| *x == stage).and_then(|i| SEQUENCE.get(i + 1)).copied()
+                }
+                Some(st) if st.is_fatal() => None,
+                _ => Some(stage),
+            }
+        }
+        _ => Some(DeployStage::PreDownload),
+    }
+}
+
+async fn ping(State(state): State<Arc<Mutex<FakeState>>>, Json(req): Json<PingRequest>) -> Json<Value> {
+    let mut s = state.lock().unwrap();
+    let report = env_report(&req).cloned();
+    s.pings.push(req);
+    let noop = json!({"opCode": "NOOP", "deployGoal": null});
+    match s.mode.clone() {
+        Mode::Noop => Json(noop),
+        Mode::Delete => match report {
+            Some(_) => {
+                Json(json!({"opCode": "DELETE", "deployGoal": goal("gone", DeployStage::ServingBuild, None, None)}))
+            }
+            None => Json(noop),
+        },
+        Mode::Deploy { deploy_id, build, script_variables } => {
+            let t = Target { env_id: ENV_ID.into(), env_name: "web".into(), deploy_id, build, script_variables };
+            Json(walk(&req_reports(&s), &[t]))
+        }
+        Mode::Many(targets) => Json(walk(&req_reports(&s), &targets)),
+    }
+}
+
+fn req_reports(s: &FakeState) -> PingRequest {
+    s.pings.last().cloned().unwrap_or_default()
+}
+
+fn walk(req: &PingRequest, targets: &[Target]) -> Value {
+    for t in targets {
+        let Some(stage) = next_stage(report_of(req, &t.env_id), &t.deploy_id) else { continue };
+        let b = (stage == DeployStage::Downloading).then(|| t.build.clone());
+        let v = (stage == DeployStage::PreDownload).then(|| t.script_variables.clone());
+        let mut g = goal(&t.deploy_id, stage, b, v);
+        g["envId"] = json!(t.env_id);
+        g["envName"] = json!(t.env_name);
+        g["stageName"] = json!("prod");
+        return json!({"opCode": "DEPLOY", "deployGoal": g});
+    }
+    json!({"opCode": "NOOP", "deployGoal": null})
+}
+
+fn goal(deploy_id: &str, stage: DeployStage, build: Option<Value>, vars: Option<Value>) -> Value {
+    let mut g = json!({
+        "deployId": deploy_id, "deployType": "REGULAR", "envId": ENV_ID, "envName": null, "stageName": null,
+        "stageType": "DEFAULT", "deployStage": stage.as_str(), "deployAlias": null, "firstDeploy": true,
+        "isDocker": false, "agentConfigs": {}
+    });
+    if let Some(b) = build {
+        g["build"] = b;
+    }
+    if let Some(v) = vars {
+        g["scriptVariables"] = v;
+    }
+    g
+}
+
+async fn artifact(State(state): State<Arc<Mutex<FakeState>>>, Path(name): Path<String>) -> Response {
+    match state.lock().unwrap().artifacts.get(&name) {
+        Some(bytes) => bytes.clone().into_response(),
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+pub fn build_json(id: &str, url: &str, sha256: Option<&str>) -> Value {
+    json!({
+        "id": id, "name": "web", "artifactUrl": url, "type": "GitHub", "repo": "org/web", "branch": "main",
+        "commit": "abcdef0123456789", "commitShort": "abcdef0", "commitInfo": null, "commitDate": 1795826082513i64,
+        "publishInfo": null, "publisher": "ci", "publishDate": 1795826082513i64, "artifactSha256": sha256
+    })
+}
+
+/// A tar.gz build whose every hook appends `<STEP> build=$BUILD_ID from=<tag>` to `$RECORD`
+/// and dumps its environment to `$RECORD.<STEP>.env`. `extra` hooks replace the default body.
+pub fn build_archive(tag: &str, extra: &[(&str, &str)]) -> Vec<u8> {
+    let mut data = Vec::new();
+    {
+        let mut b = tar::Builder::new(&mut data);
+        for stage in ["PRE_DOWNLOAD", "POST_DOWNLOAD", "PRE_RESTART", "RESTARTING", "POST_RESTART", "SERVING_BUILD"] {
+            let body = extra.iter().find(|(s, _)| *s == stage).map(|(_, b)| b.to_string()).unwrap_or_else(|| {
+                format!(
+                    "echo \"$DEPLOY_STEP build=$BUILD_ID from={tag}\" >> \"$RECORD\"\nenv | sort > \"$RECORD.$DEPLOY_STEP.env\""
+                )
+            });
+            let text = format!("#!/bin/sh\n{body}\n");
+            let mut h = tar::Header::new_gnu();
+            h.set_size(text.len() as u64);
+            h.set_mode(0o755);
+            h.set_entry_type(tar::EntryType::Regular);
+            b.append_data(&mut h, format!("teletraan/{stage}"), text.as_bytes()).unwrap();
+        }
+        let mut h = tar::Header::new_gnu();
+        h.set_size(tag.len() as u64);
+        h.set_mode(0o644);
+        b.append_data(&mut h, "VERSION", tag.as_bytes()).unwrap();
+        b.finish().unwrap();
+    }
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    enc.write_all(&data).unwrap();
+    enc.finish().unwrap()
+}

@@ -1,0 +1,105 @@
+//! The gateway: `POST /v1/system/ping`, wire-compatible with Teletraan's agents, answered from
+//! memory. It never queries the database on the ping path: stages, capacity and agent records
+//! are loaded at start and kept current by change events ([`sync`]); what pings change is
+//! published to the workers in confirmed batches ([`publisher`]).
+
+mod ping;
+pub mod publisher;
+pub mod state;
+pub mod sync;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::post;
+use store::Store;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use workers::bus::BusConfig;
+
+use self::publisher::Item;
+use self::state::{Hosts, Stages, Tokens};
+
+/// Settings of a gateway.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// The broker.
+    pub bus: BusConfig,
+    /// Most agent records and hosts in one published batch.
+    pub batch_max: usize,
+    /// Longest a changed record waits before it is published.
+    pub flush_every: Duration,
+    /// How often heartbeats are published.
+    pub heartbeat_every: Duration,
+    /// Items waiting to be published before pings stop queueing more (memory bound).
+    pub queue_capacity: usize,
+    /// How often stage versions are compared with Postgres and tokens reloaded.
+    pub check_every: Duration,
+}
+
+impl GatewayConfig {
+    /// Defaults for a broker.
+    pub fn new(bus: BusConfig) -> Self {
+        GatewayConfig {
+            bus,
+            batch_max: 1000,
+            flush_every: Duration::from_millis(50),
+            heartbeat_every: Duration::from_secs(1),
+            queue_capacity: 100_000,
+            check_every: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The gateway's shared state.
+pub struct Gateway {
+    pub(crate) stages: RwLock<Stages>,
+    pub(crate) hosts: Hosts,
+    pub(crate) tokens: Tokens,
+    reports: mpsc::Sender<Item>,
+    ready: AtomicBool,
+}
+
+impl Gateway {
+    /// Whether the initial load is done and changes are being received.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Release);
+    }
+
+    /// Number of hosts held in memory.
+    pub fn host_count(&self) -> usize {
+        self.hosts.len()
+    }
+}
+
+/// Starts a gateway's background tasks (change sync, publisher) and returns its state.
+pub fn start(
+    config: GatewayConfig,
+    store: Store,
+    shutdown: watch::Receiver<bool>,
+    tasks: &mut JoinSet<()>,
+) -> Arc<Gateway> {
+    let (tx, rx) = mpsc::channel(config.queue_capacity);
+    let gateway = Arc::new(Gateway {
+        stages: RwLock::new(Stages::default()),
+        hosts: Hosts::default(),
+        tokens: Tokens::default(),
+        reports: tx,
+        ready: AtomicBool::new(false),
+    });
+    let id = format!("gateway-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    tasks.spawn(publisher::run(rx, config.clone(), id, shutdown.clone()));
+    tasks.spawn(sync::run(gateway.clone(), store, config, shutdown));
+    gateway
+}
+
+/// The gateway's routes.
+pub fn router(gateway: Arc<Gateway>) -> Router {
+    Router::new().route("/v1/system/ping", post(ping::ping)).with_state(gateway)
+}

@@ -1,0 +1,239 @@
+//! One ping: authenticate, parse, decide with `schema::rules::goal::plan` on the in-memory
+//! state, queue what changed, answer. Synchronous after parsing; no IO.
+
+use std::sync::Arc;
+use std::sync::LazyLock;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use prometheus::{Histogram, IntCounterVec, register_histogram, register_int_counter_vec};
+use schema::bus::{AgentUpdate, Heartbeat, HostFacts};
+use schema::ping::{PingHost, PingRequest, PingResponse, ReportIn};
+use schema::rules::goal::{EnvInput, RecordChange, plan};
+use schema::time::EpochMs;
+use schema::*;
+
+use super::Gateway;
+use super::publisher::Item;
+use super::state::{AgentEntry, HostEntry, StageEntry, Stages, hash_of};
+use crate::auth::bearer;
+use crate::error::ApiError;
+
+static PINGS: LazyLock<Option<IntCounterVec>> = LazyLock::new(|| {
+    register_int_counter_vec!("teletraan_gateway_pings_total", "Pings answered, by outcome", &["outcome"]).ok()
+});
+static PING_SECONDS: LazyLock<Option<Histogram>> = LazyLock::new(|| {
+    register_histogram!(
+        "teletraan_gateway_ping_duration_seconds",
+        "Time to decide a ping (after parsing)",
+        vec![0.00001, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01]
+    )
+    .ok()
+});
+
+fn count(outcome: &str) {
+    if let Some(c) = PINGS.as_ref() {
+        c.with_label_values(&[outcome]).inc();
+    }
+}
+
+/// `POST /v1/system/ping`.
+pub(super) async fn ping(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Bytes) -> Response {
+    let Some(token) = bearer(&headers) else {
+        count("unauthorized");
+        return ApiError::unauthorized("missing credentials: send 'Authorization: token <token>'").into_response();
+    };
+    if gw.tokens.role(token).is_none() {
+        count("unauthorized");
+        return ApiError::unauthorized("unknown token").into_response();
+    }
+    if !gw.is_ready() {
+        count("unavailable");
+        return ApiError::unavailable("the gateway is loading; try again").into_response();
+    }
+    let request: PingRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            count("bad_request");
+            return ApiError::bad_request(format!("malformed ping: {e}")).into_response();
+        }
+    };
+    let (host, reports) = match request.normalize() {
+        Ok(v) => v,
+        Err(e) => {
+            count("bad_request");
+            return ApiError::bad_request(e.to_string()).into_response();
+        }
+    };
+    let started = std::time::Instant::now();
+    let response = gw.decide(&host, &reports, workers::now_ms());
+    if let Some(h) = PING_SECONDS.as_ref() {
+        h.observe(started.elapsed().as_secs_f64());
+    }
+    count(if response.deploy_goal.is_some() { "goal" } else { "noop" });
+    Json(response).into_response()
+}
+
+/// What is known of one stage of the host while deciding.
+struct EnvFacts {
+    env_id: EnvId,
+    stage: Option<Arc<StageEntry>>,
+    report: Option<usize>,
+    names: Option<(EnvName, StageName)>,
+}
+
+impl Gateway {
+    /// Decides a ping and queues what it changed.
+    pub(crate) fn decide(&self, host: &PingHost, reports: &[ReportIn], now: EpochMs) -> PingResponse {
+        let stages = self.stages.read().unwrap_or_else(|p| p.into_inner());
+        let mine = stages.stages_of(&host.host_name, &host.groups);
+        let response = self.hosts.with(&host.host_id, |entry| {
+            let facts = env_facts(&stages, &mine, reports, entry);
+            let records: Vec<Option<AgentEntry>> = facts.iter().map(|f| entry.agent(&f.env_id).cloned()).collect();
+            let inputs: Vec<EnvInput<'_>> = facts
+                .iter()
+                .zip(&records)
+                .map(|(f, rec)| {
+                    let env_name = f.stage.as_ref().map(|s| &s.snapshot.goal.env_name);
+                    let other_stage_of_env = env_name.is_some_and(|name| {
+                        entry.agents.iter().any(|a| {
+                            a.env_id != f.env_id && stages.names.get(&a.env_id).is_some_and(|(n, _)| n == name)
+                        })
+                    });
+                    EnvInput {
+                        env_id: &f.env_id,
+                        stage: f.stage.as_ref().map(|s| &s.snapshot.goal),
+                        report: f.report.map(|i| &reports[i]),
+                        record: rec.as_ref().map(|a| &a.record),
+                        other_stage_of_env,
+                        names: f.names.as_ref().map(|(e, s)| (e, s)),
+                    }
+                })
+                .collect();
+            // The gateway admits first deploys itself; every other host that must leave
+            // service waits until a worker admits it (its record then names the deploy).
+            let p = plan(&inputs, |_, install| install.record.first_deploy);
+            for (env_id, change) in p.records {
+                let i = facts.iter().position(|f| f.env_id == env_id);
+                let report = i.and_then(|i| facts[i].report).map(|r| &reports[r]);
+                self.record(host, entry, &env_id, change, report, now);
+            }
+            self.host_seen(host, entry, now);
+            p.response
+        });
+        drop(stages);
+        response
+    }
+
+    /// Queues a record that differs from what the gateway holds, and holds it once queued.
+    fn record(
+        &self,
+        host: &PingHost,
+        entry: &mut HostEntry,
+        env_id: &EnvId,
+        change: RecordChange,
+        report: Option<&ReportIn>,
+        now: EpochMs,
+    ) {
+        let held = entry.agent(env_id);
+        match change {
+            RecordChange::Upsert(record) => {
+                let error = report.filter(|r| r.err_no != 0).and_then(|r| r.err_msg.clone());
+                let error_hash = error.as_ref().map(hash_of).unwrap_or(0);
+                let same = held.is_some_and(|h| h.record == record && (error_hash == 0 || h.error_hash == error_hash));
+                if same {
+                    return;
+                }
+                let control_seq = held.map(|h| h.control_seq).unwrap_or(0);
+                let update = AgentUpdate {
+                    host_id: host.host_id.clone(),
+                    host_name: host.host_name.clone(),
+                    env_id: env_id.clone(),
+                    at: now,
+                    record: Some(record.clone()),
+                    control_seq,
+                    error_message: error,
+                };
+                if self.reports.try_send(Item::Agent(update)).is_ok() {
+                    let error_hash = if error_hash == 0 { held.map(|h| h.error_hash).unwrap_or(0) } else { error_hash };
+                    entry.set(env_id, Some(AgentEntry { env_id: env_id.clone(), record, control_seq, error_hash }));
+                }
+            }
+            RecordChange::Delete => {
+                if held.is_none() {
+                    return;
+                }
+                let update = AgentUpdate {
+                    host_id: host.host_id.clone(),
+                    host_name: host.host_name.clone(),
+                    env_id: env_id.clone(),
+                    at: now,
+                    record: None,
+                    control_seq: 0,
+                    error_message: None,
+                };
+                if self.reports.try_send(Item::Agent(update)).is_ok() {
+                    entry.set(env_id, None);
+                }
+            }
+        }
+    }
+
+    fn host_seen(&self, host: &PingHost, entry: &mut HostEntry, now: EpochMs) {
+        let facts_hash = hash_of(&(
+            &host.host_name,
+            &host.ip,
+            &host.groups,
+            &host.agent_version,
+            &host.autoscaling_group,
+            &host.availability_zone,
+        ));
+        if facts_hash != entry.facts_hash {
+            let facts = HostFacts {
+                host_id: host.host_id.clone(),
+                host_name: host.host_name.clone(),
+                ip: host.ip.clone(),
+                groups: host.groups.clone(),
+                agent_version: host.agent_version.clone(),
+                autoscaling_group: host.autoscaling_group.clone(),
+                availability_zone: host.availability_zone.clone(),
+                seen_at: now,
+            };
+            if self.reports.try_send(Item::Host(facts)).is_ok() {
+                entry.facts_hash = facts_hash;
+            }
+        }
+        // Heartbeats are repeated on every ping: losing one under pressure is harmless.
+        let _ = self.reports.try_send(Item::Heartbeat(Heartbeat { host_id: host.host_id.clone(), at: now }));
+    }
+}
+
+/// Every stage this ping concerns: the host's stages, the stages it reports and the stages it
+/// has records for, each once, in that order.
+fn env_facts(stages: &Stages, mine: &[Arc<StageEntry>], reports: &[ReportIn], entry: &HostEntry) -> Vec<EnvFacts> {
+    let mut out: Vec<EnvFacts> = Vec::new();
+    let add = |env_id: &EnvId, out: &mut Vec<EnvFacts>| {
+        if out.iter().any(|f| &f.env_id == env_id) {
+            return;
+        }
+        out.push(EnvFacts {
+            env_id: env_id.clone(),
+            stage: mine.iter().find(|s| &s.snapshot.goal.env_id == env_id).cloned(),
+            report: reports.iter().position(|r| &r.env_id == env_id),
+            names: stages.names.get(env_id).cloned(),
+        });
+    };
+    for s in mine {
+        add(&s.snapshot.goal.env_id, &mut out);
+    }
+    for r in reports {
+        add(&r.env_id, &mut out);
+    }
+    for a in &entry.agents {
+        add(&a.env_id, &mut out);
+    }
+    out
+}

@@ -1,0 +1,187 @@
+//! Keeps the gateway's memory current: binds a queue to the `changes` fanout, then loads
+//! everything from Postgres, then applies changes in version order per stage. A gap in the
+//! versions reloads that stage; a lost connection reloads everything; a periodic comparison
+//! of stage versions with Postgres catches anything else (and reloads the tokens).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use schema::bus::ChangeMessage;
+use schema::*;
+use store::Store;
+use tokio::sync::watch;
+use workers::bus::{backoff, connect_with_retry, declare_topology};
+
+use super::{Gateway, GatewayConfig};
+
+/// Runs until `shutdown` turns true.
+pub async fn run(gw: Arc<Gateway>, store: Store, config: GatewayConfig, mut shutdown: watch::Receiver<bool>) {
+    while let Some(conn) = connect_with_retry(&config.bus, &mut shutdown).await {
+        let session = async {
+            let ch = conn.create_channel().await?;
+            declare_topology(&ch, &config.bus).await?;
+            // Exclusive, server-named and deleted with the connection: one per gateway.
+            let q = ch
+                .queue_declare(
+                    "".into(),
+                    QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() },
+                    FieldTable::default(),
+                )
+                .await?;
+            ch.queue_bind(
+                q.name().clone(),
+                config.bus.changes_exchange().as_str().into(),
+                "".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+            // Bound before loading: no change can fall between the load and the stream.
+            load_all(&gw, &store, &mut shutdown).await;
+            let mut changes = ch
+                .basic_consume(
+                    q.name().clone(),
+                    "".into(),
+                    BasicConsumeOptions { no_ack: true, ..Default::default() },
+                    FieldTable::default(),
+                )
+                .await?;
+            gw.set_ready(true);
+            tracing::info!(
+                stages = gw.stages.read().map(|s| s.by_id.len()).unwrap_or(0),
+                hosts = gw.host_count(),
+                "gateway loaded"
+            );
+            let mut check = tokio::time::interval(config.check_every);
+            check.tick().await;
+            loop {
+                tokio::select! {
+                    d = changes.next() => match d {
+                        Some(Ok(d)) => match serde_json::from_slice::<ChangeMessage>(&d.data) {
+                            Ok(msg) => apply(&gw, &store, msg).await,
+                            Err(e) => tracing::warn!(error = %e, "undecodable change ignored"),
+                        },
+                        Some(Err(e)) => return Err(workers::bus::BusError::from(e)),
+                        None => return Ok(()),
+                    },
+                    _ = check.tick() => check_versions(&gw, &store).await,
+                    _ = shutdown.changed() => if *shutdown.borrow() { return Ok(()) },
+                }
+            }
+        }
+        .await;
+        let _ = conn.close(200, "bye".into()).await;
+        if *shutdown.borrow() {
+            return;
+        }
+        if let Err(e) = session {
+            tracing::warn!(error = %e, "change stream lost; reconnecting and reloading");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Loads stages, agent records and tokens, retrying until it works or shutdown.
+async fn load_all(gw: &Gateway, store: &Store, shutdown: &mut watch::Receiver<bool>) {
+    let mut delays = backoff();
+    loop {
+        let loaded = async {
+            let tokens = store.token_hashes(workers::now_ms()).await?;
+            let stages = store.stage_snapshots().await?;
+            let rows = store.all_agent_rows().await?;
+            Ok::<_, store::Error>((tokens, stages, rows))
+        }
+        .await;
+        match loaded {
+            Ok((tokens, stages, rows)) => {
+                gw.tokens.replace(tokens);
+                gw.stages.write().unwrap_or_else(|p| p.into_inner()).replace_all(stages);
+                gw.hosts.replace_all(rows);
+                return;
+            }
+            Err(e) => {
+                let delay = delays.next().unwrap_or(Duration::from_secs(10));
+                tracing::warn!(error = %e, "gateway cannot load its state; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.changed() => {}
+                }
+                if *shutdown.borrow() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+async fn apply(gw: &Gateway, store: &Store, msg: ChangeMessage) {
+    let (env_id, version) = msg.stage_version();
+    let env_id = env_id.clone();
+    let (current, known) = {
+        let stages = gw.stages.read().unwrap_or_else(|p| p.into_inner());
+        (stages.version(&env_id), stages.get(&env_id).is_some())
+    };
+    if version <= current {
+        return;
+    }
+    let in_order = version == current + 1;
+    match msg {
+        ChangeMessage::StageV1 { stage, .. } if in_order || !known => {
+            gw.stages.write().unwrap_or_else(|p| p.into_inner()).put(&env_id, version, stage.map(|s| *s));
+        }
+        ChangeMessage::AgentsV1 { agents, .. } if in_order => {
+            gw.hosts.apply_controls(&env_id, &agents);
+            gw.stages.read().unwrap_or_else(|p| p.into_inner()).set_version(&env_id, version);
+        }
+        _ => {
+            tracing::debug!(env_id = %env_id, have = current, got = version, "change out of order; reloading the stage");
+            reload_stage(gw, store, &env_id).await;
+        }
+    }
+}
+
+async fn reload_stage(gw: &Gateway, store: &Store, env_id: &EnvId) {
+    let loaded =
+        async { Ok::<_, store::Error>((store.stage_snapshot(env_id).await?, store.stage_agent_rows(env_id).await?)) }
+            .await;
+    match loaded {
+        Ok((Some((version, snapshot)), rows)) => {
+            gw.hosts.replace_stage(env_id, &rows);
+            gw.stages.write().unwrap_or_else(|p| p.into_inner()).put(env_id, version, Some(snapshot));
+        }
+        Ok((None, _)) => gw.stages.write().unwrap_or_else(|p| p.into_inner()).put(env_id, 0, None),
+        // The periodic check will try again.
+        Err(e) => tracing::warn!(env_id = %env_id, error = %e, "could not reload a stage"),
+    }
+}
+
+async fn check_versions(gw: &Gateway, store: &Store) {
+    match store.token_hashes(workers::now_ms()).await {
+        Ok(tokens) => gw.tokens.replace(tokens),
+        Err(e) => tracing::warn!(error = %e, "could not reload tokens"),
+    }
+    let db = match store.stage_versions().await {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not compare stage versions");
+            return;
+        }
+    };
+    let local = gw.stages.read().unwrap_or_else(|p| p.into_inner()).versions();
+    let db_ids: HashSet<&EnvId> = db.iter().map(|(id, _)| id).collect();
+    for (id, version) in &db {
+        let have = local.iter().find(|(l, _)| l == id).map(|(_, v)| *v).unwrap_or(0);
+        if have != *version {
+            reload_stage(gw, store, id).await;
+        }
+    }
+    for (id, _) in &local {
+        if !db_ids.contains(id) {
+            gw.stages.write().unwrap_or_else(|p| p.into_inner()).put(id, 0, None);
+        }
+    }
+}

@@ -1,0 +1,54 @@
+//! `/healthz` (the process runs), `/readyz` (it can serve) and `/metrics` (Prometheus) on every
+//! listener.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use store::Store;
+
+use crate::gateway::Gateway;
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+async fn metrics() -> impl IntoResponse {
+    let encoder = prometheus::TextEncoder::new();
+    match encoder.encode_to_string(&prometheus::gather()) {
+        Ok(text) => (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response(),
+        Err(e) => crate::error::ApiError::internal(e).into_response(),
+    }
+}
+
+async fn api_ready(State(store): State<Store>) -> impl IntoResponse {
+    match store.ping().await {
+        Ok(()) => (StatusCode::OK, "ready"),
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "database unavailable"),
+    }
+}
+
+async fn gateway_ready(State(gw): State<Arc<Gateway>>) -> impl IntoResponse {
+    if gw.is_ready() { (StatusCode::OK, "ready") } else { (StatusCode::SERVICE_UNAVAILABLE, "loading") }
+}
+
+/// Health routes of the API listener.
+pub fn api(store: Store) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(api_ready))
+        .route("/metrics", get(metrics))
+        .with_state(store)
+}
+
+/// Health routes of the gateway listener.
+pub fn gateway(gw: Arc<Gateway>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(gateway_ready))
+        .route("/metrics", get(metrics))
+        .with_state(gw)
+}

@@ -1,0 +1,190 @@
+//! Environments and stages, their capacity and their maps.
+
+use axum::Extension;
+use axum::Json;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use schema::model::{Environ, EnvironInput, StringMap};
+use schema::*;
+use serde::Deserialize;
+use store::StageMap;
+
+use super::{ApiState, stage_key};
+use crate::auth::Principal;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{ApiJson, ApiPath, ApiQuery};
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct ListQuery {
+    env_name: Option<String>,
+}
+
+/// `GET /v1/envs?envName=`: the stages of an environment, or every stage.
+pub(super) async fn list(State(s): State<ApiState>, ApiQuery(q): ApiQuery<ListQuery>) -> ApiResult<Json<Vec<Environ>>> {
+    let env = q.env_name.filter(|n| !n.is_empty()).map(EnvName::parse).transpose()?;
+    Ok(Json(s.store.stages(env.as_ref()).await?))
+}
+
+/// `POST /v1/envs`: creates a stage.
+pub(super) async fn create(
+    State(s): State<ApiState>,
+    Extension(p): Extension<Principal>,
+    ApiJson(input): ApiJson<EnvironInput>,
+) -> ApiResult<Response> {
+    let e = Environ::create(EnvId::generate(), input, &p.name, workers::now_ms())?;
+    s.store.create_stage(&e).await?;
+    tracing::info!(env = %e.env_name, stage = %e.stage_name, operator = %p.name, "stage created");
+    let location = format!("/v1/envs/{}/{}", e.env_name, e.stage_name);
+    Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(e)).into_response())
+}
+
+/// `GET /v1/envs/{env}/{stage}`.
+pub(super) async fn get(
+    State(s): State<ApiState>,
+    ApiPath((env, stage)): ApiPath<(String, String)>,
+) -> ApiResult<Json<Environ>> {
+    let (env, stage) = stage_key(env, stage)?;
+    Ok(Json(s.store.stage(&env, &stage).await?))
+}
+
+/// `PUT /v1/envs/{env}/{stage}`: a partial update (absent fields stay as they are).
+pub(super) async fn update(
+    State(s): State<ApiState>,
+    Extension(p): Extension<Principal>,
+    ApiPath((env, stage)): ApiPath<(String, String)>,
+    ApiJson(input): ApiJson<EnvironInput>,
+) -> ApiResult<StatusCode> {
+    let (env, stage) = stage_key(env, stage)?;
+    s.store.update_stage(&env, &stage, input, &p.name, workers::now_ms()).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `DELETE /v1/envs/{env}/{stage}`: refused while capacity or hosts remain.
+pub(super) async fn delete(
+    State(s): State<ApiState>,
+    ApiPath((env, stage)): ApiPath<(String, String)>,
+) -> ApiResult<StatusCode> {
+    let (env, stage) = stage_key(env, stage)?;
+    s.store.delete_stage(&env, &stage).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct CapacityQuery {
+    capacity_type: Option<String>,
+}
+
+fn capacity_type(q: &CapacityQuery) -> ApiResult<CapacityType> {
+    match q.capacity_type.as_deref() {
+        None | Some("") => Ok(CapacityType::Group),
+        Some(t) => t.to_ascii_uppercase().parse().map_err(|e: UnknownValue| ApiError::bad_request(e.to_string())),
+    }
+}
+
+/// `GET …/capacity?capacityType=GROUP|HOST`.
+pub(super) async fn get_capacity(
+    State(s): State<ApiState>,
+    ApiPath((env, stage)): ApiPath<(String, String)>,
+    ApiQuery(q): ApiQuery<CapacityQuery>,
+) -> ApiResult<Json<Vec<String>>> {
+    let (env, stage) = stage_key(env, stage)?;
+    Ok(Json(s.store.capacity(&env, &stage, capacity_type(&q)?).await?))
+}
+
+/// `PUT …/capacity?capacityType=GROUP|HOST` with the full list of names.
+pub(super) async fn put_capacity(
+    State(s): State<ApiState>,
+    Extension(p): Extension<Principal>,
+    ApiPath((env, stage)): ApiPath<(String, String)>,
+    ApiQuery(q): ApiQuery<CapacityQuery>,
+    ApiJson(names): ApiJson<Vec<String>>,
+) -> ApiResult<StatusCode> {
+    let (env, stage) = stage_key(env, stage)?;
+    let kind = capacity_type(&q)?;
+    let mut clean = Vec::with_capacity(names.len());
+    for n in names {
+        let n = n.trim().to_string();
+        match kind {
+            CapacityType::Group => GroupName::parse(n.as_str()).map(|_| ())?,
+            CapacityType::Host => HostName::parse(n.as_str()).map(|_| ())?,
+        }
+        clean.push(n);
+    }
+    clean.sort();
+    clean.dedup();
+    s.store.set_capacity(&env, &stage, kind, &clean, &p.name, workers::now_ms()).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn get_map(s: &ApiState, env: String, stage: String, which: StageMap) -> ApiResult<Json<StringMap>> {
+    let (env, stage) = stage_key(env, stage)?;
+    Ok(Json(s.store.stage_map(&env, &stage, which).await?))
+}
+
+async fn put_map(
+    s: &ApiState,
+    p: &Principal,
+    env: String,
+    stage: String,
+    which: StageMap,
+    map: StringMap,
+) -> ApiResult<StatusCode> {
+    let (env, stage) = stage_key(env, stage)?;
+    if map.len() > 1000 {
+        return Err(ApiError::bad_request("at most 1000 entries"));
+    }
+    let mut clean = StringMap::new();
+    for (k, v) in map {
+        let k = k.trim().to_string();
+        if k.is_empty() || k.len() > 256 || k.chars().any(|c| c.is_control() || c == '=' || c.is_whitespace()) {
+            return Err(ApiError::bad_request(format!(
+                "invalid key {k:?}: no spaces, '=' or control characters, at most 256 bytes"
+            )));
+        }
+        if v.len() > 16 * 1024 || v.contains('\0') {
+            return Err(ApiError::bad_request(format!("value of {k:?} is too long or contains NUL")));
+        }
+        clean.insert(k, v.trim().to_string());
+    }
+    s.store.set_stage_map(&env, &stage, which, &clean, &p.name, workers::now_ms()).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET …/script_configs`: the script variables hooks receive.
+pub(super) async fn get_script_configs(
+    State(s): State<ApiState>,
+    ApiPath((e, st)): ApiPath<(String, String)>,
+) -> ApiResult<Json<StringMap>> {
+    get_map(&s, e, st, StageMap::ScriptConfigs).await
+}
+
+/// `PUT …/script_configs`.
+pub(super) async fn put_script_configs(
+    State(s): State<ApiState>,
+    Extension(p): Extension<Principal>,
+    ApiPath((e, st)): ApiPath<(String, String)>,
+    ApiJson(map): ApiJson<StringMap>,
+) -> ApiResult<StatusCode> {
+    put_map(&s, &p, e, st, StageMap::ScriptConfigs, map).await
+}
+
+/// `GET …/agent_configs`: overrides of the agent's settings.
+pub(super) async fn get_agent_configs(
+    State(s): State<ApiState>,
+    ApiPath((e, st)): ApiPath<(String, String)>,
+) -> ApiResult<Json<StringMap>> {
+    get_map(&s, e, st, StageMap::AgentConfigs).await
+}
+
+/// `PUT …/agent_configs`.
+pub(super) async fn put_agent_configs(
+    State(s): State<ApiState>,
+    Extension(p): Extension<Principal>,
+    ApiPath((e, st)): ApiPath<(String, String)>,
+    ApiJson(map): ApiJson<StringMap>,
+) -> ApiResult<StatusCode> {
+    put_map(&s, &p, e, st, StageMap::AgentConfigs, map).await
+}

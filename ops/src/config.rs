@@ -1,0 +1,171 @@
+//! Server configuration: flags, `TELETRAAN_*` environment variables and a TOML file, in that
+//! order of precedence, over the defaults of DESIGN §7.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use serde::Deserialize;
+
+/// Settings shared by every server role (flags and environment variables).
+#[derive(Debug, Clone, Default, Args)]
+pub struct ServerArgs {
+    /// TOML file with the same keys (snake_case) as these flags.
+    #[arg(long, env = "TELETRAAN_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+    /// Postgres URL.
+    #[arg(long, env = "TELETRAAN_DATABASE_URL", global = true)]
+    pub database_url: Option<String>,
+    /// RabbitMQ URL.
+    #[arg(long, env = "TELETRAAN_AMQP_URL", global = true)]
+    pub amqp_url: Option<String>,
+    /// Prefix of every exchange and queue.
+    #[arg(long, env = "TELETRAAN_NAMESPACE", global = true)]
+    pub namespace: Option<String>,
+    /// Address of the API and UI listener.
+    #[arg(long, env = "TELETRAAN_API_LISTEN", global = true)]
+    pub api_listen: Option<String>,
+    /// Address of the gateway listener (agent pings).
+    #[arg(long, env = "TELETRAAN_GATEWAY_LISTEN", global = true)]
+    pub gateway_listen: Option<String>,
+    /// Token with every right, created or replaced at start (name `admin`).
+    #[arg(long, env = "TELETRAAN_ADMIN_TOKEN", global = true, hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Token that may only ping, created or replaced at start (name `agent`).
+    #[arg(long, env = "TELETRAAN_AGENT_TOKEN", global = true, hide_env_values = true)]
+    pub agent_token: Option<String>,
+    /// Seconds a deploy request waits for the worker before answering 202.
+    #[arg(long, env = "TELETRAAN_COMMAND_WAIT", global = true)]
+    pub command_wait: Option<u64>,
+    /// Comma list of URL prefixes artifacts must start with (empty: any http, https or file URL).
+    #[arg(long, env = "TELETRAAN_ARTIFACT_URL_PREFIXES", global = true)]
+    pub artifact_url_prefixes: Option<String>,
+    /// Postgres connections per process.
+    #[arg(long, env = "TELETRAAN_DATABASE_POOL", global = true)]
+    pub database_pool: Option<usize>,
+}
+
+/// The TOML file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    database_url: Option<String>,
+    amqp_url: Option<String>,
+    namespace: Option<String>,
+    api_listen: Option<String>,
+    gateway_listen: Option<String>,
+    admin_token: Option<String>,
+    agent_token: Option<String>,
+    command_wait: Option<u64>,
+    artifact_url_prefixes: Option<Vec<String>>,
+    database_pool: Option<usize>,
+}
+
+/// Resolved settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub database_url: String,
+    pub amqp_url: String,
+    pub namespace: String,
+    pub api_listen: SocketAddr,
+    pub gateway_listen: SocketAddr,
+    pub admin_token: Option<String>,
+    pub agent_token: Option<String>,
+    pub command_wait: Duration,
+    pub artifact_url_prefixes: Vec<String>,
+    pub database_pool: usize,
+}
+
+fn check_token(name: &str, t: Option<String>) -> anyhow::Result<Option<String>> {
+    match t {
+        Some(t) if t.trim().len() < 8 => bail!("{name} must be at least 8 characters"),
+        Some(t) if t.chars().any(|c| c.is_whitespace() || c.is_control()) => bail!("{name} must not contain spaces"),
+        other => Ok(other),
+    }
+}
+
+impl ServerArgs {
+    /// Merges flags and environment over the file over the defaults, and validates.
+    pub fn resolve(&self) -> anyhow::Result<Settings> {
+        let file: FileConfig = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+                toml::from_str(&text).with_context(|| format!("invalid configuration file {}", path.display()))?
+            }
+            None => FileConfig::default(),
+        };
+        let addr = |name: &str, v: Option<String>, f: Option<String>, default: &str| -> anyhow::Result<SocketAddr> {
+            let s = v.or(f).unwrap_or_else(|| default.to_string());
+            s.parse().with_context(|| format!("{name}: {s:?} is not an address like 127.0.0.1:8080"))
+        };
+        let namespace = self.namespace.clone().or(file.namespace).unwrap_or_else(|| "teletraan".into());
+        if namespace.is_empty() || !namespace.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+            bail!("namespace {namespace:?} may only contain letters, digits, '-', '_' and '.'");
+        }
+        let prefixes = match &self.artifact_url_prefixes {
+            Some(list) => list.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
+            None => file.artifact_url_prefixes.unwrap_or_default(),
+        };
+        let pool = self.database_pool.or(file.database_pool).unwrap_or(16);
+        if pool == 0 {
+            bail!("database_pool must be at least 1");
+        }
+        Ok(Settings {
+            database_url: self
+                .database_url
+                .clone()
+                .or(file.database_url)
+                .unwrap_or_else(|| "postgres://localhost:5432/teletraan".into()),
+            amqp_url: self
+                .amqp_url
+                .clone()
+                .or(file.amqp_url)
+                .unwrap_or_else(|| "amqp://guest:guest@127.0.0.1:5672/%2f".into()),
+            namespace,
+            api_listen: addr("api_listen", self.api_listen.clone(), file.api_listen, "127.0.0.1:8080")?,
+            gateway_listen: addr("gateway_listen", self.gateway_listen.clone(), file.gateway_listen, "127.0.0.1:8081")?,
+            admin_token: check_token("admin_token", self.admin_token.clone().or(file.admin_token))?,
+            agent_token: check_token("agent_token", self.agent_token.clone().or(file.agent_token))?,
+            command_wait: Duration::from_secs(self.command_wait.or(file.command_wait).unwrap_or(10)),
+            artifact_url_prefixes: prefixes,
+            database_pool: pool,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_follow_the_design() {
+        let s = ServerArgs::default().resolve().unwrap();
+        assert_eq!(s.api_listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(s.gateway_listen.to_string(), "127.0.0.1:8081");
+        assert_eq!(s.namespace, "teletraan");
+        assert_eq!(s.database_url, "postgres://localhost:5432/teletraan");
+    }
+
+    #[test]
+    fn flags_beat_the_file_and_bad_values_are_named() {
+        let dir = std::env::temp_dir().join(format!("teletraan-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("t.toml");
+        std::fs::write(&file, "namespace = \"fromfile\"\napi_listen = \"127.0.0.1:9000\"\n").unwrap();
+        let args = ServerArgs { config: Some(file.clone()), namespace: Some("flag".into()), ..Default::default() };
+        let s = args.resolve().unwrap();
+        assert_eq!((s.namespace.as_str(), s.api_listen.port()), ("flag", 9000));
+
+        std::fs::write(&file, "nmespace = \"typo\"\n").unwrap();
+        let err = ServerArgs { config: Some(file.clone()), ..Default::default() }.resolve().unwrap_err();
+        assert!(format!("{err:#}").contains("nmespace"), "{err:#}");
+
+        let err = ServerArgs { api_listen: Some("nope".into()), ..Default::default() }.resolve().unwrap_err();
+        assert!(err.to_string().contains("api_listen"));
+        let err = ServerArgs { admin_token: Some("short".into()), ..Default::default() }.resolve().unwrap_err();
+        assert!(err.to_string().contains("admin_token"));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

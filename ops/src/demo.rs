@@ -1,0 +1,233 @@
+//! `teletraan up --demo`: three local agents and two sample builds, so a newcomer watches a
+//! real rollout: build v1 reaches every host at once (first deploys are not capped), then v2
+//! rolls one host at a time (`maxParallel: 1`). A line is printed whenever a host moves.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use schema::model::{Agent, Build, Deploy};
+use serde_json::json;
+use tokio::process::{Child, Command};
+use tokio::task::JoinHandle;
+
+use crate::sample;
+use crate::serve::Running;
+
+const ENV: &str = "demo";
+const STAGE: &str = "prod";
+const HOSTS: [&str; 3] = ["demo-1", "demo-2", "demo-3"];
+
+/// The running demo.
+pub struct Demo {
+    agents: Vec<Child>,
+    watcher: JoinHandle<()>,
+}
+
+impl Demo {
+    /// Stops the agents and the progress printer.
+    pub async fn stop(mut self) {
+        self.watcher.abort();
+        for a in &mut self.agents {
+            let _ = a.kill().await;
+        }
+    }
+}
+
+struct Api {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl Api {
+    async fn send(&self, req: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
+        let resp = req.header("Authorization", format!("token {}", self.token)).send().await?;
+        if resp.status().is_client_error() || resp.status().is_server_error() {
+            let status = resp.status();
+            let body = resp.text().await.unwrap_or_default();
+            bail!("{status}: {body}");
+        }
+        Ok(resp)
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+}
+
+/// Sets up the demo stage and builds, starts the agents and the first deploy, and prints the
+/// rollout as it happens.
+pub async fn start(running: &Running) -> anyhow::Result<Demo> {
+    let (Some(api_addr), Some(gateway_addr), Some(admin), Some(agent_token)) =
+        (running.api_addr, running.gateway_addr, running.admin_token.clone(), running.agent_token.clone())
+    else {
+        bail!("the demo needs the API, the gateway and both tokens");
+    };
+    let agent_bin = agent_binary()?;
+    let api = Api { http: reqwest::Client::new(), base: format!("http://{api_addr}"), token: admin.clone() };
+    let home = std::env::temp_dir().join(format!("teletraan-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&home).with_context(|| format!("cannot create {}", home.display()))?;
+
+    // The stage: one host at a time, capacity = the group the demo agents report.
+    let created = api.send(api.http.post(api.url("/v1/envs")).json(&json!({"envName": ENV, "stageName": STAGE}))).await;
+    if let Err(e) = created
+        && !e.to_string().starts_with("409")
+    {
+        return Err(e.context("cannot create the demo stage"));
+    }
+    api.send(api.http.put(api.url(&format!("/v1/envs/{ENV}/{STAGE}"))).json(&json!({"maxParallel": 1}))).await?;
+    api.send(
+        api.http.put(api.url(&format!("/v1/envs/{ENV}/{STAGE}/capacity?capacityType=GROUP"))).json(&json!(["demo"])),
+    )
+    .await?;
+    api.send(
+        api.http
+            .put(api.url(&format!("/v1/envs/{ENV}/{STAGE}/script_configs")))
+            .json(&json!({"GREETING": "hello from the demo stage"})),
+    )
+    .await?;
+
+    let v1 = publish(&api, &home, "v1").await?;
+    let v2 = publish(&api, &home, "v2").await?;
+
+    let mut agents = Vec::new();
+    for host in HOSTS {
+        let dir = home.join("agents").join(host);
+        std::fs::create_dir_all(&dir)?;
+        let log = std::fs::File::create(home.join(format!("{host}.log")))?;
+        let child = Command::new(&agent_bin)
+            .arg("run")
+            .args(["--server", &format!("http://{gateway_addr}")])
+            .args(["--host-id", host, "--host-name", host, "--groups", "demo", "--ping-interval", "2"])
+            .arg("--dir")
+            .arg(&dir)
+            .env("TELETRAAN_AGENT_TOKEN", &agent_token)
+            .stdout(Stdio::from(log.try_clone()?))
+            .stderr(Stdio::from(log))
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("cannot start {}", agent_bin.display()))?;
+        agents.push(child);
+    }
+
+    println!();
+    println!("demo: three agents ({}) run in {}", HOSTS.join(", "), home.join("agents").display());
+    println!("demo: their logs are {}", home.join("demo-N.log").display());
+    println!("demo: look around while it runs:");
+    println!("  curl -s -H 'Authorization: token {admin}' {}/v1/envs/{ENV}/{STAGE}/agents", api.base);
+    println!("  curl -s -H 'Authorization: token {admin}' {}/v1/envs/{ENV}/{STAGE}/deploys/current", api.base);
+    println!("  ls -l {}/demo-1/targets/", home.join("agents").display());
+    println!("demo: deploying {} (v1) to every host: new hosts are not held by maxParallel", v1.id);
+    println!();
+
+    let deploy = api
+        .send(
+            api.http.post(api.url(&format!("/v1/envs/{ENV}/{STAGE}/deploys?buildId={}&description=demo%20v1", v1.id))),
+        )
+        .await?
+        .json::<Deploy>()
+        .await?;
+    let watcher = tokio::spawn(async move {
+        if let Err(e) = watch(&api, deploy, &v1, &v2).await {
+            eprintln!("demo: {e:#}");
+        }
+    });
+    Ok(Demo { agents, watcher })
+}
+
+fn agent_binary() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let candidate = exe.with_file_name("teletraan-agent");
+    if candidate.exists() {
+        return Ok(candidate);
+    }
+    bail!("teletraan-agent not found next to {}; build it with `cargo build --bins`", exe.display())
+}
+
+async fn publish(api: &Api, home: &Path, version: &str) -> anyhow::Result<Build> {
+    let bytes = sample::artifact(version, &sample::demo_hooks(version))?;
+    let path = home.join(format!("demo-{version}.tar.gz"));
+    std::fs::write(&path, &bytes)?;
+    let build = json!({
+        "name": ENV,
+        "artifactUrl": format!("file://{}", path.display()),
+        "artifactSha256": sample::sha256_hex(&bytes),
+        "repo": "example/demo",
+        "branch": "main",
+        "commit": format!("{:0<40}", if version == "v1" { "1111111" } else { "2222222" }),
+        "publishInfo": "teletraan up --demo",
+    });
+    Ok(api.send(api.http.post(api.url("/v1/builds")).json(&build)).await?.json().await?)
+}
+
+/// Prints a line per host change; deploys v2 once v1 serves everywhere.
+async fn watch(api: &Api, mut deploy: Deploy, v1: &Build, v2: &Build) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let mut seen: HashMap<String, (String, String, String)> = HashMap::new();
+    let mut state = String::new();
+    let mut rolled_v2 = false;
+    let mut announced_done = false;
+    loop {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let Ok(resp) = api.send(api.http.get(api.url(&format!("/v1/envs/{ENV}/{STAGE}/agents")))).await else {
+            continue;
+        };
+        let agents: Vec<Agent> = resp.json().await.unwrap_or_default();
+        let build_of = |d: &str| if d == deploy.id.as_str() { if rolled_v2 { "v2" } else { "v1" } } else { "v1" };
+        for a in &agents {
+            let now = (a.deploy_id.to_string(), a.deploy_stage.to_string(), a.status.to_string());
+            if seen.get(a.host_name.as_str()) != Some(&now) {
+                let out_of_service = agents.iter().filter(|x| x.deploy_stage.as_str() != "SERVING_BUILD").count();
+                println!(
+                    "[{:>5.1}s] {:<7} {}  {:<13} {:<9}  ({} of {} out of service)",
+                    started.elapsed().as_secs_f64(),
+                    a.host_name.as_str(),
+                    build_of(a.deploy_id.as_str()),
+                    a.deploy_stage.as_str(),
+                    a.status.as_str(),
+                    out_of_service,
+                    agents.len()
+                );
+                seen.insert(a.host_name.to_string(), now);
+            }
+        }
+        if let Ok(resp) = api.send(api.http.get(api.url(&format!("/v1/deploys/{}", deploy.id)))).await
+            && let Ok(d) = resp.json::<Deploy>().await
+        {
+            if d.state.as_str() != state {
+                state = d.state.to_string();
+                println!(
+                    "[{:>5.1}s] deploy {} is {} ({}/{} hosts done)",
+                    started.elapsed().as_secs_f64(),
+                    d.id,
+                    state,
+                    d.success_total,
+                    d.total
+                );
+            }
+            let everyone_serving = agents.len() == HOSTS.len()
+                && agents.iter().all(|a| a.deploy_id == d.id && a.deploy_stage.as_str() == "SERVING_BUILD");
+            if everyone_serving && d.state.as_str() == "SUCCEEDING" && !rolled_v2 {
+                println!();
+                println!("demo: v1 serves everywhere; deploying {} (v2) one host at a time (maxParallel 1)", v2.id);
+                println!();
+                let url = api.url(&format!("/v1/envs/{ENV}/{STAGE}/deploys?buildId={}&description=demo%20v2", v2.id));
+                deploy = api.send(api.http.post(url)).await?.json().await?;
+                rolled_v2 = true;
+                state.clear();
+            } else if everyone_serving && rolled_v2 && d.state.as_str() == "SUCCEEDING" && !announced_done {
+                println!();
+                println!(
+                    "demo: done in {:.0}s: every host serves v2 ({}). The agents keep pinging; Ctrl-C stops everything.",
+                    started.elapsed().as_secs_f64(),
+                    v2.id
+                );
+                announced_done = true;
+            }
+        }
+        let _ = v1;
+    }
+}

@@ -1,0 +1,3 @@
+//! Shared pieces of the operator binary that tests also use.
+
+pub mod sample;

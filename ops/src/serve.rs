@@ -1,0 +1,158 @@
+//! Runs server roles (API, gateway, workers) in this process until a signal arrives.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use schema::model::ArtifactPolicy;
+use store::{Role, Store};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use workers::bus::BusConfig;
+
+use crate::config::Settings;
+
+/// Which roles this process runs.
+#[derive(Debug, Clone, Copy)]
+pub struct Roles {
+    pub api: bool,
+    pub gateway: bool,
+    pub worker: bool,
+}
+
+/// A running server: where it listens and how to stop it.
+pub struct Running {
+    pub api_addr: Option<std::net::SocketAddr>,
+    pub gateway_addr: Option<std::net::SocketAddr>,
+    pub admin_token: Option<String>,
+    pub agent_token: Option<String>,
+    shutdown: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+}
+
+impl Running {
+    /// Asks every task to stop and waits for them.
+    pub async fn stop(mut self) {
+        let _ = self.shutdown.send(true);
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+/// Prepares Postgres (database, migrations, seeded tokens) and starts the roles.
+pub async fn start(settings: &Settings, roles: Roles, generate_tokens: bool) -> anyhow::Result<Running> {
+    Store::ensure_database(&settings.database_url)
+        .await
+        .with_context(|| format!("cannot prepare the database at {}", redact(&settings.database_url)))?;
+    let store = Store::connect(&settings.database_url, settings.database_pool)?;
+    let applied = store.migrate().await.context("cannot apply the database migrations")?;
+    if !applied.is_empty() {
+        tracing::info!(?applied, "database migrated");
+    }
+    let now = workers::now_ms();
+    let random = || uuid::Uuid::new_v4().simple().to_string();
+    let admin_token = settings.admin_token.clone().or_else(|| generate_tokens.then(random));
+    let agent_token = settings.agent_token.clone().or_else(|| generate_tokens.then(random));
+    if let Some(t) = &admin_token {
+        store.seed_token("admin", Role::Admin, t, now).await.context("cannot store the admin token")?;
+    }
+    if let Some(t) = &agent_token {
+        store.seed_token("agent", Role::Agent, t, now).await.context("cannot store the agent token")?;
+    }
+
+    let bus = BusConfig { url: settings.amqp_url.clone(), namespace: settings.namespace.clone() };
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let mut tasks = JoinSet::new();
+    if roles.worker {
+        workers::spawn(
+            workers::WorkerConfig::new(bus.clone(), settings.database_url.clone()),
+            store.clone(),
+            shutdown_rx.clone(),
+            &mut tasks,
+        );
+    }
+    let mut gateway_addr = None;
+    if roles.gateway {
+        let listener = TcpListener::bind(settings.gateway_listen)
+            .await
+            .with_context(|| format!("cannot listen on {} (gateway)", settings.gateway_listen))?;
+        gateway_addr = Some(listener.local_addr()?);
+        let gw = api::gateway::start(
+            api::gateway::GatewayConfig::new(bus.clone()),
+            store.clone(),
+            shutdown_rx.clone(),
+            &mut tasks,
+        );
+        tasks.spawn(serve(listener, api::gateway_router(gw), shutdown_rx.clone(), "gateway"));
+    }
+    let mut api_addr = None;
+    if roles.api {
+        let listener = TcpListener::bind(settings.api_listen)
+            .await
+            .with_context(|| format!("cannot listen on {} (api)", settings.api_listen))?;
+        api_addr = Some(listener.local_addr()?);
+        let state = api::rest::ApiState {
+            store: store.clone(),
+            commands: Arc::new(workers::rpc::CommandClient::new(bus.clone())),
+            artifacts: Arc::new(ArtifactPolicy { allowed_prefixes: settings.artifact_url_prefixes.clone() }),
+            command_wait: settings.command_wait,
+        };
+        tasks.spawn(serve(listener, api::api_router(state), shutdown_rx.clone(), "api"));
+    }
+    Ok(Running { api_addr, gateway_addr, admin_token, agent_token, shutdown, tasks })
+}
+
+async fn serve(listener: TcpListener, router: axum::Router, mut shutdown: watch::Receiver<bool>, role: &'static str) {
+    let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    tracing::info!(role, %addr, "listening");
+    let stop = async move {
+        let _ = shutdown.wait_for(|s| *s).await;
+    };
+    if let Err(e) = axum::serve(listener, router).with_graceful_shutdown(stop).await {
+        tracing::error!(role, error = %e, "server failed");
+    }
+}
+
+/// Waits for Ctrl-C or SIGTERM.
+pub async fn signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}
+
+/// A URL without its password, for messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let creds = &url[scheme + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(super::redact("amqp://guest:guest@h:5672/%2f"), "amqp://guest:***@h:5672/%2f");
+        assert_eq!(super::redact("postgres://localhost/x"), "postgres://localhost/x");
+    }
+}
