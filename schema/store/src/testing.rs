@@ -7,7 +7,7 @@ use crate::Store;
 /// per-test database replaces it).
 pub fn server_url() -> String {
     std::env::var("TELETRAAN_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+        .unwrap_or_else(|_| "postgres://teletraan:teletraan@127.0.0.1:5432/postgres".into())
 }
 
 /// A database that exists for the life of this value.

@@ -1,0 +1,87 @@
+//! Architecture invariants of DESIGN §3, checked on the resolved dependency graph
+//! (`cargo metadata`), transitively: `schema` stays pure, and the agent never links the
+//! database, the broker or the server crates.
+
+use std::collections::{BTreeSet, HashMap};
+use std::process::Command;
+
+use serde_json::Value;
+
+struct Graph {
+    names: HashMap<String, String>,
+    deps: HashMap<String, Vec<String>>,
+}
+
+fn graph() -> Graph {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .args(["metadata", "--format-version", "1", "--manifest-path"])
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.toml"))
+        .output()
+        .expect("run cargo metadata");
+    assert!(out.status.success(), "cargo metadata failed: {}", String::from_utf8_lossy(&out.stderr));
+    let meta: Value = serde_json::from_slice(&out.stdout).expect("metadata JSON");
+    let names = meta["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["id"].as_str().unwrap().to_string(), p["name"].as_str().unwrap().to_string()))
+        .collect();
+    let mut deps = HashMap::new();
+    for node in meta["resolve"]["nodes"].as_array().unwrap() {
+        // Only normal dependencies: what the crate links, not what its tests or build use.
+        let normal = node["deps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|d| d["dep_kinds"].as_array().unwrap().iter().any(|k| k["kind"].is_null()))
+            .map(|d| d["pkg"].as_str().unwrap().to_string())
+            .collect();
+        deps.insert(node["id"].as_str().unwrap().to_string(), normal);
+    }
+    Graph { names, deps }
+}
+
+fn transitive(g: &Graph, package: &str) -> BTreeSet<String> {
+    let root = g.names.iter().find(|(_, n)| *n == package).map(|(id, _)| id.clone()).expect("package in workspace");
+    let mut seen = BTreeSet::new();
+    let mut todo = vec![root];
+    while let Some(id) = todo.pop() {
+        for d in g.deps.get(&id).into_iter().flatten() {
+            if seen.insert(g.names[d].clone()) {
+                todo.push(d.clone());
+            }
+        }
+    }
+    seen
+}
+
+fn assert_none(package: &str, forbidden: &[&str]) {
+    let deps = transitive(&graph(), package);
+    let found: Vec<&&str> = forbidden.iter().filter(|f| deps.contains(**f)).collect();
+    assert!(found.is_empty(), "{package} must not depend on {found:?} (directly or not)");
+}
+
+#[test]
+fn schema_does_no_io() {
+    assert_none(
+        "schema",
+        &["tokio", "tokio-postgres", "postgres", "deadpool-postgres", "lapin", "axum", "hyper", "reqwest", "store"],
+    );
+}
+
+#[test]
+fn agent_links_neither_database_nor_broker() {
+    assert_none(
+        "agent",
+        &["store", "workers", "api", "lapin", "tokio-postgres", "postgres", "deadpool-postgres", "axum"],
+    );
+}
+
+#[test]
+fn the_check_sees_transitive_dependencies() {
+    // api depends on lapin only through workers' re-use and its own manifest, and on
+    // tokio-postgres only through store: the walk must find both.
+    let deps = transitive(&graph(), "api");
+    assert!(deps.contains("tokio-postgres") && deps.contains("lapin") && deps.contains("schema"));
+}
