@@ -68,6 +68,7 @@ impl From<store::Error> for ApiError {
             store::Error::NotFound(m) => ApiError::not_found(m),
             store::Error::Conflict(m) => ApiError { status: StatusCode::CONFLICT, code: "conflict", message: m },
             store::Error::Invalid(i) => ApiError::bad_request(i.to_string()),
+            store::Error::BadData(m) => ApiError::bad_request(format!("invalid value: {m}")),
             store::Error::Unavailable(m) => {
                 tracing::warn!(error = %m, "database unavailable");
                 ApiError::unavailable("the database is unavailable; try again")

@@ -22,14 +22,25 @@ use axum::Router;
 /// The API listener's router: REST plus health.
 pub fn api_router(state: rest::ApiState) -> Router {
     let store = state.store.clone();
-    rest::router(state).merge(health::api(store)).fallback(not_found)
+    rest::router(state).merge(health::api(store)).fallback(not_found).method_not_allowed_fallback(method_not_allowed)
 }
 
 /// The gateway listener's router: ping plus health.
 pub fn gateway_router(gw: Arc<gateway::Gateway>) -> Router {
-    gateway::router(gw.clone()).merge(health::gateway(gw)).fallback(not_found)
+    gateway::router(gw.clone())
+        .merge(health::gateway(gw))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
 }
 
 async fn not_found() -> error::ApiError {
     error::ApiError::not_found("no such path")
+}
+
+async fn method_not_allowed() -> error::ApiError {
+    error::ApiError {
+        status: axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        code: "method_not_allowed",
+        message: "this path does not take that method".into(),
+    }
 }

@@ -30,6 +30,9 @@ pub struct ServerArgs {
     /// Address of the gateway listener (agent pings).
     #[arg(long, env = "TELETRAAN_GATEWAY_LISTEN", global = true)]
     pub gateway_listen: Option<String>,
+    /// Address of the health and metrics listener of `teletraan worker`.
+    #[arg(long, env = "TELETRAAN_WORKER_LISTEN", global = true)]
+    pub worker_listen: Option<String>,
     /// Token with every right, created or replaced at start (name `admin`).
     #[arg(long, env = "TELETRAAN_ADMIN_TOKEN", global = true, hide_env_values = true)]
     pub admin_token: Option<String>,
@@ -56,6 +59,7 @@ struct FileConfig {
     namespace: Option<String>,
     api_listen: Option<String>,
     gateway_listen: Option<String>,
+    worker_listen: Option<String>,
     admin_token: Option<String>,
     agent_token: Option<String>,
     command_wait: Option<u64>,
@@ -71,6 +75,7 @@ pub struct Settings {
     pub namespace: String,
     pub api_listen: SocketAddr,
     pub gateway_listen: SocketAddr,
+    pub worker_listen: SocketAddr,
     pub admin_token: Option<String>,
     pub agent_token: Option<String>,
     pub command_wait: Duration,
@@ -108,7 +113,9 @@ impl ServerArgs {
             Some(list) => list.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
             None => file.artifact_url_prefixes.unwrap_or_default(),
         };
-        let pool = self.database_pool.or(file.database_pool).unwrap_or(16);
+        // Enough for every consumer slot of a worker (16 commands, 8 report batches), the relay
+        // and the sweep, plus the API's requests.
+        let pool = self.database_pool.or(file.database_pool).unwrap_or(32);
         if pool == 0 {
             bail!("database_pool must be at least 1");
         }
@@ -126,6 +133,7 @@ impl ServerArgs {
             namespace,
             api_listen: addr("api_listen", self.api_listen.clone(), file.api_listen, "127.0.0.1:8080")?,
             gateway_listen: addr("gateway_listen", self.gateway_listen.clone(), file.gateway_listen, "127.0.0.1:8081")?,
+            worker_listen: addr("worker_listen", self.worker_listen.clone(), file.worker_listen, "127.0.0.1:8082")?,
             admin_token: check_token("admin_token", self.admin_token.clone().or(file.admin_token))?,
             agent_token: check_token("agent_token", self.agent_token.clone().or(file.agent_token))?,
             command_wait: Duration::from_secs(self.command_wait.or(file.command_wait).unwrap_or(10)),

@@ -24,15 +24,17 @@ const HOSTS: [&str; 3] = ["demo-1", "demo-2", "demo-3"];
 pub struct Demo {
     agents: Vec<Child>,
     watcher: JoinHandle<()>,
+    home: PathBuf,
 }
 
 impl Demo {
-    /// Stops the agents and the progress printer.
+    /// Stops the agents and the progress printer, and removes the demo's files.
     pub async fn stop(mut self) {
         self.watcher.abort();
         for a in &mut self.agents {
             let _ = a.kill().await;
         }
+        let _ = std::fs::remove_dir_all(&self.home);
     }
 }
 
@@ -135,7 +137,7 @@ pub async fn start(running: &Running) -> anyhow::Result<Demo> {
             eprintln!("demo: {e:#}");
         }
     });
-    Ok(Demo { agents, watcher })
+    Ok(Demo { agents, watcher, home })
 }
 
 fn agent_binary() -> anyhow::Result<PathBuf> {

@@ -84,6 +84,13 @@ pub async fn start(settings: &Settings, roles: Roles, generate_tokens: bool) -> 
         );
         tasks.spawn(serve(listener, api::gateway_router(gw), shutdown_rx.clone(), "gateway"));
     }
+    if roles.worker && !roles.api && !roles.gateway {
+        // A worker alone still serves /healthz, /readyz and /metrics.
+        let listener = TcpListener::bind(settings.worker_listen)
+            .await
+            .with_context(|| format!("cannot listen on {} (worker health)", settings.worker_listen))?;
+        tasks.spawn(serve(listener, api::health::api(store.clone()), shutdown_rx.clone(), "worker"));
+    }
     let mut api_addr = None;
     if roles.api {
         let listener = TcpListener::bind(settings.api_listen)

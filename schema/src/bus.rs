@@ -162,8 +162,9 @@ pub struct AgentUpdate {
     pub at: EpochMs,
     /// The record; `None` removes it.
     pub record: Option<AgentRecord>,
-    /// The control sequence the gateway knew: user actions newer than this win over the
-    /// record's state.
+    /// The record's control sequence as the gateway knew it. Workers bump it whenever they
+    /// decide for a record (admission, user action); an update computed before such a
+    /// decision is refused.
     pub control_seq: i64,
     /// Error text reported with a non-zero error number.
     pub error_message: Option<String>,
@@ -226,7 +227,7 @@ pub struct AgentControl {
     pub host_id: HostId,
     /// The record; `None` when removed.
     pub record: Option<AgentRecord>,
-    /// Sequence of user actions on this record.
+    /// The record's control sequence after the change.
     pub control_seq: i64,
 }
 

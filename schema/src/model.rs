@@ -120,6 +120,25 @@ pub struct EnvironInput {
     pub stage_type: Option<EnvType>,
 }
 
+/// Free text: at most `max` characters, no control characters but newlines and tabs (Postgres
+/// refuses NUL, and nothing else belongs in these fields).
+pub fn check_text(field: &'static str, v: &str, max: usize) -> Result<(), Invalid> {
+    if v.chars().count() > max {
+        return Err(invalid(field, format!("longer than {max} characters")));
+    }
+    if let Some(c) = v.chars().find(|c| c.is_control() && !matches!(c, '\n' | '\t' | '\r')) {
+        return Err(invalid(field, format!("contains the control character {c:?}")));
+    }
+    Ok(())
+}
+
+fn optional_text(field: &'static str, v: Option<String>, max: usize) -> Result<Option<String>, Invalid> {
+    if let Some(v) = &v {
+        check_text(field, v, max)?;
+    }
+    Ok(v)
+}
+
 fn check_chars(field: &'static str, v: &str, max: usize, ok: fn(char) -> bool, allowed: &str) -> Result<(), Invalid> {
     if v.chars().count() > max {
         return Err(invalid(field, format!("longer than {max} characters")));
@@ -200,9 +219,7 @@ impl Environ {
             self.state = v;
         }
         if let Some(v) = input.description {
-            if v.chars().count() > 1024 {
-                return Err(invalid("description", "longer than 1024 characters"));
-            }
+            check_text("description", &v, 1024)?;
             self.description = v;
         }
         if let Some(v) = input.build_name {
@@ -274,12 +291,14 @@ impl Environ {
             self.acceptance_type = v;
         }
         if let Some(v) = input.email_recipients {
+            check_text("emailRecipients", &v, 1024)?;
             self.email_recipients = Some(v);
         }
         if let Some(v) = input.notify_authors {
             self.notify_authors = v;
         }
         if let Some(v) = input.watch_recipients {
+            check_text("watchRecipients", &v, 1024)?;
             self.watch_recipients = Some(v);
         }
         if let Some(v) = input.max_deploy_num {
@@ -446,19 +465,28 @@ impl Build {
             }
             None => None,
         };
+        // Year 3000: far enough, and well inside what Postgres and every client can represent.
+        const LATEST: EpochMs = 32_503_680_000_000;
+        if let Some(d) = input.commit_date
+            && !(0..=LATEST).contains(&d)
+        {
+            return Err(invalid("commitDate", "must be epoch milliseconds between 1970 and 3000"));
+        }
         let id = BuildId::generate(&commit_short).map_err(|e| invalid("commitShort", e.to_string()))?;
         Ok(Build {
             id,
             name,
             artifact_url,
-            scm: input.scm,
+            scm: optional_text("type", input.scm, 64)?,
             repo,
             branch,
             commit,
             commit_short,
-            commit_info: input.commit_info,
+            commit_info: optional_text("commitInfo", input.commit_info, 2048)?,
             commit_date: input.commit_date.unwrap_or(now),
-            publish_info: Some(input.publish_info.unwrap_or_else(|| "UNKNOWN".into())),
+            publish_info: Some(
+                optional_text("publishInfo", input.publish_info, 2048)?.unwrap_or_else(|| "UNKNOWN".into()),
+            ),
             publisher: publisher.to_string(),
             publish_date: now,
             artifact_sha256,
@@ -591,6 +619,8 @@ mod tests {
             (r#"{"stageName":"p"}"#, "envName"),
             (r#"{"envName":"web","stageName":"p","stageType":"DEFAULT"}"#, "stageType"),
             (r#"{"envName":"web","stageName":"p","stuckThreshold":0}"#, "stuckThreshold"),
+            (r#"{"envName":"web","stageName":"p","description":"a\u0000b"}"#, "description"),
+            (r#"{"envName":"web","stageName":"p","emailRecipients":"a\u0000b"}"#, "emailRecipients"),
         ];
         for (json, field) in cases {
             let err = Environ::create(EnvId::generate(), input(json), "a", 0).unwrap_err();
@@ -630,6 +660,16 @@ mod tests {
         assert_eq!(
             build(&format!(r#"{{{base},"artifactUrl":"file:///a.tgz","artifactSha256":"xyz"}}"#)).unwrap_err().field,
             "artifactSha256"
+        );
+        assert_eq!(
+            build(&format!(r#"{{{base},"artifactUrl":"file:///a.tgz","commitInfo":"x\u0000"}}"#)).unwrap_err().field,
+            "commitInfo"
+        );
+        assert_eq!(
+            build(&format!(r#"{{{base},"artifactUrl":"file:///a.tgz","commitDate":100000000000000000}}"#))
+                .unwrap_err()
+                .field,
+            "commitDate"
         );
         let policy = ArtifactPolicy { allowed_prefixes: vec!["https://artifacts/".into()] };
         let input: BuildInput =

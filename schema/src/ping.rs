@@ -16,7 +16,7 @@ pub const MAX_REPORTS: usize = 64;
 /// Most groups one host may report.
 pub const MAX_GROUPS: usize = 64;
 /// Longest error text kept from a report; the tail is kept, as that is where errors are.
-pub const MAX_ERROR_MESSAGE: usize = 16 * 1024;
+pub const MAX_ERROR_MESSAGE: usize = 8 * 1024;
 
 /// A ping as it arrives.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -148,11 +148,17 @@ pub struct ReportIn {
     pub reset_by_system: bool,
 }
 
+/// Short identity text: control characters dropped (an agent's bytes must never make the
+/// database refuse a whole batch), trimmed, cut to `max`.
 fn opt_text(v: Option<String>, max: usize) -> Option<String> {
-    v.map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).map(|s| s.chars().take(max).collect())
+    v.map(|s| s.chars().filter(|c| !c.is_control()).collect::<String>().trim().to_string())
+        .filter(|s| !s.is_empty())
+        .map(|s| s.chars().take(max).collect())
 }
 
+/// Error text: the last `max` characters, NUL (which Postgres refuses) replaced.
 fn tail(s: String, max: usize) -> String {
+    let s: String = s.chars().map(|c| if c == '\0' { '\u{fffd}' } else { c }).collect();
     let n = s.chars().count();
     if n <= max { s } else { s.chars().skip(n - max).collect() }
 }
@@ -259,7 +265,8 @@ fn parse_tags(v: Option<serde_json::Value>) -> Result<BTreeMap<String, String>, 
                 serde_json::Value::String(s) => s,
                 other => other.to_string(),
             };
-            (k.chars().take(128).collect(), v.chars().take(256).collect())
+            let clean = |s: &str, max: usize| s.chars().filter(|c| !c.is_control()).take(max).collect::<String>();
+            (clean(&k, 128), clean(&v, 256))
         })
         .collect())
 }
@@ -311,6 +318,16 @@ mod tests {
         assert_eq!(host.tags["n"], "3");
         let bad = serde_json::from_str::<PingRequest>(r#"{"hostId":"h","ec2Tags":"[1]"}"#).unwrap().normalize();
         assert_eq!(bad.unwrap_err().field, "ec2Tags");
+    }
+
+    #[test]
+    fn control_characters_never_reach_the_records() {
+        let req = r#"{"hostId":"h","hostIp":"10.0.0.1\u0000","ec2Tags":{"a\u0000":"b\u0000"},
+            "reports":[{"envId":"e","deployId":"d","errorCode":1,"errorMessage":"bad\u0000output"}]}"#;
+        let (host, reports) = serde_json::from_str::<PingRequest>(req).unwrap().normalize().unwrap();
+        assert_eq!(host.ip.as_deref(), Some("10.0.0.1"));
+        assert_eq!(host.tags["a"], "b");
+        assert_eq!(reports[0].err_msg.as_deref(), Some("bad\u{fffd}output"));
     }
 
     #[test]

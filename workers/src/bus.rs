@@ -333,8 +333,11 @@ impl Publisher {
 pub enum Disposition {
     /// Done (applied, or a duplicate): acknowledge.
     Ack,
-    /// Failed for a reason that may pass (database down): deliver again later.
+    /// Failed; it may work next time: deliver again later, at most [`MAX_ATTEMPTS`] times.
     Retry(String),
+    /// Failed because a dependency is away (database down, deadlock lost): deliver again
+    /// later, without counting the attempt, for as long as it takes.
+    RetryLater(String),
     /// Can never succeed (undecodable): move to the dead queue.
     Dead(String),
 }
@@ -434,6 +437,10 @@ async fn settle<H: Handler>(ch: &Channel, cfg: &BusConfig, queue: WorkQueue, han
     crate::metrics::message_done(queue, &disposition, started.elapsed());
     let forward = match &disposition {
         Disposition::Ack => None,
+        Disposition::RetryLater(reason) => {
+            tracing::warn!(queue = queue.as_str(), attempt, reason, "message failed on a dependency; will retry");
+            Some((cfg.name("retry"), attempt))
+        }
         Disposition::Retry(reason) if attempt < MAX_ATTEMPTS => {
             tracing::warn!(queue = queue.as_str(), attempt, reason, "message failed; will retry");
             Some((cfg.name("retry"), attempt + 1))

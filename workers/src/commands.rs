@@ -28,6 +28,7 @@ impl Handler for CommandHandler {
         };
         let outcome = match self.store.apply_command(&envelope, now_ms()).await {
             Ok(outcome) => outcome,
+            Err(e) if e.is_transient() => return Disposition::RetryLater(format!("command {}: {e}", envelope.id)),
             Err(e) => return Disposition::Retry(format!("command {}: {e}", envelope.id)),
         };
         tracing::info!(command.id = %envelope.id, command.kind = envelope.command.kind(), operator = %envelope.operator,

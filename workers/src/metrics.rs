@@ -39,6 +39,7 @@ pub(crate) fn message_done(queue: WorkQueue, d: &Disposition, took: Duration) {
     let outcome = match d {
         Disposition::Ack => "ack",
         Disposition::Retry(_) => "retry",
+        Disposition::RetryLater(_) => "retry_later",
         Disposition::Dead(_) => "dead",
     };
     if let Some(m) = MESSAGES.as_ref() {

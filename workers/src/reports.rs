@@ -27,14 +27,21 @@ impl Handler for ReportHandler {
         };
         let applied = match self.store.apply_report_batch(&batch).await {
             Ok(a) => a,
+            Err(e) if e.is_transient() => {
+                return Disposition::RetryLater(format!("report batch from {}: {e}", batch.gateway));
+            }
             Err(e) => return Disposition::Retry(format!("report batch from {}: {e}", batch.gateway)),
         };
         tracing::debug!(gateway = %batch.gateway, written = applied.written, skipped = applied.skipped,
             deleted = applied.deleted, stages = applied.stages.len(), "report batch applied");
         // Applying the batch again is harmless, so a failure here retries the whole message.
         for env_id in &applied.stages {
-            if let Err(e) = self.store.refresh_stage(env_id, now_ms()).await {
-                return Disposition::Retry(format!("refresh of stage {env_id}: {e}"));
+            match self.store.refresh_stage(env_id, now_ms()).await {
+                Ok(_) => {}
+                Err(e) if e.is_transient() => {
+                    return Disposition::RetryLater(format!("refresh of stage {env_id}: {e}"));
+                }
+                Err(e) => return Disposition::Retry(format!("refresh of stage {env_id}: {e}")),
             }
         }
         Disposition::Ack

@@ -1,5 +1,6 @@
 //! The periodic sweep: re-evaluates every stage with an active deploy, which moves deploys
-//! that stopped progressing to FAILING and admits hosts that no event woke up for.
+//! that stopped progressing to FAILING and admits hosts that no event woke up for. A stage
+//! another worker is evaluating right now is skipped, not waited for.
 
 use std::time::Duration;
 
@@ -23,7 +24,10 @@ pub async fn run(store: Store, interval: Duration, mut shutdown: watch::Receiver
         match store.stages_with_active_deploys().await {
             Ok(stages) => {
                 for env_id in stages {
-                    if let Err(e) = store.refresh_stage(&env_id, now_ms()).await {
+                    if *shutdown.borrow() {
+                        return;
+                    }
+                    if let Err(e) = store.refresh_stage_if_free(&env_id, now_ms()).await {
                         tracing::warn!(env_id = %env_id, error = %e, "sweep of a stage failed");
                     }
                 }

@@ -29,14 +29,19 @@ pub struct GatewayConfig {
     pub bus: BusConfig,
     /// Most agent records and hosts in one published batch.
     pub batch_max: usize,
+    /// Rough size limit of one published batch.
+    pub batch_max_bytes: usize,
     /// Longest a changed record waits before it is published.
     pub flush_every: Duration,
     /// How often heartbeats are published.
     pub heartbeat_every: Duration,
     /// Items waiting to be published before pings stop queueing more (memory bound).
     pub queue_capacity: usize,
-    /// How often stage versions are compared with Postgres and tokens reloaded.
+    /// How often stage versions are compared with Postgres, tokens reloaded and idle hosts
+    /// forgotten.
     pub check_every: Duration,
+    /// Hosts without records are forgotten after this long without a ping.
+    pub forget_idle_after: Duration,
 }
 
 impl GatewayConfig {
@@ -45,10 +50,12 @@ impl GatewayConfig {
         GatewayConfig {
             bus,
             batch_max: 1000,
+            batch_max_bytes: 1024 * 1024,
             flush_every: Duration::from_millis(50),
             heartbeat_every: Duration::from_secs(1),
-            queue_capacity: 100_000,
+            queue_capacity: 50_000,
             check_every: Duration::from_secs(10),
+            forget_idle_after: Duration::from_secs(3600),
         }
     }
 }
@@ -95,6 +102,7 @@ pub fn start(
     });
     let id = format!("gateway-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     tasks.spawn(publisher::run(rx, config.clone(), id, shutdown.clone()));
+    tasks.spawn(sync::check(gateway.clone(), store.clone(), config.clone(), shutdown.clone()));
     tasks.spawn(sync::run(gateway.clone(), store, config, shutdown));
     gateway
 }

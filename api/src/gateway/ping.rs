@@ -7,6 +7,7 @@ use std::sync::LazyLock;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use prometheus::{Histogram, IntCounterVec, register_histogram, register_int_counter_vec};
@@ -21,6 +22,10 @@ use super::publisher::Item;
 use super::state::{AgentEntry, HostEntry, StageEntry, Stages, hash_of};
 use crate::auth::bearer;
 use crate::error::ApiError;
+use crate::extract::body_error;
+
+/// Unchanged records are published again after this long (see `Gateway::record`).
+const RESEND_AFTER_MS: EpochMs = 30 * 60 * 1000;
 
 static PINGS: LazyLock<Option<IntCounterVec>> = LazyLock::new(|| {
     register_int_counter_vec!("teletraan_gateway_pings_total", "Pings answered, by outcome", &["outcome"]).ok()
@@ -41,7 +46,11 @@ fn count(outcome: &str) {
 }
 
 /// `POST /v1/system/ping`.
-pub(super) async fn ping(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Bytes) -> Response {
+pub(super) async fn ping(
+    State(gw): State<Arc<Gateway>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     let Some(token) = bearer(&headers) else {
         count("unauthorized");
         return ApiError::unauthorized("missing credentials: send 'Authorization: token <token>'").into_response();
@@ -54,6 +63,13 @@ pub(super) async fn ping(State(gw): State<Arc<Gateway>>, headers: HeaderMap, bod
         count("unavailable");
         return ApiError::unavailable("the gateway is loading; try again").into_response();
     }
+    let body = match body {
+        Ok(b) => b,
+        Err(e) => {
+            count("bad_request");
+            return body_error(e).into_response();
+        }
+    };
     let request: PingRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {
@@ -103,12 +119,16 @@ impl Gateway {
                             a.env_id != f.env_id && stages.names.get(&a.env_id).is_some_and(|(n, _)| n == name)
                         })
                     });
+                    // A host that reports a stage we hold no record for is not new: its record
+                    // lives in Postgres (another gateway, or a reload in progress). Treating it
+                    // as a first deploy would let it skip the caps.
+                    let env_installed = other_stage_of_env || (rec.is_none() && f.report.is_some());
                     EnvInput {
                         env_id: &f.env_id,
                         stage: f.stage.as_ref().map(|s| &s.snapshot.goal),
                         report: f.report.map(|i| &reports[i]),
                         record: rec.as_ref().map(|a| &a.record),
-                        other_stage_of_env,
+                        env_installed,
                         names: f.names.as_ref().map(|(e, s)| (e, s)),
                     }
                 })
@@ -143,7 +163,13 @@ impl Gateway {
             RecordChange::Upsert(record) => {
                 let error = report.filter(|r| r.err_no != 0).and_then(|r| r.err_msg.clone());
                 let error_hash = error.as_ref().map(hash_of).unwrap_or(0);
-                let same = held.is_some_and(|h| h.record == record && (error_hash == 0 || h.error_hash == error_hash));
+                // Unchanged records are not sent again, except once in a while: a batch the workers
+                // lost for good is then repaired.
+                let same = held.is_some_and(|h| {
+                    h.record == record
+                        && (error_hash == 0 || h.error_hash == error_hash)
+                        && (h.sent_at == 0 || now - h.sent_at < RESEND_AFTER_MS)
+                });
                 if same {
                     return;
                 }
@@ -159,7 +185,10 @@ impl Gateway {
                 };
                 if self.reports.try_send(Item::Agent(update)).is_ok() {
                     let error_hash = if error_hash == 0 { held.map(|h| h.error_hash).unwrap_or(0) } else { error_hash };
-                    entry.set(env_id, Some(AgentEntry { env_id: env_id.clone(), record, control_seq, error_hash }));
+                    entry.set(
+                        env_id,
+                        Some(AgentEntry { env_id: env_id.clone(), record, control_seq, error_hash, sent_at: now }),
+                    );
                 }
             }
             RecordChange::Delete => {
@@ -172,7 +201,7 @@ impl Gateway {
                     env_id: env_id.clone(),
                     at: now,
                     record: None,
-                    control_seq: 0,
+                    control_seq: held.map(|h| h.control_seq).unwrap_or(0),
                     error_message: None,
                 };
                 if self.reports.try_send(Item::Agent(update)).is_ok() {
@@ -183,6 +212,7 @@ impl Gateway {
     }
 
     fn host_seen(&self, host: &PingHost, entry: &mut HostEntry, now: EpochMs) {
+        entry.last_seen = now;
         let facts_hash = hash_of(&(
             &host.host_name,
             &host.ip,

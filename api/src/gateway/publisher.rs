@@ -1,5 +1,5 @@
 //! Publishes what pings changed: agent records and host facts in batches (at most
-//! `batch_max`, at latest after `flush_every`), heartbeats aggregated per host and sent every
+//! `batch_max` items or about `batch_max_bytes`, at latest after `flush_every`), heartbeats aggregated per host and sent every
 //! `heartbeat_every`, each batch confirmed by the broker. While the broker is away the batch is
 //! kept and retried; the bounded queue in front of it then fills, and pings stop marking their
 //! changes as sent, so they are sent again later: nothing is lost and memory stays bounded.
@@ -33,16 +33,20 @@ struct Pending {
     hosts: Vec<HostFacts>,
     heartbeats: HashMap<HostId, EpochMs>,
     first_change: Option<Instant>,
+    /// Rough encoded size of the changes, to keep each message small.
+    bytes: usize,
 }
 
 impl Pending {
     fn add(&mut self, item: Item) {
         match item {
             Item::Agent(a) => {
+                self.bytes += 320 + a.error_message.as_ref().map_or(0, String::len);
                 self.agents.push(a);
                 self.first_change.get_or_insert_with(Instant::now);
             }
             Item::Host(h) => {
+                self.bytes += 320 + h.groups.iter().map(|g| g.as_str().len() + 3).sum::<usize>();
                 self.hosts.push(h);
                 self.first_change.get_or_insert_with(Instant::now);
             }
@@ -55,6 +59,10 @@ impl Pending {
 
     fn changes(&self) -> usize {
         self.agents.len() + self.hosts.len()
+    }
+
+    fn full(&self, config: &GatewayConfig) -> bool {
+        self.changes() >= config.batch_max || self.bytes >= config.batch_max_bytes
     }
 }
 
@@ -78,7 +86,7 @@ pub async fn run(
                     Some(item) => {
                         pending.add(item);
                         // Drain what is already there without waiting.
-                        while pending.changes() < config.batch_max {
+                        while !pending.full(&config) {
                             match rx.try_recv() {
                                 Ok(item) => pending.add(item),
                                 Err(_) => break,
@@ -91,8 +99,8 @@ pub async fn run(
                 _ = shutdown.changed() => {}
             }
         }
-        let changes_due = pending.changes() >= config.batch_max
-            || pending.first_change.is_some_and(|t| t.elapsed() >= config.flush_every);
+        let changes_due =
+            pending.full(&config) || pending.first_change.is_some_and(|t| t.elapsed() >= config.flush_every);
         let beats_due = !pending.heartbeats.is_empty() && last_heartbeats.elapsed() >= config.heartbeat_every;
         if changes_due || beats_due || stopping {
             let include_beats = beats_due || stopping;
@@ -115,11 +123,10 @@ async fn flush(
     include_beats: bool,
     shutdown: &mut watch::Receiver<bool>,
 ) {
-    let take = pending.agents.len().min(config.batch_max);
     let batch = ReportBatch {
         gateway: gateway_id.to_string(),
         sent_at: workers::now_ms(),
-        agents: pending.agents.drain(..take).collect(),
+        agents: std::mem::take(&mut pending.agents),
         hosts: std::mem::take(&mut pending.hosts),
         heartbeats: if include_beats {
             pending.heartbeats.drain().map(|(host_id, at)| Heartbeat { host_id, at }).collect()
@@ -127,7 +134,8 @@ async fn flush(
             Vec::new()
         },
     };
-    pending.first_change = if pending.changes() > 0 { Some(Instant::now()) } else { None };
+    pending.first_change = None;
+    pending.bytes = 0;
     if batch.is_empty() {
         return;
     }

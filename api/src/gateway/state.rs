@@ -128,6 +128,8 @@ pub struct AgentEntry {
     pub control_seq: i64,
     /// Hash of the last error text published (0 = none).
     pub error_hash: u64,
+    /// When this gateway last published the record (0: it came from Postgres).
+    pub sent_at: i64,
 }
 
 /// One host.
@@ -137,6 +139,8 @@ pub struct HostEntry {
     pub facts_hash: u64,
     /// Its records, one per stage.
     pub agents: Vec<AgentEntry>,
+    /// Its last ping through this gateway (0: never).
+    pub last_seen: i64,
 }
 
 impl HostEntry {
@@ -178,9 +182,13 @@ impl Hosts {
     }
 
     fn shard(&self, host: &HostId) -> &Mutex<HashMap<HostId, HostEntry>> {
+        &self.shards[self.shard_index(host)]
+    }
+
+    fn shard_index(&self, host: &HostId) -> usize {
         let mut h = DefaultHasher::new();
         host.hash(&mut h);
-        &self.shards[(h.finish() as usize) % SHARDS]
+        (h.finish() as usize) % SHARDS
     }
 
     /// Applies records set by workers (admissions, user actions).
@@ -192,6 +200,7 @@ impl Hosts {
                     record,
                     control_seq: c.control_seq,
                     error_hash: h.agent(env_id).map(|a| a.error_hash).unwrap_or(0),
+                    sent_at: 0,
                 });
                 h.set(env_id, entry);
             });
@@ -219,30 +228,57 @@ impl Hosts {
                         record: r.record.clone(),
                         control_seq: r.control_seq,
                         error_hash,
+                        sent_at: 0,
                     }),
                 );
             });
         }
     }
 
-    /// Replaces everything (the start-up load, or after the change stream was lost).
+    /// Replaces every record (the start-up load, or after the change stream was lost). Each
+    /// shard is rebuilt aside and swapped in under its lock, so a ping never sees a host
+    /// without its records; what pings learnt about hosts (identity, last ping) is kept.
     pub fn replace_all(&self, rows: Vec<store::AgentRow>) {
-        for shard in &self.shards {
-            shard.lock().unwrap_or_else(|p| p.into_inner()).clear();
-        }
+        let mut fresh: Vec<HashMap<HostId, Vec<AgentEntry>>> = (0..SHARDS).map(|_| HashMap::new()).collect();
         for r in rows {
-            self.with(&r.host_id, |h| {
-                h.set(
-                    &r.env_id,
-                    Some(AgentEntry {
-                        env_id: r.env_id.clone(),
-                        record: r.record,
-                        control_seq: r.control_seq,
-                        error_hash: 0,
-                    }),
-                );
+            let i = self.shard_index(&r.host_id);
+            fresh[i].entry(r.host_id).or_default().push(AgentEntry {
+                env_id: r.env_id,
+                record: r.record,
+                control_seq: r.control_seq,
+                error_hash: 0,
+                sent_at: 0,
             });
         }
+        for (shard, mut agents) in self.shards.iter().zip(fresh) {
+            let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
+            let old = std::mem::take(&mut *shard);
+            for (host, entry) in old {
+                let records = agents.remove(&host).unwrap_or_default();
+                if !records.is_empty() || entry.last_seen > 0 {
+                    shard.insert(
+                        host,
+                        HostEntry { facts_hash: entry.facts_hash, agents: records, last_seen: entry.last_seen },
+                    );
+                }
+            }
+            for (host, records) in agents {
+                shard.insert(host, HostEntry { facts_hash: 0, agents: records, last_seen: 0 });
+            }
+        }
+    }
+
+    /// Forgets hosts that hold no record and have not pinged since `before` (bounds memory
+    /// against hosts that come and go, or made-up host ids).
+    pub fn evict_idle(&self, before: i64) -> usize {
+        let mut evicted = 0;
+        for shard in &self.shards {
+            let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
+            let n = shard.len();
+            shard.retain(|_, h| !h.agents.is_empty() || h.last_seen >= before);
+            evicted += n - shard.len();
+        }
+        evicted
     }
 
     /// Number of hosts held.

@@ -1,7 +1,8 @@
 //! Keeps the gateway's memory current: binds a queue to the `changes` fanout, then loads
-//! everything from Postgres, then applies changes in version order per stage. A gap in the
-//! versions reloads that stage; a lost connection reloads everything; a periodic comparison
-//! of stage versions with Postgres catches anything else (and reloads the tokens).
+//! everything from Postgres (one consistent snapshot), then applies changes in version order
+//! per stage. A gap in the versions reloads that stage; a lost connection reloads everything;
+//! a periodic comparison of stage versions with Postgres, independent of the broker, catches
+//! anything else (and reloads the tokens, and forgets idle hosts).
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -68,7 +69,6 @@ pub async fn run(gw: Arc<Gateway>, store: Store, config: GatewayConfig, mut shut
                         Some(Err(e)) => return Err(workers::bus::BusError::from(e)),
                         None => return Ok(()),
                     },
-                    _ = check.tick() => check_versions(&gw, &store).await,
                     _ = shutdown.changed() => if *shutdown.borrow() { return Ok(()) },
                 }
             }
@@ -89,18 +89,11 @@ pub async fn run(gw: Arc<Gateway>, store: Store, config: GatewayConfig, mut shut
 async fn load_all(gw: &Gateway, store: &Store, shutdown: &mut watch::Receiver<bool>) {
     let mut delays = backoff();
     loop {
-        let loaded = async {
-            let tokens = store.token_hashes(workers::now_ms()).await?;
-            let stages = store.stage_snapshots().await?;
-            let rows = store.all_agent_rows().await?;
-            Ok::<_, store::Error>((tokens, stages, rows))
-        }
-        .await;
-        match loaded {
-            Ok((tokens, stages, rows)) => {
-                gw.tokens.replace(tokens);
-                gw.stages.write().unwrap_or_else(|p| p.into_inner()).replace_all(stages);
-                gw.hosts.replace_all(rows);
+        match store.gateway_load(workers::now_ms()).await {
+            Ok(load) => {
+                gw.tokens.replace(load.tokens);
+                gw.stages.write().unwrap_or_else(|p| p.into_inner()).replace_all(load.stages);
+                gw.hosts.replace_all(load.agents);
                 return;
             }
             Err(e) => {
@@ -113,6 +106,30 @@ async fn load_all(gw: &Gateway, store: &Store, shutdown: &mut watch::Receiver<bo
                 if *shutdown.borrow() {
                     return;
                 }
+            }
+        }
+    }
+}
+
+/// Runs the periodic comparison with Postgres until `shutdown` turns true.
+pub async fn check(gw: Arc<Gateway>, store: Store, config: GatewayConfig, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(config.check_every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => {}
+        }
+        if *shutdown.borrow() {
+            return;
+        }
+        if gw.is_ready() {
+            check_versions(&gw, &store).await;
+            let before = workers::now_ms() - config.forget_idle_after.as_millis() as i64;
+            let forgotten = gw.hosts.evict_idle(before);
+            if forgotten > 0 {
+                tracing::debug!(forgotten, "forgot idle hosts");
             }
         }
     }
@@ -145,10 +162,7 @@ async fn apply(gw: &Gateway, store: &Store, msg: ChangeMessage) {
 }
 
 async fn reload_stage(gw: &Gateway, store: &Store, env_id: &EnvId) {
-    let loaded =
-        async { Ok::<_, store::Error>((store.stage_snapshot(env_id).await?, store.stage_agent_rows(env_id).await?)) }
-            .await;
-    match loaded {
+    match store.stage_load(env_id).await {
         Ok((Some((version, snapshot)), rows)) => {
             gw.hosts.replace_stage(env_id, &rows);
             gw.stages.write().unwrap_or_else(|p| p.into_inner()).put(env_id, version, Some(snapshot));

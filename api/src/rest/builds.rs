@@ -44,8 +44,8 @@ pub(super) async fn search(
 ) -> ApiResult<Json<Vec<Build>>> {
     let page_index = q.page_index.unwrap_or(1);
     let page_size = q.page_size.unwrap_or(100);
-    if page_index < 1 || !(1..=1000).contains(&page_size) {
-        return Err(ApiError::bad_request("pageIndex must be 1 or more and pageSize between 1 and 1000"));
+    if !(1..=100_000).contains(&page_index) || !(1..=1000).contains(&page_size) {
+        return Err(ApiError::bad_request("pageIndex must be between 1 and 100000 and pageSize between 1 and 1000"));
     }
     let builds = match (q.name.filter(|n| !n.is_empty()), q.commit.filter(|c| !c.is_empty())) {
         (Some(name), _) => {

@@ -37,7 +37,10 @@ pub(super) async fn create(
         None | Some("") => return Err(ApiError::bad_request("buildId is required")),
         Some(b) => BuildId::parse(b)?,
     };
-    let description = q.description.map(|d| d.chars().take(2048).collect::<String>());
+    let description = q.description.filter(|d| !d.is_empty());
+    if let Some(d) = &description {
+        schema::model::check_text("description", d, 2048)?;
+    }
     // Checked here for a fast, clear answer; the worker checks again under the stage lock.
     let e = s.store.stage(&env, &stage).await?;
     let build = s.store.build(&build_id).await?;
@@ -78,6 +81,15 @@ pub(super) async fn create(
             tracing::warn!(error = %e, "could not queue a deploy command");
             let error = CommandError { status: 503, code: "unavailable".into(), message: e.to_string() };
             let _ = s.store.fail_command(&envelope.id, &error, workers::now_ms()).await;
+            // The broker may have taken the command although its confirm was lost, and a worker
+            // applied it: then say what happened rather than invite a second deploy.
+            if let Ok(Some(done)) = s.store.command(&envelope.id).await
+                && done.status == "DONE"
+                && let Some(result) = done.result
+            {
+                let location = format!("/v1/envs/{env}/{stage}/deploys/current");
+                return Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(result)).into_response());
+            }
             Err(ApiError::unavailable("the message broker is unavailable; the deploy was not started"))
         }
     }

@@ -147,7 +147,12 @@ async fn put_map(
         if v.len() > 16 * 1024 || v.contains('\0') {
             return Err(ApiError::bad_request(format!("value of {k:?} is too long or contains NUL")));
         }
-        clean.insert(k, v.trim().to_string());
+        // Teletraan trims agent config values; script variables are passed as given.
+        let v = match which {
+            StageMap::AgentConfigs => v.trim().to_string(),
+            StageMap::ScriptConfigs => v,
+        };
+        clean.insert(k, v);
     }
     s.store.set_stage_map(&env, &stage, which, &clean, &p.name, workers::now_ms()).await?;
     Ok(StatusCode::NO_CONTENT)

@@ -114,9 +114,10 @@ pub struct EnvInput<'a> {
     pub report: Option<&'a ReportIn>,
     /// The server's record.
     pub record: Option<&'a AgentRecord>,
-    /// The host has a record for another stage of the same environment (so this is not its
-    /// first deploy of that environment).
-    pub other_stage_of_env: bool,
+    /// The host already runs this environment, so this is not its first deploy of it: it has
+    /// a record for another stage of the environment, or it reports this stage although the
+    /// caller holds no record for it (a gateway that has not seen the host's record yet).
+    pub env_installed: bool,
     /// Names of the stage when it still exists anywhere (a DELETE goal carries them).
     pub names: Option<(&'a EnvName, &'a StageName)>,
 }
@@ -151,9 +152,9 @@ pub struct Analysis {
 
 /// Decides one stage of one host (Teletraan's GoalAnalyst cases 0.1 to 4).
 pub fn analyse(input: EnvInput<'_>) -> Analysis {
-    let EnvInput { stage, report, record, other_stage_of_env, .. } = input;
+    let EnvInput { stage, report, record, env_installed, .. } = input;
     let mut out = Analysis::default();
-    let first_deploy_now = record.map(|a| a.first_deploy).unwrap_or(!other_stage_of_env);
+    let first_deploy_now = record.map(|a| a.first_deploy).unwrap_or(!env_installed);
 
     // The report, rewritten to the rollback deploy when it names the rollback's alias.
     let mut aliased = false;
@@ -264,7 +265,7 @@ pub fn analyse(input: EnvInput<'_>) -> Analysis {
 
     let from_scratch = |needs_wait: bool| {
         let first = match record {
-            None => !other_stage_of_env,
+            None => !env_installed,
             Some(a) => a.first_deploy,
         };
         Install {
@@ -547,7 +548,7 @@ mod tests {
     /// Runs one stage through [`plan`], admitting first deploys only (as the gateway does).
     fn run(stage: Option<&StageGoal>, report: Option<&ReportIn>, record: Option<&AgentRecord>) -> Plan {
         let env_id = env_id();
-        let input = EnvInput { env_id: &env_id, stage, report, record, other_stage_of_env: false, names: None };
+        let input = EnvInput { env_id: &env_id, stage, report, record, env_installed: false, names: None };
         plan(&[input], |_, install| install.record.first_deploy)
     }
 
@@ -732,7 +733,7 @@ mod tests {
                 stage: Some(&lo),
                 report: None,
                 record: None,
-                other_stage_of_env: false,
+                env_installed: false,
                 names: None,
             },
             EnvInput {
@@ -740,7 +741,7 @@ mod tests {
                 stage: Some(&hi),
                 report: None,
                 record: None,
-                other_stage_of_env: false,
+                env_installed: false,
                 names: None,
             },
         ];
@@ -758,7 +759,7 @@ mod tests {
                 stage: Some(&hi),
                 report: None,
                 record: None,
-                other_stage_of_env: false,
+                env_installed: false,
                 names: None,
             },
             EnvInput {
@@ -766,7 +767,7 @@ mod tests {
                 stage: Some(&lo),
                 report: None,
                 record: Some(&stop),
-                other_stage_of_env: false,
+                env_installed: false,
                 names: None,
             },
         ];
@@ -796,6 +797,20 @@ mod tests {
         let p = run(Some(&s), Some(&r), Some(&a));
         let RecordChange::Upsert(u) = &p.records[0].1 else { panic!() };
         assert!(!u.first_deploy);
+    }
+
+    #[test]
+    fn a_host_that_already_runs_the_environment_is_not_a_first_deploy() {
+        let s = stage("d2");
+        let r = report("d1", ServingBuild, AgentStatus::Succeeded);
+        let id = env_id();
+        let input =
+            EnvInput { env_id: &id, stage: Some(&s), report: Some(&r), record: None, env_installed: true, names: None };
+        let p = plan(&[input], |_, install| install.record.first_deploy);
+        assert_eq!(p.response, PingResponse::noop(), "it waits for admission like any serving host");
+        let a = analyse(input);
+        let install = a.install.unwrap();
+        assert!(install.needs_wait && !install.record.first_deploy);
     }
 
     #[test]

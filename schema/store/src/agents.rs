@@ -82,6 +82,18 @@ fn agent_row(r: &Row) -> Result<AgentRow> {
     })
 }
 
+/// Every agent record (a gateway's start-up load).
+pub(crate) async fn all_rows(c: &impl GenericClient) -> Result<Vec<AgentRow>> {
+    let rows = c.query(&format!("SELECT {AGENT_COLUMNS} FROM agents"), &[]).await?;
+    rows.iter().map(agent_row).collect()
+}
+
+/// The agent records of one stage (a gateway's reload of that stage).
+pub(crate) async fn stage_rows(c: &impl GenericClient, env_id: &EnvId) -> Result<Vec<AgentRow>> {
+    let rows = c.query(&format!("SELECT {AGENT_COLUMNS} FROM agents WHERE env_id = $1"), &[&env_id.as_str()]).await?;
+    rows.iter().map(agent_row).collect()
+}
+
 /// What applying a report batch touched.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AppliedBatch {
@@ -142,7 +154,7 @@ pub(crate) async fn admit(c: &impl GenericClient, e: &Environ, now: EpochMs) -> 
             &format!(
                 "UPDATE agents SET deploy_id = $2, deploy_stage = 'PRE_DOWNLOAD', status = 'UNKNOWN', state = 'NORMAL',
                      last_err_no = 0, fail_count = 0, start_date = $3, stage_start_date = $3, last_update = $3,
-                     last_operator = 'system'
+                     last_operator = 'system', control_seq = control_seq + 1
                  WHERE env_id = $1 AND host_id = ANY($4)
                  RETURNING {AGENT_COLUMNS}"
             ),
@@ -163,10 +175,10 @@ pub(crate) async fn admit(c: &impl GenericClient, e: &Environ, now: EpochMs) -> 
 }
 
 impl Store {
-    /// Stores what a gateway sent: host facts, heartbeats and agent records. Records computed
-    /// before a newer decision (an admission to the current deploy, or a later report from
-    /// another gateway) do not overwrite it; user actions newer than the gateway's knowledge
-    /// keep their state.
+    /// Stores what a gateway sent: host facts, heartbeats and agent records. A record computed
+    /// before a newer decision does not overwrite it: workers bump a record's `control_seq`
+    /// whenever they decide for it (an admission, a user action), and a gateway sends the
+    /// sequence it knew; a later report (`report_at`) wins over an earlier one.
     pub async fn apply_report_batch(&self, batch: &ReportBatch) -> Result<AppliedBatch> {
         self.upsert_hosts(&batch.hosts).await?;
         self.record_heartbeats(&batch.heartbeats).await?;
@@ -225,13 +237,15 @@ impl Store {
                                  $8::int4[], $9::int4[], $10::bool[], $11::text[], $12::int8[], $13::timestamptz[])
                           AS u(host_id, host_name, env_id, deploy_id, stage, status, state, err_no, fail_count,
                                first_deploy, health, control_seq, at)
-                     JOIN environs e ON e.env_id = u.env_id
+                     WHERE EXISTS (SELECT 1 FROM environs e WHERE e.env_id = u.env_id)
+                     -- Rows are locked in key order, the order admissions lock them in.
+                     ORDER BY u.host_id, u.env_id
                      ON CONFLICT (host_id, env_id) DO UPDATE SET
                          host_name = EXCLUDED.host_name,
                          deploy_id = EXCLUDED.deploy_id,
                          deploy_stage = EXCLUDED.deploy_stage,
                          status = EXCLUDED.status,
-                         state = CASE WHEN EXCLUDED.control_seq >= a.control_seq THEN EXCLUDED.state ELSE a.state END,
+                         state = EXCLUDED.state,
                          start_date = CASE WHEN a.deploy_id <> EXCLUDED.deploy_id THEN EXCLUDED.start_date ELSE a.start_date END,
                          stage_start_date = CASE WHEN a.deploy_id <> EXCLUDED.deploy_id OR a.deploy_stage <> EXCLUDED.deploy_stage
                                                  THEN EXCLUDED.stage_start_date ELSE a.stage_start_date END,
@@ -246,9 +260,11 @@ impl Store {
                                                   THEN EXCLUDED.last_update ELSE a.first_deploy_time END,
                          container_health_status = EXCLUDED.container_health_status,
                          report_at = EXCLUDED.report_at
-                     WHERE (a.report_at IS NULL OR a.report_at <= EXCLUDED.report_at)
-                       AND NOT (a.deploy_id <> EXCLUDED.deploy_id
-                                AND a.deploy_id = (SELECT deploy_id FROM environs WHERE env_id = a.env_id))
+                     -- Evaluated on the latest row version, after waiting for its lock: a record
+                     -- computed before a worker decided for it (admission, user action) or before
+                     -- a newer report was stored is refused.
+                     WHERE a.control_seq <= EXCLUDED.control_seq
+                       AND (a.report_at IS NULL OR a.report_at <= EXCLUDED.report_at)
                      RETURNING a.env_id",
                     &[
                         &host_id,
@@ -273,18 +289,26 @@ impl Store {
                 applied.stages.insert(get_id(r, "env_id")?);
             }
 
-            // Errors: the latest text per host and stage, for the UI.
+            // Errors: the latest text per host and stage, for the UI, in one statement.
             let errors: Vec<&&AgentUpdate> = upserts
                 .iter()
                 .filter(|u| u.error_message.is_some() && u.record.as_ref().is_some_and(|r| r.err_no != 0))
                 .collect();
-            for u in errors {
+            if !errors.is_empty() {
+                let hosts: Vec<&str> = errors.iter().map(|u| u.host_id.as_str()).collect();
+                let envs: Vec<&str> = errors.iter().map(|u| u.env_id.as_str()).collect();
+                let names: Vec<&str> = errors.iter().map(|u| u.host_name.as_str()).collect();
+                let texts: Vec<&str> = errors.iter().map(|u| u.error_message.as_deref().unwrap_or_default()).collect();
+                let at: Vec<SystemTime> = errors.iter().map(|u| ts(u.at)).collect();
                 tx.execute(
                     "INSERT INTO agent_errors (host_id, env_id, host_name, error_msg, updated_at)
-                     SELECT $1, $2, $3, $4, $5 WHERE EXISTS (SELECT 1 FROM environs WHERE env_id = $2)
+                     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[])
+                          AS u(host_id, env_id, host_name, error_msg, updated_at)
+                     WHERE EXISTS (SELECT 1 FROM environs e WHERE e.env_id = u.env_id)
+                     ORDER BY 1, 2
                      ON CONFLICT (host_id, env_id) DO UPDATE SET host_name = EXCLUDED.host_name,
                          error_msg = EXCLUDED.error_msg, updated_at = EXCLUDED.updated_at",
-                    &[&u.host_id.as_str(), &u.env_id.as_str(), &u.host_name.as_str(), &u.error_message, &ts(u.at)],
+                    &[&hosts, &envs, &names, &texts, &at],
                 )
                 .await?;
             }
@@ -292,9 +316,10 @@ impl Store {
         for u in &deletes {
             let rows = tx
                 .query(
-                    "DELETE FROM agents WHERE host_id = $1 AND env_id = $2 AND (report_at IS NULL OR report_at <= $3)
+                    "DELETE FROM agents WHERE host_id = $1 AND env_id = $2 AND control_seq <= $4
+                         AND (report_at IS NULL OR report_at <= $3)
                      RETURNING env_id",
-                    &[&u.host_id.as_str(), &u.env_id.as_str(), &ts(u.at)],
+                    &[&u.host_id.as_str(), &u.env_id.as_str(), &ts(u.at), &u.control_seq],
                 )
                 .await?;
             applied.deleted += rows.len() as u64;
@@ -316,21 +341,6 @@ impl Store {
             )
             .await?;
         rows.iter().map(agent_from_row).collect()
-    }
-
-    /// Every agent record, for a gateway's start-up load.
-    pub async fn all_agent_rows(&self) -> Result<Vec<AgentRow>> {
-        let client = self.client().await?;
-        let rows = client.query(&format!("SELECT {AGENT_COLUMNS} FROM agents"), &[]).await?;
-        rows.iter().map(agent_row).collect()
-    }
-
-    /// The agent records of one stage, for a gateway's reload of that stage.
-    pub async fn stage_agent_rows(&self, env_id: &EnvId) -> Result<Vec<AgentRow>> {
-        let client = self.client().await?;
-        let rows =
-            client.query(&format!("SELECT {AGENT_COLUMNS} FROM agents WHERE env_id = $1"), &[&env_id.as_str()]).await?;
-        rows.iter().map(agent_row).collect()
     }
 
     /// The last error a host reported for a stage.

@@ -79,7 +79,7 @@ impl Store {
         page_size: i64,
     ) -> Result<Vec<Build>> {
         let client = self.client().await?;
-        let offset = (page_index.max(1) - 1) * page_size;
+        let offset = (page_index.max(1) - 1).saturating_mul(page_size);
         let rows = client
             .query(
                 &format!(
@@ -95,7 +95,7 @@ impl Store {
     /// Builds of a commit (full or short), newest first.
     pub async fn builds_by_commit(&self, commit: &str, page_index: i64, page_size: i64) -> Result<Vec<Build>> {
         let client = self.client().await?;
-        let offset = (page_index.max(1) - 1) * page_size;
+        let offset = (page_index.max(1) - 1).saturating_mul(page_size);
         let short: String = commit.chars().take(7).collect();
         let rows = client
             .query(

@@ -286,13 +286,23 @@ impl Store {
     /// Re-evaluates a stage after its agent records changed: the deploy's progress and state,
     /// then admission of the next hosts. A stage that no longer exists is ignored.
     pub async fn refresh_stage(&self, env_id: &EnvId, now: EpochMs) -> Result<()> {
+        self.refresh(env_id, now, false).await.map(|_| ())
+    }
+
+    /// Like [`Store::refresh_stage`], but skips (returns `false`) a stage that another
+    /// transaction is evaluating: for periodic sweeps, which must not queue on busy stages.
+    pub async fn refresh_stage_if_free(&self, env_id: &EnvId, now: EpochMs) -> Result<bool> {
+        self.refresh(env_id, now, true).await
+    }
+
+    async fn refresh(&self, env_id: &EnvId, now: EpochMs, skip_locked: bool) -> Result<bool> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
-        let Some(e) = lock_stage_by_id(&*tx, env_id).await? else { return Ok(()) };
+        let Some(e) = lock_stage_by_id(&*tx, env_id, skip_locked).await? else { return Ok(false) };
         evaluate_current(&*tx, &e, now).await?;
         agents::admit(&*tx, &e, now).await?;
         tx.commit().await?;
-        Ok(())
+        Ok(true)
     }
 
     /// Stages with a current deploy that is still active (for the periodic evaluation).

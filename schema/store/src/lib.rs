@@ -12,6 +12,7 @@ mod agents;
 mod builds;
 mod commands;
 mod deploys;
+mod gateway;
 mod hosts;
 mod migrate;
 mod outbox;
@@ -29,6 +30,7 @@ use tokio_postgres::NoTls;
 
 pub use agents::{AgentRow, AppliedBatch};
 pub use commands::NewCommand;
+pub use gateway::GatewayLoad;
 pub use migrate::MIGRATIONS;
 pub use outbox::{Exchange, OutboxMessage};
 pub use stages::{StageKey, StageMap};
@@ -55,10 +57,36 @@ pub enum Error {
     /// A stored value could not be read back.
     #[error("corrupt row: {0}")]
     Corrupt(String),
+    /// Postgres refused a value (out of range, invalid text): bad input that got past
+    /// validation.
+    #[error("invalid value: {0}")]
+    BadData(String),
+}
+
+impl Error {
+    /// Whether trying again later may succeed without any change: the database is away,
+    /// shutting down, out of resources, or the transaction lost a deadlock or serialization
+    /// race.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Unavailable(_) => true,
+            Error::Db(e) => {
+                e.code().is_some_and(|c| ["08", "40", "53", "57"].iter().any(|class| c.code().starts_with(class)))
+            }
+            Error::NotFound(_) | Error::Conflict(_) | Error::Invalid(_) | Error::Corrupt(_) | Error::BadData(_) => {
+                false
+            }
+        }
+    }
 }
 
 impl From<tokio_postgres::Error> for Error {
     fn from(e: tokio_postgres::Error) -> Self {
+        if let Some(db) = e.as_db_error()
+            && db.code().code().starts_with("22")
+        {
+            return Error::BadData(db.message().to_string());
+        }
         if e.is_closed() || e.as_db_error().is_none() && e.to_string().contains("connection") {
             Error::Unavailable(e.to_string())
         } else {

@@ -3,7 +3,10 @@
 use crate::Result;
 
 /// Every migration: (version, name, SQL). A test checks this list against the folder.
-pub const MIGRATIONS: &[(i32, &str, &str)] = &[(1, "init", include_str!("../../migrations/0001_init.sql"))];
+pub const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (1, "init", include_str!("../../migrations/0001_init.sql")),
+    (2, "hot_path_indexes", include_str!("../../migrations/0002_hot_path_indexes.sql")),
+];
 
 /// Arbitrary constant that names the migration lock.
 const LOCK_KEY: i64 = 0x7e1e_7aa9;

@@ -78,10 +78,12 @@ pub(crate) async fn lock_stage(c: &impl GenericClient, env: &EnvName, stage: &St
     environ_from_row(&row)
 }
 
-/// Reads and locks a stage row by id.
-pub(crate) async fn lock_stage_by_id(c: &impl GenericClient, id: &EnvId) -> Result<Option<Environ>> {
+/// Reads and locks a stage row by id; with `skip_locked`, answers `None` at once when another
+/// transaction holds it.
+pub(crate) async fn lock_stage_by_id(c: &impl GenericClient, id: &EnvId, skip_locked: bool) -> Result<Option<Environ>> {
+    let lock = if skip_locked { "FOR UPDATE SKIP LOCKED" } else { "FOR UPDATE" };
     let row = c
-        .query_opt(&format!("SELECT {ENVIRON_COLUMNS} FROM environs e WHERE e.env_id = $1 FOR UPDATE"), &[&id.as_str()])
+        .query_opt(&format!("SELECT {ENVIRON_COLUMNS} FROM environs e WHERE e.env_id = $1 {lock}"), &[&id.as_str()])
         .await?;
     row.as_ref().map(environ_from_row).transpose()
 }
@@ -209,6 +211,33 @@ pub(crate) async fn snapshot(c: &impl GenericClient, env_id: &EnvId) -> Result<O
         .map(|r| get_id(r, "host_name"))
         .collect::<Result<Vec<_>>>()?;
     Ok(Some((version, StageSnapshot { goal, groups, hosts })))
+}
+
+/// Every stage as a gateway holds it, with its version.
+pub(crate) async fn all_snapshots(c: &impl GenericClient) -> Result<Vec<(i64, StageSnapshot)>> {
+    let mut groups: HashMap<String, Vec<GroupName>> = HashMap::new();
+    for r in c.query("SELECT env_id, group_name FROM stage_groups ORDER BY group_name", &[]).await? {
+        groups.entry(get(&r, "env_id")?).or_default().push(get_id(&r, "group_name")?);
+    }
+    let mut hosts: HashMap<String, Vec<HostName>> = HashMap::new();
+    for r in c.query("SELECT env_id, host_name FROM stage_hosts ORDER BY host_name", &[]).await? {
+        hosts.entry(get(&r, "env_id")?).or_default().push(get_id(&r, "host_name")?);
+    }
+    let rows = c.query(SNAPSHOT_QUERY, &[]).await?;
+    rows.iter()
+        .map(|r| {
+            let (version, goal) = goal_from_row(r)?;
+            let id = goal.env_id.as_str().to_string();
+            Ok((
+                version,
+                StageSnapshot {
+                    goal,
+                    groups: groups.remove(&id).unwrap_or_default(),
+                    hosts: hosts.remove(&id).unwrap_or_default(),
+                },
+            ))
+        })
+        .collect()
 }
 
 /// What `PUT …/capacity` addresses.
@@ -430,34 +459,6 @@ impl Store {
         announce_stage(&*tx, &e.id).await?;
         tx.commit().await?;
         Ok(())
-    }
-
-    /// Every stage as a gateway holds it, with its version.
-    pub async fn stage_snapshots(&self) -> Result<Vec<(i64, StageSnapshot)>> {
-        let client = self.client().await?;
-        let mut groups: HashMap<String, Vec<GroupName>> = HashMap::new();
-        for r in client.query("SELECT env_id, group_name FROM stage_groups ORDER BY group_name", &[]).await? {
-            groups.entry(get(&r, "env_id")?).or_default().push(get_id(&r, "group_name")?);
-        }
-        let mut hosts: HashMap<String, Vec<HostName>> = HashMap::new();
-        for r in client.query("SELECT env_id, host_name FROM stage_hosts ORDER BY host_name", &[]).await? {
-            hosts.entry(get(&r, "env_id")?).or_default().push(get_id(&r, "host_name")?);
-        }
-        let rows = client.query(SNAPSHOT_QUERY, &[]).await?;
-        rows.iter()
-            .map(|r| {
-                let (version, goal) = goal_from_row(r)?;
-                let id = goal.env_id.as_str().to_string();
-                Ok((
-                    version,
-                    StageSnapshot {
-                        goal,
-                        groups: groups.remove(&id).unwrap_or_default(),
-                        hosts: hosts.remove(&id).unwrap_or_default(),
-                    },
-                ))
-            })
-            .collect()
     }
 
     /// One stage as a gateway holds it, with its version.

@@ -2,6 +2,7 @@
 
 use schema::time::EpochMs;
 use sha2::{Digest, Sha256};
+use tokio_postgres::GenericClient;
 
 use crate::rows::*;
 use crate::{Error, Result, Store};
@@ -69,15 +70,18 @@ impl Store {
     /// Every valid token hash with its role (gateways keep them in memory).
     pub async fn token_hashes(&self, now: EpochMs) -> Result<Vec<([u8; 32], Role)>> {
         let client = self.client().await?;
-        let rows = client
-            .query("SELECT token_hash, role FROM tokens WHERE expires_at IS NULL OR expires_at > $1", &[&ts(now)])
-            .await?;
-        rows.iter()
-            .map(|r| {
-                let hash: Vec<u8> = get(r, "token_hash")?;
-                let hash: [u8; 32] = hash.try_into().map_err(|_| Error::Corrupt("token hash length".into()))?;
-                Ok((hash, Role::parse(get(r, "role")?)?))
-            })
-            .collect()
+        token_hashes(&**client, now).await
     }
+}
+
+pub(crate) async fn token_hashes(c: &impl GenericClient, now: EpochMs) -> Result<Vec<([u8; 32], Role)>> {
+    let rows =
+        c.query("SELECT token_hash, role FROM tokens WHERE expires_at IS NULL OR expires_at > $1", &[&ts(now)]).await?;
+    rows.iter()
+        .map(|r| {
+            let hash: Vec<u8> = get(r, "token_hash")?;
+            let hash: [u8; 32] = hash.try_into().map_err(|_| Error::Corrupt("token hash length".into()))?;
+            Ok((hash, Role::parse(get(r, "role")?)?))
+        })
+        .collect()
 }

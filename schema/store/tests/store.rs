@@ -165,14 +165,11 @@ async fn a_deploy_retires_the_previous_one_and_admits_within_the_cap() {
     s.refresh_stage(&e.id, NOW + 21).await.unwrap();
     assert_eq!(s.agents_of_stage(&e.id).await.unwrap().iter().filter(|a| a.deploy_id == d2.id).count(), 2);
 
-    // One finishes: one more is admitted.
+    // One finishes (its gateway learnt of the admission, so it sends the record's new control
+    // sequence): one more is admitted.
     let done = admitted[0].host_id.as_str().to_string();
-    s.apply_report_batch(&ReportBatch {
-        agents: vec![update(&done, &e.id, serving(&d2.id), NOW + 30)],
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let finished = AgentUpdate { control_seq: 1, ..update(&done, &e.id, serving(&d2.id), NOW + 30) };
+    s.apply_report_batch(&ReportBatch { agents: vec![finished], ..Default::default() }).await.unwrap();
     s.refresh_stage(&e.id, NOW + 31).await.unwrap();
     let agents = s.agents_of_stage(&e.id).await.unwrap();
     assert_eq!(agents.iter().filter(|a| a.deploy_id == d2.id).count(), 3);

@@ -1,0 +1,416 @@
+//! The rollout engine driven by simulated agents: the test plays Teletraan's agent, POSTing
+//! `/v1/system/ping` bodies shaped exactly as it sends them, against a real gateway, real
+//! workers, Postgres and RabbitMQ.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{App, Host, PATIENCE, STAGES, eventually, report_on, spawn_app, str_of};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tokio::time::Instant;
+
+/// A simulated agent: it reports what it last did, as Teletraan's agent does on every ping.
+struct Agent {
+    host: Host,
+    last: Option<Value>,
+}
+
+impl Agent {
+    fn new(name: &str) -> Agent {
+        Agent { host: Host::new(name, GROUP), last: None }
+    }
+
+    /// Pings and returns the answer (which must be a 200).
+    async fn ping(&self, app: &App) -> Value {
+        app.ping(&self.host.ping_body(self.last.as_slice())).await.expect(StatusCode::OK)
+    }
+
+    /// Runs `goal`'s step with `status` (the report of the next ping).
+    fn ran(&mut self, goal: &Value, status: &str) {
+        self.last = Some(report_on(goal, status));
+    }
+}
+
+const GROUP: &str = "web-g";
+
+/// `web/prod` with group capacity [`GROUP`], script variables and a deploy of a fresh build.
+struct Setup {
+    env_id: String,
+    build: Value,
+    deploy: Value,
+    scripts: Value,
+}
+
+async fn stage_with_a_deploy(app: &App) -> Setup {
+    let stage = app.create_stage("web", "prod").await;
+    app.set_capacity("web", "prod", "GROUP", &[GROUP]).await;
+    let scripts = json!({"JAVA_OPTS": "-Xmx1g", "PORT": "8080"});
+    app.put("/v1/envs/web/prod/script_configs", &scripts).await.expect(StatusCode::NO_CONTENT);
+    let build = app.publish_build("web", "fabe9af6ac4c").await;
+    let deploy = app.deploy("web", "prod", str_of(&build, "id")).await;
+    Setup { env_id: str_of(&stage, "id").to_string(), build, deploy, scripts }
+}
+
+fn is_noop(answer: &Value) -> bool {
+    *answer == json!({"opCode": "NOOP", "deployGoal": null})
+}
+
+/// The goal of a DEPLOY answer, checked against what every goal of `setup`'s stage carries.
+#[track_caller]
+fn goal_of(answer: &Value, setup: &Setup, deploy_id: &str) -> Value {
+    assert_eq!(answer["opCode"], "DEPLOY", "{answer}");
+    let goal = answer["deployGoal"].clone();
+    assert_eq!(goal["deployId"], deploy_id, "{goal}");
+    assert_eq!(goal["deployType"], "REGULAR", "{goal}");
+    assert_eq!(goal["envId"], setup.env_id.as_str(), "{goal}");
+    assert_eq!((&goal["envName"], &goal["stageName"]), (&json!("web"), &json!("prod")), "{goal}");
+    goal
+}
+
+/// The first ping of the first agent, repeated until the gateway has heard of the deploy
+/// through the workers' change events.
+async fn first_goal(app: &App, agent: &Agent) -> Value {
+    eventually("the gateway to hand out the new deploy", || async move {
+        let answer = agent.ping(app).await;
+        if is_noop(&answer) { Err(answer.to_string()) } else { Ok(answer) }
+    })
+    .await
+}
+
+/// Walks three fresh hosts through their first deploy, step by step and side by side, checking
+/// every goal; returns the agents, each having reported SERVING_BUILD and been answered NOOP.
+async fn walk_first_deploy(app: &App, setup: &Setup) -> Vec<Agent> {
+    let deploy_id = str_of(&setup.deploy, "id");
+    let mut agents: Vec<Agent> = ["web-1", "web-2", "web-3"].into_iter().map(Agent::new).collect();
+
+    // Fresh hosts are first deploys: each starts at once, though maxParallel is 1.
+    let mut goals = Vec::new();
+    for (i, agent) in agents.iter().enumerate() {
+        let answer = if i == 0 { first_goal(app, agent).await } else { agent.ping(app).await };
+        let goal = goal_of(&answer, setup, deploy_id);
+        assert_eq!(goal["deployStage"], "PRE_DOWNLOAD", "{goal}");
+        assert_eq!(goal["firstDeploy"], true, "{goal}");
+        assert_eq!(goal["scriptVariables"], setup.scripts, "PRE_DOWNLOAD carries the script variables: {goal}");
+        assert!(goal.get("build").is_none(), "only DOWNLOADING carries the build: {goal}");
+        goals.push(goal);
+    }
+
+    for next in &STAGES[1..] {
+        for (agent, goal) in agents.iter_mut().zip(goals.iter_mut()) {
+            agent.ran(goal, "SUCCEEDED");
+            let answer = agent.ping(app).await;
+            *goal = goal_of(&answer, setup, deploy_id);
+            assert_eq!(goal["deployStage"], *next, "after {}: {goal}", agent.last.as_ref().unwrap()["deployStage"]);
+            assert_eq!(goal["firstDeploy"], true, "{goal}");
+            assert!(goal.get("scriptVariables").is_none(), "only PRE_DOWNLOAD carries script variables: {goal}");
+            if *next == "DOWNLOADING" {
+                assert_eq!(goal["build"]["id"], setup.build["id"], "{goal}");
+                assert_eq!(goal["build"]["artifactUrl"], setup.build["artifactUrl"], "{goal}");
+            } else {
+                assert!(goal.get("build").is_none(), "only DOWNLOADING carries the build: {goal}");
+            }
+        }
+    }
+    for (agent, goal) in agents.iter_mut().zip(&goals) {
+        agent.ran(goal, "SUCCEEDED");
+        let answer = agent.ping(app).await;
+        assert!(is_noop(&answer), "a host serving the current deploy has nothing to do: {answer}");
+    }
+    agents
+}
+
+/// Polls the API until the deploy is SUCCEEDING with `hosts` hosts done.
+async fn wait_until_succeeding(app: &App, deploy_id: &str, hosts: i64) -> Value {
+    eventually(&format!("deploy {deploy_id} to be SUCCEEDING on {hosts} hosts"), || async move {
+        let deploy = app.deploy_by_id(deploy_id).await;
+        let done = deploy["state"] == "SUCCEEDING" && deploy["successTotal"] == hosts && deploy["total"] == hosts;
+        if done { Ok(deploy) } else { Err(deploy.to_string()) }
+    })
+    .await
+}
+
+/// Polls the agent rows of `web/prod` until `check` accepts them.
+async fn wait_for_agents(app: &App, what: &str, check: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    let check = &check;
+    eventually(what, || async move {
+        let rows = app.get("/v1/envs/web/prod/agents").await.expect(StatusCode::OK);
+        let rows = rows.as_array().cloned().unwrap_or_default();
+        if check(&rows) { Ok(rows) } else { Err(json!(rows).to_string()) }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fresh_hosts_start_at_once_and_walk_every_stage_until_the_deploy_is_succeeding() {
+    let app = spawn_app().await;
+    let setup = stage_with_a_deploy(&app).await;
+    let deploy_id = str_of(&setup.deploy, "id");
+
+    let agents = walk_first_deploy(&app, &setup).await;
+
+    let deploy = wait_until_succeeding(&app, deploy_id, 3).await;
+    assert_eq!(deploy["acceptanceStatus"], "ACCEPTED", "AUTO acceptance: {deploy}");
+    assert!(deploy["successDate"].is_i64(), "{deploy}");
+    wait_for_agents(&app, "three hosts serving the deploy", |rows| {
+        rows.len() == 3
+            && rows.iter().all(|a| {
+                a["deployId"] == deploy_id
+                    && a["deployStage"] == "SERVING_BUILD"
+                    && a["status"] == "SUCCEEDED"
+                    && a["state"] == "NORMAL"
+                    && a["firstDeploy"] == false
+            })
+    })
+    .await;
+    // Idle pings change nothing.
+    for agent in &agents {
+        assert!(is_noop(&agent.ping(&app).await));
+    }
+    app.stop().await;
+}
+
+/// Where a host stands in the rollout of the second deploy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Serving the previous deploy, not admitted yet.
+    Waiting,
+    /// Running a step of the new deploy before SERVING_BUILD: out of service.
+    Deploying,
+    /// Told SERVING_BUILD: back in service, its report pending.
+    Serving,
+    /// Reported SERVING_BUILD and was answered NOOP.
+    Done,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_deploy_takes_serving_hosts_out_of_service_one_at_a_time() {
+    let app = spawn_app().await;
+    let setup = stage_with_a_deploy(&app).await;
+    let mut agents = walk_first_deploy(&app, &setup).await;
+    let first_id = str_of(&setup.deploy, "id");
+    wait_until_succeeding(&app, first_id, 3).await;
+
+    app.put("/v1/envs/web/prod", &json!({"maxParallel": 1})).await.expect(StatusCode::NO_CONTENT);
+    let build = app.publish_build("web", "0123456789ab").await;
+    let second = app.deploy("web", "prod", str_of(&build, "id")).await;
+    let second_id = str_of(&second, "id");
+    assert_eq!(app.deploy_by_id(first_id).await["state"], "SUCCEEDED", "a succeeding deploy retires as SUCCEEDED");
+
+    // Every round each agent pings once, reporting what it last did, and runs the step it is
+    // given. A step therefore spans rounds, so hosts admitted together would be seen deploying
+    // together. Teletraan counts a host told SERVING_BUILD as back in service (its row holds
+    // the stage it was told), so the cap applies to the steps before it.
+    let mut phases = [Phase::Waiting; 3];
+    let mut started = Vec::new();
+    let deadline = Instant::now() + PATIENCE;
+    while phases.iter().any(|p| *p != Phase::Done) {
+        assert!(Instant::now() < deadline, "the rollout did not finish within {PATIENCE:?}: {phases:?}");
+        for (i, agent) in agents.iter_mut().enumerate() {
+            let answer = agent.ping(&app).await;
+            if is_noop(&answer) {
+                match phases[i] {
+                    Phase::Waiting | Phase::Done => {}
+                    Phase::Serving => phases[i] = Phase::Done,
+                    Phase::Deploying => panic!("{} got NOOP in the middle of its deploy", agent.host.name),
+                }
+                continue;
+            }
+            let goal = goal_of(&answer, &setup, second_id);
+            let stage = str_of(&goal, "deployStage").to_string();
+            if phases[i] == Phase::Waiting {
+                assert_eq!(stage, "PRE_DOWNLOAD", "a host starts the new deploy from scratch: {goal}");
+                assert_eq!(goal["firstDeploy"], false, "{goal}");
+                assert_eq!(goal["scriptVariables"], setup.scripts, "{goal}");
+                started.push(agent.host.name.clone());
+            }
+            phases[i] = if stage == "SERVING_BUILD" { Phase::Serving } else { Phase::Deploying };
+            agent.ran(&goal, "SUCCEEDED");
+            let deploying = phases.iter().filter(|p| **p == Phase::Deploying).count();
+            assert!(deploying <= 1, "maxParallel is 1 but {deploying} hosts are deploying at once: {phases:?}");
+        }
+        // The pause of an idle agent between pings (Teletraan's is 30 s); waiting hosts are
+        // admitted by the workers in the meantime.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    started.sort();
+    assert_eq!(started, ["web-1", "web-2", "web-3"], "every host started the new deploy once");
+
+    wait_until_succeeding(&app, second_id, 3).await;
+    wait_for_agents(&app, "three hosts serving the new deploy", |rows| {
+        rows.len() == 3 && rows.iter().all(|a| a["deployId"] == second_id && a["deployStage"] == "SERVING_BUILD")
+    })
+    .await;
+    app.stop().await;
+}
+
+/// One fresh host walked through its first deploy up to the step `until` (its goal is returned).
+async fn one_host_at(app: &App, setup: &Setup, until: &str) -> (Agent, Value) {
+    let deploy_id = str_of(&setup.deploy, "id");
+    let mut agent = Agent::new("web-1");
+    let mut goal = goal_of(&first_goal(app, &agent).await, setup, deploy_id);
+    while goal["deployStage"] != until {
+        agent.ran(&goal, "SUCCEEDED");
+        goal = goal_of(&agent.ping(app).await, setup, deploy_id);
+    }
+    (agent, goal)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fatal_status_pauses_the_host_and_it_gets_nothing_more() {
+    let app = spawn_app().await;
+    let setup = stage_with_a_deploy(&app).await;
+    let deploy_id = str_of(&setup.deploy, "id");
+    let (mut agent, goal) = one_host_at(&app, &setup, "RESTARTING").await;
+
+    let mut failed = report_on(&goal, "TOO_MANY_RETRY");
+    failed["errorCode"] = json!(1);
+    failed["errorMessage"] = json!("RESTARTING failed 3 times");
+    failed["failCount"] = json!(3);
+    agent.last = Some(failed);
+    for _ in 0..3 {
+        let answer = agent.ping(&app).await;
+        assert!(is_noop(&answer), "a host failed for good gets nothing: {answer}");
+    }
+
+    wait_for_agents(&app, "the host to be PAUSED_BY_SYSTEM", |rows| {
+        rows.len() == 1
+            && rows[0]["state"] == "PAUSED_BY_SYSTEM"
+            && rows[0]["status"] == "TOO_MANY_RETRY"
+            && rows[0]["deployStage"] == "RESTARTING"
+            && rows[0]["lastErrno"] == 1
+    })
+    .await;
+    eventually("the deploy to count the host as failed", || async {
+        let deploy = app.deploy_by_id(deploy_id).await;
+        if deploy["state"] == "FAILING" && deploy["failTotal"] == 1 { Ok(()) } else { Err(deploy.to_string()) }
+    })
+    .await;
+    // Still nothing once the workers have caught up.
+    assert!(is_noop(&agent.ping(&app).await));
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_error_report_shows_up_under_the_hosts_errors_and_the_step_is_repeated() {
+    let app = spawn_app().await;
+    let setup = stage_with_a_deploy(&app).await;
+    let (mut agent, goal) = one_host_at(&app, &setup, "PRE_RESTART").await;
+    let errors = "/v1/envs/web/prod/agents/errors/web-1";
+    let none = app.get(errors).await.expect(StatusCode::OK);
+    assert_eq!(none["errorMessage"], Value::Null, "no error yet: {none}");
+
+    let text = "PRE_RESTART exited with 2\ncp: cannot create '/var/app': No space left on device";
+    let mut failed = report_on(&goal, "SCRIPT_FAILED");
+    failed["errorCode"] = json!(2);
+    failed["errorMessage"] = json!(text);
+    failed["failCount"] = json!(1);
+    agent.last = Some(failed);
+    let answer = agent.ping(&app).await;
+    let again = goal_of(&answer, &setup, str_of(&setup.deploy, "id"));
+    assert_eq!(again["deployStage"], "PRE_RESTART", "a retryable failure repeats the step: {answer}");
+
+    let shown = eventually("the error to show up", || async {
+        let shown = app.get(errors).await.expect(StatusCode::OK);
+        if shown["errorMessage"] == text { Ok(shown) } else { Err(shown.to_string()) }
+    })
+    .await;
+    assert_eq!(shown["hostId"], agent.host.id.as_str());
+    assert_eq!(shown["hostName"], "web-1");
+    assert_eq!(shown["envId"], setup.env_id.as_str());
+    let rows = wait_for_agents(&app, "the failed step on the agent row", |rows| {
+        rows.len() == 1 && rows[0]["status"] == "SCRIPT_FAILED"
+    })
+    .await;
+    assert_eq!((&rows[0]["lastErrno"], &rows[0]["state"]), (&json!(2), &json!("NORMAL")), "{}", rows[0]);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_error_message_with_a_nul_byte_does_not_lose_the_report() {
+    let app = spawn_app().await;
+    let setup = stage_with_a_deploy(&app).await;
+    let (mut agent, goal) = one_host_at(&app, &setup, "PRE_RESTART").await;
+
+    // Hook output is arbitrary bytes; Teletraan's agent sends the tail of stderr as it is.
+    let mut failed = report_on(&goal, "SCRIPT_FAILED");
+    failed["errorCode"] = json!(2);
+    failed["errorMessage"] = json!("binary garbage \u{0} then: No space left on device");
+    agent.last = Some(failed);
+    agent.ping(&app).await;
+
+    wait_for_agents(&app, "the failed step on the agent row", |rows| {
+        rows.len() == 1 && rows[0]["status"] == "SCRIPT_FAILED" && rows[0]["lastErrno"] == 2
+    })
+    .await;
+    eventually("the error to show up", || async {
+        let shown = app.get("/v1/envs/web/prod/agents/errors/web-1").await.expect(StatusCode::OK);
+        let text = shown["errorMessage"].as_str().unwrap_or_default();
+        if text.contains("No space left on device") { Ok(()) } else { Err(shown.to_string()) }
+    })
+    .await;
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_of_another_deploy_restarts_a_host_mid_deploy_on_the_current_one() {
+    // A host that reports an older deploy id while the stage has moved on is not held by the
+    // cap: it is not serving, so it starts the current deploy from scratch at once.
+    let app = spawn_app().await;
+    let setup = stage_with_a_deploy(&app).await;
+    let (mut agent, goal) = one_host_at(&app, &setup, "STAGING").await;
+    agent.ran(&goal, "SCRIPT_FAILED");
+
+    let build = app.publish_build("web", "0123456789ab").await;
+    let second = app.deploy("web", "prod", str_of(&build, "id")).await;
+    let second_id = str_of(&second, "id");
+    let answer = eventually("the host to be moved to the new deploy", || async {
+        let answer = agent.ping(&app).await;
+        if answer["deployGoal"]["deployId"] == second_id { Ok(answer) } else { Err(answer.to_string()) }
+    })
+    .await;
+    let goal = goal_of(&answer, &setup, second_id);
+    assert_eq!(goal["deployStage"], "PRE_DOWNLOAD", "{goal}");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_new_to_a_gateway_still_waits_for_admission() {
+    let mut app = spawn_app().await;
+    // A second gateway, loaded before any host exists: it never sees the records the first
+    // gateway publishes (they go to Postgres, not to other gateways).
+    let other = app.start_gateway().await;
+    let setup = stage_with_a_deploy(&app).await;
+    let agents = walk_first_deploy(&app, &setup).await;
+    wait_until_succeeding(&app, str_of(&setup.deploy, "id"), 3).await;
+
+    app.put("/v1/envs/web/prod", &json!({"maxParallel": 1})).await.expect(StatusCode::NO_CONTENT);
+    let build = app.publish_build("web", "0123456789ab").await;
+    let second = app.deploy("web", "prod", str_of(&build, "id")).await;
+
+    // Every host now pings the other gateway, reporting the deploy it serves. Only the host
+    // the workers admitted may start; none is taken for a new host on its first deploy.
+    let started = eventually("the admitted host to start through the other gateway", || {
+        let (app, agents, other) = (&app, &agents, &other);
+        async move {
+            let mut started = Vec::new();
+            for agent in agents {
+                let answer =
+                    app.ping_at(other, &agent.host.ping_body(agent.last.as_slice())).await.expect(StatusCode::OK);
+                if !is_noop(&answer) {
+                    assert_eq!(answer["deployGoal"]["firstDeploy"], false, "{answer}");
+                    started.push(agent.host.name.clone());
+                }
+            }
+            assert!(started.len() <= 1, "maxParallel is 1 but {started:?} were sent to deploy at once");
+            if started.len() == 1 { Ok(started) } else { Err("nobody started yet".to_string()) }
+        }
+    })
+    .await;
+    let rows = app.get("/v1/envs/web/prod/agents").await.expect(StatusCode::OK);
+    let on_second: Vec<&Value> = rows.as_array().unwrap().iter().filter(|a| a["deployId"] == second["id"]).collect();
+    assert_eq!(on_second.len(), 1, "exactly the admitted host moved to the new deploy: {rows}");
+    assert_eq!(on_second[0]["hostName"], started[0].as_str());
+    app.stop().await;
+}
