@@ -41,6 +41,77 @@ pub enum Command {
         /// Free text.
         description: Option<String>,
     },
+    /// Promote, restart, roll back, pause or resume (`POST …/deploys/current/actions`).
+    #[serde(rename = "deploy_action.v1", rename_all = "camelCase")]
+    DeployActionV1 {
+        /// Environment.
+        env_name: EnvName,
+        /// Stage.
+        stage_name: StageName,
+        /// What to do.
+        action: DeployAction,
+        /// PROMOTE: the deploy (of another stage) whose build to deploy.
+        from_deploy_id: Option<DeployId>,
+        /// ROLLBACK: the deploy to go back to (default: the last one that succeeded).
+        to_deploy_id: Option<DeployId>,
+        /// Free text.
+        description: Option<String>,
+    },
+    /// Set the state of some hosts on a stage: hold (`PAUSED_BY_USER`), release (`NORMAL`),
+    /// redo the deploy (`RESET`) or stop the service (`STOP`).
+    #[serde(rename = "host_action.v1", rename_all = "camelCase")]
+    HostActionV1 {
+        /// Environment.
+        env_name: EnvName,
+        /// Stage.
+        stage_name: StageName,
+        /// The state asked for.
+        action: AgentState,
+        /// The hosts.
+        host_ids: Vec<HostId>,
+    },
+    /// Redo the deploy on every host of a deploy that failed (`…/agents/reset_failed_agents`).
+    #[serde(rename = "reset_failed.v1", rename_all = "camelCase")]
+    ResetFailedV1 {
+        /// Environment.
+        env_name: EnvName,
+        /// Stage.
+        stage_name: StageName,
+        /// The deploy.
+        deploy_id: DeployId,
+    },
+    /// Stop the service on hosts of a stage, on every stage they serve (`DELETE …/hosts`).
+    #[serde(rename = "stop_hosts.v1", rename_all = "camelCase")]
+    StopHostsV1 {
+        /// Environment.
+        env_name: EnvName,
+        /// Stage.
+        stage_name: StageName,
+        /// The hosts.
+        host_ids: Vec<HostId>,
+        /// Whether the hosts are to be replaced once stopped.
+        replace: bool,
+    },
+    /// Record a verdict on a deploy, or change its description (`PUT /v1/deploys/{id}`).
+    #[serde(rename = "update_deploy.v1", rename_all = "camelCase")]
+    UpdateDeployV1 {
+        /// The deploy.
+        deploy_id: DeployId,
+        /// PENDING_ACCEPT, ACCEPTED or REJECTED.
+        acceptance_status: Option<AcceptanceStatus>,
+        /// Free text.
+        description: Option<String>,
+    },
+    /// End a deploy schedule's session early (`PUT …/schedules/override`).
+    #[serde(rename = "override_schedule.v1", rename_all = "camelCase")]
+    OverrideScheduleV1 {
+        /// Environment.
+        env_name: EnvName,
+        /// Stage.
+        stage_name: StageName,
+        /// The current session.
+        session: u32,
+    },
 }
 
 impl Command {
@@ -48,6 +119,12 @@ impl Command {
     pub fn kind(&self) -> &'static str {
         match self {
             Command::CreateDeployV1 { .. } => "create_deploy",
+            Command::DeployActionV1 { .. } => "deploy_action",
+            Command::HostActionV1 { .. } => "host_action",
+            Command::ResetFailedV1 { .. } => "reset_failed",
+            Command::StopHostsV1 { .. } => "stop_hosts",
+            Command::UpdateDeployV1 { .. } => "update_deploy",
+            Command::OverrideScheduleV1 { .. } => "override_schedule",
         }
     }
 }
@@ -135,6 +212,9 @@ pub struct HostFacts {
     pub agent_version: String,
     pub autoscaling_group: Option<String>,
     pub availability_zone: Option<String>,
+    /// Tags from the ping's `ec2Tags` (deploy constraints read them).
+    #[serde(default)]
+    pub tags: std::collections::BTreeMap<String, String>,
     pub seen_at: EpochMs,
 }
 

@@ -365,6 +365,46 @@ str_enum!(
 );
 
 str_enum!(
+    /// An action on a stage's current deploy (`POST …/deploys/current/actions?actionType=`).
+    DeployAction {
+        /// Deploy the build of another stage's deploy here.
+        Promote = "PROMOTE",
+        /// Redeploy the current build.
+        Restart = "RESTART",
+        /// Deploy an older build again.
+        Rollback = "ROLLBACK",
+        /// Hold the rollout.
+        Pause = "PAUSE",
+        /// Continue it.
+        Resume = "RESUME",
+    }
+);
+
+str_enum!(
+    /// Where a staged rollout (deploy schedule) is.
+    ScheduleState {
+        /// No deploy started it yet: no limit.
+        NotStarted = "NOT_STARTED",
+        /// A session is deploying its hosts.
+        Running = "RUNNING",
+        /// Between sessions: nobody new starts.
+        CoolingDown = "COOLING_DOWN",
+        /// Every session done: the rest of the fleet proceeds.
+        Final = "FINAL",
+    }
+);
+
+str_enum!(
+    /// How a deploy constraint rolls out the values of its tag.
+    DeployConstraintType {
+        /// One tag value at a time, in the values' order.
+        GroupByGroup = "GROUP_BY_GROUP",
+        /// Every tag value at once, each capped.
+        AllGroupsInParallel = "ALL_GROUPS_IN_PARALLEL",
+    }
+);
+
+str_enum!(
     /// Which capacity list a capacity call addresses.
     CapacityType {
         /// Host groups.

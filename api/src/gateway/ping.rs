@@ -220,6 +220,7 @@ impl Gateway {
             &host.agent_version,
             &host.autoscaling_group,
             &host.availability_zone,
+            &host.tags,
         ));
         if facts_hash != entry.facts_hash {
             let facts = HostFacts {
@@ -230,6 +231,7 @@ impl Gateway {
                 agent_version: host.agent_version.clone(),
                 autoscaling_group: host.autoscaling_group.clone(),
                 availability_zone: host.availability_zone.clone(),
+                tags: host.tags.clone(),
                 seen_at: now,
             };
             if self.reports.try_send(Item::Host(facts)).is_ok() {

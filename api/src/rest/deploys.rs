@@ -3,15 +3,13 @@
 use axum::Extension;
 use axum::Json;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use schema::bus::{Command, CommandEnvelope, CommandError, CommandOutcome};
+use axum::response::Response;
+use schema::bus::Command;
 use schema::model::{CommandStatus, Deploy};
 use schema::*;
 use serde::Deserialize;
-use store::NewCommand;
 
-use super::{ApiState, stage_key};
+use super::{ApiState, commands, stage_key};
 use crate::auth::Principal;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiPath, ApiQuery};
@@ -52,47 +50,9 @@ pub(super) async fn create(
         )));
     }
 
-    let now = workers::now_ms();
-    let envelope = CommandEnvelope {
-        id: uuid::Uuid::new_v4().to_string(),
-        attempt: 1,
-        issued_at: now,
-        operator: p.name.clone(),
-        command: Command::CreateDeployV1 { env_name: env.clone(), stage_name: stage.clone(), build_id, description },
-    };
-    let payload = serde_json::to_value(&envelope).map_err(ApiError::internal)?;
-    s.store
-        .insert_command(NewCommand { id: &envelope.id, kind: envelope.command.kind(), operator: &p.name, payload, now })
-        .await?;
-    match s.commands.send(&envelope, s.command_wait).await {
-        Ok(Some(reply)) => match reply.outcome {
-            CommandOutcome::Ok { result } => {
-                let location = format!("/v1/envs/{env}/{stage}/deploys/current");
-                Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(result)).into_response())
-            }
-            CommandOutcome::Err { error } => Err(error.into()),
-        },
-        Ok(None) => {
-            let location = format!("/v1/commands/{}", envelope.id);
-            let status = s.store.command(&envelope.id).await?;
-            Ok((StatusCode::ACCEPTED, [(header::LOCATION, location)], Json(status)).into_response())
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "could not queue a deploy command");
-            let error = CommandError { status: 503, code: "unavailable".into(), message: e.to_string() };
-            let _ = s.store.fail_command(&envelope.id, &error, workers::now_ms()).await;
-            // The broker may have taken the command although its confirm was lost, and a worker
-            // applied it: then say what happened rather than invite a second deploy.
-            if let Ok(Some(done)) = s.store.command(&envelope.id).await
-                && done.status == "DONE"
-                && let Some(result) = done.result
-            {
-                let location = format!("/v1/envs/{env}/{stage}/deploys/current");
-                return Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(result)).into_response());
-            }
-            Err(ApiError::unavailable("the message broker is unavailable; the deploy was not started"))
-        }
-    }
+    let command = Command::CreateDeployV1 { env_name: env.clone(), stage_name: stage.clone(), build_id, description };
+    let sent = commands::send(&s, &p, command).await?;
+    Ok(commands::created(sent, format!("/v1/envs/{env}/{stage}/deploys/current")))
 }
 
 /// `GET /v1/envs/{env}/{stage}/deploys/current`.

@@ -1,9 +1,12 @@
 //! The REST API under `/v1`, with Teletraan's paths and camelCase JSON.
 
+mod actions;
 mod agents;
 mod builds;
+mod commands;
 mod deploys;
 mod envs;
+mod rollout;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +14,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::FromRef;
 use axum::middleware;
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use schema::model::ArtifactPolicy;
 use schema::*;
 use store::Store;
@@ -49,11 +52,26 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/envs/{env}/{stage}/agent_configs", get(envs::get_agent_configs).put(envs::put_agent_configs))
         .route("/v1/envs/{env}/{stage}/deploys", post(deploys::create))
         .route("/v1/envs/{env}/{stage}/deploys/current", get(deploys::current))
+        .route("/v1/envs/{env}/{stage}/deploys/current/actions", post(actions::deploy_action))
+        .route("/v1/envs/{env}/{stage}/deploys/current/progress", get(rollout::progress).put(rollout::progress))
+        .route("/v1/envs/{env}/{stage}/deploys/hostactions", put(actions::host_action))
+        .route("/v1/envs/{env}/{stage}/hosts", axum::routing::delete(actions::stop_hosts))
         .route("/v1/envs/{env}/{stage}/agents", get(agents::list))
+        .route("/v1/envs/{env}/{stage}/agents/count", get(rollout::count))
         .route("/v1/envs/{env}/{stage}/agents/errors/{host}", get(agents::error))
+        .route("/v1/envs/{env}/{stage}/agents/reset_failed_agents/{deploy}", put(actions::reset_failed))
+        .route("/v1/envs/{env}/{stage}/agents/{host}", put(actions::update_agent))
+        .route(
+            "/v1/envs/{env}/{stage}/deploy_constraint",
+            get(rollout::get_constraint).post(rollout::post_constraint).delete(rollout::delete_constraint),
+        )
+        .route("/v1/schedules/{env}/{stage}/schedules", put(rollout::put_schedule))
+        .route("/v1/schedules/{env}/{stage}/override", put(actions::override_schedule))
+        .route("/v1/schedules/{env}/{stage}/{id}", get(rollout::get_schedule))
         .route("/v1/builds", get(builds::search).post(builds::publish))
         .route("/v1/builds/{id}", get(builds::get))
-        .route("/v1/deploys/{id}", get(deploys::get))
+        .route("/v1/deploys", get(rollout::search))
+        .route("/v1/deploys/{id}", get(deploys::get).put(actions::update_deploy))
         .route("/v1/commands/{id}", get(deploys::command))
         .route_layer(middleware::from_fn_with_state(state.store.clone(), auth::require_user))
         .with_state(state)

@@ -2,6 +2,7 @@
 //! parallelism cap. Workers run it under the stage's row lock; first deploys of new hosts are
 //! never capped and are started by the gateway directly.
 
+use crate::rules::constraint::{self, Constraint, TaggedHost};
 use crate::rules::goal::AgentRecord;
 use crate::*;
 
@@ -31,10 +32,39 @@ pub fn open_slots(cap: u32, active: u32) -> u32 {
     cap.saturating_sub(active)
 }
 
+/// What admission knows of a stage at one moment.
+#[derive(Debug, Clone, Copy)]
+pub struct StageAdmission<'a> {
+    /// The stage's parallelism cap ([`parallel_cap`]).
+    pub cap: u32,
+    /// Hosts out of service now ([`AgentRecord::is_active`]).
+    pub active: u32,
+    /// More hosts the deploy schedule lets start; `None` when it sets no limit.
+    pub schedule_allowance: Option<u32>,
+    /// The deploy constraint, with every host of the stage as it sees them.
+    pub constraint: Option<(&'a Constraint, &'a [TaggedHost])>,
+}
+
+/// Chooses the hosts that start now among `waiting` (in preference order): as many as the
+/// cap leaves room for, no more than the schedule allows, and only those the constraint lets
+/// through.
+pub fn select(a: &StageAdmission<'_>, waiting: &[HostId]) -> Vec<HostId> {
+    let slots = open_slots(a.cap, a.active).min(a.schedule_allowance.unwrap_or(u32::MAX));
+    if slots == 0 {
+        return Vec::new();
+    }
+    match a.constraint {
+        Some((c, hosts)) => constraint::admit(c, hosts, waiting, slots),
+        None => waiting.iter().take(slots as usize).cloned().collect(),
+    }
+}
+
 /// Whether a host with this record waits for admission to start `current`: it serves
-/// another deploy (or was asked to redo this one) and is not held, stopped or gone.
-pub fn waits_for_admission(record: &AgentRecord, current: &DeployId) -> bool {
-    if record.stage != DeployStage::ServingBuild {
+/// another deploy (or was asked to redo this one) and is not held, stopped or gone. A host
+/// serving the deploy a rollback goes back to (`alias`) does not wait: it already runs that
+/// build and counts as done once it pings.
+pub fn waits_for_admission(record: &AgentRecord, current: &DeployId, alias: Option<&DeployId>) -> bool {
+    if record.stage != DeployStage::ServingBuild || alias == Some(&record.deploy_id) {
         return false;
     }
     match record.state {
@@ -94,15 +124,53 @@ mod tests {
     #[test]
     fn who_waits_for_admission() {
         let cur = DeployId::parse("d2").unwrap();
-        assert!(waits_for_admission(&rec("d1", DeployStage::ServingBuild, AgentState::Normal), &cur));
-        assert!(!waits_for_admission(&rec("d2", DeployStage::ServingBuild, AgentState::Normal), &cur));
-        assert!(waits_for_admission(&rec("d2", DeployStage::ServingBuild, AgentState::Reset), &cur));
+        assert!(waits_for_admission(&rec("d1", DeployStage::ServingBuild, AgentState::Normal), &cur, None));
+        assert!(!waits_for_admission(&rec("d2", DeployStage::ServingBuild, AgentState::Normal), &cur, None));
+        assert!(waits_for_admission(&rec("d2", DeployStage::ServingBuild, AgentState::Reset), &cur, None));
         assert!(
-            !waits_for_admission(&rec("d1", DeployStage::Restarting, AgentState::Normal), &cur),
+            !waits_for_admission(&rec("d1", DeployStage::Restarting, AgentState::Normal), &cur, None),
             "mid-deploy hosts switch at once"
         );
-        assert!(!waits_for_admission(&rec("d1", DeployStage::ServingBuild, AgentState::PausedByUser), &cur));
-        assert!(!waits_for_admission(&rec("d1", DeployStage::ServingBuild, AgentState::Unreachable), &cur));
+        assert!(!waits_for_admission(&rec("d1", DeployStage::ServingBuild, AgentState::PausedByUser), &cur, None));
+        assert!(!waits_for_admission(&rec("d1", DeployStage::ServingBuild, AgentState::Unreachable), &cur, None));
+        let target = DeployId::parse("d1").unwrap();
+        assert!(
+            !waits_for_admission(&rec("d1", DeployStage::ServingBuild, AgentState::Normal), &cur, Some(&target)),
+            "hosts on a rollback's target are left alone"
+        );
+    }
+
+    fn hosts(n: usize) -> Vec<HostId> {
+        (0..n).map(|i| HostId::parse(format!("h{i}")).unwrap()).collect()
+    }
+
+    #[test]
+    fn selection_takes_the_smallest_of_cap_and_schedule() {
+        let waiting = hosts(10);
+        let a = StageAdmission { cap: 3, active: 1, schedule_allowance: None, constraint: None };
+        assert_eq!(select(&a, &waiting), waiting[..2].to_vec());
+        let a = StageAdmission { schedule_allowance: Some(1), ..a };
+        assert_eq!(select(&a, &waiting), waiting[..1].to_vec());
+        let a = StageAdmission { schedule_allowance: Some(0), ..a };
+        assert!(select(&a, &waiting).is_empty(), "a cooling-down schedule admits nobody");
+    }
+
+    #[test]
+    fn selection_applies_the_constraint_within_the_slots() {
+        let waiting = hosts(4);
+        let tagged: Vec<TaggedHost> = waiting
+            .iter()
+            .enumerate()
+            .map(|(i, h)| TaggedHost {
+                host_id: h.clone(),
+                value: Some(["a", "b"][i % 2].into()),
+                active: false,
+                done: false,
+            })
+            .collect();
+        let c = Constraint::new("az", 1, DeployConstraintType::AllGroupsInParallel).unwrap();
+        let a = StageAdmission { cap: 4, active: 0, schedule_allowance: None, constraint: Some((&c, &tagged)) };
+        assert_eq!(select(&a, &waiting), vec![waiting[0].clone(), waiting[1].clone()]);
     }
 
     proptest! {

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::{Build, StringMap};
 use crate::ping::{DeployGoal, PingResponse, ReportIn};
+use crate::rules::agent_state;
 use crate::rules::stage_seq::next_stage;
 use crate::*;
 
@@ -172,21 +173,7 @@ pub fn analyse(input: EnvInput<'_>) -> Analysis {
     // The record as the report makes it.
     let updated = report.zip(report_deploy.clone()).map(|(r, deploy_id)| {
         let old_state = record.map(|a| a.state).unwrap_or(AgentState::Normal);
-        let old_state = if r.reset_by_system { AgentState::ResetBySystem } else { old_state };
-        let state = match old_state {
-            AgentState::Stop if r.stage == DeployStage::Stopping && r.status.is_fatal() => AgentState::PausedBySystem,
-            AgentState::Stop => AgentState::Stop,
-            AgentState::PausedByUser | AgentState::Reset | AgentState::ResetBySystem => old_state,
-            AgentState::Normal | AgentState::PausedBySystem | AgentState::Delete | AgentState::Unreachable => {
-                if r.status == AgentStatus::Succeeded {
-                    AgentState::Normal
-                } else if r.status.is_fatal() {
-                    AgentState::PausedBySystem
-                } else {
-                    old_state
-                }
-            }
-        };
+        let state = agent_state::after_report(old_state, r.reset_by_system, r.status, r.stage);
         let first_deploy = record.map(|a| a.first_deploy).unwrap_or(false)
             && r.stage != DeployStage::ServingBuild
             && state != AgentState::PausedBySystem;

@@ -1,7 +1,11 @@
 //! The rollout rules as pure functions: called by the gateway (goals per ping) and the workers
 //! (admission, deploy state), unit-tested without IO.
 
+pub mod acceptance;
 pub mod admission;
+pub mod agent_state;
+pub mod constraint;
 pub mod deploy_state;
 pub mod goal;
+pub mod schedule;
 pub mod stage_seq;

@@ -5,8 +5,10 @@ use std::time::SystemTime;
 
 use schema::bus::{AgentControl, AgentUpdate, ChangeMessage, ReportBatch};
 use schema::model::{Agent, Environ};
-use schema::rules::admission;
+use schema::rules::admission::{self, StageAdmission};
+use schema::rules::constraint::TaggedHost;
 use schema::rules::goal::AgentRecord;
+use schema::rules::schedule;
 use schema::time::EpochMs;
 use schema::*;
 use tokio_postgres::{GenericClient, Row};
@@ -19,9 +21,14 @@ use crate::{Result, Store};
 /// use); Teletraan's janitor calls such hosts stale after the same 600 s.
 const ADMIT_ONLY_SEEN_WITHIN_SECS: f64 = 600.0;
 
-const AGENT_COLUMNS: &str = "host_id, env_id, host_name, deploy_id, deploy_stage, state, status, start_date, last_update, \
+pub(crate) const AGENT_COLUMNS: &str = "host_id, env_id, host_name, deploy_id, deploy_stage, state, status, start_date, last_update, \
      last_operator, last_err_no, fail_count, first_deploy, first_deploy_time, stage_start_date, container_health_status, \
      control_seq";
+
+/// The same columns of `agents a` (for joins).
+const AGENT_COLUMNS_OF_A: &str = "a.host_id, a.env_id, a.host_name, a.deploy_id, a.deploy_stage, a.state, a.status, \
+     a.start_date, a.last_update, a.last_operator, a.last_err_no, a.fail_count, a.first_deploy, a.first_deploy_time, \
+     a.stage_start_date, a.container_health_status, a.control_seq";
 
 fn agent_from_row(r: &Row) -> Result<Agent> {
     Ok(Agent {
@@ -72,7 +79,7 @@ pub struct AgentRow {
     pub control_seq: i64,
 }
 
-fn agent_row(r: &Row) -> Result<AgentRow> {
+pub(crate) fn agent_row(r: &Row) -> Result<AgentRow> {
     Ok(AgentRow {
         env_id: get_id(r, "env_id")?,
         host_id: get_id(r, "host_id")?,
@@ -80,6 +87,20 @@ fn agent_row(r: &Row) -> Result<AgentRow> {
         record: record_from_row(r)?,
         control_seq: get(r, "control_seq")?,
     })
+}
+
+/// Reads and locks some hosts' records on a stage, in host order.
+pub(crate) async fn lock_rows(c: &impl GenericClient, env_id: &EnvId, host_ids: &[HostId]) -> Result<Vec<AgentRow>> {
+    let ids: Vec<&str> = host_ids.iter().map(|h| h.as_str()).collect();
+    let rows = c
+        .query(
+            &format!(
+                "SELECT {AGENT_COLUMNS} FROM agents WHERE env_id = $1 AND host_id = ANY($2) ORDER BY host_id FOR UPDATE"
+            ),
+            &[&env_id.as_str(), &ids],
+        )
+        .await?;
+    rows.iter().map(agent_row).collect()
 }
 
 /// Every agent record (a gateway's start-up load).
@@ -118,32 +139,88 @@ pub(crate) async fn admit(c: &impl GenericClient, e: &Environ, now: EpochMs) -> 
         .query_one(
             "SELECT count(*) FILTER (WHERE NOT first_deploy) AS existing,
                 count(*) FILTER (WHERE (NOT first_deploy AND deploy_stage <> 'SERVING_BUILD' AND state <> 'PAUSED_BY_USER')
-                                 OR state = 'STOP') AS active
+                                 OR state = 'STOP') AS active,
+                count(*) AS total,
+                count(*) FILTER (WHERE deploy_id = $2) AS on_deploy,
+                (SELECT alias FROM deploys WHERE deploy_id = $2) AS alias
              FROM agents WHERE env_id = $1",
-            &[&e.id.as_str()],
+            &[&e.id.as_str(), &deploy_id.as_str()],
         )
         .await?;
-    let existing = u32::try_from(get::<i64>(&counts, "existing")?).unwrap_or(u32::MAX);
-    let active = u32::try_from(get::<i64>(&counts, "active")?).unwrap_or(u32::MAX);
+    let n = |col: &str| -> Result<u32> { Ok(u32::try_from(get::<i64>(&counts, col)?).unwrap_or(u32::MAX)) };
+    let (existing, active, total, on_deploy) = (n("existing")?, n("active")?, n("total")?, n("on_deploy")?);
+    let alias: Option<DeployId> = get_opt_id(&counts, "alias")?;
     let cap = admission::parallel_cap(e.max_parallel, e.max_parallel_pct, existing);
-    let slots = admission::open_slots(cap, active);
+    let schedule_allowance = crate::schedules::load(c, &e.id)
+        .await?
+        .and_then(|s| schedule::allowance(&s.config, s.progress, on_deploy, total));
+    let slots = admission::open_slots(cap, active).min(schedule_allowance.unwrap_or(u32::MAX));
     if slots == 0 {
         return Ok(Vec::new());
     }
-    // The same rule as `admission::waits_for_admission`, as a query; the store tests check
-    // that both agree.
-    let rows = c
-        .query(
-            "SELECT a.host_id FROM agents a LEFT JOIN host_heartbeats h ON h.host_id = a.host_id
-             WHERE a.env_id = $1 AND a.deploy_stage = 'SERVING_BUILD'
-               AND ((a.state = 'NORMAL' AND a.deploy_id <> $2) OR a.state IN ('RESET', 'RESET_BY_SYSTEM'))
-               AND (h.last_seen IS NULL OR h.last_seen > now() - make_interval(secs => $4))
-             ORDER BY h.last_seen DESC NULLS LAST, a.host_name
-             LIMIT $3",
-            &[&e.id.as_str(), &deploy_id.as_str(), &i64::from(slots), &ADMIT_ONLY_SEEN_WITHIN_SECS],
-        )
-        .await?;
-    let mut hosts: Vec<String> = rows.iter().map(|r| get(r, "host_id")).collect::<Result<_>>()?;
+    let mut hosts: Vec<String> = match crate::constraints::load(c, &e.id).await? {
+        None => {
+            // The same rule as `admission::waits_for_admission`, as a query; the store tests
+            // check that both agree.
+            let rows = c
+                .query(
+                    "SELECT a.host_id FROM agents a LEFT JOIN host_heartbeats h ON h.host_id = a.host_id
+                     WHERE a.env_id = $1 AND a.deploy_stage = 'SERVING_BUILD'
+                       AND ((a.state = 'NORMAL' AND a.deploy_id <> $2) OR a.state IN ('RESET', 'RESET_BY_SYSTEM'))
+                       AND ($5::text IS NULL OR a.deploy_id <> $5)
+                       AND (h.last_seen IS NULL OR h.last_seen > now() - make_interval(secs => $4))
+                     ORDER BY h.last_seen DESC NULLS LAST, a.host_name
+                     LIMIT $3",
+                    &[
+                        &e.id.as_str(),
+                        &deploy_id.as_str(),
+                        &i64::from(slots),
+                        &ADMIT_ONLY_SEEN_WITHIN_SECS,
+                        &alias.as_ref().map(|a| a.as_str()),
+                    ],
+                )
+                .await?;
+            rows.iter().map(|r| get(r, "host_id")).collect::<Result<_>>()?
+        }
+        Some(constraint) => {
+            // With a constraint the whole stage matters (which values are busy or finished),
+            // so the rule runs here on every record of the stage.
+            let rows = c
+                .query(
+                    &format!(
+                        "SELECT {AGENT_COLUMNS}, t.tag_value,
+                             (h.last_seen IS NULL OR h.last_seen > now() - make_interval(secs => $3)) AS alive
+                         FROM agents a LEFT JOIN host_tags t ON t.host_id = a.host_id AND t.tag_name = $2
+                             LEFT JOIN host_heartbeats h ON h.host_id = a.host_id
+                         WHERE a.env_id = $1
+                         ORDER BY h.last_seen DESC NULLS LAST, a.host_name",
+                        AGENT_COLUMNS = AGENT_COLUMNS_OF_A
+                    ),
+                    &[&e.id.as_str(), &constraint.key, &ADMIT_ONLY_SEEN_WITHIN_SECS],
+                )
+                .await?;
+            let mut tagged = Vec::with_capacity(rows.len());
+            let mut waiting = Vec::new();
+            for r in &rows {
+                let row = agent_row(r)?;
+                let rec = &row.record;
+                let done = &rec.deploy_id == deploy_id
+                    && (rec.stage == DeployStage::ServingBuild
+                        || matches!(rec.state, AgentState::PausedByUser | AgentState::PausedBySystem));
+                if get::<bool>(r, "alive")? && admission::waits_for_admission(rec, deploy_id, alias.as_ref()) {
+                    waiting.push(row.host_id.clone());
+                }
+                tagged.push(TaggedHost {
+                    host_id: row.host_id,
+                    value: get(r, "tag_value")?,
+                    active: rec.is_active(),
+                    done,
+                });
+            }
+            let a = StageAdmission { cap, active, schedule_allowance, constraint: Some((&constraint, &tagged)) };
+            admission::select(&a, &waiting).into_iter().map(HostId::into_string).collect()
+        }
+    };
     if hosts.is_empty() {
         return Ok(Vec::new());
     }
@@ -152,7 +229,10 @@ pub(crate) async fn admit(c: &impl GenericClient, e: &Environ, now: EpochMs) -> 
     let rows = c
         .query(
             &format!(
-                "UPDATE agents SET deploy_id = $2, deploy_stage = 'PRE_DOWNLOAD', status = 'UNKNOWN', state = 'NORMAL',
+                "UPDATE agents SET deploy_id = $2, deploy_stage = 'PRE_DOWNLOAD', status = 'UNKNOWN',
+                     -- A reset stays a reset until the host starts over: it serves this very
+                     -- deploy, and only the reset tells the gateway to run it again.
+                     state = CASE WHEN state IN ('RESET', 'RESET_BY_SYSTEM') THEN state ELSE 'NORMAL' END,
                      last_err_no = 0, fail_count = 0, start_date = $3, stage_start_date = $3, last_update = $3,
                      last_operator = 'system', control_seq = control_seq + 1
                  WHERE env_id = $1 AND host_id = ANY($4)

@@ -1,19 +1,21 @@
 //! Deploys: creating one (with the retirement of the previous one and the first admissions),
 //! evaluating the current one, and reading them.
 
-use schema::bus::{CommandEnvelope, CommandError, CommandOutcome, DeployEvent};
+use schema::bus::DeployEvent;
 use schema::model::{Deploy, Environ, Invalid};
+use schema::rules::acceptance::{self, AcceptanceEvent};
 use schema::rules::deploy_state::{self, DeployFacts, Progress};
+use schema::rules::schedule;
 use schema::time::EpochMs;
 use schema::*;
 use tokio_postgres::{GenericClient, Row};
 
 use crate::outbox::{Exchange, enqueue};
 use crate::rows::*;
-use crate::stages::{announce_stage, lock_stage, lock_stage_by_id};
-use crate::{Error, Result, Store, agents, commands};
+use crate::stages::{announce_stage, lock_stage_by_id};
+use crate::{Error, Result, Store, agents, schedules};
 
-const DEPLOY_COLUMNS: &str = "deploy_id, env_id, build_id, deploy_type, alias, state, start_date, operator, last_update, \
+pub(crate) const DEPLOY_COLUMNS: &str = "deploy_id, env_id, build_id, deploy_type, alias, state, start_date, operator, last_update, \
      description, suc_total, fail_total, total, suc_date, acc_status, from_deploy";
 
 pub(crate) fn deploy_from_row(r: &Row) -> Result<Deploy> {
@@ -37,14 +39,20 @@ pub(crate) fn deploy_from_row(r: &Row) -> Result<Deploy> {
     })
 }
 
-async fn lock_deploy(c: &impl GenericClient, id: &DeployId) -> Result<Option<Deploy>> {
+pub(crate) async fn lock_deploy(c: &impl GenericClient, id: &DeployId) -> Result<Option<Deploy>> {
     let row = c
         .query_opt(&format!("SELECT {DEPLOY_COLUMNS} FROM deploys WHERE deploy_id = $1 FOR UPDATE"), &[&id.as_str()])
         .await?;
     row.as_ref().map(deploy_from_row).transpose()
 }
 
-async fn event(c: &impl GenericClient, kind: &str, e: &Environ, deploy: &Deploy, now: EpochMs) -> Result<()> {
+pub(crate) async fn event(
+    c: &impl GenericClient,
+    kind: &str,
+    e: &Environ,
+    deploy: &Deploy,
+    now: EpochMs,
+) -> Result<()> {
     let event = DeployEvent {
         kind: kind.to_string(),
         env_name: e.env_name.clone(),
@@ -153,26 +161,34 @@ pub(crate) async fn create(c: &impl GenericClient, mut e: Environ, new: NewDeplo
     .await?;
     e.deploy_id = Some(deploy.id.clone());
     e.deploy_type = Some(deploy.deploy_type);
+    // Every new deploy restarts the stage's schedule at its first session (Teletraan does it
+    // for deploys and restarts only, so a promotion or rollback ignored the schedule).
+    if schedules::load(c, &e.id).await?.is_some() {
+        schedules::save_progress(c, &e.id, &schedule::start(now)).await?;
+    }
     announce_stage(c, &e.id).await?;
     event(c, "deploy.started", &e, &deploy, now).await?;
     agents::admit(c, &e, now).await?;
     Ok(deploy)
 }
 
-/// Counts the agent records that make a deploy's progress.
-async fn progress(c: &impl GenericClient, env_id: &EnvId, deploy_id: &DeployId) -> Result<Progress> {
+/// Counts the agent records that make a deploy's progress, and the hosts that finished it
+/// (serving it, or held or failed on it: what ends a schedule's session).
+async fn progress(c: &impl GenericClient, env_id: &EnvId, deploy_id: &DeployId) -> Result<(Progress, u32)> {
     let row = c
         .query_one(
             "SELECT count(*) AS total,
                 count(*) FILTER (WHERE deploy_id = $2 AND deploy_stage IN ('SERVING_BUILD', 'STOPPED')
                                  AND state <> 'PAUSED_BY_USER') AS succeeded,
-                count(*) FILTER (WHERE deploy_id = $2 AND state = 'PAUSED_BY_SYSTEM') AS failed
+                count(*) FILTER (WHERE deploy_id = $2 AND state = 'PAUSED_BY_SYSTEM') AS failed,
+                count(*) FILTER (WHERE deploy_id = $2 AND (deploy_stage = 'SERVING_BUILD'
+                                 OR state IN ('PAUSED_BY_USER', 'PAUSED_BY_SYSTEM'))) AS finished
              FROM agents WHERE env_id = $1",
             &[&env_id.as_str(), &deploy_id.as_str()],
         )
         .await?;
     let n = |col: &str| -> Result<u32> { Ok(u32::try_from(get::<i64>(&row, col)?).unwrap_or(u32::MAX)) };
-    Ok(Progress { total: n("total")?, succeeded: n("succeeded")?, failed: n("failed")? })
+    Ok((Progress { total: n("total")?, succeeded: n("succeeded")?, failed: n("failed")? }, n("finished")?))
 }
 
 /// Evaluates the current deploy of a locked stage and stores what changed. A paused stage's
@@ -183,6 +199,17 @@ pub(crate) async fn evaluate_current(c: &impl GenericClient, e: &Environ, now: E
         return Ok(());
     }
     let Some(mut deploy) = lock_deploy(c, deploy_id).await? else { return Ok(()) };
+    let (counts, finished) = progress(c, &e.id, deploy_id).await?;
+    // The schedule moves first: a session whose hosts are done cools down, a cooldown that is
+    // over opens the next session.
+    let mut cooling_down = false;
+    if let Some(s) = schedules::load(c, &e.id).await? {
+        let moved = schedule::advance(&s.config, s.progress, finished, counts.total, now);
+        if moved != s.progress {
+            schedules::save_progress(c, &e.id, &moved).await?;
+        }
+        cooling_down = moved.state == ScheduleState::CoolingDown;
+    }
     let facts = DeployFacts {
         state: deploy.state,
         stored: Progress {
@@ -194,9 +221,8 @@ pub(crate) async fn evaluate_current(c: &impl GenericClient, e: &Environ, now: E
         succeeded_before: deploy.success_date.is_some(),
         success_threshold: e.success_threshold,
         stuck_threshold_secs: e.stuck_threshold,
-        schedule_cooling_down: false,
+        schedule_cooling_down: cooling_down,
     };
-    let counts = progress(c, &e.id, deploy_id).await?;
     let Some(eval) = deploy_state::evaluate(&facts, counts, now) else { return Ok(()) };
     if !eval.touch && !eval.first_success && eval.state == deploy.state && eval.progress == facts.stored {
         return Ok(());
@@ -211,7 +237,9 @@ pub(crate) async fn evaluate_current(c: &impl GenericClient, e: &Environ, now: E
     }
     if eval.first_success {
         deploy.success_date = Some(now);
-        deploy.acceptance_status = deploy_state::acceptance_on_success(e.acceptance_type);
+        deploy.acceptance_status =
+            acceptance::transition(deploy.acceptance_status, AcceptanceEvent::succeeded(e.acceptance_type))
+                .unwrap_or(deploy.acceptance_status);
     }
     c.execute(
         "UPDATE deploys SET state = $2, total = $3, suc_total = $4, fail_total = $5, last_update = $6, suc_date = $7,
@@ -236,53 +264,7 @@ pub(crate) async fn evaluate_current(c: &impl GenericClient, e: &Environ, now: E
     Ok(())
 }
 
-fn command_error(e: Error) -> Result<CommandError> {
-    Ok(match e {
-        Error::NotFound(message) => CommandError { status: 404, code: "not_found".into(), message },
-        Error::Invalid(i) => CommandError { status: 400, code: "invalid".into(), message: i.to_string() },
-        Error::Conflict(message) => CommandError { status: 409, code: "conflict".into(), message },
-        other => return Err(other),
-    })
-}
-
 impl Store {
-    /// Applies a command exactly once: a redelivered command returns the stored outcome.
-    /// Refusals (unknown stage or build, invalid build) are outcomes, stored and returned;
-    /// database failures are errors, and the command can be retried.
-    pub async fn apply_command(&self, envelope: &CommandEnvelope, now: EpochMs) -> Result<CommandOutcome> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await?;
-        if let Some(done) = commands::begin(&*tx, envelope, now).await? {
-            tx.commit().await?;
-            return Ok(done);
-        }
-        let result = match &envelope.command {
-            schema::bus::Command::CreateDeployV1 { env_name, stage_name, build_id, description } => {
-                async {
-                    let e = lock_stage(&*tx, env_name, stage_name).await?;
-                    let new = NewDeploy {
-                        build_id,
-                        deploy_type: DeployType::Regular,
-                        description: description.clone(),
-                        operator: &envelope.operator,
-                        alias: None,
-                        from_deploy: None,
-                    };
-                    let deploy = create(&*tx, e, new, now).await?;
-                    serde_json::to_value(&deploy).map_err(|e| Error::Corrupt(e.to_string()))
-                }
-                .await
-            }
-        };
-        let outcome = match result {
-            Ok(result) => CommandOutcome::Ok { result },
-            Err(e) => CommandOutcome::Err { error: command_error(e)? },
-        };
-        commands::finish(&*tx, &envelope.id, &outcome, now).await?;
-        tx.commit().await?;
-        Ok(outcome)
-    }
-
     /// Re-evaluates a stage after its agent records changed: the deploy's progress and state,
     /// then admission of the next hosts. A stage that no longer exists is ignored.
     pub async fn refresh_stage(&self, env_id: &EnvId, now: EpochMs) -> Result<()> {

@@ -8,7 +8,7 @@ use crate::rows::*;
 use crate::{Result, Store};
 
 impl Store {
-    /// Stores host identities and replaces their group memberships.
+    /// Stores host identities and replaces their group memberships and tags.
     pub async fn upsert_hosts(&self, hosts: &[HostFacts]) -> Result<()> {
         if hosts.is_empty() {
             return Ok(());
@@ -27,10 +27,16 @@ impl Store {
         let seen: Vec<SystemTime> = hosts.iter().map(|h| ts(h.seen_at)).collect();
         let mut group_hosts = Vec::new();
         let mut group_names = Vec::new();
+        let (mut tag_hosts, mut tag_names, mut tag_values) = (Vec::new(), Vec::new(), Vec::new());
         for h in &hosts {
             for g in &h.groups {
                 group_hosts.push(h.host_id.as_str());
                 group_names.push(g.as_str());
+            }
+            for (k, v) in &h.tags {
+                tag_hosts.push(h.host_id.as_str());
+                tag_names.push(k.as_str());
+                tag_values.push(v.as_str());
             }
         }
         let mut client = self.client().await?;
@@ -53,6 +59,13 @@ impl Store {
             "INSERT INTO host_groups (host_id, group_name) SELECT * FROM unnest($1::text[], $2::text[])
              ON CONFLICT DO NOTHING",
             &[&group_hosts, &group_names],
+        )
+        .await?;
+        tx.execute("DELETE FROM host_tags WHERE host_id = ANY($1)", &[&ids]).await?;
+        tx.execute(
+            "INSERT INTO host_tags (host_id, tag_name, tag_value) SELECT * FROM unnest($1::text[], $2::text[], $3::text[])
+             ON CONFLICT DO NOTHING",
+            &[&tag_hosts, &tag_names, &tag_values],
         )
         .await?;
         tx.commit().await?;

@@ -8,15 +8,19 @@
 //! This crate must never talk to RabbitMQ or HTTP, and never decide rollout rules itself: the
 //! rules are the pure functions of `schema::rules`, which it calls.
 
+mod actions;
 mod agents;
 mod builds;
 mod commands;
+mod constraints;
 mod deploys;
 mod gateway;
 mod hosts;
 mod migrate;
 mod outbox;
+mod reads;
 mod rows;
+mod schedules;
 mod stages;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -33,6 +37,7 @@ pub use commands::NewCommand;
 pub use gateway::GatewayLoad;
 pub use migrate::MIGRATIONS;
 pub use outbox::{Exchange, OutboxMessage};
+pub use reads::{AgentCount, DeployPage, DeployProgress, DeploySearch, HostSummary};
 pub use stages::{StageKey, StageMap};
 pub use tokens::{Role, hash_token};
 

@@ -1,0 +1,180 @@
+//! Acceptance of a deploy by tests outside the deploy system: PENDING_DEPLOY until the deploy
+//! first succeeds, then ACCEPTED at once (AUTO stages) or OUTSTANDING until an outside system
+//! gives a verdict through `PUT /v1/deploys/{id}` (MANUAL stages); TERMINATED when the deploy
+//! is replaced before a verdict. Auto-promotion only takes ACCEPTED deploys.
+
+use crate::{AcceptanceStatus, AcceptanceType};
+
+/// What happens to a deploy's acceptance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum AcceptanceEvent {
+    /// The deploy reached SUCCEEDING for the first time on an AUTO stage.
+    SucceededAuto,
+    /// The deploy reached SUCCEEDING for the first time on a MANUAL stage.
+    SucceededManual,
+    /// The outside system started testing (`acceptanceStatus: PENDING_ACCEPT`).
+    Testing,
+    /// The outside system accepts it (`ACCEPTED`).
+    Accept,
+    /// The outside system rejects it (`REJECTED`).
+    Reject,
+    /// A newer deploy replaced it.
+    Retired,
+}
+
+impl AcceptanceEvent {
+    /// Every event.
+    pub const ALL: [AcceptanceEvent; 6] = [
+        AcceptanceEvent::SucceededAuto,
+        AcceptanceEvent::SucceededManual,
+        AcceptanceEvent::Testing,
+        AcceptanceEvent::Accept,
+        AcceptanceEvent::Reject,
+        AcceptanceEvent::Retired,
+    ];
+
+    /// The verdict a user sends as `acceptanceStatus`, if it is one.
+    pub fn verdict(status: AcceptanceStatus) -> Option<AcceptanceEvent> {
+        match status {
+            AcceptanceStatus::PendingAccept => Some(AcceptanceEvent::Testing),
+            AcceptanceStatus::Accepted => Some(AcceptanceEvent::Accept),
+            AcceptanceStatus::Rejected => Some(AcceptanceEvent::Reject),
+            AcceptanceStatus::PendingDeploy | AcceptanceStatus::Outstanding | AcceptanceStatus::Terminated => None,
+        }
+    }
+
+    /// The event of a first success on a stage with this acceptance type.
+    pub const fn succeeded(kind: AcceptanceType) -> AcceptanceEvent {
+        match kind {
+            AcceptanceType::Auto => AcceptanceEvent::SucceededAuto,
+            AcceptanceType::Manual => AcceptanceEvent::SucceededManual,
+        }
+    }
+}
+
+use AcceptanceEvent as E;
+use AcceptanceStatus as A;
+
+/// Every transition: (from, event, to). Pairs not listed are refused (`None`): a verdict on a
+/// deploy that has not succeeded yet, a second verdict, anything after TERMINATED. A verdict
+/// stays when the deploy is replaced.
+pub const TRANSITIONS: &[(AcceptanceStatus, AcceptanceEvent, AcceptanceStatus)] = &[
+    (A::PendingDeploy, E::SucceededAuto, A::Accepted),
+    (A::PendingDeploy, E::SucceededManual, A::Outstanding),
+    (A::PendingDeploy, E::Retired, A::Terminated),
+    (A::Outstanding, E::Testing, A::PendingAccept),
+    (A::Outstanding, E::Accept, A::Accepted),
+    (A::Outstanding, E::Reject, A::Rejected),
+    (A::Outstanding, E::Retired, A::Terminated),
+    (A::PendingAccept, E::Testing, A::PendingAccept),
+    (A::PendingAccept, E::Accept, A::Accepted),
+    (A::PendingAccept, E::Reject, A::Rejected),
+    (A::PendingAccept, E::Retired, A::Terminated),
+    (A::Accepted, E::Retired, A::Accepted),
+    (A::Rejected, E::Retired, A::Rejected),
+    (A::Terminated, E::Retired, A::Terminated),
+];
+
+/// Where `event` leads from `status`; `None` when the event is refused there.
+pub fn transition(status: AcceptanceStatus, event: AcceptanceEvent) -> Option<AcceptanceStatus> {
+    TRANSITIONS.iter().find(|(from, e, _)| *from == status && *e == event).map(|(_, _, to)| *to)
+}
+
+/// Whether a verdict was given (or can no longer be).
+pub const fn is_final(status: AcceptanceStatus) -> bool {
+    match status {
+        A::Accepted | A::Rejected | A::Terminated => true,
+        A::PendingDeploy | A::Outstanding | A::PendingAccept => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::sync::Mutex;
+
+    use super::*;
+
+    static COVERED: Mutex<BTreeSet<(A, E)>> = Mutex::new(BTreeSet::new());
+
+    fn check(from: A, event: E, to: Option<A>) {
+        assert_eq!(transition(from, event), to, "{from} --{event:?}-->");
+        COVERED.lock().unwrap().insert((from, event));
+    }
+
+    #[test]
+    fn every_transition() {
+        use AcceptanceEvent::*;
+        let cases: &[(A, E, Option<A>)] = &[
+            (A::PendingDeploy, SucceededAuto, Some(A::Accepted)),
+            (A::PendingDeploy, SucceededManual, Some(A::Outstanding)),
+            (A::PendingDeploy, Testing, None),
+            (A::PendingDeploy, Accept, None),
+            (A::PendingDeploy, Reject, None),
+            (A::PendingDeploy, Retired, Some(A::Terminated)),
+            (A::Outstanding, SucceededAuto, None),
+            (A::Outstanding, SucceededManual, None),
+            (A::Outstanding, Testing, Some(A::PendingAccept)),
+            (A::Outstanding, Accept, Some(A::Accepted)),
+            (A::Outstanding, Reject, Some(A::Rejected)),
+            (A::Outstanding, Retired, Some(A::Terminated)),
+            (A::PendingAccept, SucceededAuto, None),
+            (A::PendingAccept, SucceededManual, None),
+            (A::PendingAccept, Testing, Some(A::PendingAccept)),
+            (A::PendingAccept, Accept, Some(A::Accepted)),
+            (A::PendingAccept, Reject, Some(A::Rejected)),
+            (A::PendingAccept, Retired, Some(A::Terminated)),
+            (A::Accepted, SucceededAuto, None),
+            (A::Accepted, SucceededManual, None),
+            (A::Accepted, Testing, None),
+            (A::Accepted, Accept, None),
+            (A::Accepted, Reject, None),
+            (A::Accepted, Retired, Some(A::Accepted)),
+            (A::Rejected, SucceededAuto, None),
+            (A::Rejected, SucceededManual, None),
+            (A::Rejected, Testing, None),
+            (A::Rejected, Accept, None),
+            (A::Rejected, Reject, None),
+            (A::Rejected, Retired, Some(A::Rejected)),
+            (A::Terminated, SucceededAuto, None),
+            (A::Terminated, SucceededManual, None),
+            (A::Terminated, Testing, None),
+            (A::Terminated, Accept, None),
+            (A::Terminated, Reject, None),
+            (A::Terminated, Retired, Some(A::Terminated)),
+        ];
+        for (from, event, to) in cases {
+            check(*from, *event, *to);
+        }
+    }
+
+    /// Fails when a status and event pair has no test.
+    #[test]
+    fn every_transition_has_a_test() {
+        every_transition();
+        let covered = COVERED.lock().unwrap();
+        for status in AcceptanceStatus::ALL {
+            for event in AcceptanceEvent::ALL {
+                assert!(covered.contains(&(*status, event)), "no test for {status} --{event:?}-->");
+            }
+        }
+        for (from, event, _) in TRANSITIONS {
+            assert!(covered.contains(&(*from, *event)));
+        }
+    }
+
+    #[test]
+    fn verdicts_users_may_send() {
+        assert_eq!(AcceptanceEvent::verdict(A::Accepted), Some(E::Accept));
+        assert_eq!(AcceptanceEvent::verdict(A::Rejected), Some(E::Reject));
+        assert_eq!(AcceptanceEvent::verdict(A::PendingAccept), Some(E::Testing));
+        assert_eq!(AcceptanceEvent::verdict(A::Terminated), None);
+        assert_eq!(AcceptanceEvent::succeeded(AcceptanceType::Manual), E::SucceededManual);
+    }
+
+    #[test]
+    fn only_verdicts_and_termination_are_final() {
+        let finals: Vec<_> = AcceptanceStatus::ALL.iter().filter(|s| is_final(**s)).collect();
+        assert_eq!(finals, [&A::Accepted, &A::Rejected, &A::Terminated]);
+    }
+}

@@ -1,0 +1,104 @@
+//! Deploy constraints: one per stage, written by users, read by admission.
+
+use schema::model::{ConstraintBean, ConstraintInput};
+use schema::rules::constraint::Constraint;
+use schema::time::EpochMs;
+use schema::*;
+use tokio_postgres::GenericClient;
+
+use crate::rows::*;
+use crate::stages::lock_stage;
+use crate::{Error, Result, Store};
+
+fn bean_of(r: &tokio_postgres::Row) -> Result<ConstraintBean> {
+    Ok(ConstraintBean {
+        id: get(r, "constraint_id")?,
+        constraint_key: get(r, "constraint_key")?,
+        max_parallel: i64::from(get::<i32>(r, "max_parallel")?),
+        constraint_type: get_parsed(r, "constraint_type")?,
+        state: "FINISHED".into(),
+        start_date: get_ms(r, "start_date")?,
+        last_update: get_ms(r, "last_update")?,
+    })
+}
+
+/// The constraint of a stage, for admission.
+pub(crate) async fn load(c: &impl GenericClient, env_id: &EnvId) -> Result<Option<Constraint>> {
+    let row = c
+        .query_opt(
+            "SELECT constraint_key, max_parallel, constraint_type FROM deploy_constraints WHERE env_id = $1",
+            &[&env_id.as_str()],
+        )
+        .await?;
+    row.map(|r| {
+        Constraint::new(
+            get(&r, "constraint_key")?,
+            i64::from(get::<i32>(&r, "max_parallel")?),
+            get_parsed(&r, "constraint_type")?,
+        )
+        .map_err(|e| Error::Corrupt(format!("constraint of {env_id}: {e}")))
+    })
+    .transpose()
+}
+
+impl Store {
+    /// Creates or replaces a stage's constraint.
+    pub async fn set_constraint(
+        &self,
+        env: &EnvName,
+        stage: &StageName,
+        input: ConstraintInput,
+        now: EpochMs,
+    ) -> Result<ConstraintBean> {
+        let c = Constraint::new(
+            input.constraint_key.as_deref().unwrap_or_default(),
+            input.max_parallel.unwrap_or(0),
+            input.constraint_type.unwrap_or(DeployConstraintType::AllGroupsInParallel),
+        )?;
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let e = lock_stage(&*tx, env, stage).await?;
+        let row = tx
+            .query_one(
+                "INSERT INTO deploy_constraints (env_id, constraint_id, constraint_key, max_parallel, constraint_type,
+                     start_date, last_update)
+                 VALUES ($1, $2, $3, $4, $5, $6, $6)
+                 ON CONFLICT (env_id) DO UPDATE SET constraint_key = EXCLUDED.constraint_key,
+                     max_parallel = EXCLUDED.max_parallel, constraint_type = EXCLUDED.constraint_type,
+                     last_update = EXCLUDED.last_update
+                 RETURNING constraint_id, constraint_key, max_parallel, constraint_type, start_date, last_update",
+                &[
+                    &e.id.as_str(),
+                    &EnvId::generate().as_str(),
+                    &c.key,
+                    &(c.max_parallel.min(i32::MAX as u32) as i32),
+                    &c.kind.as_str(),
+                    &ts(now),
+                ],
+            )
+            .await?;
+        tx.commit().await?;
+        bean_of(&row)
+    }
+
+    /// A stage's constraint.
+    pub async fn constraint(&self, env: &EnvName, stage: &StageName) -> Result<Option<ConstraintBean>> {
+        let e = self.stage(env, stage).await?;
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "SELECT constraint_id, constraint_key, max_parallel, constraint_type, start_date, last_update
+                 FROM deploy_constraints WHERE env_id = $1",
+                &[&e.id.as_str()],
+            )
+            .await?;
+        row.as_ref().map(bean_of).transpose()
+    }
+
+    /// Removes a stage's constraint; `false` when it had none.
+    pub async fn delete_constraint(&self, env: &EnvName, stage: &StageName) -> Result<bool> {
+        let e = self.stage(env, stage).await?;
+        let client = self.client().await?;
+        Ok(client.execute("DELETE FROM deploy_constraints WHERE env_id = $1", &[&e.id.as_str()]).await? > 0)
+    }
+}

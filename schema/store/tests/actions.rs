@@ -1,0 +1,393 @@
+//! Deploy and host actions, schedules and constraints, applied by the store on a real Postgres.
+
+mod common;
+
+use common::*;
+use schema::bus::{AgentUpdate, Command, CommandEnvelope, CommandError, CommandOutcome, HostFacts, ReportBatch};
+use schema::model::{Agent, ConstraintInput, Deploy, Environ, ScheduleInput};
+use schema::rules::goal::AgentRecord;
+use schema::*;
+use store::Store;
+use store::testing::TestDatabase;
+
+fn envelope(id: &str, command: Command) -> CommandEnvelope {
+    CommandEnvelope { id: id.into(), attempt: 1, issued_at: NOW, operator: "bob".into(), command }
+}
+
+async fn run(s: &Store, id: &str, command: Command, now: i64) -> Result<serde_json::Value, CommandError> {
+    match s.apply_command(&envelope(id, command), now).await.unwrap() {
+        CommandOutcome::Ok { result } => Ok(result),
+        CommandOutcome::Err { error } => Err(error),
+    }
+}
+
+fn action(action: DeployAction, from: Option<&DeployId>, to: Option<&DeployId>) -> Command {
+    Command::DeployActionV1 {
+        env_name: id("web"),
+        stage_name: id("prod"),
+        action,
+        from_deploy_id: from.cloned(),
+        to_deploy_id: to.cloned(),
+        description: None,
+    }
+}
+
+fn host_action(state: AgentState, hosts: &[&str]) -> Command {
+    Command::HostActionV1 {
+        env_name: id("web"),
+        stage_name: id("prod"),
+        action: state,
+        host_ids: hosts.iter().map(|h| id(h)).collect(),
+    }
+}
+
+async fn agents(s: &Store, e: &Environ) -> Vec<Agent> {
+    s.agents_of_stage(&e.id).await.unwrap()
+}
+
+async fn agent(s: &Store, e: &Environ, host: &str) -> Agent {
+    agents(s, e).await.into_iter().find(|a| a.host_id.as_str() == host).unwrap()
+}
+
+/// `n` hosts serving `deploy` on the stage, seen now.
+async fn serve(s: &Store, e: &Environ, deploy: &DeployId, hosts: &[&str], at: i64) {
+    let batch = ReportBatch {
+        agents: hosts.iter().map(|h| update(h, &e.id, serving(deploy), at)).collect(),
+        heartbeats: hosts.iter().map(|h| schema::bus::Heartbeat { host_id: id(h), at: workers_now() }).collect(),
+        ..Default::default()
+    };
+    s.apply_report_batch(&batch).await.unwrap();
+}
+
+fn workers_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
+}
+
+/// A host finishing what it was admitted to (its gateway knows the admission's sequence).
+async fn finish(s: &Store, e: &Environ, host: &str, at: i64) {
+    let a = agent(s, e, host).await;
+    let record =
+        AgentRecord { stage: DeployStage::ServingBuild, status: AgentStatus::Succeeded, ..serving(&a.deploy_id) };
+    let control_seq =
+        s.stage_load(&e.id).await.unwrap().1.iter().find(|r| r.host_id.as_str() == host).unwrap().control_seq;
+    let u = AgentUpdate { control_seq, ..update(host, &e.id, record, at) };
+    s.apply_report_batch(&ReportBatch { agents: vec![u], ..Default::default() }).await.unwrap();
+    s.refresh_stage(&e.id, at).await.unwrap();
+}
+
+fn on(agents: &[Agent], deploy: &DeployId) -> usize {
+    agents.iter().filter(|a| &a.deploy_id == deploy).count()
+}
+
+#[tokio::test]
+async fn promote_restart_and_rollback_create_typed_deploys() {
+    let db = TestDatabase::new().await;
+    let s = &db.store;
+    let e = stage(s, "web", "prod", r#"{"maxParallel":5}"#).await;
+    stage(s, "web", "canary", "{}").await;
+    let b1 = build(s, "web").await;
+    let b2 = build(s, "web").await;
+    let canary = deploy(s, "c0", "web", "canary", &b2.id, NOW).await;
+    let d1 = deploy(s, "c1", "web", "prod", &b1.id, NOW + 1).await;
+
+    let promoted: Deploy = serde_json::from_value(
+        run(s, "c2", action(DeployAction::Promote, Some(&canary.id), None), NOW + 2).await.unwrap(),
+    )
+    .unwrap();
+    assert_eq!((promoted.deploy_type, &promoted.build_id), (DeployType::Regular, &b2.id));
+    assert_eq!(promoted.from_deploy_id.as_ref(), Some(&canary.id));
+    assert_eq!(run(s, "c3", action(DeployAction::Promote, None, None), NOW).await.unwrap_err().status, 400);
+
+    let restart: Deploy =
+        serde_json::from_value(run(s, "c4", action(DeployAction::Restart, None, None), NOW + 3).await.unwrap())
+            .unwrap();
+    assert_eq!((restart.deploy_type, &restart.build_id), (DeployType::Restart, &b2.id));
+
+    // Rolling back to d1 by id.
+    let rollback: Deploy = serde_json::from_value(
+        run(s, "c5", action(DeployAction::Rollback, None, Some(&d1.id)), NOW + 4).await.unwrap(),
+    )
+    .unwrap();
+    assert_eq!((rollback.deploy_type, &rollback.build_id), (DeployType::Rollback, &b1.id));
+    assert_eq!(rollback.alias.as_ref(), Some(&d1.id));
+    assert_eq!(s.current_deploy(&e.env_name, &e.stage_name).await.unwrap().id, rollback.id);
+    let err = run(s, "c6", action(DeployAction::Rollback, None, Some(&canary.id)), NOW + 5).await.unwrap_err();
+    assert_eq!(err.status, 400, "a deploy of another stage is no rollback target: {err}");
+    let err = run(s, "c7", action(DeployAction::Rollback, None, Some(&rollback.id)), NOW + 5).await.unwrap_err();
+    assert_eq!(err.status, 409, "{err}");
+}
+
+#[tokio::test]
+async fn rollback_without_target_goes_to_the_last_success_and_leaves_its_hosts_alone() {
+    let db = TestDatabase::new().await;
+    let s = &db.store;
+    let e = stage(s, "web", "prod", r#"{"maxParallelPct":100}"#).await;
+    let good = build(s, "web").await;
+    let bad = build(s, "web").await;
+    let d1 = deploy(s, "c1", "web", "prod", &good.id, NOW).await;
+    serve(s, &e, &d1.id, &["h1", "h2", "h3"], NOW + 1).await;
+    s.refresh_stage(&e.id, NOW + 2).await.unwrap();
+    let d2 = deploy(s, "c2", "web", "prod", &bad.id, NOW + 3).await;
+    assert_eq!(s.deploy(&d1.id).await.unwrap().state, DeployState::Succeeded);
+    // h1 moved to the bad build; h2 and h3 still serve d1 (the cap is 100 %, but say they had
+    // not started: put them back).
+    finish(s, &e, "h1", NOW + 4).await;
+    let back = ReportBatch {
+        agents: ["h2", "h3"]
+            .iter()
+            .map(|h| AgentUpdate { control_seq: 100, ..update(h, &e.id, serving(&d1.id), NOW + 5) })
+            .collect(),
+        ..Default::default()
+    };
+    s.apply_report_batch(&back).await.unwrap();
+
+    let rb: Deploy =
+        serde_json::from_value(run(s, "c3", action(DeployAction::Rollback, None, None), NOW + 6).await.unwrap())
+            .unwrap();
+    assert_eq!(rb.alias.as_ref(), Some(&d1.id), "the automatic target keeps the alias");
+    assert_eq!(rb.build_id, good.id);
+    let after = agents(s, &e).await;
+    assert_eq!(agent(s, &e, "h1").await.deploy_id, rb.id, "the host on the bad build is admitted");
+    for h in ["h2", "h3"] {
+        let a = after.iter().find(|a| a.host_id.as_str() == h).unwrap();
+        assert_eq!(a.deploy_id, d1.id, "{h} serves the rollback's target and is left alone");
+    }
+    assert_eq!(s.deploy(&d2.id).await.unwrap().state, DeployState::Aborted);
+}
+
+#[tokio::test]
+async fn pause_holds_admission_and_resume_continues() {
+    let db = TestDatabase::new().await;
+    let s = &db.store;
+    let e = stage(s, "web", "prod", r#"{"maxParallel":1}"#).await;
+    let b1 = build(s, "web").await;
+    let b2 = build(s, "web").await;
+    let d1 = deploy(s, "c1", "web", "prod", &b1.id, NOW).await;
+    serve(s, &e, &d1.id, &["h1", "h2"], NOW + 1).await;
+    run(s, "p", action(DeployAction::Pause, None, None), NOW + 2).await.unwrap();
+    assert_eq!(s.stage(&e.env_name, &e.stage_name).await.unwrap().env_state, EnvState::Paused);
+    let d2 = deploy(s, "c2", "web", "prod", &b2.id, NOW + 3).await;
+    assert_eq!(on(&agents(s, &e).await, &d2.id), 0, "nobody is admitted while paused");
+    s.refresh_stage(&e.id, NOW + 4).await.unwrap();
+    assert_eq!(on(&agents(s, &e).await, &d2.id), 0);
+    // The deploy's state is frozen while paused, even past the stuck threshold.
+    s.refresh_stage(&e.id, NOW + 3 + 3_600_000).await.unwrap();
+    assert_eq!(s.deploy(&d2.id).await.unwrap().state, DeployState::Running);
+
+    let current = run(s, "r", action(DeployAction::Resume, None, None), NOW + 5).await.unwrap();
+    assert_eq!(current["id"], d2.id.as_str(), "resume answers with the current deploy");
+    assert_eq!(on(&agents(s, &e).await, &d2.id), 1, "one host admitted as soon as it resumes");
+}
+
+#[tokio::test]
+async fn host_actions_hold_reset_and_release_hosts() {
+    let db = TestDatabase::new().await;
+    let s = &db.store;
+    let e = stage(s, "web", "prod", r#"{"maxParallel":1}"#).await;
+    let b1 = build(s, "web").await;
+    let d1 = deploy(s, "c1", "web", "prod", &b1.id, NOW).await;
+    serve(s, &e, &d1.id, &["h1", "h2"], NOW + 1).await;
+
+    run(s, "a1", host_action(AgentState::PausedByUser, &["h1"]), NOW + 2).await.unwrap();
+    assert_eq!(agent(s, &e, "h1").await.state, AgentState::PausedByUser);
+    let err = run(s, "a2", host_action(AgentState::PausedByUser, &["nope"]), NOW + 2).await.unwrap_err();
+    assert_eq!(err.status, 404, "{err}");
+    assert_eq!(agent(s, &e, "h1").await.state, AgentState::PausedByUser, "a refused action changes nothing");
+
+    // A reset of a serving host needs admission, and stays a reset once admitted so that the
+    // gateway runs the deploy again.
+    run(s, "a3", host_action(AgentState::Reset, &["h2"]), NOW + 3).await.unwrap();
+    let h2 = agent(s, &e, "h2").await;
+    assert_eq!((h2.state, h2.deploy_stage), (AgentState::Reset, DeployStage::PreDownload));
+    run(s, "a4", host_action(AgentState::Normal, &["h1"]), NOW + 4).await.unwrap();
+    assert_eq!(agent(s, &e, "h1").await.state, AgentState::Normal);
+    let err = run(s, "a5", host_action(AgentState::Delete, &["h1"]), NOW + 4).await.unwrap_err();
+    assert_eq!(err.status, 400, "{err}");
+}
+
+#[tokio::test]
+async fn reset_failed_resets_only_the_failed_hosts() {
+    let db = TestDatabase::new().await;
+    let s = &db.store;
+    let e = stage(s, "web", "prod", r#"{"maxParallelPct":100}"#).await;
+    let b1 = build(s, "web").await;
+    let d1 = deploy(s, "c1", "web", "prod", &b1.id, NOW).await;
+    let failed = AgentRecord {
+        stage: DeployStage::Restarting,
+        status: AgentStatus::TooManyRetry,
+        state: AgentState::PausedBySystem,
+        ..AgentRecord::fresh(d1.id.clone(), false)
+    };
+    let batch = ReportBatch {
+        agents: vec![update("bad", &e.id, failed, NOW + 1), update("good", &e.id, serving(&d1.id), NOW + 1)],
+        ..Default::default()
+    };
+    s.apply_report_batch(&batch).await.unwrap();
+    let command = Command::ResetFailedV1 { env_name: id("web"), stage_name: id("prod"), deploy_id: d1.id.clone() };
+    assert_eq!(run(s, "r", command, NOW + 2).await.unwrap()["updated"], 1);
+    assert_eq!(agent(s, &e, "bad").await.state, AgentState::Reset);
+    assert_eq!(agent(s, &e, "good").await.state, AgentState::Normal);
+}
+
+#[tokio::test]
+async fn stopping_a_host_stops_it_on_every_stage() {
+    let db = TestDatabase::new().await;
+    let s = &db.store;
+    let e = stage(s, "web", "prod", "{}").await;
+    let other = stage(s, "logs", "prod", "{}").await;
+    let b1 = build(s, "web").await;
+    let b2 = build(s, "logs").await;
+    let d1 = deploy(s, "c1", "web", "prod", &b1.id, NOW).await;
+    let d2 = deploy(s, "c2", "logs", "prod", &b2.id, NOW).await;
+    serve(s, &e, &d1.id, &["h1"], NOW + 1).await;
+    serve(s, &other, &d2.id, &["h1"], NOW + 1).await;
+    s.upsert_hosts(&[HostFacts {
+        host_id: id("h1"),
+        host_name: id("h1"),
+        ip: None,
+        groups: vec![id("g")],
+        agent_version: "1".into(),
+        autoscaling_group: None,
+        availability_zone: None,
+        tags: Default::default(),
+        seen_at: NOW,
+    }])
+    .await
+    .unwrap();
+    let command =
+        Command::StopHostsV1 { env_name: id("web"), stage_name: id("prod"), host_ids: vec![id("h1")], replace: false };
+    run(s, "s", command, NOW + 2).await.unwrap();
+    assert_eq!(agent(s, &e, "h1").await.state, AgentState::Stop);
+    assert_eq!(agent(s, &other, "h1").await.state, AgentState::Stop);
+}
+
+#[tokio::test]
+async fn verdicts_follow_the_acceptance_machine() {
+    let db = TestDatabase::new().await;
+    let s = &db.store;
+    let e = stage(s, "web", "prod", r#"{"acceptanceType":"MANUAL"}"#).await;
+    let b1 = build(s, "web").await;
+    let d1 = deploy(s, "c1", "web", "prod", &b1.id, NOW).await;
+    let verdict = |status, cmd: &str| {
+        (
+            cmd.to_string(),
+            Command::UpdateDeployV1 { deploy_id: d1.id.clone(), acceptance_status: Some(status), description: None },
+        )
+    };
+    let (c, cmd) = verdict(AcceptanceStatus::Accepted, "v1");
+    assert_eq!(run(s, &c, cmd, NOW).await.unwrap_err().status, 409, "not succeeding yet");
+    serve(s, &e, &d1.id, &["h1"], NOW + 1).await;
+    s.refresh_stage(&e.id, NOW + 2).await.unwrap();
+    assert_eq!(s.deploy(&d1.id).await.unwrap().acceptance_status, AcceptanceStatus::Outstanding);
+    let (c, cmd) = verdict(AcceptanceStatus::Rejected, "v2");
+    run(s, &c, cmd, NOW + 3).await.unwrap();
+    assert_eq!(s.deploy(&d1.id).await.unwrap().acceptance_status, AcceptanceStatus::Rejected);
+    let (c, cmd) = verdict(AcceptanceStatus::Accepted, "v3");
+    assert_eq!(run(s, &c, cmd, NOW + 4).await.unwrap_err().status, 409, "a verdict is final");
+    let (c, cmd) = verdict(AcceptanceStatus::Terminated, "v4");
+    assert_eq!(run(s, &c, cmd, NOW + 4).await.unwrap_err().status, 400, "not a verdict");
+}
+
+#[tokio::test]
+async fn a_schedule_admits_session_by_session() {
+    let db = TestDatabase::new().await;
+    let s = &db.store;
+    let e = stage(s, "web", "prod", r#"{"maxParallelPct":100}"#).await;
+    let b1 = build(s, "web").await;
+    let b2 = build(s, "web").await;
+    let d1 = deploy(s, "c1", "web", "prod", &b1.id, NOW).await;
+    let hosts = ["h1", "h2", "h3", "h4", "h5", "h6"];
+    serve(s, &e, &d1.id, &hosts, NOW + 1).await;
+    let input = ScheduleInput {
+        total_sessions: Some(2),
+        host_numbers: Some("1,50%".into()),
+        cooldown_times: Some("1,-1".into()),
+    };
+    let bean = s.set_schedule(&e.env_name, &e.stage_name, input, NOW).await.unwrap().unwrap();
+    assert_eq!(bean.state, ScheduleState::NotStarted);
+
+    let d2 = deploy(s, "c2", "web", "prod", &b2.id, NOW + 10).await;
+    let sched = s.schedule(&e.env_name, &e.stage_name).await.unwrap().unwrap();
+    assert_eq!((sched.state, sched.current_session), (ScheduleState::Running, 1));
+    let started: Vec<String> =
+        agents(s, &e).await.into_iter().filter(|a| a.deploy_id == d2.id).map(|a| a.host_id.to_string()).collect();
+    assert_eq!(started.len(), 1, "session 1 lets one host in, though the cap is 100 %");
+
+    finish(s, &e, &started[0], NOW + 20).await;
+    let sched = s.schedule(&e.env_name, &e.stage_name).await.unwrap().unwrap();
+    assert_eq!(sched.state, ScheduleState::CoolingDown);
+    assert_eq!(on(&agents(s, &e).await, &d2.id), 1, "nobody starts while cooling down");
+
+    s.refresh_stage(&e.id, NOW + 20 + 60_000).await.unwrap();
+    let sched = s.schedule(&e.env_name, &e.stage_name).await.unwrap().unwrap();
+    assert_eq!((sched.state, sched.current_session), (ScheduleState::Running, 2));
+    assert_eq!(on(&agents(s, &e).await, &d2.id), 3, "session 2: 50 % of 6 hosts in all");
+
+    // Session 2's cooldown waits for an operator; overriding the wrong session is refused.
+    for h in
+        agents(s, &e).await.into_iter().filter(|a| a.deploy_id == d2.id && a.deploy_stage != DeployStage::ServingBuild)
+    {
+        finish(s, &e, h.host_id.as_str(), NOW + 100_000).await;
+    }
+    s.refresh_stage(&e.id, NOW + 10_000_000).await.unwrap();
+    assert_eq!(s.schedule(&e.env_name, &e.stage_name).await.unwrap().unwrap().state, ScheduleState::CoolingDown);
+    let over = |session| Command::OverrideScheduleV1 { env_name: id("web"), stage_name: id("prod"), session };
+    assert_eq!(run(s, "o1", over(1), NOW + 10_000_001).await.unwrap_err().status, 409);
+    run(s, "o2", over(2), NOW + 10_000_001).await.unwrap();
+    assert_eq!(s.schedule(&e.env_name, &e.stage_name).await.unwrap().unwrap().state, ScheduleState::Final);
+    assert_eq!(on(&agents(s, &e).await, &d2.id), 6, "after the last session the rest of the fleet proceeds");
+}
+
+#[tokio::test]
+async fn a_group_by_group_constraint_rolls_one_zone_at_a_time() {
+    let db = TestDatabase::new().await;
+    let s = &db.store;
+    let e = stage(s, "web", "prod", r#"{"maxParallelPct":100}"#).await;
+    let b1 = build(s, "web").await;
+    let b2 = build(s, "web").await;
+    let d1 = deploy(s, "c1", "web", "prod", &b1.id, NOW).await;
+    let zones = [("a1", "a"), ("a2", "a"), ("b1", "b"), ("b2", "b"), ("c1", "c")];
+    let facts: Vec<HostFacts> = zones
+        .iter()
+        .map(|(h, z)| HostFacts {
+            host_id: id(h),
+            host_name: id(h),
+            ip: None,
+            groups: vec![id("g")],
+            agent_version: "1".into(),
+            autoscaling_group: None,
+            availability_zone: None,
+            tags: [("zone".to_string(), z.to_string())].into_iter().collect(),
+            seen_at: NOW,
+        })
+        .collect();
+    s.upsert_hosts(&facts).await.unwrap();
+    serve(s, &e, &d1.id, &zones.map(|(h, _)| h), NOW + 1).await;
+    let c = ConstraintInput {
+        constraint_key: Some("zone".into()),
+        max_parallel: Some(1),
+        constraint_type: Some(DeployConstraintType::GroupByGroup),
+    };
+    s.set_constraint(&e.env_name, &e.stage_name, c, NOW).await.unwrap();
+
+    let d2 = deploy(s, "c2", "web", "prod", &b2.id, NOW + 10).await;
+    let mut order = Vec::new();
+    let mut now = NOW + 20;
+    loop {
+        let active: Vec<Agent> = agents(s, &e)
+            .await
+            .into_iter()
+            .filter(|a| a.deploy_id == d2.id && a.deploy_stage != DeployStage::ServingBuild)
+            .collect();
+        if active.is_empty() {
+            break;
+        }
+        assert_eq!(active.len(), 1, "one host per zone, and one zone at a time: {active:?}");
+        let host = active[0].host_id.to_string();
+        order.push(zones.iter().find(|(h, _)| *h == host).unwrap().1);
+        now += 1000;
+        finish(s, &e, &host, now).await;
+    }
+    assert_eq!(order, ["a", "a", "b", "b", "c"]);
+    assert_eq!(on(&agents(s, &e).await, &d2.id), 5);
+}
