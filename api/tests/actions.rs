@@ -221,3 +221,32 @@ async fn schedules_and_constraints_are_configured_and_validated() {
     assert_eq!(app.get("/v1/envs/web/prod/deploy_constraint").await.expect(StatusCode::OK), Value::Null);
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_that_leaves_the_capacity_is_told_to_forget_the_stage() {
+    let app = spawn_app().await;
+    let (stage, _) = serving_stage(&app).await;
+    app.set_capacity("web", "prod", "GROUP", &[]).await;
+    let host = Host::new("h1", "g");
+    let rows = app.get("/v1/envs/web/prod/agents").await.expect(StatusCode::OK);
+    let serving = &rows.as_array().unwrap()[0];
+    let report = report(str_of(serving, "deployId"), str_of(&stage, "id"), "SERVING_BUILD", "SUCCEEDED");
+    let answer = eventually("a DELETE goal once the gateway saw the capacity change", || {
+        let (app, host, report) = (&app, &host, &report);
+        async move {
+            let answer = app.ping(&host.ping_body(std::slice::from_ref(report))).await.expect(StatusCode::OK);
+            if answer["opCode"] == "DELETE" { Ok(answer) } else { Err(answer.to_string()) }
+        }
+    })
+    .await;
+    assert_eq!(answer["deployGoal"]["envId"], stage["id"]);
+    assert_eq!(answer["deployGoal"]["envName"], "web", "the names are known, so they are sent");
+    // The agent forgets the stage and stops reporting it: its record goes.
+    app.ping(&host.ping_body(&[])).await.expect(StatusCode::OK);
+    eventually("the record to be removed", || async {
+        let rows = app.get("/v1/envs/web/prod/agents").await.expect(StatusCode::OK);
+        if rows.as_array().unwrap().is_empty() { Ok(()) } else { Err(rows.to_string()) }
+    })
+    .await;
+    app.stop().await;
+}
