@@ -60,15 +60,18 @@ fn any_state() -> impl Strategy<Value = AgentState> {
     prop::sample::select(AgentState::ALL.to_vec())
 }
 
-/// One host of the simulated fleet: its record on the server and what its agent last did.
+/// One host of the simulated fleet: its record on the server and what its agent knows.
 #[derive(Debug, Clone)]
 struct Host {
-    record: AgentRecord,
+    record: Option<AgentRecord>,
     report: Option<ReportIn>,
+    /// The agent serves a build (it finished a deploy's SERVING_BUILD).
+    serving: bool,
+    /// The agent left service for the second deploy and has not finished it.
+    out: bool,
 }
 
-fn report_of(host: &str, r: &AgentRecord, status: AgentStatus) -> ReportIn {
-    let _ = host;
+fn report_of(r: &AgentRecord, status: AgentStatus) -> ReportIn {
     ReportIn {
         env_id: id("e"),
         deploy_id: r.deploy_id.clone(),
@@ -99,81 +102,109 @@ fn step() -> impl Strategy<Value = Step> {
     ]
 }
 
+fn admit(hosts: &mut [Host], current: &DeployId, cap: u32) {
+    let active = hosts.iter().filter_map(|h| h.record.as_ref()).filter(|r| r.is_active()).count() as u32;
+    let waiting: Vec<HostId> = hosts
+        .iter()
+        .enumerate()
+        .filter(|(_, h)| h.record.as_ref().is_some_and(|r| admission::waits_for_admission(r, current, None)))
+        .map(|(i, _)| id(&format!("h{i}")))
+        .collect();
+    let a = StageAdmission { cap, active, schedule_allowance: None, constraint: None };
+    for chosen in admission::select(&a, &waiting) {
+        let i: usize = chosen.as_str()[1..].parse().unwrap();
+        hosts[i].record = Some(AgentRecord::fresh(current.clone(), false));
+    }
+}
+
+/// One ping of host `h` to a gateway that admits first deploys only; the agent then runs the
+/// step it was given.
+fn ping(h: &mut Host, s: &StageGoal, ok: bool, second: &DeployId) {
+    let env_id: EnvId = id("e");
+    let input = EnvInput {
+        env_id: &env_id,
+        stage: Some(s),
+        report: h.report.as_ref(),
+        record: h.record.as_ref(),
+        env_installed: false,
+        names: None,
+    };
+    let p = plan(&[input], |_, install| install.record.first_deploy);
+    if let Some((_, RecordChange::Upsert(r))) = p.records.into_iter().next() {
+        h.record = Some(r);
+    }
+    if let Some(goal) = p.response.deploy_goal {
+        if &goal.deploy_id == second && goal.deploy_stage == DeployStage::PreDownload && h.serving && !h.out {
+            h.out = true;
+        }
+        let done = goal.deploy_stage == DeployStage::ServingBuild;
+        let status = if ok || done { AgentStatus::Succeeded } else { AgentStatus::ScriptFailed };
+        if done {
+            h.serving = true;
+            if &goal.deploy_id == second {
+                h.out = false;
+            }
+        }
+        let record = h.record.clone().unwrap_or_else(|| AgentRecord::fresh(goal.deploy_id.clone(), true));
+        h.report = Some(ReportIn { deploy_id: goal.deploy_id, stage: goal.deploy_stage, ..report_of(&record, status) });
+    }
+}
+
+fn existing(hosts: &[Host]) -> u32 {
+    hosts.iter().filter(|h| h.record.as_ref().is_some_and(|r| !r.first_deploy)).count() as u32
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
-    /// Whatever the order of pings, step results and admissions, the hosts out of service on
-    /// the new deploy (first deploys excepted) never exceed the cap, and once the pings stop
-    /// failing every host ends on the new deploy.
+    /// A fleet of new hosts gets a first deploy; at a random moment a second deploy replaces
+    /// it. Whatever the order of pings, step results and admissions, the hosts the agents see
+    /// leave service for the second deploy (hosts serving a build when it reached them) never
+    /// exceed the cap, and once the pings stop failing every host ends on it.
     #[test]
     fn hosts_deploying_at_once_never_exceed_the_cap(
         n in 1usize..25,
         max_parallel in 0i32..5,
         pct in 0i32..60,
+        switch_at in 0usize..200,
         steps in prop::collection::vec(step(), 1..400),
     ) {
         prop_assume!(max_parallel > 0 || pct > 0);
-        let old: DeployId = id("old");
-        let new = stage("new");
-        let env_id: EnvId = id("e");
-        let mut hosts: Vec<Host> = (0..n)
-            .map(|_| {
-                let record = AgentRecord { stage: DeployStage::ServingBuild, status: AgentStatus::Succeeded, ..AgentRecord::fresh(old.clone(), false) };
-                let report = Some(report_of("h", &record, AgentStatus::Succeeded));
-                Host { record, report }
-            })
-            .collect();
-        let cap = parallel_cap(max_parallel, pct, n as u32);
-        let current = new.deploy.as_ref().unwrap().id.clone();
-        let run_admission = |hosts: &mut Vec<Host>| {
-            let active = hosts.iter().filter(|h| h.record.is_active()).count() as u32;
-            let waiting: Vec<HostId> = hosts
-                .iter()
-                .enumerate()
-                .filter(|(_, h)| admission::waits_for_admission(&h.record, &current, None))
-                .map(|(i, _)| id(&format!("h{i}")))
-                .collect();
-            let a = StageAdmission { cap, active, schedule_allowance: None, constraint: None };
-            for chosen in admission::select(&a, &waiting) {
-                let i: usize = chosen.as_str()[1..].parse().unwrap();
-                hosts[i].record = AgentRecord::fresh(current.clone(), false);
-            }
-        };
-        let ping = |h: &mut Host, ok: bool| {
-            let input = EnvInput { env_id: &env_id, stage: Some(&new), report: h.report.as_ref(), record: Some(&h.record), env_installed: true, names: None };
-            let p = plan(&[input], |_, install| install.record.first_deploy);
-            if let Some((_, RecordChange::Upsert(r))) = p.records.into_iter().next() {
-                h.record = r;
-            }
-            // The agent runs the goal's step; its next report says how it went.
-            if let Some(goal) = p.response.deploy_goal {
-                let status = if ok || goal.deploy_stage == DeployStage::ServingBuild { AgentStatus::Succeeded } else { AgentStatus::ScriptFailed };
-                h.report = Some(ReportIn { deploy_id: goal.deploy_id, stage: goal.deploy_stage, ..report_of("h", &h.record, status) });
-            }
-        };
-        for s in steps {
+        let first = stage("first");
+        let second = stage("second");
+        let second_id = second.deploy.as_ref().unwrap().id.clone();
+        let mut hosts: Vec<Host> = (0..n).map(|_| Host { record: None, report: None, serving: false, out: false }).collect();
+        let cap_max = parallel_cap(max_parallel, pct, n as u32);
+        for (k, s) in steps.into_iter().enumerate() {
+            let current = if k < switch_at { &first } else { &second };
+            let current_id = current.deploy.as_ref().unwrap().id.clone();
             match s {
-                Step::Admit => run_admission(&mut hosts),
+                Step::Admit => {
+                    let cap = parallel_cap(max_parallel, pct, existing(&hosts));
+                    admit(&mut hosts, &current_id, cap);
+                }
                 Step::Ping(i, ok) => {
                     let i = i.index(n);
-                    ping(&mut hosts[i], ok);
+                    ping(&mut hosts[i], current, ok, &second_id);
                 }
             }
-            let out = hosts.iter().filter(|h| h.record.deploy_id == current && h.record.is_active()).count() as u32;
-            prop_assert!(out <= cap, "{out} hosts out of service with a cap of {cap}");
+            let out = hosts.iter().filter(|h| h.out).count() as u32;
+            prop_assert!(out <= cap_max, "{} hosts left service for the second deploy with a cap of {}", out, cap_max);
         }
-        // Then everything succeeds: the rollout completes.
-        for _ in 0..(n * 20) {
-            run_admission(&mut hosts);
+        // Then everything succeeds: the second deploy completes.
+        for _ in 0..(n * 30) {
+            let cap = parallel_cap(max_parallel, pct, existing(&hosts));
+            admit(&mut hosts, &second_id, cap);
             for h in hosts.iter_mut() {
-                ping(h, true);
+                ping(h, &second, true, &second_id);
             }
-            let out = hosts.iter().filter(|h| h.record.is_active()).count() as u32;
-            prop_assert!(out <= cap);
+            let out = hosts.iter().filter(|h| h.out).count() as u32;
+            prop_assert!(out <= cap_max);
         }
         for h in &hosts {
-            prop_assert_eq!(&h.record.deploy_id, &current);
-            prop_assert_eq!(h.record.stage, DeployStage::ServingBuild);
+            let r = h.record.as_ref().unwrap();
+            prop_assert_eq!(&r.deploy_id, &second_id);
+            prop_assert_eq!(r.stage, DeployStage::ServingBuild);
         }
     }
 
@@ -190,7 +221,7 @@ proptest! {
         let env_id: EnvId = id("e");
         let deploy: DeployId = if on_current { id("cur") } else { id("old") };
         let record = AgentRecord { stage: STAGES[stage_i], status, state, first_deploy, ..AgentRecord::fresh(deploy.clone(), first_deploy) };
-        let report = ReportIn { deploy_id: deploy, ..report_of("h", &record, status) };
+        let report = ReportIn { deploy_id: deploy, ..report_of(&record, status) };
         let once = |rec: &AgentRecord| {
             let input = EnvInput { env_id: &env_id, stage: Some(&s), report: Some(&report), record: Some(rec), env_installed: true, names: None };
             plan(&[input], |_, _| false)

@@ -250,11 +250,15 @@ pub fn analyse(input: EnvInput<'_>) -> Analysis {
         return out;
     }
 
+    // A host on its first deploy stops being one once it serves (the report's record clears
+    // the flag): a new deploy reaching it then must not count it as new.
+    let first_now = match (record, updated.as_ref()) {
+        (None, _) => !env_installed,
+        (Some(_), Some(u)) => u.first_deploy,
+        (Some(a), None) => a.first_deploy,
+    };
     let from_scratch = |needs_wait: bool| {
-        let first = match record {
-            None => !env_installed,
-            Some(a) => a.first_deploy,
-        };
+        let first = first_now;
         Install {
             record: AgentRecord::fresh(deploy.id.clone(), first),
             needs_wait,
@@ -266,12 +270,13 @@ pub fn analyse(input: EnvInput<'_>) -> Analysis {
 
     match (report, updated) {
         (Some(r), Some(u)) => {
-            let serving_now =
-                r.stage == DeployStage::ServingBuild && record.is_none_or(|a| a.stage == DeployStage::ServingBuild);
+            let serving = r.stage == DeployStage::ServingBuild;
             if u.deploy_id == deploy.id {
                 if matches!(u.state, AgentState::Reset | AgentState::ResetBySystem) {
-                    // Case 1.0: redo the deploy from scratch.
-                    out.install = Some(from_scratch(serving_now));
+                    // Case 1.0: redo the deploy from scratch; a serving host waits unless the
+                    // workers admitted it (its record left SERVING_BUILD).
+                    let waits = serving && record.is_none_or(|a| a.stage == DeployStage::ServingBuild);
+                    out.install = Some(from_scratch(waits));
                 } else if r.stage == DeployStage::ServingBuild {
                     // Case 1.1: the steady state.
                 } else if r.status == AgentStatus::Succeeded {
@@ -294,8 +299,13 @@ pub fn analyse(input: EnvInput<'_>) -> Analysis {
                     out.install = Some(Install { record: u, needs_wait: false, stop: false, aliased, priority });
                 }
             } else {
-                // Case 1.5: a new deploy.
-                out.install = Some(from_scratch(serving_now));
+                // Case 1.5: a new deploy. A host that serves waits for admission unless its
+                // record shows the workers admitted it (it names this deploy, before
+                // SERVING_BUILD). Teletraan only looks at the record's stage, but a record may
+                // be behind the agent (another gateway, a reload from a Postgres that lags):
+                // "mid-deploy" in a stale record must not let a serving host skip the cap.
+                let admitted = record.is_some_and(|a| a.deploy_id == deploy.id && a.stage != DeployStage::ServingBuild);
+                out.install = Some(from_scratch(serving && !admitted));
             }
         }
         _ => {
@@ -798,6 +808,27 @@ mod tests {
         let a = analyse(input);
         let install = a.install.unwrap();
         assert!(install.needs_wait && !install.record.first_deploy);
+    }
+
+    #[test]
+    fn a_host_that_just_finished_its_first_deploy_waits_for_the_next() {
+        // Told SERVING_BUILD on its first deploy, it reports success just as a new deploy lands.
+        let s = stage("d2");
+        let a = AgentRecord { stage: ServingBuild, ..AgentRecord::fresh(id("d1"), true) };
+        let r = report("d1", ServingBuild, AgentStatus::Succeeded);
+        let p = run(Some(&s), Some(&r), Some(&a));
+        assert_eq!(p.response, PingResponse::noop(), "not a first deploy any more: it waits for admission");
+    }
+
+    #[test]
+    fn a_stale_mid_deploy_record_does_not_let_a_serving_host_skip_admission() {
+        let s = stage("d2");
+        let a = rec("d1", PostRestart, AgentStatus::Unknown, AgentState::Normal);
+        let r = report("d1", ServingBuild, AgentStatus::Succeeded);
+        assert_eq!(run(Some(&s), Some(&r), Some(&a)).response, PingResponse::noop());
+        // Admitted (its record names the new deploy), it starts.
+        let a = AgentRecord::fresh(id("d2"), false);
+        assert_eq!(goal_stage(&run(Some(&s), Some(&r), Some(&a))), Some(PreDownload));
     }
 
     #[test]
