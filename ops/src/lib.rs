@@ -1,3 +1,4 @@
 //! Shared pieces of the operator binary that tests also use.
 
 pub mod sample;
+pub mod sim;

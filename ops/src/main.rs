@@ -39,6 +39,8 @@ enum Cmd {
     Worker,
     /// Create the database if needed, apply migrations, and exit.
     Migrate,
+    /// Run a fleet of simulated agents against a gateway and check the rollout caps.
+    Sim(Box<teletraan::sim::cli::SimArgs>),
 }
 
 fn main() -> std::process::ExitCode {
@@ -93,6 +95,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Api => Roles { api: true, gateway: false, worker: false },
         Cmd::Gateway => Roles { api: false, gateway: true, worker: false },
         Cmd::Worker => Roles { api: false, gateway: false, worker: true },
+        Cmd::Sim(args) => return teletraan::sim::cli::run(*args).await,
     };
     let running = serve::start(&settings, roles, false).await?;
     announce(&running, &settings);
