@@ -3,6 +3,8 @@
 //! Build A reaches every host; build B then rolls with `maxParallel: 1`, and neither the
 //! server's records nor the hosts' own hook timestamps ever show two hosts out of service.
 
+mod support;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -12,25 +14,13 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::routing::get;
-use schema::model::{Agent, Build, Deploy};
+use schema::model::Deploy;
 use serde_json::json;
-use store::testing::TestDatabase;
+use support::{AGENT, Api, Server, binary, wait_for};
 use teletraan::sample;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
-use workers::testing::TestBus;
 
-const ADMIN: &str = "e2e-admin-token";
-const AGENT: &str = "e2e-agent-token";
 const HOSTS: [&str; 3] = ["e2e-1", "e2e-2", "e2e-3"];
-const DEADLINE: Duration = Duration::from_secs(90);
-
-fn binary(name: &str) -> PathBuf {
-    let server = PathBuf::from(env!("CARGO_BIN_EXE_teletraan"));
-    let path = server.with_file_name(name);
-    assert!(path.exists(), "{} is missing: run `cargo build --workspace --bins` first", path.display());
-    path
-}
 
 /// Every hook appends one line: step|start ns|end ns|the build the script came from|then the
 /// environment it saw.
@@ -88,110 +78,23 @@ fn hook_runs(dir: &Path) -> Vec<HookRun> {
         .collect()
 }
 
-struct Api {
-    http: reqwest::Client,
-    base: String,
-}
-
-impl Api {
-    fn req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        self.http.request(method, format!("{}{path}", self.base)).header("Authorization", format!("token {ADMIN}"))
+/// Serves artifacts over HTTP: `/<name>` answers its bytes.
+async fn serve_artifacts(files: Vec<(&'static str, Vec<u8>)>) -> String {
+    let mut app = Router::new();
+    for (name, bytes) in files {
+        app = app.route(&format!("/{name}"), get(move || async move { bytes }));
     }
-
-    async fn ok(&self, req: reqwest::RequestBuilder) -> reqwest::Response {
-        let resp = req.send().await.expect("API reachable");
-        let status = resp.status();
-        assert!(status.is_success(), "{status}: {}", resp.text().await.unwrap_or_default());
-        resp
-    }
-
-    async fn agents(&self) -> Vec<Agent> {
-        self.ok(self.req(reqwest::Method::GET, "/v1/envs/e2e/prod/agents")).await.json().await.unwrap()
-    }
-
-    async fn deploy(&self, build: &Build) -> Deploy {
-        let path = format!("/v1/envs/e2e/prod/deploys?buildId={}", build.id);
-        let resp = self.ok(self.req(reqwest::Method::POST, &path)).await;
-        assert_eq!(resp.status(), 201);
-        resp.json().await.unwrap()
-    }
-
-    async fn publish(&self, artifact_url: String, bytes: &[u8], commit: &str) -> Build {
-        let body = json!({"name": "e2e", "artifactUrl": artifact_url, "artifactSha256": sample::sha256_hex(bytes),
-            "repo": "org/e2e", "branch": "main", "commit": commit});
-        self.ok(self.req(reqwest::Method::POST, "/v1/builds").json(&body)).await.json().await.unwrap()
-    }
-
-    /// Waits until every host serves `deploy` and the deploy is SUCCEEDING.
-    async fn wait_rolled_out(&self, deploy: &Deploy) {
-        let deadline = tokio::time::Instant::now() + DEADLINE;
-        loop {
-            let agents = self.agents().await;
-            let d: Deploy = self
-                .ok(self.req(reqwest::Method::GET, &format!("/v1/deploys/{}", deploy.id)))
-                .await
-                .json()
-                .await
-                .unwrap();
-            let all = agents.len() == HOSTS.len()
-                && agents.iter().all(|a| a.deploy_id == deploy.id && a.deploy_stage.as_str() == "SERVING_BUILD");
-            if all && d.state.as_str() == "SUCCEEDING" && d.success_total == 3 {
-                return;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "rollout of {} not done: {d:?} {agents:?}", deploy.id);
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-}
-
-async fn serve_artifacts(a: Vec<u8>, b: Vec<u8>) -> String {
-    let app = Router::new()
-        .route("/a.tar.gz", get(move || async move { a }))
-        .route("/b.tar.gz", get(move || async move { b }));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });
     format!("http://{addr}")
 }
 
-async fn start_server(db: &TestDatabase, bus: &TestBus) -> (Child, String, String) {
-    let mut child = Command::new(binary("teletraan"))
-        .arg("up")
-        .env("TELETRAAN_DATABASE_URL", &db.url)
-        .env("TELETRAAN_AMQP_URL", &bus.config.url)
-        .env("TELETRAAN_NAMESPACE", &bus.config.namespace)
-        .env("TELETRAAN_API_LISTEN", "127.0.0.1:0")
-        .env("TELETRAAN_GATEWAY_LISTEN", "127.0.0.1:0")
-        .env("TELETRAAN_ADMIN_TOKEN", ADMIN)
-        .env("TELETRAAN_AGENT_TOKEN", AGENT)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start teletraan up");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let (mut api, mut gateway) = (None, None);
-    while api.is_none() || gateway.is_none() {
-        let line = tokio::time::timeout(DEADLINE, lines.next_line())
-            .await
-            .expect("server announces itself")
-            .unwrap()
-            .expect("server output");
-        if let Some(url) = line.strip_prefix("teletraan: api ") {
-            api = Some(url.to_string());
-        }
-        if let Some(url) = line.strip_prefix("teletraan: gateway ") {
-            gateway = Some(url.to_string());
-        }
-    }
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, api.unwrap(), gateway.unwrap())
-}
-
 fn start_agent(gateway: &str, host: &str, dir: &Path) -> Child {
     Command::new(binary("teletraan-agent"))
         .arg("run")
         .args(["--server", gateway, "--host-id", host, "--host-name", host, "--groups", "e2e", "--ping-interval", "1"])
+        .args(["--retry-delay", "1", "--max-retries", "2"])
         .arg("--dir")
         .arg(dir)
         .env("TELETRAAN_AGENT_TOKEN", AGENT)
@@ -203,37 +106,40 @@ fn start_agent(gateway: &str, host: &str, dir: &Path) -> Child {
         .expect("start teletraan-agent")
 }
 
+/// Waits until every host serves `deploy` and the deploy is SUCCEEDING.
+async fn wait_rolled_out(api: &Api, deploy: &Deploy) {
+    wait_for(&format!("the rollout of {}", deploy.id), || async {
+        let agents = api.agents("e2e", "prod").await;
+        let d = api.deploy_by_id(deploy.id.as_str()).await;
+        let all = agents.len() == HOSTS.len()
+            && agents.iter().all(|a| a.deploy_id == deploy.id && a.deploy_stage.as_str() == "SERVING_BUILD");
+        all && d.state.as_str() == "SUCCEEDING" && d.success_total == 3
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_builds_roll_out_to_three_real_agents_within_the_cap() {
-    let db = TestDatabase::new().await;
-    let bus = TestBus::new();
+    let server = Server::start().await;
+    let api = &server.api;
     let tmp = std::env::temp_dir().join(format!("teletraan-e2e-{}", uuid::Uuid::new_v4().simple()));
     let a_bytes = sample::artifact("A", &hooks("A")).unwrap();
     let b_bytes = sample::artifact("B", &hooks("B")).unwrap();
-    let artifacts = serve_artifacts(a_bytes.clone(), b_bytes.clone()).await;
+    let artifacts = serve_artifacts(vec![("a.tar.gz", a_bytes.clone()), ("b.tar.gz", b_bytes.clone())]).await;
 
-    let (mut server, api_url, gateway_url) = start_server(&db, &bus).await;
-    let api = Api { http: reqwest::Client::new(), base: api_url };
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    while api.http.get(format!("{gateway_url}/readyz")).send().await.map(|r| r.status() != 200).unwrap_or(true) {
-        assert!(tokio::time::Instant::now() < deadline, "gateway never became ready");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-
-    let created =
-        api.ok(api.req(reqwest::Method::POST, "/v1/envs").json(&json!({"envName": "e2e", "stageName": "prod"}))).await;
-    assert_eq!(created.status(), 201);
-    api.ok(api.req(reqwest::Method::PUT, "/v1/envs/e2e/prod/capacity?capacityType=GROUP").json(&json!(["e2e"]))).await;
-    api.ok(api.req(reqwest::Method::PUT, "/v1/envs/e2e/prod/script_configs").json(&json!({"E2E_VAR": "hello"}))).await;
-    let a = api.publish(format!("{artifacts}/a.tar.gz"), &a_bytes, "aaaaaaa111").await;
-    let b = api.publish(format!("{artifacts}/b.tar.gz"), &b_bytes, "bbbbbbb222").await;
+    api.stage("e2e", "prod", "e2e", json!({})).await;
+    api.call(reqwest::Method::PUT, "/v1/envs/e2e/prod/script_configs", Some(json!({"E2E_VAR": "hello"}))).await;
+    let a =
+        api.publish("e2e", &format!("{artifacts}/a.tar.gz"), "aaaaaaa111", Some(&sample::sha256_hex(&a_bytes))).await;
+    let b =
+        api.publish("e2e", &format!("{artifacts}/b.tar.gz"), "bbbbbbb222", Some(&sample::sha256_hex(&b_bytes))).await;
 
     let dirs: Vec<PathBuf> = HOSTS.iter().map(|h| tmp.join(h)).collect();
-    let mut agents: Vec<Child> = HOSTS.iter().zip(&dirs).map(|(h, d)| start_agent(&gateway_url, h, d)).collect();
+    let mut agents: Vec<Child> = HOSTS.iter().zip(&dirs).map(|(h, d)| start_agent(&server.gateway, h, d)).collect();
 
     // Build A: new hosts, so every host deploys at once.
-    let deploy_a = api.deploy(&a).await;
-    api.wait_rolled_out(&deploy_a).await;
+    let deploy_a = api.deploy("e2e", "prod", &a).await;
+    wait_rolled_out(api, &deploy_a).await;
     for dir in &dirs {
         let link = std::fs::read_link(dir.join("targets/e2e")).expect("the target symlink");
         assert!(link.ends_with(format!("builds/{}", a.id)), "{} -> {}", dir.display(), link.display());
@@ -260,33 +166,29 @@ async fn two_builds_roll_out_to_three_real_agents_within_the_cap() {
     }
 
     // Build B, one host at a time.
-    api.ok(api.req(reqwest::Method::PUT, "/v1/envs/e2e/prod").json(&json!({"maxParallel": 1}))).await;
+    api.configure("e2e", "prod", json!({"maxParallel": 1})).await;
     let most_out = Arc::new(AtomicUsize::new(0));
     let sampler = {
         let most_out = most_out.clone();
         let api = Api { http: api.http.clone(), base: api.base.clone() };
         tokio::spawn(async move {
             loop {
-                let out = api.agents().await.iter().filter(|a| a.deploy_stage.as_str() != "SERVING_BUILD").count();
+                let out = api
+                    .agents("e2e", "prod")
+                    .await
+                    .iter()
+                    .filter(|a| a.deploy_stage.as_str() != "SERVING_BUILD")
+                    .count();
                 most_out.fetch_max(out, Ordering::SeqCst);
                 tokio::time::sleep(Duration::from_millis(25)).await;
             }
         })
     };
-    let deploy_b = api.deploy(&b).await;
-    api.wait_rolled_out(&deploy_b).await;
+    let deploy_b = api.deploy("e2e", "prod", &b).await;
+    wait_rolled_out(api, &deploy_b).await;
     sampler.abort();
     assert_eq!(most_out.load(Ordering::SeqCst), 1, "the sampler saw a host out of service, and never two");
-    assert_eq!(
-        api.ok(api.req(reqwest::Method::GET, &format!("/v1/deploys/{}", deploy_a.id)))
-            .await
-            .json::<Deploy>()
-            .await
-            .unwrap()
-            .state
-            .as_str(),
-        "SUCCEEDED"
-    );
+    assert_eq!(api.deploy_by_id(deploy_a.id.as_str()).await.state.as_str(), "SUCCEEDED");
 
     let mut windows = Vec::new();
     for dir in &dirs {
@@ -319,11 +221,61 @@ async fn two_builds_roll_out_to_three_real_agents_within_the_cap() {
     for agent in &mut agents {
         agent.kill().await.unwrap();
     }
-    // A clean stop on SIGTERM.
-    let pid = server.id().unwrap().to_string();
-    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-    let status =
-        tokio::time::timeout(Duration::from_secs(20), server.wait()).await.expect("server stops on SIGTERM").unwrap();
-    assert!(status.success(), "server exit: {status}");
+    server.stop().await;
+    let _ = std::fs::remove_dir_all(&tmp);
+}
+
+/// A RESTARTING hook that fails while a flag file sits next to the agent's directory.
+fn failing_hooks(version: &str) -> Vec<(&'static str, String)> {
+    let restart = format!(
+        "#!/bin/sh\nif [ -e \"$(dirname \"$TARGET\")/../fail\" ]; then echo 'refusing to start {version}' >&2; exit 3; fi\necho ok\n"
+    );
+    vec![("RESTARTING", restart)]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_hosts_make_the_deploy_failing_and_a_reset_retries_them() {
+    let server = Server::start().await;
+    let api = &server.api;
+    let tmp = std::env::temp_dir().join(format!("teletraan-e2e-{}", uuid::Uuid::new_v4().simple()));
+    let a_bytes = sample::artifact("A", &failing_hooks("A")).unwrap();
+    let b_bytes = sample::artifact("B", &failing_hooks("B")).unwrap();
+    let artifacts = serve_artifacts(vec![("a.tar.gz", a_bytes), ("b.tar.gz", b_bytes)]).await;
+    api.stage("e2e", "prod", "e2e", json!({"maxParallelPct": 100, "stuckThreshold": 3600})).await;
+    let a = api.publish("e2e", &format!("{artifacts}/a.tar.gz"), "aaaaaaa111", None).await;
+    let b = api.publish("e2e", &format!("{artifacts}/b.tar.gz"), "bbbbbbb222", None).await;
+    let dirs: Vec<PathBuf> = HOSTS.iter().map(|h| tmp.join(h)).collect();
+    let mut agents: Vec<Child> = HOSTS.iter().zip(&dirs).map(|(h, d)| start_agent(&server.gateway, h, d)).collect();
+    let deploy_a = api.deploy("e2e", "prod", &a).await;
+    wait_rolled_out(api, &deploy_a).await;
+
+    // e2e-2 refuses to restart: with every host required, one failure makes the deploy FAILING.
+    let flag = dirs[1].join("fail");
+    std::fs::write(&flag, b"").unwrap();
+    let deploy_b = api.deploy("e2e", "prod", &b).await;
+    let failing = api.wait_state(deploy_b.id.as_str(), "FAILING").await;
+    assert_eq!((failing.success_total, failing.fail_total), (2, 1), "{failing:?}");
+    let row = api.agents("e2e", "prod").await.into_iter().find(|a| a.host_name.as_str() == "e2e-2").unwrap();
+    assert_eq!((row.state.as_str(), row.status.as_str()), ("PAUSED_BY_SYSTEM", "TOO_MANY_RETRY"), "{row:?}");
+    let error = api
+        .call(reqwest::Method::GET, "/v1/envs/e2e/prod/agents/errors/e2e-2", None)
+        .await
+        .json::<serde_json::Value>()
+        .await
+        .unwrap();
+    assert!(error["errorMessage"].as_str().unwrap_or_default().contains("refusing to start B"), "{error}");
+
+    // Fixed on the host, then "retry failed hosts": the deploy recovers and succeeds.
+    std::fs::remove_file(&flag).unwrap();
+    api.call(reqwest::Method::PUT, &format!("/v1/envs/e2e/prod/agents/reset_failed_agents/{}", deploy_b.id), None)
+        .await;
+    wait_rolled_out(api, &deploy_b).await;
+    let row = api.agents("e2e", "prod").await.into_iter().find(|a| a.host_name.as_str() == "e2e-2").unwrap();
+    assert_eq!(row.state.as_str(), "NORMAL");
+
+    for agent in &mut agents {
+        agent.kill().await.unwrap();
+    }
+    server.stop().await;
     let _ = std::fs::remove_dir_all(&tmp);
 }

@@ -3,6 +3,8 @@
 //! then a second one rolls within `maxParallelPct: 10` as the agents themselves see it, and a
 //! host told to fail RESTARTING ends PAUSED_BY_SYSTEM on the server.
 
+mod support;
+
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -12,19 +14,13 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use schema::model::{Agent, Build, Deploy};
+use schema::model::Build;
 use schema::ping::{PingRequest, PingResponse};
 use schema::{AgentState, AgentStatus, DeployStage};
 use serde_json::json;
-use store::testing::TestDatabase;
+use support::{AGENT, DEADLINE, Server};
 use teletraan::sim::{Fleet, SimConfig, numbered_hosts};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
-use workers::testing::TestBus;
-
-const ADMIN: &str = "sim-admin-token";
-const AGENT: &str = "sim-agent-token";
-const DEADLINE: Duration = Duration::from_secs(120);
+use tokio::process::Command;
 
 // ---------------------------------------------------------------------------------------------
 // A fake gateway: Teletraan's stage sequence for one deploy `d1` of env `web`, from the reports.
@@ -231,76 +227,6 @@ async fn the_cli_runs_a_fleet_and_refuses_bad_flags() {
 // ---------------------------------------------------------------------------------------------
 // Against the real server.
 
-struct Api {
-    http: reqwest::Client,
-    base: String,
-}
-
-impl Api {
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<serde_json::Value>) -> reqwest::Response {
-        let mut req =
-            self.http.request(method, format!("{}{path}", self.base)).header("Authorization", format!("token {ADMIN}"));
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await.expect("API reachable");
-        let status = resp.status();
-        assert!(status.is_success(), "{path}: {status}: {}", resp.text().await.unwrap_or_default());
-        resp
-    }
-
-    async fn agents(&self) -> Vec<Agent> {
-        self.call(reqwest::Method::GET, "/v1/envs/sim/prod/agents", None).await.json().await.unwrap()
-    }
-
-    async fn publish(&self, n: u32) -> Build {
-        let body = json!({"name": "sim", "artifactUrl": format!("https://artifacts.example.com/sim-{n}.tar.gz"),
-            "repo": "org/sim", "branch": "main", "commit": format!("{n}{n}{n}{n}{n}{n}{n}abc")});
-        self.call(reqwest::Method::POST, "/v1/builds", Some(body)).await.json().await.unwrap()
-    }
-
-    async fn deploy(&self, build: &Build) -> Deploy {
-        let path = format!("/v1/envs/sim/prod/deploys?buildId={}", build.id);
-        let resp = self.call(reqwest::Method::POST, &path, None).await;
-        assert_eq!(resp.status(), 201);
-        resp.json().await.unwrap()
-    }
-}
-
-async fn start_server(db: &TestDatabase, bus: &TestBus) -> (Child, String, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_teletraan"))
-        .arg("up")
-        .env("TELETRAAN_DATABASE_URL", &db.url)
-        .env("TELETRAAN_AMQP_URL", &bus.config.url)
-        .env("TELETRAAN_NAMESPACE", &bus.config.namespace)
-        .env("TELETRAAN_API_LISTEN", "127.0.0.1:0")
-        .env("TELETRAAN_GATEWAY_LISTEN", "127.0.0.1:0")
-        .env("TELETRAAN_ADMIN_TOKEN", ADMIN)
-        .env("TELETRAAN_AGENT_TOKEN", AGENT)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start teletraan up");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let (mut api, mut gateway) = (None, None);
-    while api.is_none() || gateway.is_none() {
-        let line = tokio::time::timeout(DEADLINE, lines.next_line())
-            .await
-            .expect("server announces itself")
-            .unwrap()
-            .expect("server output");
-        if let Some(url) = line.strip_prefix("teletraan: api ") {
-            api = Some(url.to_string());
-        }
-        if let Some(url) = line.strip_prefix("teletraan: gateway ") {
-            gateway = Some(url.to_string());
-        }
-    }
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, api.unwrap(), gateway.unwrap())
-}
-
 /// Hosts whose (only) environment serves `build`.
 fn serving(fleet: &Fleet, build: &Build) -> usize {
     fleet.hosts().iter().filter(|h| h.envs.iter().any(|e| e.serving.as_deref() == Some(build.id.as_str()))).count()
@@ -308,18 +234,12 @@ fn serving(fleet: &Fleet, build: &Build) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_simulated_hosts_roll_out_within_a_percentage_cap() {
-    let db = TestDatabase::new().await;
-    let bus = TestBus::new();
-    let (mut server, api_url, gateway_url) = start_server(&db, &bus).await;
-    let api = Api { http: reqwest::Client::new(), base: api_url };
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    while api.http.get(format!("{gateway_url}/readyz")).send().await.map(|r| r.status() != 200).unwrap_or(true) {
-        assert!(tokio::time::Instant::now() < deadline, "gateway never became ready");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    api.call(reqwest::Method::POST, "/v1/envs", Some(json!({"envName": "sim", "stageName": "prod"}))).await;
-    api.call(reqwest::Method::PUT, "/v1/envs/sim/prod/capacity?capacityType=GROUP", Some(json!(["sim"]))).await;
-    let (b1, b2) = (api.publish(1).await, api.publish(2).await);
+    let server = Server::start().await;
+    let api = &server.api;
+    let gateway_url = server.gateway.clone();
+    api.stage("sim", "prod", "sim", json!({})).await;
+    let b1 = api.publish("sim", "https://artifacts.example.com/sim-1.tar.gz", "1111111abc", None).await;
+    let b2 = api.publish("sim", "https://artifacts.example.com/sim-2.tar.gz", "2222222abc", None).await;
 
     let zones = vec![("zone".to_string(), vec!["a".to_string(), "b".into(), "c".into()])];
     let config = SimConfig {
@@ -334,7 +254,7 @@ async fn twenty_simulated_hosts_roll_out_within_a_percentage_cap() {
     let fleet = Fleet::start(config).unwrap();
 
     // First deploy: new hosts are not capped, every host installs at once.
-    let d1 = api.deploy(&b1).await;
+    let d1 = api.deploy("sim", "prod", &b1).await;
     assert!(fleet.wait_until(|f| serving(f, &b1) == 20, DEADLINE).await, "first deploy: {:?}", fleet.hosts());
     let r1 = fleet.rollout(d1.id.as_str()).unwrap();
     assert_eq!((r1.hosts_started, r1.hosts_taken_out, r1.hosts_done, r1.max_out), (20, 0, 20, 0));
@@ -342,7 +262,7 @@ async fn twenty_simulated_hosts_roll_out_within_a_percentage_cap() {
     // still count as a first deploy there (and skip the cap).
     let deadline = tokio::time::Instant::now() + DEADLINE;
     loop {
-        let agents = api.agents().await;
+        let agents = api.agents("sim", "prod").await;
         let settled = agents.iter().filter(|a| a.deploy_id == d1.id && !a.first_deploy).count();
         if settled == 20 && agents.iter().all(|a| a.deploy_stage == DeployStage::ServingBuild) {
             break;
@@ -352,9 +272,9 @@ async fn twenty_simulated_hosts_roll_out_within_a_percentage_cap() {
     }
 
     // Second deploy within 10% of 20 hosts; one host fails its restart for good.
-    api.call(reqwest::Method::PUT, "/v1/envs/sim/prod", Some(json!({"maxParallelPct": 10}))).await;
+    api.configure("sim", "prod", json!({"maxParallelPct": 10})).await;
     assert!(fleet.fail("sim-07", DeployStage::Restarting));
-    let d2 = api.deploy(&b2).await;
+    let d2 = api.deploy("sim", "prod", &b2).await;
     let failed = |f: &Fleet| {
         f.host("sim-07").unwrap().envs.iter().any(|e| e.deploy_id == d2.id.as_str() && e.agent_status.is_fatal())
     };
@@ -371,7 +291,7 @@ async fn twenty_simulated_hosts_roll_out_within_a_percentage_cap() {
     // The server agrees: 19 hosts serve the new deploy, the failed one is paused by the system.
     let deadline = tokio::time::Instant::now() + DEADLINE;
     loop {
-        let agents = api.agents().await;
+        let agents = api.agents("sim", "prod").await;
         let serving_d2 =
             agents.iter().filter(|a| a.deploy_id == d2.id && a.deploy_stage == DeployStage::ServingBuild).count();
         let paused = agents.iter().find(|a| a.host_name.as_str() == "sim-07").is_some_and(|a| {
@@ -387,7 +307,5 @@ async fn twenty_simulated_hosts_roll_out_within_a_percentage_cap() {
     assert!(c.pings > 0 && c.goals > 0 && c.failed_steps == 4 && c.ping_p99.is_some(), "{c:?}");
     fleet.stop().await;
 
-    let pid = server.id().unwrap().to_string();
-    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-    let _ = tokio::time::timeout(Duration::from_secs(20), server.wait()).await;
+    server.stop().await;
 }

@@ -1,0 +1,201 @@
+//! Shared by the tests that run the real `teletraan up`: a server on a database and broker
+//! namespace of its own, and an API client as an admin.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use schema::model::{Agent, Build, Deploy};
+use serde_json::{Value, json};
+use store::testing::TestDatabase;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use workers::testing::TestBus;
+
+/// The admin token the server is started with.
+pub const ADMIN: &str = "test-admin-token";
+/// The agent token the server is started with.
+pub const AGENT: &str = "test-agent-token";
+/// Longest a test waits for something asynchronous.
+pub const DEADLINE: Duration = Duration::from_secs(120);
+
+/// A binary of the workspace (built before the tests run).
+pub fn binary(name: &str) -> PathBuf {
+    let server = PathBuf::from(env!("CARGO_BIN_EXE_teletraan"));
+    let path = server.with_file_name(name);
+    assert!(path.exists(), "{} is missing: run `cargo build --workspace --bins` first", path.display());
+    path
+}
+
+/// A running `teletraan up` with its own database and broker namespace.
+pub struct Server {
+    child: Child,
+    /// The REST API, `http://127.0.0.1:<port>`.
+    pub api: Api,
+    /// The gateway, `http://127.0.0.1:<port>`.
+    pub gateway: String,
+    // Dropped after the child: the server stops before its database and namespace go.
+    _bus: TestBus,
+    _db: TestDatabase,
+}
+
+impl Server {
+    /// Starts the server and waits until its gateway is ready.
+    pub async fn start() -> Server {
+        let db = TestDatabase::new().await;
+        let bus = TestBus::new();
+        let mut child = Command::new(binary("teletraan"))
+            .arg("up")
+            .env("TELETRAAN_DATABASE_URL", &db.url)
+            .env("TELETRAAN_AMQP_URL", &bus.config.url)
+            .env("TELETRAAN_NAMESPACE", &bus.config.namespace)
+            .env("TELETRAAN_API_LISTEN", "127.0.0.1:0")
+            .env("TELETRAAN_GATEWAY_LISTEN", "127.0.0.1:0")
+            .env("TELETRAAN_ADMIN_TOKEN", ADMIN)
+            .env("TELETRAAN_AGENT_TOKEN", AGENT)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start teletraan up");
+        let mut lines = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
+        let (mut api, mut gateway) = (None, None);
+        while api.is_none() || gateway.is_none() {
+            let line = tokio::time::timeout(DEADLINE, lines.next_line())
+                .await
+                .expect("the server announces itself")
+                .expect("server output")
+                .expect("the server exited before announcing itself");
+            if let Some(url) = line.strip_prefix("teletraan: api ") {
+                api = Some(url.to_string());
+            }
+            if let Some(url) = line.strip_prefix("teletraan: gateway ") {
+                gateway = Some(url.to_string());
+            }
+        }
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let api = Api { http: reqwest::Client::new(), base: api.unwrap_or_default() };
+        let gateway = gateway.unwrap_or_default();
+        let ready = format!("{gateway}/readyz");
+        wait_for("the gateway to be ready", || async {
+            api.http.get(&ready).send().await.is_ok_and(|r| r.status() == 200)
+        })
+        .await;
+        Server { child, api, gateway, _bus: bus, _db: db }
+    }
+
+    /// Stops the server with SIGTERM and checks it exits cleanly.
+    pub async fn stop(mut self) {
+        let pid = self.child.id().expect("the server runs").to_string();
+        assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+        let status = tokio::time::timeout(Duration::from_secs(20), self.child.wait())
+            .await
+            .expect("the server stops on SIGTERM")
+            .unwrap();
+        assert!(status.success(), "server exit: {status}");
+    }
+}
+
+/// Polls `check` until it holds, failing the test after [`DEADLINE`].
+pub async fn wait_for<F, Fut>(what: &str, check: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The REST API as an admin.
+pub struct Api {
+    /// The client.
+    pub http: reqwest::Client,
+    /// Base URL.
+    pub base: String,
+}
+
+impl Api {
+    /// A request; the answer must be a success.
+    pub async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> reqwest::Response {
+        let mut req =
+            self.http.request(method, format!("{}{path}", self.base)).header("Authorization", format!("token {ADMIN}"));
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.expect("API reachable");
+        let status = resp.status();
+        assert!(status.is_success(), "{path}: {status}: {}", resp.text().await.unwrap_or_default());
+        resp
+    }
+
+    /// A stage with group capacity `group` and the given settings.
+    pub async fn stage(&self, env: &str, stage: &str, group: &str, settings: Value) {
+        let mut body = json!({"envName": env, "stageName": stage});
+        if let (Some(b), Some(s)) = (body.as_object_mut(), settings.as_object()) {
+            b.extend(s.clone());
+        }
+        self.call(reqwest::Method::POST, "/v1/envs", Some(body)).await;
+        self.call(
+            reqwest::Method::PUT,
+            &format!("/v1/envs/{env}/{stage}/capacity?capacityType=GROUP"),
+            Some(json!([group])),
+        )
+        .await;
+    }
+
+    /// Changes a stage's settings.
+    pub async fn configure(&self, env: &str, stage: &str, settings: Value) {
+        self.call(reqwest::Method::PUT, &format!("/v1/envs/{env}/{stage}"), Some(settings)).await;
+    }
+
+    /// Publishes a build of `name` at `url` (checksum optional).
+    pub async fn publish(&self, name: &str, url: &str, commit: &str, sha256: Option<&str>) -> Build {
+        let mut body = json!({"name": name, "artifactUrl": url, "repo": format!("org/{name}"), "branch": "main", "commit": commit});
+        if let Some(s) = sha256 {
+            body["artifactSha256"] = json!(s);
+        }
+        self.call(reqwest::Method::POST, "/v1/builds", Some(body)).await.json().await.expect("a build")
+    }
+
+    /// Deploys a build (the worker's 201).
+    pub async fn deploy(&self, env: &str, stage: &str, build: &Build) -> Deploy {
+        let resp = self
+            .call(reqwest::Method::POST, &format!("/v1/envs/{env}/{stage}/deploys?buildId={}", build.id), None)
+            .await;
+        assert_eq!(resp.status(), 201);
+        resp.json().await.expect("a deploy")
+    }
+
+    /// A deploy action (`PROMOTE`, `RESTART`, `ROLLBACK`, `PAUSE`, `RESUME`) with extra query.
+    pub async fn action(&self, env: &str, stage: &str, action: &str, extra: &str) -> Value {
+        let path = format!("/v1/envs/{env}/{stage}/deploys/current/actions?actionType={action}{extra}");
+        self.call(reqwest::Method::POST, &path, None).await.json().await.expect("JSON")
+    }
+
+    /// The agent records of a stage.
+    pub async fn agents(&self, env: &str, stage: &str) -> Vec<Agent> {
+        self.call(reqwest::Method::GET, &format!("/v1/envs/{env}/{stage}/agents"), None)
+            .await
+            .json()
+            .await
+            .expect("agents")
+    }
+
+    /// A deploy.
+    pub async fn deploy_by_id(&self, id: &str) -> Deploy {
+        self.call(reqwest::Method::GET, &format!("/v1/deploys/{id}"), None).await.json().await.expect("a deploy")
+    }
+
+    /// Waits until a deploy reaches `state`.
+    pub async fn wait_state(&self, deploy: &str, state: &str) -> Deploy {
+        wait_for(&format!("deploy {deploy} to be {state}"), || async {
+            self.deploy_by_id(deploy).await.state.as_str() == state
+        })
+        .await;
+        self.deploy_by_id(deploy).await
+    }
+}
