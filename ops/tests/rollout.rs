@@ -221,3 +221,37 @@ fn host_zone(host: &str) -> &'static str {
     let n: usize = host.trim_start_matches("h-").parse().unwrap_or(1);
     ["us-a", "us-b", "us-c"][(n - 1) % 3]
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_a_host_runs_stopping_then_stopped_and_frees_nothing_else() {
+    let server = Server::start().await;
+    let api = &server.api;
+    let fleet = setup(&server, 3, &[], json!({"maxParallel": 1})).await;
+    let b1 = publish(api, 1).await;
+    first_deploy(&server, &fleet, &b1, 3).await;
+    let stopped = fleet.hosts().into_iter().next().unwrap();
+    api.call(reqwest::Method::DELETE, "/v1/envs/web/prod/hosts?replaceHost=false", Some(json!([stopped.id]))).await;
+    let done =
+        |f: &Fleet| f.host(&stopped.id).is_some_and(|h| h.envs.iter().any(|e| e.deploy_stage == DeployStage::Stopped));
+    assert!(fleet.wait_until(done, DEADLINE).await, "{:?}", fleet.host(&stopped.id));
+    let steps: Vec<DeployStage> = fleet
+        .timeline()
+        .iter()
+        .filter(|e| e.kind == EventKind::Goal && e.host.as_ref() == stopped.name.as_str())
+        .map(|e| e.stage)
+        .filter(|s| matches!(s, DeployStage::Stopping | DeployStage::Stopped))
+        .collect();
+    assert_eq!(steps, [DeployStage::Stopping, DeployStage::Stopped]);
+    support::wait_for("the server to record the stop", || async {
+        let agents = api.agents("web", "prod").await;
+        agents.iter().any(|a| {
+            a.host_id.as_str() == stopped.id && a.state.as_str() == "STOP" && a.deploy_stage == DeployStage::Stopped
+        })
+    })
+    .await;
+    // The other hosts keep serving.
+    let others = fleet.hosts().into_iter().filter(|h| h.id != stopped.id);
+    assert!(others.into_iter().all(|h| h.envs.iter().all(|e| e.serving.as_deref() == Some(b1.id.as_str()))));
+    fleet.stop().await;
+    server.stop().await;
+}
