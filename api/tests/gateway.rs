@@ -414,3 +414,73 @@ async fn a_host_new_to_a_gateway_still_waits_for_admission() {
     assert_eq!(on_second[0]["hostName"], started[0].as_str());
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_poll_returns_as_soon_as_the_host_is_admitted() {
+    let app = spawn_app().await;
+    let setup = stage_with_a_deploy(&app).await;
+    let mut agents = walk_first_deploy(&app, &setup).await;
+    wait_until_succeeding(&app, str_of(&setup.deploy, "id"), 3).await;
+    app.put("/v1/envs/web/prod", &json!({"maxParallel": 1})).await.expect(StatusCode::NO_CONTENT);
+    let build = app.publish_build("web", "0123456789ab").await;
+    let second = app.deploy("web", "prod", str_of(&build, "id")).await;
+    let second_id = str_of(&second, "id").to_string();
+
+    // One host is admitted; which one, its record says.
+    let rows = app.get("/v1/envs/web/prod/agents").await.expect(StatusCode::OK);
+    let admitted: Vec<String> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["deployId"] == second_id.as_str())
+        .map(|a| a["hostName"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(admitted.len(), 1, "{rows}");
+    let (mut first, rest): (Vec<Agent>, Vec<Agent>) = agents.drain(..).partition(|a| a.host.name == admitted[0]);
+    let mut first = first.pop().unwrap();
+
+    // The others ask to be held up to a minute; they must come back with a goal as soon as the
+    // first host is done and they are admitted, long before the minute is over.
+    let held: Vec<_> = rest
+        .iter()
+        .map(|a| {
+            let mut body = a.host.ping_body(a.last.as_slice());
+            body["waitSeconds"] = json!(60);
+            let (http, url, token) =
+                (app.http.clone(), format!("{}/v1/system/ping", app.gateway), app.agent_token.clone());
+            tokio::spawn(async move {
+                let resp =
+                    http.post(url).header("Authorization", format!("token {token}")).json(&body).send().await.unwrap();
+                resp.json::<Value>().await.unwrap()
+            })
+        })
+        .collect();
+
+    // Walk the admitted host through the new deploy.
+    let mut answer = eventually("the admitted host's goal", || {
+        let first = &first;
+        let app = &app;
+        async move {
+            let a = first.ping(app).await;
+            if is_noop(&a) { Err(a.to_string()) } else { Ok(a) }
+        }
+    })
+    .await;
+    while !is_noop(&answer) {
+        first.ran(&goal_of(&answer, &setup, &second_id), "SUCCEEDED");
+        answer = first.ping(&app).await;
+    }
+
+    // A held ping comes back with the next admission within the deadline (the other stays
+    // held: the cap lets one host in at a time; stopping the gateway releases it).
+    let (first_back, _, still_held) =
+        tokio::time::timeout(PATIENCE, futures_util::future::select_all(held)).await.expect("a held ping came back");
+    let answer = first_back.unwrap();
+    assert_eq!(answer["deployGoal"]["deployStage"], "PRE_DOWNLOAD", "{answer}");
+    assert_eq!(answer["deployGoal"]["deployId"], second_id.as_str());
+    app.stop().await;
+    for h in still_held {
+        let released = h.await.unwrap();
+        assert!(is_noop(&released), "released by the shutdown with nothing to do: {released}");
+    }
+}

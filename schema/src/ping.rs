@@ -37,7 +37,15 @@ pub struct PingRequest {
     pub normandie_status: Option<String>,
     pub knox_status: Option<String>,
     pub reports: Option<Vec<PingReport>>,
+    /// Long-poll (an extension; Teletraan's agent never sends it): when there is nothing to
+    /// do, the gateway may hold the answer up to this many seconds until the host's goal
+    /// changes, so an admission reaches a waiting host at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_seconds: Option<u32>,
 }
+
+/// Longest a ping may ask to wait for its goal to change.
+pub const MAX_WAIT_SECONDS: u32 = 60;
 
 /// One environment's status as the agent reports it.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]

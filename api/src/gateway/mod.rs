@@ -3,6 +3,7 @@
 //! are loaded at start and kept current by change events ([`sync`]); what pings change is
 //! published to the workers in confirmed batches ([`publisher`]).
 
+pub mod longpoll;
 mod ping;
 pub mod publisher;
 pub mod state;
@@ -67,6 +68,8 @@ pub struct Gateway {
     pub(crate) tokens: Tokens,
     reports: mpsc::Sender<Item>,
     ready: AtomicBool,
+    pub(crate) polls: longpoll::LongPoll,
+    shutdown: watch::Receiver<bool>,
 }
 
 impl Gateway {
@@ -82,6 +85,12 @@ impl Gateway {
     /// Number of hosts held in memory.
     pub fn host_count(&self) -> usize {
         self.hosts.len()
+    }
+
+    /// Resolves when the gateway is asked to stop.
+    pub(crate) async fn stopping(&self) {
+        let mut stop = self.shutdown.clone();
+        let _ = stop.wait_for(|s| *s).await;
     }
 }
 
@@ -99,6 +108,8 @@ pub fn start(
         tokens: Tokens::default(),
         reports: tx,
         ready: AtomicBool::new(false),
+        polls: longpoll::LongPoll::default(),
+        shutdown: shutdown.clone(),
     });
     let id = format!("gateway-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     tasks.spawn(publisher::run(rx, config.clone(), id, shutdown.clone()));

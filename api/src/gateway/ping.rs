@@ -12,7 +12,7 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use prometheus::{Histogram, IntCounterVec, register_histogram, register_int_counter_vec};
 use schema::bus::{AgentUpdate, Heartbeat, HostFacts};
-use schema::ping::{PingHost, PingRequest, PingResponse, ReportIn};
+use schema::ping::{MAX_WAIT_SECONDS, PingHost, PingRequest, PingResponse, ReportIn};
 use schema::rules::goal::{EnvInput, RecordChange, plan};
 use schema::time::EpochMs;
 use schema::*;
@@ -77,6 +77,7 @@ pub(super) async fn ping(
             return ApiError::bad_request(format!("malformed ping: {e}")).into_response();
         }
     };
+    let wait = request.wait_seconds.filter(|w| *w > 0).map(|w| w.min(MAX_WAIT_SECONDS));
     let (host, reports) = match request.normalize() {
         Ok(v) => v,
         Err(e) => {
@@ -84,10 +85,27 @@ pub(super) async fn ping(
             return ApiError::bad_request(e.to_string()).into_response();
         }
     };
+    // Registered before deciding, so a change that lands meanwhile wakes the wait at once.
+    let registration = wait.map(|_| gw.polls.register(&host.host_id, gw.stage_ids_of(&host)));
     let started = std::time::Instant::now();
-    let response = gw.decide(&host, &reports, workers::now_ms());
+    let mut response = gw.decide(&host, &reports, workers::now_ms());
     if let Some(h) = PING_SECONDS.as_ref() {
         h.observe(started.elapsed().as_secs_f64());
+    }
+    if let (Some(secs), Some(registration)) = (wait, registration.as_ref()) {
+        // Wakes can be for a change that does not concern this host after all (another host's
+        // admission on the same stage, a reload): decide again and keep waiting until there is
+        // something to do or the time is up.
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(u64::from(secs));
+        while response.deploy_goal.is_none() {
+            tokio::select! {
+                _ = registration.changed() => {}
+                _ = tokio::time::sleep_until(deadline) => break,
+                _ = gw.stopping() => break,
+            }
+            response = gw.decide(&host, &reports, workers::now_ms());
+        }
+        count("long_poll");
     }
     count(if response.deploy_goal.is_some() { "goal" } else { "noop" });
     Json(response).into_response()
@@ -102,6 +120,12 @@ struct EnvFacts {
 }
 
 impl Gateway {
+    /// The stages a host belongs to now.
+    pub(crate) fn stage_ids_of(&self, host: &PingHost) -> Vec<EnvId> {
+        let stages = self.stages.read().unwrap_or_else(|p| p.into_inner());
+        stages.stages_of(&host.host_name, &host.groups).iter().map(|s| s.snapshot.goal.env_id.clone()).collect()
+    }
+
     /// Decides a ping and queues what it changed.
     pub(crate) fn decide(&self, host: &PingHost, reports: &[ReportIn], now: EpochMs) -> PingResponse {
         let stages = self.stages.read().unwrap_or_else(|p| p.into_inner());

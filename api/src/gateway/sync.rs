@@ -94,6 +94,7 @@ async fn load_all(gw: &Gateway, store: &Store, shutdown: &mut watch::Receiver<bo
                 gw.tokens.replace(load.tokens);
                 gw.stages.write().unwrap_or_else(|p| p.into_inner()).replace_all(load.stages);
                 gw.hosts.replace_all(load.agents);
+                gw.polls.wake_all();
                 return;
             }
             Err(e) => {
@@ -149,10 +150,12 @@ async fn apply(gw: &Gateway, store: &Store, msg: ChangeMessage) {
     match msg {
         ChangeMessage::StageV1 { stage, .. } if in_order || !known => {
             gw.stages.write().unwrap_or_else(|p| p.into_inner()).put(&env_id, version, stage.map(|s| *s));
+            gw.polls.wake_stage(&env_id);
         }
         ChangeMessage::AgentsV1 { agents, .. } if in_order => {
             gw.hosts.apply_controls(&env_id, &agents);
             gw.stages.read().unwrap_or_else(|p| p.into_inner()).set_version(&env_id, version);
+            gw.polls.wake_hosts(agents.iter().map(|a| &a.host_id));
         }
         _ => {
             tracing::debug!(env_id = %env_id, have = current, got = version, "change out of order; reloading the stage");
@@ -166,6 +169,7 @@ async fn reload_stage(gw: &Gateway, store: &Store, env_id: &EnvId) {
         Ok((Some((version, snapshot)), rows)) => {
             gw.hosts.replace_stage(env_id, &rows);
             gw.stages.write().unwrap_or_else(|p| p.into_inner()).put(env_id, version, Some(snapshot));
+            gw.polls.wake_stage(env_id);
         }
         Ok((None, _)) => gw.stages.write().unwrap_or_else(|p| p.into_inner()).put(env_id, 0, None),
         // The periodic check will try again.

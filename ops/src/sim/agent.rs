@@ -41,6 +41,14 @@ struct Agent {
     failures: SplitMix64,
 }
 
+/// What a round did.
+struct Round {
+    /// It ran at least one goal.
+    worked: bool,
+    /// How long its first ping took (held by a long-polling gateway).
+    held: Duration,
+}
+
 /// Runs host `host` until `stop` turns true (or its sender is gone).
 pub(crate) async fn run(shared: Arc<Shared>, host: usize, mut stop: watch::Receiver<bool>) {
     let interval = shared.config.ping_interval;
@@ -63,7 +71,13 @@ pub(crate) async fn run(shared: Arc<Shared>, host: usize, mut stop: watch::Recei
             _ = stop.changed() => return,
         };
         let wait = match result {
-            Ok(()) => {
+            // With long-poll the idle ping was the wait: ping again at once, unless the gateway
+            // answered too fast to have held it (it does not long-poll).
+            Ok(round) if agent.shared.config.long_poll.is_some_and(|w| round.worked || round.held >= w / 2) => {
+                failed_rounds = 0;
+                Duration::ZERO
+            }
+            Ok(_) => {
                 failed_rounds = 0;
                 jittered(interval, jitter, &mut timing)
             }
@@ -90,34 +104,39 @@ async fn pause(d: Duration, stop: &mut watch::Receiver<bool>) -> bool {
 }
 
 impl Agent {
-    /// One round: ping, run goals until NOOP (or a fatal result has been reported). Fails when
-    /// a ping fails; the status it could not report is sent with the next round's ping.
-    async fn round(&mut self) -> Result<(), ()> {
-        let mut resp = self.ping().await?;
+    /// One round: ping (held by the gateway when long-polling), run goals until NOOP (or a
+    /// fatal result has been reported). Fails when a ping fails; the status it could not
+    /// report is sent with the next round's ping.
+    async fn round(&mut self) -> Result<Round, ()> {
+        let wait = self.shared.config.long_poll.map(|w| w.as_secs() as u32);
+        let started = Instant::now();
+        let mut resp = self.ping(wait).await?;
+        let mut round = Round { worked: false, held: started.elapsed() };
         let mut steps = 0;
         while resp.op_code != OpCode::Noop {
             let Some(goal) = resp.deploy_goal.take() else {
-                return Ok(());
+                return Ok(round);
             };
+            round.worked = true;
             steps += 1;
             if steps > MAX_STEPS_PER_ROUND {
-                return Ok(());
+                return Ok(round);
             }
             if resp.op_code == OpCode::Delete {
                 self.forget(&goal);
-                resp = self.ping().await?;
+                resp = self.ping(None).await?;
                 continue;
             }
             let Some(fatal) = Box::pin(self.execute(&goal)).await else {
-                return Ok(());
+                return Ok(round);
             };
-            resp = self.ping().await?;
+            resp = self.ping(None).await?;
             if fatal {
                 // Like the real agent: after reporting a fatal result, wait for the next round.
-                return Ok(());
+                return Ok(round);
             }
         }
-        Ok(())
+        Ok(round)
     }
 
     fn observe(&self, env: &str, goal: &DeployGoal, status: AgentStatus, kind: EventKind, was_serving: bool) {
@@ -183,12 +202,12 @@ impl Agent {
 
     /// One ping. The request's future is large and alive only while a ping is in flight, so it
     /// lives on the heap: a waiting host keeps a small task (this matters with 10,000 hosts).
-    async fn ping(&self) -> Result<PingResponse, ()> {
-        Box::pin(self.send_ping()).await
+    async fn ping(&self, wait: Option<u32>) -> Result<PingResponse, ()> {
+        Box::pin(self.send_ping(wait)).await
     }
 
     /// One ping with every environment's report; any failure is counted and remembered.
-    async fn send_ping(&self) -> Result<PingResponse, ()> {
+    async fn send_ping(&self, wait: Option<u32>) -> Result<PingResponse, ()> {
         let shared = &self.shared;
         let slot = &shared.slots[self.host];
         let reports = slot.state.lock().unwrap_or_else(|p| p.into_inner()).reports();
@@ -199,6 +218,7 @@ impl Agent {
             agent_version: Some(shared.config.agent_version.clone()),
             groups: Some(slot.spec.groups.clone()),
             reports: Some(reports),
+            wait_seconds: wait,
             ..PingRequest::default()
         };
         // The semaphore is never closed; a closed one would only mean "no limit".

@@ -37,6 +37,10 @@ pub struct SimArgs {
     /// Seconds between idle pings (fractions allowed).
     #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_secs)]
     pub ping_interval: Duration,
+    /// Long-poll: idle pings ask the gateway to hold them up to this many seconds until the
+    /// host's goal changes.
+    #[arg(long = "long-poll", value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=60))]
+    pub long_poll: Option<u64>,
     /// Each idle pause is the interval times a factor in [1 - jitter, 1 + jitter].
     #[arg(long, default_value_t = 0.1, value_parser = parse_fraction)]
     pub jitter: f64,
@@ -157,6 +161,7 @@ impl SimArgs {
             token: self.token.clone(),
             hosts: numbered_hosts(&self.host_prefix, self.hosts as usize, &self.groups, &self.tags),
             ping_interval: self.ping_interval,
+            long_poll: self.long_poll.map(Duration::from_secs),
             jitter: self.jitter,
             seed: self.seed,
             timeline_capacity: self.timeline,
@@ -174,6 +179,9 @@ impl SimArgs {
         }
         c.failures.hosts = self.fail.clone();
         c.failures.retries = self.retries;
+        if let Some(w) = c.long_poll {
+            c.request_timeout = c.request_timeout.max(w + Duration::from_secs(10));
+        }
         c.validate()?;
         Ok(c)
     }

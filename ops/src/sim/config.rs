@@ -150,6 +150,9 @@ pub struct SimConfig {
     pub max_backoff: Duration,
     /// `agentVersion` sent in every ping.
     pub agent_version: String,
+    /// Long-poll: an idle host asks the gateway to hold its ping up to this long until its
+    /// goal changes, and pings again at once when the answer comes (`None`: plain polling).
+    pub long_poll: Option<Duration>,
 }
 
 impl Default for SimConfig {
@@ -168,6 +171,7 @@ impl Default for SimConfig {
             max_connections: 512,
             max_backoff: Duration::from_secs(60),
             agent_version: concat!("teletraan-sim/", env!("CARGO_PKG_VERSION")).into(),
+            long_poll: None,
         }
     }
 }
@@ -201,6 +205,14 @@ impl SimConfig {
         }
         if self.ping_interval.is_zero() {
             return Err("the ping interval must be above zero".into());
+        }
+        if let Some(w) = self.long_poll {
+            if w.is_zero() || w > Duration::from_secs(u64::from(schema::ping::MAX_WAIT_SECONDS)) {
+                return Err(format!("long-poll must be 1 to {} seconds", schema::ping::MAX_WAIT_SECONDS));
+            }
+            if self.request_timeout <= w {
+                return Err("the request timeout must be longer than the long-poll".into());
+            }
         }
         if !(0.0..=1.0).contains(&self.jitter) {
             return Err(format!("jitter {} must be between 0 and 1", self.jitter));
