@@ -12,6 +12,7 @@
 pub mod bus;
 pub mod commands;
 mod metrics;
+pub mod refresh;
 pub mod relay;
 pub mod reports;
 pub mod rpc;
@@ -70,13 +71,18 @@ pub fn spawn(config: WorkerConfig, store: Store, shutdown: watch::Receiver<bool>
         Arc::new(commands::CommandHandler::new(store.clone())),
         shutdown.clone(),
     ));
+    let refresher = Arc::new(refresh::Refresher::default());
     tasks.spawn(bus::consume(
         config.bus.clone(),
         WorkQueue::Reports,
         config.report_prefetch,
-        Arc::new(reports::ReportHandler::new(store.clone())),
+        Arc::new(reports::ReportHandler::new(store.clone(), refresher.clone())),
         shutdown.clone(),
     ));
+    {
+        let (store, shutdown) = (store.clone(), shutdown.clone());
+        tasks.spawn(async move { refresher.run(store, shutdown).await });
+    }
     tasks.spawn(relay::run(store.clone(), config.database_url.clone(), config.bus.clone(), shutdown.clone()));
     tasks.spawn(sweep::run(store, config.sweep_interval, shutdown));
 }

@@ -1,21 +1,24 @@
-//! The report consumer: stores what gateways saw, then re-evaluates the stages it touched
-//! (deploy progress and state, admission of the next hosts).
+//! The report consumer: stores what gateways saw and marks the stages it touched for
+//! re-evaluation (deploy progress and state, admission of the next hosts).
+
+use std::sync::Arc;
 
 use schema::bus::ReportMessage;
 use store::Store;
 
 use crate::bus::{DeliveryCtx, Disposition, Handler};
-use crate::now_ms;
+use crate::refresh::Refresher;
 
 /// Applies report batches from the `reports` queue.
 pub struct ReportHandler {
     store: Store,
+    refresher: Arc<Refresher>,
 }
 
 impl ReportHandler {
-    /// A handler on a store.
-    pub fn new(store: Store) -> Self {
-        ReportHandler { store }
+    /// A handler on a store; touched stages are handed to `refresher`.
+    pub fn new(store: Store, refresher: Arc<Refresher>) -> Self {
+        ReportHandler { store, refresher }
     }
 }
 
@@ -34,16 +37,9 @@ impl Handler for ReportHandler {
         };
         tracing::debug!(gateway = %batch.gateway, written = applied.written, skipped = applied.skipped,
             deleted = applied.deleted, stages = applied.stages.len(), "report batch applied");
-        // Applying the batch again is harmless, so a failure here retries the whole message.
-        for env_id in &applied.stages {
-            match self.store.refresh_stage(env_id, now_ms()).await {
-                Ok(_) => {}
-                Err(e) if e.is_transient() => {
-                    return Disposition::RetryLater(format!("refresh of stage {env_id}: {e}"));
-                }
-                Err(e) => return Disposition::Retry(format!("refresh of stage {env_id}: {e}")),
-            }
-        }
+        // The batch is stored; the stages it touched are re-evaluated by the refresher, once per
+        // round however many batches touch them (a crash before that leaves it to the sweep).
+        self.refresher.mark(&applied.stages);
         Disposition::Ack
     }
 }

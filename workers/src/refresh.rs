@@ -1,0 +1,81 @@
+//! Stage re-evaluation after reports, coalesced: report batches mark the stages they touched,
+//! and one task re-evaluates each marked stage (deploy state, then admission) as soon as it
+//! can, once per round however many batches touched it. A stage another worker is evaluating
+//! stays marked and is taken again next round, so no change is left unseen.
+
+use std::collections::BTreeSet;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use schema::EnvId;
+use store::Store;
+use tokio::sync::{Notify, watch};
+
+use crate::now_ms;
+
+/// Pause between rounds while stages remain marked (busy elsewhere or failing).
+const RETRY: Duration = Duration::from_millis(20);
+
+/// The stages waiting to be re-evaluated.
+#[derive(Default)]
+pub struct Refresher {
+    dirty: Mutex<BTreeSet<EnvId>>,
+    wake: Notify,
+}
+
+impl Refresher {
+    /// Marks stages whose agent records changed.
+    pub fn mark<'a>(&self, stages: impl IntoIterator<Item = &'a EnvId>) {
+        let mut dirty = self.dirty.lock().unwrap_or_else(|p| p.into_inner());
+        let before = dirty.len();
+        dirty.extend(stages.into_iter().cloned());
+        if dirty.len() > before {
+            self.wake.notify_one();
+        }
+    }
+
+    fn take(&self) -> BTreeSet<EnvId> {
+        std::mem::take(&mut *self.dirty.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Stages marked now.
+    pub fn pending(&self) -> usize {
+        self.dirty.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Re-evaluates marked stages until `shutdown` turns true.
+    pub async fn run(&self, store: Store, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            let stages = self.take();
+            let mut again = Vec::new();
+            for env_id in stages {
+                match store.refresh_stage_if_free(&env_id, now_ms()).await {
+                    Ok(true) => {}
+                    // Another worker holds the stage: it may have counted before our change
+                    // committed, so look again shortly.
+                    Ok(false) => again.push(env_id),
+                    Err(e) => {
+                        tracing::warn!(env_id = %env_id, error = %e, "stage re-evaluation failed; will retry");
+                        again.push(env_id);
+                    }
+                }
+            }
+            let retry = !again.is_empty();
+            self.mark(&again);
+            if retry {
+                tokio::select! {
+                    _ = tokio::time::sleep(RETRY) => {}
+                    _ = shutdown.changed() => {}
+                }
+            } else {
+                tokio::select! {
+                    _ = self.wake.notified() => {}
+                    _ = shutdown.changed() => {}
+                }
+            }
+        }
+    }
+}
