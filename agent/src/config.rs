@@ -8,9 +8,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use schema::DeployStage;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
+use crate::extract::Limits;
 
 /// Default gateway URL.
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:8081";
@@ -42,6 +44,24 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Mark a step of an environment as succeeded, or forget the environment so its deploy
+    /// starts over (Teletraan's set-deploy-status). Refused while an agent runs on the directory.
+    #[command(group(clap::ArgGroup::new("change").required(true).args(["step", "restart"])))]
+    SetStatus {
+        /// The environment's name.
+        #[arg(long, value_name = "ENV")]
+        env: String,
+        /// Record this stage as SUCCEEDED, so the server moves on to the next one.
+        #[arg(long, value_name = "STAGE", value_parser = parse_stage)]
+        step: Option<DeployStage>,
+        /// Forget the environment: the next ping starts its deploy over from PRE_DOWNLOAD.
+        #[arg(long)]
+        restart: bool,
+    },
+}
+
+fn parse_stage(s: &str) -> std::result::Result<DeployStage, String> {
+    s.trim().to_ascii_uppercase().parse::<DeployStage>().map_err(|e| e.to_string())
 }
 
 /// Options as given by flags or environment variables (clap applies flag > env); `None` when
@@ -96,6 +116,12 @@ pub struct Options {
     /// Seconds before the first retry of a failed step, doubled each time up to 60 [default: 2].
     #[arg(long, global = true, env = "TELETRAAN_AGENT_RETRY_DELAY", value_name = "SECS")]
     pub retry_delay: Option<u64>,
+    /// Largest artifact download and largest expanded archive, in bytes [default: 21474836480, 20 GiB].
+    #[arg(long, global = true, env = "TELETRAAN_AGENT_ARCHIVE_MAX_BYTES", value_name = "BYTES")]
+    pub archive_max_bytes: Option<u64>,
+    /// Most entries (files, directories, links) in one archive [default: 1000000].
+    #[arg(long, global = true, env = "TELETRAAN_AGENT_ARCHIVE_MAX_ENTRIES", value_name = "N")]
+    pub archive_max_entries: Option<u64>,
 }
 
 /// A list given either as a TOML array or as one comma separated string.
@@ -133,6 +159,8 @@ struct FileConfig {
     min_running_time: Option<u64>,
     termination_timeout: Option<u64>,
     retry_delay: Option<u64>,
+    archive_max_bytes: Option<u64>,
+    archive_max_entries: Option<u64>,
 }
 
 /// The effective configuration.
@@ -170,6 +198,8 @@ pub struct Config {
     pub termination_timeout: Duration,
     /// First delay between attempts of a failed step.
     pub retry_delay: Duration,
+    /// Archive limits (`archive_max_bytes` also bounds the download).
+    pub limits: Limits,
 }
 
 impl Config {
@@ -193,6 +223,7 @@ impl Config {
             min_running_time: Duration::from_secs(60),
             termination_timeout: Duration::from_secs(30),
             retry_delay: Duration::from_secs(2),
+            limits: Limits::default(),
         }
     }
 
@@ -263,6 +294,11 @@ impl Config {
         if c.builds_to_keep == 0 {
             return Err(Error::Config("builds_to_keep must be at least 1".into()));
         }
+        c.limits.max_bytes = o.archive_max_bytes.or(f.archive_max_bytes).unwrap_or(c.limits.max_bytes);
+        c.limits.max_entries = o.archive_max_entries.or(f.archive_max_entries).unwrap_or(c.limits.max_entries);
+        if c.limits.max_bytes == 0 || c.limits.max_entries == 0 {
+            return Err(Error::Config("archive_max_bytes and archive_max_entries must be at least 1".into()));
+        }
         Ok(c)
     }
 }
@@ -292,7 +328,9 @@ impl fmt::Display for Config {
         writeln!(f, "builds_to_keep = {}", self.builds_to_keep)?;
         writeln!(f, "min_running_time = {}", self.min_running_time.as_secs())?;
         writeln!(f, "termination_timeout = {}", self.termination_timeout.as_secs())?;
-        write!(f, "retry_delay = {}", self.retry_delay.as_secs())
+        writeln!(f, "retry_delay = {}", self.retry_delay.as_secs())?;
+        writeln!(f, "archive_max_bytes = {}", self.limits.max_bytes)?;
+        write!(f, "archive_max_entries = {}", self.limits.max_entries)
     }
 }
 
@@ -362,6 +400,18 @@ mod tests {
         assert_eq!(c.ping_interval, Duration::from_secs(30));
         assert_eq!(c.script_timeout, Duration::from_secs(1800));
         assert_eq!((c.max_retries, c.builds_to_keep), (3, 2));
+        assert_eq!((c.limits.max_bytes, c.limits.max_entries), (20 << 30, 1_000_000));
+    }
+
+    #[test]
+    fn archive_limits_come_from_flags_and_file() {
+        let f = file("archive_max_bytes = 1000\narchive_max_entries = 10");
+        let c = Config::resolve(parse(&["--archive-max-entries", "20"]), f, Some("h".into())).unwrap();
+        assert_eq!((c.limits.max_bytes, c.limits.max_entries), (1000, 20));
+        assert!(c.to_string().contains("archive_max_bytes = 1000\narchive_max_entries = 20"), "{c}");
+        let err = Config::resolve(parse(&["--archive-max-bytes", "0"]), file(""), Some("h".into())).unwrap_err();
+        assert!(err.to_string().contains("archive_max_bytes"), "{err}");
+        assert!(Cli::try_parse_from(["teletraan-agent", "--archive-max-bytes", "20G"]).is_err());
     }
 
     #[test]
@@ -413,5 +463,20 @@ mod tests {
         assert_eq!(cli.command, Some(Command::Status { json: true }));
         assert_eq!(cli.options.dir, Some(PathBuf::from("/x")));
         assert_eq!(Cli::try_parse_from(["teletraan-agent"]).unwrap().command, None);
+        let cli =
+            Cli::try_parse_from(["teletraan-agent", "set-status", "--env", "web", "--step", "restarting"]).unwrap();
+        let want = Command::SetStatus { env: "web".into(), step: Some(DeployStage::Restarting), restart: false };
+        assert_eq!(cli.command, Some(want));
+        let cli = Cli::try_parse_from(["teletraan-agent", "set-status", "--env", "web", "--restart"]).unwrap();
+        assert_eq!(cli.command, Some(Command::SetStatus { env: "web".into(), step: None, restart: true }));
+        for bad in [
+            &["set-status", "--env", "web"][..],
+            &["set-status", "--env", "web", "--step", "DOWNLOADING", "--restart"],
+            &["set-status", "--env", "web", "--step", "DANCING"],
+            &["set-status", "--step", "STAGING"],
+        ] {
+            let argv = std::iter::once("teletraan-agent").chain(bad.iter().copied());
+            assert!(Cli::try_parse_from(argv).is_err(), "{bad:?}");
+        }
     }
 }

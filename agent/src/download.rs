@@ -3,8 +3,9 @@
 //!
 //! Verification: when the build carries `artifactSha256`, or (over http(s)) `<url>.sha256`
 //! answers 200, the SHA-256 of the bytes received must match; a mismatch names both digests.
-//! A body shorter than its `Content-Length` is an error. Nothing partial is ever renamed into
-//! place.
+//! A body shorter than its `Content-Length` is an error; an artifact larger than the configured
+//! `archive_max_bytes` is refused. Nothing partial is ever renamed into place, and the temp file
+//! is removed when the download fails or is dropped (the server changed the goal).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -48,18 +49,37 @@ pub fn archive_extension(url: &str) -> String {
     }
 }
 
-/// Downloads `url` to `dest` (atomically), verifying the SHA-256 when one is known.
-pub async fn fetch(http: &reqwest::Client, url: &str, dest: &Path, expected_sha256: Option<&str>) -> Result<()> {
+/// Removes the temp file unless the download completed (covers errors and a dropped future).
+struct PartGuard<'a>(&'a Path, bool);
+
+impl Drop for PartGuard<'_> {
+    fn drop(&mut self) {
+        if !self.1 {
+            let _ = std::fs::remove_file(self.0);
+        }
+    }
+}
+
+/// Downloads `url` to `dest` (atomically), verifying the SHA-256 when one is known and
+/// refusing more than `max_bytes`. Cancel-safe: dropping the future leaves no temp file.
+pub async fn fetch(
+    http: &reqwest::Client,
+    url: &str,
+    dest: &Path,
+    expected_sha256: Option<&str>,
+    max_bytes: u64,
+) -> Result<()> {
     let expected = match expected_sha256.map(str::trim).filter(|s| !s.is_empty()) {
         Some(d) => Some(check_digest(d, "the build's artifactSha256")?),
         None => None,
     };
     let part = part_path(dest);
+    let mut guard = PartGuard(&part, false);
     let result = async {
         let actual = if let Some(path) = url.strip_prefix("file://") {
-            copy_file(url, Path::new(path), &part).await?
+            copy_file(url, Path::new(path), &part, max_bytes).await?
         } else if url.starts_with("http://") || url.starts_with("https://") {
-            download_http(http, url, &part).await?
+            download_http(http, url, &part, max_bytes).await?
         } else {
             return Err(Error::UnsupportedUrl(url.to_string()));
         };
@@ -78,11 +98,14 @@ pub async fn fetch(http: &reqwest::Client, url: &str, dest: &Path, expected_sha2
         }
     }
     .await;
-    if let Err(e) = result {
-        let _ = tokio::fs::remove_file(&part).await;
-        return Err(e);
-    }
-    tokio::fs::rename(&part, dest).await.map_err(|e| Error::io("cannot rename download to", dest, e))
+    result?;
+    tokio::fs::rename(&part, dest).await.map_err(|e| Error::io("cannot rename download to", dest, e))?;
+    guard.1 = true;
+    Ok(())
+}
+
+fn too_big(url: &str, max_bytes: u64) -> Error {
+    Error::ArchiveLimit(format!("{url} is larger than {max_bytes} bytes (limit archive_max_bytes)"))
 }
 
 fn part_path(dest: &Path) -> PathBuf {
@@ -109,13 +132,16 @@ async fn finish(mut file: tokio::fs::File, part: &Path) -> Result<()> {
     file.sync_all().await.map_err(|e| Error::io("cannot sync", part, e))
 }
 
-async fn download_http(http: &reqwest::Client, url: &str, part: &Path) -> Result<String> {
+async fn download_http(http: &reqwest::Client, url: &str, part: &Path, max_bytes: u64) -> Result<String> {
     let failed = |message: String| Error::Download { url: url.to_string(), message };
     let mut resp = http.get(url).send().await.map_err(|e| failed(error_chain(&e)))?;
     if !resp.status().is_success() {
         return Err(failed(format!("HTTP {}", resp.status())));
     }
     let expected_len = resp.content_length();
+    if expected_len.is_some_and(|len| len > max_bytes) {
+        return Err(too_big(url, max_bytes));
+    }
     let mut file = create(part).await?;
     let mut hasher = Sha256::new();
     let mut received: u64 = 0;
@@ -124,6 +150,9 @@ async fn download_http(http: &reqwest::Client, url: &str, part: &Path) -> Result
         let Some(chunk) = chunk else { break };
         hasher.update(&chunk);
         received += chunk.len() as u64;
+        if received > max_bytes {
+            return Err(too_big(url, max_bytes));
+        }
         file.write_all(&chunk).await.map_err(|e| Error::io("cannot write", part, e))?;
     }
     if let Some(len) = expected_len.filter(|len| *len != received) {
@@ -133,7 +162,7 @@ async fn download_http(http: &reqwest::Client, url: &str, part: &Path) -> Result
     Ok(hex(&hasher.finalize()))
 }
 
-async fn copy_file(url: &str, src: &Path, part: &Path) -> Result<String> {
+async fn copy_file(url: &str, src: &Path, part: &Path, max_bytes: u64) -> Result<String> {
     if !src.is_absolute() {
         return Err(Error::UnsupportedUrl(url.to_string()));
     }
@@ -141,10 +170,15 @@ async fn copy_file(url: &str, src: &Path, part: &Path) -> Result<String> {
     let mut file = create(part).await?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 64 * 1024];
+    let mut copied: u64 = 0;
     loop {
         let n = input.read(&mut buf).await.map_err(|e| Error::io("cannot read artifact", src, e))?;
         if n == 0 {
             break;
+        }
+        copied += n as u64;
+        if copied > max_bytes {
+            return Err(too_big(url, max_bytes));
         }
         hasher.update(&buf[..n]);
         file.write_all(&buf[..n]).await.map_err(|e| Error::io("cannot write", part, e))?;
@@ -187,6 +221,8 @@ mod tests {
     use super::*;
     use crate::testutil::TempDir;
 
+    const MAX: u64 = 1 << 30;
+
     #[test]
     fn extension_follows_teletraan() {
         assert_eq!(archive_extension("https://h/a/web.tar.gz?x=1"), "tar.gz");
@@ -204,26 +240,31 @@ mod tests {
         let url = format!("file://{}", src.display());
         let http = http_client().unwrap();
         let dest = dir.path().join("out.tar");
-        fetch(&http, &url, &dest, Some(&sha256_hex(b"hello"))).await.unwrap();
+        fetch(&http, &url, &dest, Some(&sha256_hex(b"hello")), 5).await.unwrap();
         assert_eq!(std::fs::read(&dest).unwrap(), b"hello");
 
         let dest2 = dir.path().join("out2.tar");
         let wrong = sha256_hex(b"other");
-        let err = fetch(&http, &url, &dest2, Some(&wrong)).await.unwrap_err();
+        let err = fetch(&http, &url, &dest2, Some(&wrong), MAX).await.unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains(&wrong) && msg.contains(&sha256_hex(b"hello")), "{msg}");
         assert!(err.is_permanent());
         assert!(!dest2.exists());
         assert!(!part_path(&dest2).exists(), "no partial file is left");
+
+        let dest3 = dir.path().join("out3.tar");
+        let err = fetch(&http, &url, &dest3, None, 4).await.unwrap_err();
+        assert!(matches!(err, Error::ArchiveLimit(_)) && err.to_string().contains("archive_max_bytes"), "{err}");
+        assert!(!dest3.exists() && !part_path(&dest3).exists());
     }
 
     #[tokio::test]
     async fn unsupported_scheme_and_bad_digest_are_refused() {
         let dir = TempDir::new("dl");
         let http = http_client().unwrap();
-        let err = fetch(&http, "s3://bucket/key", &dir.path().join("x"), None).await.unwrap_err();
+        let err = fetch(&http, "s3://bucket/key", &dir.path().join("x"), None, MAX).await.unwrap_err();
         assert!(matches!(err, Error::UnsupportedUrl(_)), "{err}");
-        let err = fetch(&http, "file:///etc/hostname", &dir.path().join("x"), Some("abc")).await.unwrap_err();
+        let err = fetch(&http, "file:///etc/hostname", &dir.path().join("x"), Some("abc"), MAX).await.unwrap_err();
         assert!(matches!(err, Error::BadDigest(_)), "{err}");
     }
 }

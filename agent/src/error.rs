@@ -63,6 +63,26 @@ pub enum Error {
     /// The archive could not be read.
     #[error("bad archive: {0}")]
     Archive(String),
+    /// The archive is in a format (or uses a feature) the agent does not read.
+    #[error("unsupported archive: {0}")]
+    UnsupportedFormat(String),
+    /// The archive goes past a configured limit (entries or expanded bytes).
+    #[error("archive refused: {0}")]
+    ArchiveLimit(String),
+    /// The work was stopped because the server changed the goal.
+    #[error("stopped: the server changed the goal")]
+    Aborted,
+    /// A `set-status` request that cannot be applied.
+    #[error("{0}")]
+    Admin(String),
+    /// A template of the build could not be rendered safely.
+    #[error("template {path}: {reason}")]
+    Template {
+        /// The template (or output) path, relative to the build dir when inside it.
+        path: String,
+        /// Why it was refused or failed.
+        reason: String,
+    },
 }
 
 impl Error {
@@ -78,12 +98,17 @@ impl Error {
             | Error::Checksum { .. }
             | Error::BadDigest(_)
             | Error::UnsafeEntry { .. }
+            | Error::ArchiveLimit(_)
+            | Error::UnsupportedFormat(_)
+            | Error::Template { .. }
+            | Error::Admin(_)
             | Error::Config(_) => true,
             Error::Io { .. }
             | Error::Locked(_)
             | Error::Ping(_)
             | Error::Download { .. }
             | Error::NotDownloaded(_)
+            | Error::Aborted
             | Error::Archive(_) => false,
         }
     }

@@ -1,13 +1,12 @@
 //! Running one hook: its own process group, output appended to the env's log, a timeout per
-//! attempt, retries with backoff, progress pings while it runs, and the tail of its output as
-//! the error message.
+//! attempt, retries with backoff, progress pings while it runs and during the sleeps between
+//! attempts, and the tail of its output as the error message.
 //!
 //! On timeout or when the server changes the goal, the whole group gets SIGTERM, then SIGKILL
 //! after the termination grace period. A hook that exits normally keeps its background
 //! children (a RESTARTING hook may start a daemon).
 
 use std::fs::OpenOptions;
-use std::future::Future;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
@@ -18,10 +17,12 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use schema::AgentStatus;
 use schema::model::StringMap;
 use schema::ping::PingResponse;
-use tokio::time::{Instant, sleep_until};
+use tokio::time::Instant;
 
 use crate::config::Config;
 use crate::hooks::{AGENT_VARIABLE_PREFIX, HOOK_VARIABLES, Hook};
+pub use crate::progress::{NoProgress, Progress};
+use crate::progress::{Ticker, Watched, watch};
 use crate::status::StepResult;
 
 /// Bytes of output sent as `errorMessage` (Teletraan's code default).
@@ -97,22 +98,6 @@ impl HookSettings {
     }
 }
 
-/// Asked while a hook runs; answers `Some(new answer)` when the server changed the goal.
-pub trait Progress {
-    /// Pings with status UNKNOWN for the running step.
-    fn ping(&mut self) -> impl Future<Output = Option<PingResponse>>;
-}
-
-/// A [`Progress`] that never pings (tests, and steps with nobody to ask).
-#[derive(Debug, Default)]
-pub struct NoProgress;
-
-impl Progress for NoProgress {
-    async fn ping(&mut self) -> Option<PingResponse> {
-        None
-    }
-}
-
 /// How a hook step ended.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
@@ -128,12 +113,14 @@ enum Attempt {
     Aborted(Box<PingResponse>),
 }
 
-/// Runs `hook` with retries, appending its output to `log`.
+/// Runs `hook` with retries, appending its output to `log`. Progress pings follow `ticker`
+/// (one per step) while the hook runs and while the agent sleeps before the next attempt.
 pub async fn run_hook<P: Progress>(
     hook: &Hook,
     vars: &[(String, String)],
     log: &Path,
     settings: &HookSettings,
+    ticker: &mut Ticker,
     progress: &mut P,
 ) -> Outcome {
     if let Err(e) = make_executable(&hook.script) {
@@ -150,7 +137,7 @@ pub async fn run_hook<P: Progress>(
             Ok(s) => s,
             Err(e) => return Outcome::Done(StepResult::agent_failed(format!("cannot write {}: {e}", log.display()))),
         };
-        let result = run_once(hook, vars, log, settings, progress).await;
+        let result = run_once(hook, vars, log, settings, ticker, progress).await;
         let tail = read_tail(log, start);
         let fail_count = i32::try_from(attempt).unwrap_or(i32::MAX);
         match result {
@@ -164,7 +151,11 @@ pub async fn run_hook<P: Progress>(
                 tracing::warn!(script = %hook.script.display(), code, attempt, "hook failed");
                 last = (code, tail);
                 if attempt < attempts {
-                    tokio::time::sleep(delays.next().unwrap_or(settings.retry_delay)).await;
+                    let delay = delays.next().unwrap_or(settings.retry_delay);
+                    if let Some(next) = crate::progress::sleep(delay, ticker, progress).await {
+                        tracing::info!(script = %hook.script.display(), "goal changed by the server before the retry");
+                        return Outcome::Aborted(next);
+                    }
                 }
             }
             Ok(Attempt::TimedOut) => {
@@ -192,6 +183,7 @@ async fn run_once<P: Progress>(
     vars: &[(String, String)],
     log: &Path,
     settings: &HookSettings,
+    ticker: &mut Ticker,
     progress: &mut P,
 ) -> std::io::Result<Attempt> {
     let out = OpenOptions::new().create(true).append(true).open(log)?;
@@ -214,35 +206,20 @@ async fn run_once<P: Progress>(
     let mut child = cmd.spawn()?;
     let pgid = child.id().and_then(|p| i32::try_from(p).ok());
     let deadline = Instant::now() + settings.timeout;
-    let mut next_ping = Instant::now() + settings.min_running_time;
-    enum Event {
-        Exited(std::io::Result<std::process::ExitStatus>),
-        Timeout,
-        Ping,
-    }
-    loop {
-        let event = tokio::select! {
-            s = child.wait() => Event::Exited(s),
-            _ = sleep_until(deadline) => Event::Timeout,
-            _ = sleep_until(next_ping) => Event::Ping,
-        };
-        match event {
-            Event::Exited(s) => {
-                let s = s?;
-                return Ok(Attempt::Exited(s.code().unwrap_or_else(|| -s.signal().unwrap_or(1))));
-            }
-            Event::Timeout => {
-                stop_group(&mut child, pgid, settings.termination_timeout).await;
-                return Ok(Attempt::TimedOut);
-            }
-            Event::Ping => {
-                next_ping = Instant::now() + settings.min_running_time;
-                if let Some(resp) = progress.ping().await {
-                    tracing::info!(script = %hook.script.display(), "goal changed by the server; stopping the hook");
-                    stop_group(&mut child, pgid, settings.termination_timeout).await;
-                    return Ok(Attempt::Aborted(Box::new(resp)));
-                }
-            }
+    let waited = watch(tokio::time::timeout_at(deadline, child.wait()), ticker, progress).await;
+    match waited {
+        Watched::Done(Ok(status)) => {
+            let s = status?;
+            Ok(Attempt::Exited(s.code().unwrap_or_else(|| -s.signal().unwrap_or(1))))
+        }
+        Watched::Done(Err(_elapsed)) => {
+            stop_group(&mut child, pgid, settings.termination_timeout).await;
+            Ok(Attempt::TimedOut)
+        }
+        Watched::Aborted(next) => {
+            tracing::info!(script = %hook.script.display(), "goal changed by the server; stopping the hook");
+            stop_group(&mut child, pgid, settings.termination_timeout).await;
+            Ok(Attempt::Aborted(next))
         }
     }
 }

@@ -1,10 +1,11 @@
 //! `agent`: the on-host deploy agent `teletraan-agent`.
 //!
 //! The agent pings the gateway (`POST /v1/system/ping`, Teletraan's protocol), runs the stage the
-//! answer asks for (hook scripts of the build, download, safe extraction, the atomic switch of
-//! the live symlink), persists its status atomically under its base directory and reports the
-//! outcome in the next ping. Builds moved from Teletraan run unchanged: hook names, their
-//! environment variables and the status file follow Teletraan's agent.
+//! answer asks for (hook scripts of the build, download, safe extraction of tar, tar.gz and zip
+//! within limits, template rendering and the atomic switch of the live symlink), pings with
+//! progress during long work, persists its status atomically under its base directory and
+//! reports the outcome in the next ping. Builds moved from Teletraan run unchanged: hook names,
+//! their environment variables, templates and the status file follow Teletraan's agent.
 //!
 //! What it must never do: link the database or the message broker. It depends on `schema` for
 //! the wire types and nothing else of the workspace (never `store`, `workers`, `lapin`,
@@ -14,17 +15,22 @@
 
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod client;
 pub mod config;
 pub mod download;
+pub mod downloading;
 pub mod error;
 pub mod exec;
 pub mod extract;
 pub mod hooks;
 pub mod layout;
+pub mod progress;
+pub mod retention;
 pub mod runner;
 pub mod stage;
 pub mod status;
+pub mod template;
 #[doc(hidden)]
 pub mod testutil;
 

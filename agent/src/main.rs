@@ -1,10 +1,12 @@
 //! `teletraan-agent`: the command line around the `agent` library.
 //!
 //! Exit codes: 0 success; 1 runtime failure (base directory locked by another agent, a ping
-//! that failed in `once`, an unusable base directory); 2 bad configuration or usage.
+//! that failed in `once`, an unusable base directory, a `set-status` that cannot be applied);
+//! 2 bad configuration or usage.
 
 use std::process::ExitCode;
 
+use agent::admin::Change;
 use agent::config::{Cli, Command, Config};
 use agent::layout::Layout;
 use agent::runner::Agent;
@@ -30,6 +32,13 @@ fn main() -> ExitCode {
     let command = cli.command.unwrap_or(Command::Run);
     if let Command::Status { json } = command {
         return print_status(&config, json);
+    }
+    if let Command::SetStatus { env, step, restart } = &command {
+        let change = match (step, restart) {
+            (Some(stage), _) => Change::Step(*stage),
+            (None, _) => Change::Restart,
+        };
+        return set_status(&config, env, change);
     }
     eprintln!("teletraan-agent {} effective configuration:\n{config}", env!("CARGO_PKG_VERSION"));
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
@@ -61,7 +70,7 @@ async fn serve(config: Config, command: Command) -> ExitCode {
                 ExitCode::from(1)
             }
         },
-        Command::Run | Command::Status { .. } => {
+        Command::Run | Command::Status { .. } | Command::SetStatus { .. } => {
             agent.run(shutdown_signal()).await;
             tracing::info!("shutting down");
             ExitCode::SUCCESS
@@ -103,4 +112,27 @@ fn print_status(config: &Config, json: bool) -> ExitCode {
         print!("{}", status::render_table(&layout, &loaded.envs));
     }
     ExitCode::SUCCESS
+}
+
+fn set_status(config: &Config, env: &str, change: Change) -> ExitCode {
+    let layout = Layout::new(&config.dir);
+    match agent::admin::set_status(&layout, env, change) {
+        Ok(done) => {
+            println!("{done}");
+            ExitCode::SUCCESS
+        }
+        Err(agent::Error::Locked(lock)) => {
+            eprintln!(
+                "teletraan-agent: an agent is running on {} (it holds {}); stop it first \
+                 (systemctl stop teletraan-agent), then run set-status again",
+                layout.base().display(),
+                lock.display()
+            );
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("teletraan-agent: {e}");
+            ExitCode::from(1)
+        }
+    }
 }

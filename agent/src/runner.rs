@@ -9,16 +9,18 @@ use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use schema::ping::{DeployGoal, PingRequest, PingResponse};
-use schema::{AgentStatus, DeployStage, OpCode};
+use schema::{DeployStage, OpCode};
 
 use crate::client::Gateway;
 use crate::config::Config;
+use crate::downloading::Downloader;
 use crate::error::{Error, Result};
-use crate::exec::{HookSettings, Outcome, Progress, run_hook};
+use crate::exec::{HookSettings, Outcome, run_hook};
 use crate::hooks;
 use crate::layout::{DirLock, Layout, write_atomic};
-use crate::stage;
+use crate::progress::{Progress, Ticker};
 use crate::status::{self, Envs, StepResult};
+use crate::{retention, stage, template};
 
 /// A guard against a gateway that never answers NOOP: at most this many steps per round.
 const MAX_STEPS_PER_ROUND: usize = 200;
@@ -152,7 +154,7 @@ impl Agent {
                 }
             }
         }
-        summary.removed_builds = stage::clean_builds(&self.layout, &self.envs, self.config.builds_to_keep);
+        summary.removed_builds = retention::clean_builds(&self.layout, &self.envs, self.config.builds_to_keep);
         Ok(summary)
     }
 
@@ -232,8 +234,16 @@ impl Agent {
         };
         let stage = goal.deploy_stage;
         let settings = self.settings.with_overrides(&entry.runtime_config, stage.as_str());
+        let mut ticker = Ticker::new(settings.min_running_time);
+        let mut watch = Watch { gateway: &self.gateway, request: self.ping_request(), current: resp };
         match stage {
-            DeployStage::Downloading => Outcome::Done(self.download(env, goal, &settings).await),
+            DeployStage::Downloading => {
+                let Some(build) = &goal.build else {
+                    return Outcome::Done(StepResult::agent_failed("the DOWNLOADING goal carries no build"));
+                };
+                let downloader = Downloader { layout: &self.layout, http: &self.http, limits: self.config.limits };
+                downloader.run(env, build, &settings, &mut ticker, &mut watch).await
+            }
             DeployStage::Staging => Outcome::Done(self.staging(env, goal)),
             _ => {
                 let lookup = hooks::find(&self.layout, env, stage);
@@ -244,8 +254,7 @@ impl Agent {
                     return Outcome::Done(StepResult::succeeded());
                 };
                 let vars = hooks::environment(&self.layout, env, entry, stage);
-                let mut watch = Watch { gateway: &self.gateway, request: self.ping_request(), current: resp };
-                run_hook(&hook, &vars, &self.layout.log(env), &settings, &mut watch).await
+                run_hook(&hook, &vars, &self.layout.log(env), &settings, &mut ticker, &mut watch).await
             }
         }
     }
@@ -263,37 +272,6 @@ impl Agent {
         }
     }
 
-    async fn download(&self, env: &str, goal: &DeployGoal, settings: &HookSettings) -> StepResult {
-        let Some(build) = &goal.build else {
-            return StepResult::agent_failed("the DOWNLOADING goal carries no build");
-        };
-        let mut delays = settings.retry_delays();
-        let attempts = settings.max_retries.max(1);
-        let mut last = String::new();
-        for attempt in 1..=attempts {
-            match stage::download_build(&self.layout, &self.http, env, build).await {
-                Ok(()) => return StepResult { fail_count: attempt as i32 - 1, ..StepResult::succeeded() },
-                Err(e) if e.is_permanent() => {
-                    tracing::error!(env, build.id = %build.id, error = %e, "download refused");
-                    return StepResult::agent_failed(e.to_string());
-                }
-                Err(e) => {
-                    tracing::warn!(env, build.id = %build.id, attempt, error = %e, "download failed");
-                    last = e.to_string();
-                    if attempt < attempts {
-                        tokio::time::sleep(delays.next().unwrap_or(settings.retry_delay)).await;
-                    }
-                }
-            }
-        }
-        StepResult {
-            status: AgentStatus::TooManyRetry,
-            error_code: 1,
-            error_message: Some(last),
-            fail_count: attempts as i32,
-        }
-    }
-
     fn staging(&mut self, env: &str, goal: &DeployGoal) -> StepResult {
         let id = match (&goal.build, self.envs.get(env).and_then(|e| e.build_info.as_ref())) {
             (Some(b), _) => b.id.to_string(),
@@ -302,7 +280,11 @@ impl Agent {
                 return StepResult::agent_failed("STAGING without a known build (no DOWNLOADING goal seen)");
             }
         };
-        match stage::stage_build(&self.layout, env, &id) {
+        let vars = match template::read_script_config(&self.layout.script_config(env)) {
+            Ok(v) => v,
+            Err(e) => return StepResult::agent_failed(e.to_string()),
+        };
+        match stage::stage_build(&self.layout, env, &id, &vars) {
             Ok(previous) => {
                 if let (Some(prev), Some(entry)) = (previous, self.envs.get_mut(env)) {
                     entry.previous_build_id = Some(prev);
@@ -314,7 +296,7 @@ impl Agent {
     }
 }
 
-/// Progress pings while a hook runs: the entry already says UNKNOWN for the running step.
+/// Progress pings while a step runs: the entry already says UNKNOWN for the running step.
 struct Watch<'a> {
     gateway: &'a Gateway,
     request: PingRequest,

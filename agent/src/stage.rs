@@ -1,40 +1,29 @@
-//! The built-in stages: DOWNLOADING (fetch, verify, extract), STAGING (the atomic switch of
-//! the live symlink), and the retention of old builds after each round.
+//! STAGING: render the build's templates, then point the live symlink at it atomically.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fs;
-use std::path::Path;
 
-use schema::model::Build;
-
-use crate::download;
 use crate::error::{Error, Result};
 use crate::extract;
 use crate::layout::{Layout, sync_dir};
-use crate::status::Envs;
+use crate::template;
 
-/// DOWNLOADING: makes `builds/<buildId>/` exist complete. Skipped when it already does.
-pub async fn download_build(layout: &Layout, http: &reqwest::Client, env: &str, build: &Build) -> Result<()> {
-    let id = build.id.as_str();
-    if extract::is_extracted(layout, id) {
-        tracing::info!(build.id = id, "build already extracted; skipping the download");
-        return Ok(());
-    }
-    let archive = layout.archive(env, id, &download::archive_extension(&build.artifact_url));
-    download::fetch(http, &build.artifact_url, &archive, build.artifact_sha256.as_deref()).await?;
-    let (layout2, id2, archive2) = (layout.clone(), id.to_string(), archive.clone());
-    tokio::task::spawn_blocking(move || extract::extract_build(&archive2, &layout2, &id2))
-        .await
-        .map_err(|e| Error::Archive(format!("extraction task failed: {e}")))??;
-    tracing::info!(build.id = id, archive = %archive.display(), "build downloaded and extracted");
-    Ok(())
-}
-
-/// STAGING: points `targets/<env>` at `builds/<buildId>` with a temp link renamed over it.
-/// Returns the id of the build that was live before, if it changed.
-pub fn stage_build(layout: &Layout, env: &str, build_id: &str) -> Result<Option<String>> {
+/// STAGING: renders the templates of `builds/<buildId>` with `vars` (see [`template`]), then
+/// points `targets/<env>` at it with a temp link renamed over the old one. Rendering comes
+/// first so a refused template leaves the old build live. Returns the id of the build that was
+/// live before, if it changed.
+pub fn stage_build(
+    layout: &Layout,
+    env: &str,
+    build_id: &str,
+    vars: &BTreeMap<String, String>,
+) -> Result<Option<String>> {
     if !extract::is_extracted(layout, build_id) {
         return Err(Error::NotDownloaded(build_id.to_string()));
+    }
+    let rendered = template::render_build(&layout.build_dir(build_id), vars)?;
+    if rendered > 0 {
+        tracing::info!(env, build.id = build_id, templates = rendered, "templates rendered");
     }
     let previous = layout.live_build_id(env);
     if previous.as_deref() == Some(build_id) {
@@ -51,127 +40,34 @@ pub fn stage_build(layout: &Layout, env: &str, build_id: &str) -> Result<Option<
     Ok(previous)
 }
 
-/// Removes, per environment, the builds beyond the newest `keep` archives (by mtime), never
-/// one that any environment has live, had live just before, is deploying, or still keeps.
-/// Returns the removed build ids.
-pub fn clean_builds(layout: &Layout, envs: &Envs, keep: usize) -> Vec<String> {
-    let mut protected = BTreeSet::new();
-    for (name, e) in envs {
-        protected.extend(layout.live_build_id(name));
-        protected.extend(e.previous_build_id.clone());
-        protected.extend(e.build_info.as_ref().map(|b| b.build_id.clone()));
-    }
-    let archives = archives_by_env(&layout.builds_dir(), envs);
-    let mut stale: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for list in archives.values() {
-        for (i, (id, file)) in list.iter().enumerate() {
-            if i < keep {
-                protected.insert(id.clone());
-            } else {
-                stale.entry(id.clone()).or_default().push(file.clone());
-            }
-        }
-    }
-    let mut removed = Vec::new();
-    for (id, files) in stale {
-        if protected.contains(&id) {
-            continue;
-        }
-        let _ = fs::remove_file(layout.build_marker(&id));
-        let dir = layout.build_dir(&id);
-        match fs::remove_dir_all(&dir) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                tracing::warn!(dir = %dir.display(), error = %e, "cannot remove an old build");
-                continue;
-            }
-            _ => {}
-        }
-        for f in files {
-            let _ = fs::remove_file(layout.builds_dir().join(f));
-        }
-        tracing::info!(build.id = %id, "removed old build");
-        removed.push(id);
-    }
-    removed
-}
-
-/// Archives `<env>-<buildId>.<ext>` per env, newest first. A file belongs to the longest env
-/// name that prefixes it (env names may contain `-`).
-fn archives_by_env(builds: &Path, envs: &Envs) -> BTreeMap<String, Vec<(String, String)>> {
-    let mut found: BTreeMap<String, Vec<(std::time::SystemTime, String, String)>> = BTreeMap::new();
-    let Ok(rd) = fs::read_dir(builds) else { return BTreeMap::new() };
-    for e in rd.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if !e.file_type().is_ok_and(|t| t.is_file()) || name.starts_with('.') || name.ends_with(".extracted") {
-            continue;
-        }
-        let owner = envs.keys().filter(|env| name.starts_with(&format!("{env}-"))).max_by_key(|env| env.len());
-        let Some(env) = owner else { continue };
-        let rest = &name[env.len() + 1..];
-        let id = rest.split('.').next().unwrap_or("");
-        if id.is_empty() {
-            continue;
-        }
-        let mtime = e.metadata().and_then(|m| m.modified()).unwrap_or(std::time::UNIX_EPOCH);
-        found.entry(env.clone()).or_default().push((mtime, id.to_string(), name.clone()));
-    }
-    found
-        .into_iter()
-        .map(|(env, mut list)| {
-            list.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| b.1.cmp(&a.1)));
-            (env, list.into_iter().map(|(_, id, f)| (id, f)).collect())
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::status::{BuildInfo, EnvEntry};
     use crate::testutil::TempDir;
-    use std::time::{Duration, SystemTime};
 
-    fn fake_build(layout: &Layout, env: &str, id: &str, age_s: u64) {
-        fs::create_dir_all(layout.build_dir(id)).unwrap();
+    fn fake_build(layout: &Layout, id: &str) {
+        fs::create_dir_all(layout.build_dir(id).join("teletraan")).unwrap();
+        fs::write(layout.build_dir(id).join("teletraan/app.conf.tmpl"), "port=${TELETRAAN_PORT}").unwrap();
         fs::write(layout.build_marker(id), id).unwrap();
-        let archive = layout.archive(env, id, "tar.gz");
-        fs::write(&archive, b"x").unwrap();
-        let f = fs::File::options().write(true).open(&archive).unwrap();
-        f.set_modified(SystemTime::now() - Duration::from_secs(age_s)).unwrap();
     }
 
     #[test]
-    fn staging_switches_the_link_and_returns_the_previous_build() {
+    fn staging_renders_switches_the_link_and_returns_the_previous_build() {
         let dir = TempDir::new("stage");
         let layout = Layout::new(dir.path());
         layout.create_dirs().unwrap();
-        assert!(matches!(stage_build(&layout, "web", "b1"), Err(Error::NotDownloaded(_))));
-        fake_build(&layout, "web", "b1", 10);
-        fake_build(&layout, "web", "b2", 5);
-        assert_eq!(stage_build(&layout, "web", "b1").unwrap(), None);
-        assert_eq!(stage_build(&layout, "web", "b2").unwrap(), Some("b1".into()));
+        let vars = BTreeMap::from([("PORT".to_string(), "8080".to_string())]);
+        assert!(matches!(stage_build(&layout, "web", "b1", &vars), Err(Error::NotDownloaded(_))));
+        fake_build(&layout, "b1");
+        fake_build(&layout, "b2");
+        assert_eq!(stage_build(&layout, "web", "b1", &vars).unwrap(), None);
+        assert_eq!(fs::read_to_string(layout.target("web").join("teletraan/app.conf")).unwrap(), "port=8080");
+        assert_eq!(stage_build(&layout, "web", "b2", &BTreeMap::new()).unwrap(), Some("b1".into()));
         assert_eq!(layout.live_build_id("web").as_deref(), Some("b2"));
-        assert_eq!(stage_build(&layout, "web", "b2").unwrap(), None, "already live");
+        assert!(!layout.build_dir("b2").join("teletraan/app.conf").exists(), "no variables, no rendering");
+        let vars = BTreeMap::from([("PORT".to_string(), "9090".to_string())]);
+        assert_eq!(stage_build(&layout, "web", "b2", &vars).unwrap(), None, "already live: only re-render");
+        assert_eq!(fs::read_to_string(layout.target("web").join("teletraan/app.conf")).unwrap(), "port=9090");
         assert!(!layout.targets_dir().join("web.tmp").exists());
-    }
-
-    #[test]
-    fn retention_keeps_the_newest_and_the_live_and_previous_builds() {
-        let dir = TempDir::new("retain");
-        let layout = Layout::new(dir.path());
-        layout.create_dirs().unwrap();
-        for (i, id) in ["b1", "b2", "b3", "b4", "b5"].iter().enumerate() {
-            fake_build(&layout, "web", id, 100 - i as u64 * 10);
-        }
-        fake_build(&layout, "web-api", "c1", 500);
-        stage_build(&layout, "web", "b1").unwrap();
-        let mut web = EnvEntry { previous_build_id: Some("b2".into()), ..EnvEntry::default() };
-        web.build_info = Some(BuildInfo { build_id: "b1".into(), ..BuildInfo::default() });
-        let envs = Envs::from([("web".to_string(), web), ("web-api".to_string(), EnvEntry::default())]);
-        let removed = clean_builds(&layout, &envs, 2);
-        assert_eq!(removed, ["b3"], "b5, b4 newest; b1 live; b2 previous");
-        assert!(!layout.build_dir("b3").exists() && !layout.build_marker("b3").exists());
-        assert!(!layout.archive("web", "b3", "tar.gz").exists());
-        assert!(layout.build_dir("c1").exists(), "web-api's archive is not web's");
     }
 }

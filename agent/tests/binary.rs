@@ -158,3 +158,70 @@ async fn kill_9_mid_hook_then_restart_reports_the_interrupted_step_as_unknown() 
         "{out}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_status_skips_a_failed_step_or_starts_over_and_is_refused_while_an_agent_runs() {
+    let t = TempDir::new("bin-setstatus");
+    let dir = t.path().join("a");
+    let fake = Fake::start().await;
+    let record = t.path().join("record");
+    fake.serve("one.tar.gz", build_archive("one", &[("RESTARTING", "echo broken >&2\nexit 1")]));
+    fake.set_mode(Mode::Deploy {
+        deploy_id: "DeployOne".into(),
+        build: build_json(B1, &format!("{}/artifacts/one.tar.gz", fake.url()), None),
+        script_variables: json!({"RECORD": record.to_string_lossy()}),
+    });
+    let once = || {
+        let mut c = agent_cmd(&dir, &fake.url());
+        c.env("TELETRAAN_AGENT_MAX_RETRIES", "1").arg("once");
+        c
+    };
+    let set_status = |args: &[&str]| {
+        let mut c = agent_cmd(&dir, &fake.url());
+        c.arg("set-status").args(args);
+        c
+    };
+    let (code, _, err) = output(once()).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(fake.report_trail().last().map(String::as_str), Some("RESTARTING TOO_MANY_RETRY"));
+
+    // While an agent runs on the directory, set-status is refused and changes nothing.
+    let before = fake.pings().len();
+    let mut c = agent_cmd(&dir, &fake.url());
+    c.arg("run").stdout(Stdio::null()).stderr(Stdio::null());
+    let mut running = c.spawn().unwrap();
+    wait_until("the running agent's first ping", Duration::from_secs(60), || fake.pings().len() > before);
+    let status_before = std::fs::read_to_string(dir.join("env_status")).unwrap();
+    let (code, _, err) = output(set_status(&["--env", "web", "--step", "RESTARTING"])).await;
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("an agent is running") && err.contains("stop it first"), "{err}");
+    assert_eq!(std::fs::read_to_string(dir.join("env_status")).unwrap(), status_before);
+    running.start_kill().unwrap();
+    running.wait().await.unwrap();
+
+    // --step: RESTARTING counts as done, so the server moves on to POST_RESTART.
+    let (code, out, err) = output(set_status(&["--env", "web", "--step", "RESTARTING"])).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("RESTARTING recorded as SUCCEEDED"), "{out}");
+    let before = fake.pings().len();
+    let (code, _, err) = output(once()).await;
+    assert_eq!(code, 0, "{err}");
+    let trail = fake.report_trail()[before..].to_vec();
+    assert_eq!(trail, ["RESTARTING SUCCEEDED", "POST_RESTART SUCCEEDED", "SERVING_BUILD SUCCEEDED"]);
+
+    // --restart: the env is forgotten, the next ping carries no report and the deploy starts over.
+    let (code, out, err) = output(set_status(&["--env", "web", "--restart"])).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("forgotten"), "{out}");
+    let before = fake.pings().len();
+    let (code, _, err) = output(once()).await;
+    assert_eq!(code, 0, "{err}");
+    let trail = fake.report_trail()[before..].to_vec();
+    assert_eq!(trail[..2], ["-", "PRE_DOWNLOAD SUCCEEDED"], "{trail:?}");
+
+    let (code, _, err) = output(set_status(&["--env", "nope", "--restart"])).await;
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("env nope is not in"), "{err}");
+    let (code, _, err) = output(set_status(&["--env", "web"])).await;
+    assert_eq!(code, 2, "--step or --restart is required: {err}");
+}

@@ -1,10 +1,12 @@
-//! Extraction of build archives: a good archive extracts; every hostile kind is refused, the
-//! error names the entry, and nothing outside the build dir changes.
+//! Extraction of tar archives: a good archive extracts; every hostile kind is refused, the
+//! error names the entry, and nothing outside the build dir changes; the size and entry limits
+//! and cancellation leave nothing behind either.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 
 use agent::Error;
-use agent::extract::{extract_build, is_extracted};
+use agent::extract::{Limits, is_extracted};
 use agent::layout::Layout;
 use agent::testutil::{TempDir, listing};
 use tar::{EntryType, Header};
@@ -56,6 +58,10 @@ fn archive(path: &Path, entries: &[E], gzip: bool) {
         data = enc.finish().unwrap();
     }
     std::fs::write(path, data).unwrap();
+}
+
+fn extract_build(archive: &Path, layout: &Layout, id: &str) -> agent::error::Result<()> {
+    agent::extract::extract_build(archive, layout, id, Limits::default(), &AtomicBool::new(false))
 }
 
 struct Setup {
@@ -177,5 +183,68 @@ fn garbage_is_an_archive_error_and_leaves_nothing() {
     let before = listing(s.root.path());
     let err = extract_build(&s.archive, &s.layout, "b1").unwrap_err();
     assert!(matches!(err, Error::Archive(_)), "{err}");
+    assert_eq!(listing(s.root.path()), before);
+}
+
+fn assert_limited(entries: &[E], limits: Limits, limit_name: &str) {
+    let s = setup(entries);
+    let before = listing(s.root.path());
+    let err = agent::extract::extract_build(&s.archive, &s.layout, "b1", limits, &AtomicBool::new(false)).unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, Error::ArchiveLimit(_)) && err.is_permanent(), "{msg}");
+    assert!(msg.contains(limit_name), "the error names the limit: {msg}");
+    assert_eq!(listing(s.root.path()), before, "nothing may change after a refused archive ({msg})");
+}
+
+#[test]
+fn too_many_entries_is_refused() {
+    let files: Vec<String> = (0..11).map(|i| format!("f{i}")).collect();
+    let entries: Vec<E> = files.iter().map(|f| E::File(f, b"x", 0o644)).collect();
+    assert_limited(&entries, Limits { max_bytes: 1 << 20, max_entries: 10 }, "archive_max_entries");
+    let s = setup(&entries[..10]);
+    let limits = Limits { max_bytes: 1 << 20, max_entries: 10 };
+    agent::extract::extract_build(&s.archive, &s.layout, "b1", limits, &AtomicBool::new(false)).unwrap();
+}
+
+#[test]
+fn too_many_bytes_is_refused_even_when_well_compressed() {
+    // 64 KiB of zeros gzip to almost nothing: the limit is on what the archive expands to.
+    let zeros = vec![0u8; 64 * 1024];
+    let limits = Limits { max_bytes: 100_000, max_entries: 100 };
+    assert_limited(&[E::File("a", &zeros, 0o644), E::File("b", &zeros, 0o644)], limits, "archive_max_bytes");
+    let s = setup(&[E::File("a", &zeros, 0o644)]);
+    agent::extract::extract_build(&s.archive, &s.layout, "b1", limits, &AtomicBool::new(false)).unwrap();
+}
+
+#[test]
+fn a_cancelled_extraction_leaves_nothing() {
+    let s = setup(&[E::File("a", b"1", 0o644)]);
+    let before = listing(s.root.path());
+    let cancel = AtomicBool::new(true);
+    let err = agent::extract::extract_build(&s.archive, &s.layout, "b1", Limits::default(), &cancel).unwrap_err();
+    assert!(matches!(err, Error::Aborted), "{err}");
+    assert_eq!(listing(s.root.path()), before);
+}
+
+#[test]
+fn leftovers_of_a_killed_extraction_are_replaced() {
+    let s = setup(&[E::File("a", b"1", 0o644)]);
+    // What an agent killed mid-extraction leaves: a temp dir, and maybe a build dir without marker.
+    std::fs::create_dir_all(s.layout.builds_dir().join(".b1.tmp-999-0/half")).unwrap();
+    std::fs::create_dir_all(s.layout.build_dir("b1").join("stale")).unwrap();
+    extract_build(&s.archive, &s.layout, "b1").unwrap();
+    assert!(is_extracted(&s.layout, "b1"));
+    assert!(!s.layout.builds_dir().join(".b1.tmp-999-0").exists());
+    assert!(!s.layout.build_dir("b1").join("stale").exists());
+}
+
+#[test]
+fn bzip2_is_refused_clearly() {
+    let s = setup(&[]);
+    std::fs::write(&s.archive, b"BZh91AY&SY").unwrap();
+    let before = listing(s.root.path());
+    let err = extract_build(&s.archive, &s.layout, "b1").unwrap_err();
+    assert!(matches!(err, Error::UnsupportedFormat(_)) && err.is_permanent(), "{err}");
+    assert!(err.to_string().contains("bzip2"), "{err}");
     assert_eq!(listing(s.root.path()), before);
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use agent::exec::{HookSettings, NoProgress, Outcome, Progress, run_hook};
 use agent::hooks::{self, Hook, Lookup};
 use agent::layout::Layout;
+use agent::progress::Ticker;
 use agent::testutil::{TempDir, wait_until};
 use schema::ping::PingResponse;
 use schema::{AgentStatus, DeployStage};
@@ -19,6 +20,16 @@ fn settings() -> HookSettings {
         retry_delay: Duration::ZERO,
         min_running_time: Duration::from_secs(60),
     }
+}
+
+async fn run<P: Progress>(
+    hook: &Hook,
+    vars: &[(String, String)],
+    log: &Path,
+    s: &HookSettings,
+    progress: &mut P,
+) -> Outcome {
+    run_hook(hook, vars, log, s, &mut Ticker::new(s.min_running_time), progress).await
 }
 
 fn script(dir: &Path, name: &str, body: &str) -> Hook {
@@ -57,7 +68,7 @@ async fn success_runs_in_the_script_dir_without_arguments() {
     let hook = script(&t.path().join("teletraan"), "PRE_RESTART", "echo \"args=$# pwd=$(pwd) X=$X\"");
     let log = t.path().join("web.log");
     let vars = vec![("X".to_string(), "42".to_string())];
-    let r = done(run_hook(&hook, &vars, &log, &settings(), &mut NoProgress).await);
+    let r = done(run(&hook, &vars, &log, &settings(), &mut NoProgress).await);
     assert_eq!((r.status, r.error_code, r.fail_count), (AgentStatus::Succeeded, 0, 0));
     let text = std::fs::read_to_string(&log).unwrap();
     let dir = std::fs::canonicalize(t.path().join("teletraan")).unwrap();
@@ -72,7 +83,7 @@ async fn timeout_kills_the_group_including_children_that_ignore_sigterm() {
         format!("sh -c 'trap \"\" TERM; exec sleep 1000' &\necho $! > {}\necho started\nsleep 1000", pidfile.display());
     let hook = script(&t.path().join("teletraan"), "RESTARTING", &body);
     let s = HookSettings { timeout: Duration::from_secs(2), ..settings() };
-    let r = done(run_hook(&hook, &[], &t.path().join("log"), &s, &mut NoProgress).await);
+    let r = done(run(&hook, &[], &t.path().join("log"), &s, &mut NoProgress).await);
     assert_eq!(r.status, AgentStatus::ScriptTimeout);
     assert_eq!(r.fail_count, 1, "a timeout is not retried");
     assert!(r.error_message.unwrap_or_default().contains("started"));
@@ -86,7 +97,7 @@ async fn failures_are_retried_then_too_many_retry_with_the_last_tail() {
     let count = t.path().join("count");
     let body = format!("echo x >> {c}\necho \"attempt $(wc -l < {c})\" >&2\nexit 3", c = count.display());
     let hook = script(&t.path().join("teletraan"), "POST_RESTART", &body);
-    let r = done(run_hook(&hook, &[], &t.path().join("log"), &settings(), &mut NoProgress).await);
+    let r = done(run(&hook, &[], &t.path().join("log"), &settings(), &mut NoProgress).await);
     assert_eq!((r.status, r.error_code, r.fail_count), (AgentStatus::TooManyRetry, 3, 3));
     assert_eq!(std::fs::read_to_string(&count).unwrap().lines().count(), 3);
     let msg = r.error_message.unwrap();
@@ -99,7 +110,7 @@ async fn a_failure_then_success_succeeds() {
     let flag = t.path().join("flag");
     let body = format!("if [ -e {f} ]; then exit 0; fi\ntouch {f}\nexit 1", f = flag.display());
     let hook = script(&t.path().join("teletraan"), "PRE_RESTART", &body);
-    let r = done(run_hook(&hook, &[], &t.path().join("log"), &settings(), &mut NoProgress).await);
+    let r = done(run(&hook, &[], &t.path().join("log"), &settings(), &mut NoProgress).await);
     assert_eq!((r.status, r.fail_count), (AgentStatus::Succeeded, 1));
 }
 
@@ -122,11 +133,42 @@ async fn a_changed_goal_aborts_the_hook_and_kills_its_group() {
     let hook = script(&t.path().join("teletraan"), "RESTARTING", &body);
     let s = HookSettings { min_running_time: Duration::from_secs(1), ..settings() };
     let mut progress = ChangedGoal { pings: 0 };
-    let out = run_hook(&hook, &[], &t.path().join("log"), &s, &mut progress).await;
+    let out = run(&hook, &[], &t.path().join("log"), &s, &mut progress).await;
     assert_eq!(out, Outcome::Aborted(Box::new(PingResponse::noop())));
     assert_eq!(progress.pings, 1);
     let child = read_pid(&pidfile);
     wait_until("the aborted hook's child to be killed", Duration::from_secs(20), || !alive(child));
+}
+
+/// Pings: the first `steady` answers keep the goal, the next one changes it.
+struct ChangesAfter {
+    pings: usize,
+    steady: usize,
+}
+
+impl Progress for ChangesAfter {
+    async fn ping(&mut self) -> Option<PingResponse> {
+        self.pings += 1;
+        (self.pings > self.steady).then(PingResponse::noop)
+    }
+}
+
+#[tokio::test]
+async fn the_sleep_before_a_retry_pings_and_a_changed_goal_ends_it() {
+    let t = TempDir::new("hook-retry-ping");
+    let count = t.path().join("count");
+    let hook = script(&t.path().join("teletraan"), "POST_RESTART", &format!("echo x >> {}\nexit 1", count.display()));
+    // Ten minutes before the retry, a progress ping every second: the first ping keeps the goal,
+    // the second changes it, so the sleep ends long before the retry.
+    let s =
+        HookSettings { retry_delay: Duration::from_secs(600), min_running_time: Duration::from_secs(1), ..settings() };
+    let mut progress = ChangesAfter { pings: 0, steady: 1 };
+    let out = tokio::time::timeout(Duration::from_secs(300), run(&hook, &[], &t.path().join("log"), &s, &mut progress))
+        .await
+        .expect("the changed goal ends the sleep");
+    assert_eq!(out, Outcome::Aborted(Box::new(PingResponse::noop())));
+    assert_eq!(progress.pings, 2);
+    assert_eq!(std::fs::read_to_string(&count).unwrap().lines().count(), 1, "no retry after the abort");
 }
 
 #[test]

@@ -1,9 +1,11 @@
 //! A small fake gateway for the loop tests: it walks one deploy through Teletraan's stage
-//! sequence from the agent's reports, serves artifacts, and records every ping.
+//! sequence from the agent's reports, serves artifacts, and records every ping. It can also
+//! stall an artifact (no answer until released) and hold the answer to a ping that reports a
+//! given stage and status, so a test can kill the agent at that point.
 
 #![allow(dead_code)]
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -13,8 +15,8 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use schema::DeployStage;
 use schema::ping::{PingReport, PingRequest};
+use schema::{AgentStatus, DeployStage};
 use serde_json::{Value, json};
 
 pub const ENV_ID: &str = "EnvIdWeb000000000000aa";
@@ -41,9 +43,10 @@ pub struct Target {
 }
 
 /// What the fake gateway answers.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub enum Mode {
     /// Always NOOP.
+    #[default]
     Noop,
     /// Walk this deploy of env `web` ([`ENV_ID`]).
     Deploy { deploy_id: String, build: Value, script_variables: Value },
@@ -53,30 +56,63 @@ pub enum Mode {
     Delete,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct FakeState {
     pub mode: Mode,
     pub pings: Vec<PingRequest>,
     pub artifacts: HashMap<String, Vec<u8>>,
+    /// Artifacts answered only once released.
+    pub stalled: HashSet<String>,
+    /// Every artifact request, by name.
+    pub requested: Vec<String>,
+    /// A ping whose env report is this stage and status is answered only once released.
+    pub hold: Option<(DeployStage, AgentStatus)>,
+    /// Pings held so far.
+    pub held: usize,
+}
+
+pub struct Shared {
+    pub state: Mutex<FakeState>,
+    wake: tokio::sync::Notify,
+}
+
+impl Shared {
+    /// Waits until `still` no longer holds (checked each time the test changes something).
+    async fn wait_while(&self, still: impl Fn(&FakeState) -> bool) {
+        loop {
+            let woken = self.wake.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            if !still(&self.state.lock().unwrap()) {
+                return;
+            }
+            woken.await;
+        }
+    }
 }
 
 #[derive(Clone)]
 pub struct Fake {
-    pub state: Arc<Mutex<FakeState>>,
+    pub shared: Arc<Shared>,
     pub addr: SocketAddr,
 }
 
 impl Fake {
     pub async fn start() -> Fake {
-        let state = Arc::new(Mutex::new(FakeState { mode: Mode::Noop, pings: Vec::new(), artifacts: HashMap::new() }));
+        let shared = Arc::new(Shared { state: Mutex::new(FakeState::default()), wake: tokio::sync::Notify::new() });
         let app = axum::Router::new()
             .route("/v1/system/ping", post(ping))
             .route("/artifacts/{name}", get(artifact))
-            .with_state(state.clone());
+            .with_state(shared.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        Fake { state, addr }
+        Fake { shared, addr }
+    }
+
+    fn change(&self, f: impl FnOnce(&mut FakeState)) {
+        f(&mut self.shared.state.lock().unwrap());
+        self.shared.wake.notify_waiters();
     }
 
     pub fn url(&self) -> String {
@@ -84,15 +120,49 @@ impl Fake {
     }
 
     pub fn set_mode(&self, mode: Mode) {
-        self.state.lock().unwrap().mode = mode;
+        self.change(|s| s.mode = mode);
     }
 
     pub fn serve(&self, name: &str, bytes: Vec<u8>) {
-        self.state.lock().unwrap().artifacts.insert(name.to_string(), bytes);
+        self.change(|s| {
+            s.artifacts.insert(name.to_string(), bytes);
+        });
+    }
+
+    /// Requests for `name` get no answer until [`Fake::unstall`].
+    pub fn stall(&self, name: &str) {
+        self.change(|s| {
+            s.stalled.insert(name.to_string());
+        });
+    }
+
+    pub fn unstall(&self, name: &str) {
+        self.change(|s| {
+            s.stalled.remove(name);
+        });
+    }
+
+    /// Artifact names requested so far.
+    pub fn requested(&self) -> Vec<String> {
+        self.shared.state.lock().unwrap().requested.clone()
+    }
+
+    /// Pings reporting `stage` with `status` get no answer until [`Fake::release`].
+    pub fn hold(&self, stage: DeployStage, status: AgentStatus) {
+        self.change(|s| s.hold = Some((stage, status)));
+    }
+
+    pub fn release(&self) {
+        self.change(|s| s.hold = None);
+    }
+
+    /// How many pings were held.
+    pub fn held(&self) -> usize {
+        self.shared.state.lock().unwrap().held
     }
 
     pub fn pings(&self) -> Vec<PingRequest> {
-        self.state.lock().unwrap().pings.clone()
+        self.shared.state.lock().unwrap().pings.clone()
     }
 
     /// The env's report in every ping, as `STAGE STATUS` (`-` when the ping had none).
@@ -136,10 +206,26 @@ fn next_stage(report: Option<&PingReport>, deploy_id: &str) -> Option<DeployStag
     }
 }
 
-async fn ping(State(state): State<Arc<Mutex<FakeState>>>, Json(req): Json<PingRequest>) -> Json<Value> {
-    let mut s = state.lock().unwrap();
+fn held_by(s: &FakeState, report: Option<&PingReport>) -> bool {
+    match (s.hold, report) {
+        (Some((stage, status)), Some(r)) => r.deploy_stage == Some(stage) && r.agent_status == Some(status),
+        _ => false,
+    }
+}
+
+async fn ping(State(shared): State<Arc<Shared>>, Json(req): Json<PingRequest>) -> Json<Value> {
     let report = env_report(&req).cloned();
-    s.pings.push(req);
+    let held = {
+        let mut s = shared.state.lock().unwrap();
+        s.pings.push(req);
+        let held = held_by(&s, report.as_ref());
+        s.held += usize::from(held);
+        held
+    };
+    if held {
+        shared.wait_while(|s| held_by(s, report.as_ref())).await;
+    }
+    let s = shared.state.lock().unwrap();
     let noop = json!({"opCode": "NOOP", "deployGoal": null});
     match s.mode.clone() {
         Mode::Noop => Json(noop),
@@ -190,8 +276,10 @@ fn goal(deploy_id: &str, stage: DeployStage, build: Option<Value>, vars: Option<
     g
 }
 
-async fn artifact(State(state): State<Arc<Mutex<FakeState>>>, Path(name): Path<String>) -> Response {
-    match state.lock().unwrap().artifacts.get(&name) {
+async fn artifact(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> Response {
+    shared.state.lock().unwrap().requested.push(name.clone());
+    shared.wait_while(|s| s.stalled.contains(&name)).await;
+    match shared.state.lock().unwrap().artifacts.get(&name) {
         Some(bytes) => bytes.clone().into_response(),
         None => StatusCode::NOT_FOUND.into_response(),
     }
@@ -205,29 +293,57 @@ pub fn build_json(id: &str, url: &str, sha256: Option<&str>) -> Value {
     })
 }
 
-/// A tar.gz build whose every hook appends `<STEP> build=$BUILD_ID from=<tag>` to `$RECORD`
-/// and dumps its environment to `$RECORD.<STEP>.env`. `extra` hooks replace the default body.
+const HOOKS: [&str; 6] =
+    ["PRE_DOWNLOAD", "POST_DOWNLOAD", "PRE_RESTART", "RESTARTING", "POST_RESTART", "SERVING_BUILD"];
+
+/// The files of a build whose every hook appends `<STEP> build=$BUILD_ID from=<tag>` to
+/// `$RECORD` and dumps its environment to `$RECORD.<STEP>.env`. `extra` hooks replace the
+/// default body; `files` are added as they are. Each entry: path, content, mode.
+pub fn build_files(tag: &str, extra: &[(&str, &str)], files: &[(&str, &str)]) -> Vec<(String, String, u32)> {
+    let mut out = Vec::new();
+    for stage in HOOKS {
+        let body = extra.iter().find(|(s, _)| *s == stage).map(|(_, b)| b.to_string()).unwrap_or_else(|| {
+            format!(
+                "echo \"$DEPLOY_STEP build=$BUILD_ID from={tag}\" >> \"$RECORD\"\nenv | sort > \"$RECORD.$DEPLOY_STEP.env\""
+            )
+        });
+        out.push((format!("teletraan/{stage}"), format!("#!/bin/sh\n{body}\n"), 0o755));
+    }
+    out.push(("VERSION".into(), tag.into(), 0o644));
+    for (path, text) in files {
+        out.push((path.to_string(), text.to_string(), 0o644));
+    }
+    out
+}
+
+/// A tar.gz of [`build_files`] without extra files.
 pub fn build_archive(tag: &str, extra: &[(&str, &str)]) -> Vec<u8> {
+    build_tar_gz(&build_files(tag, extra, &[]))
+}
+
+/// A zip (deflate) of these files.
+pub fn build_zip(files: &[(String, String, u32)]) -> Vec<u8> {
+    use zip::write::SimpleFileOptions;
+    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    for (path, text, mode) in files {
+        w.start_file(path.as_str(), SimpleFileOptions::default().unix_permissions(*mode)).unwrap();
+        w.write_all(text.as_bytes()).unwrap();
+    }
+    w.finish().unwrap().into_inner()
+}
+
+/// A tar.gz of these files.
+pub fn build_tar_gz(files: &[(String, String, u32)]) -> Vec<u8> {
     let mut data = Vec::new();
     {
         let mut b = tar::Builder::new(&mut data);
-        for stage in ["PRE_DOWNLOAD", "POST_DOWNLOAD", "PRE_RESTART", "RESTARTING", "POST_RESTART", "SERVING_BUILD"] {
-            let body = extra.iter().find(|(s, _)| *s == stage).map(|(_, b)| b.to_string()).unwrap_or_else(|| {
-                format!(
-                    "echo \"$DEPLOY_STEP build=$BUILD_ID from={tag}\" >> \"$RECORD\"\nenv | sort > \"$RECORD.$DEPLOY_STEP.env\""
-                )
-            });
-            let text = format!("#!/bin/sh\n{body}\n");
+        for (path, text, mode) in files {
             let mut h = tar::Header::new_gnu();
             h.set_size(text.len() as u64);
-            h.set_mode(0o755);
+            h.set_mode(*mode);
             h.set_entry_type(tar::EntryType::Regular);
-            b.append_data(&mut h, format!("teletraan/{stage}"), text.as_bytes()).unwrap();
+            b.append_data(&mut h, path, text.as_bytes()).unwrap();
         }
-        let mut h = tar::Header::new_gnu();
-        h.set_size(tag.len() as u64);
-        h.set_mode(0o644);
-        b.append_data(&mut h, "VERSION", tag.as_bytes()).unwrap();
         b.finish().unwrap();
     }
     let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
