@@ -59,6 +59,10 @@ impl Gateway {
     /// One attempt.
     pub async fn ping_once(&self, request: &PingRequest) -> Result<PingResponse> {
         let mut req = self.http.post(&self.url).json(request);
+        if let Some(w) = request.wait_seconds {
+            // A held ping may take the whole wait before its answer comes.
+            req = req.timeout(REQUEST_TIMEOUT + Duration::from_secs(u64::from(w)));
+        }
         if let Some(t) = &self.token {
             req = req.header(reqwest::header::AUTHORIZATION, format!("token {t}"));
         }

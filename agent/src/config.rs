@@ -98,6 +98,10 @@ pub struct Options {
     /// Seconds between idle pings (a random jitter of up to 10% is added) [default: 30].
     #[arg(long, global = true, env = "TELETRAAN_AGENT_PING_INTERVAL", value_name = "SECS")]
     pub ping_interval: Option<u64>,
+    /// Long-poll: idle pings ask the gateway to hold them up to this many seconds until there
+    /// is work, so a rollout reaches this host at once (0: plain polling) [default: 0].
+    #[arg(long, global = true, env = "TELETRAAN_AGENT_LONG_POLL", value_name = "SECS")]
+    pub long_poll: Option<u64>,
     /// Seconds a hook may run before it is killed [default: 1800].
     #[arg(long, global = true, env = "TELETRAAN_AGENT_SCRIPT_TIMEOUT", value_name = "SECS")]
     pub script_timeout: Option<u64>,
@@ -153,6 +157,7 @@ struct FileConfig {
     tags: Option<TagsValue>,
     dir: Option<PathBuf>,
     ping_interval: Option<u64>,
+    long_poll: Option<u64>,
     script_timeout: Option<u64>,
     max_retries: Option<u32>,
     builds_to_keep: Option<usize>,
@@ -184,6 +189,8 @@ pub struct Config {
     pub dir: PathBuf,
     /// Idle time between rounds (before jitter).
     pub ping_interval: Duration,
+    /// How long idle pings ask the gateway to hold them (zero: plain polling).
+    pub long_poll: Duration,
     /// Delays between the attempts of one ping (Teletraan: 1 s then 2 s).
     pub ping_retry_delays: Vec<Duration>,
     /// Hook timeout per attempt.
@@ -216,6 +223,7 @@ impl Config {
             tags: BTreeMap::new(),
             dir: dir.into(),
             ping_interval: Duration::from_secs(30),
+            long_poll: Duration::ZERO,
             ping_retry_delays: vec![Duration::from_secs(1), Duration::from_secs(2)],
             script_timeout: Duration::from_secs(1800),
             max_retries: 3,
@@ -280,6 +288,10 @@ impl Config {
         c.groups = groups;
         c.tags = tags;
         c.ping_interval = secs("ping_interval", o.ping_interval.or(f.ping_interval), c.ping_interval, 1)?;
+        c.long_poll = secs("long_poll", o.long_poll.or(f.long_poll), c.long_poll, 0)?;
+        if c.long_poll > Duration::from_secs(u64::from(schema::ping::MAX_WAIT_SECONDS)) {
+            return Err(Error::Config(format!("long_poll must be at most {} seconds", schema::ping::MAX_WAIT_SECONDS)));
+        }
         c.script_timeout = secs("script_timeout", o.script_timeout.or(f.script_timeout), c.script_timeout, 1)?;
         c.min_running_time =
             secs("min_running_time", o.min_running_time.or(f.min_running_time), c.min_running_time, 1)?;
@@ -323,6 +335,7 @@ impl fmt::Display for Config {
         writeln!(f, "tags = {}", tags.join(","))?;
         writeln!(f, "dir = {}", self.dir.display())?;
         writeln!(f, "ping_interval = {}", self.ping_interval.as_secs())?;
+        writeln!(f, "long_poll = {}", self.long_poll.as_secs())?;
         writeln!(f, "script_timeout = {}", self.script_timeout.as_secs())?;
         writeln!(f, "max_retries = {}", self.max_retries)?;
         writeln!(f, "builds_to_keep = {}", self.builds_to_keep)?;

@@ -34,6 +34,8 @@ pub struct RoundSummary {
     pub steps: usize,
     /// Old builds removed afterwards.
     pub removed_builds: Vec<String>,
+    /// How long the round's first ping took (held by a long-polling gateway).
+    pub held: Duration,
 }
 
 /// The agent: configuration, its base directory (locked) and the status of every environment.
@@ -94,6 +96,14 @@ impl Agent {
         loop {
             let pause = tokio::select! {
                 r = self.round() => match r {
+                    // With long-poll the idle ping was the wait: ping again at once, unless the
+                    // gateway answered too fast to have held it (it does not long-poll).
+                    Ok(summary) if !self.config.long_poll.is_zero()
+                        && (summary.steps > 0 || summary.held >= self.config.long_poll / 2) =>
+                    {
+                        failing = None;
+                        Duration::ZERO
+                    }
                     Ok(summary) => {
                         failing = None;
                         tracing::debug!(steps = summary.steps, "round done");
@@ -118,7 +128,13 @@ impl Agent {
     /// clean old builds. Fails when a ping fails (after its retries); the status is saved.
     pub async fn round(&mut self) -> Result<RoundSummary> {
         let mut summary = RoundSummary::default();
-        let mut resp = self.ping().await?;
+        let mut first = self.ping_request();
+        if !self.config.long_poll.is_zero() {
+            first.wait_seconds = Some(self.config.long_poll.as_secs() as u32);
+        }
+        let started = std::time::Instant::now();
+        let mut resp = self.gateway.ping(&first).await?;
+        summary.held = started.elapsed();
         while resp.op_code != OpCode::Noop {
             if summary.steps >= MAX_STEPS_PER_ROUND {
                 tracing::warn!(steps = summary.steps, "too many steps in one round; pausing until the next");

@@ -91,9 +91,14 @@ async fn serve_artifacts(files: Vec<(&'static str, Vec<u8>)>) -> String {
 }
 
 fn start_agent(gateway: &str, host: &str, dir: &Path) -> Child {
+    start_agent_with(gateway, host, dir, &["--ping-interval", "1"])
+}
+
+fn start_agent_with(gateway: &str, host: &str, dir: &Path, timing: &[&str]) -> Child {
     Command::new(binary("teletraan-agent"))
         .arg("run")
-        .args(["--server", gateway, "--host-id", host, "--host-name", host, "--groups", "e2e", "--ping-interval", "1"])
+        .args(["--server", gateway, "--host-id", host, "--host-name", host, "--groups", "e2e"])
+        .args(timing)
         .args(["--retry-delay", "1", "--max-retries", "2"])
         .arg("--dir")
         .arg(dir)
@@ -273,6 +278,35 @@ async fn failing_hosts_make_the_deploy_failing_and_a_reset_retries_them() {
     let row = api.agents("e2e", "prod").await.into_iter().find(|a| a.host_name.as_str() == "e2e-2").unwrap();
     assert_eq!(row.state.as_str(), "NORMAL");
 
+    for agent in &mut agents {
+        agent.kill().await.unwrap();
+    }
+    server.stop().await;
+    let _ = std::fs::remove_dir_all(&tmp);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_polling_agents_get_rollouts_without_polling_again() {
+    // An hour between pings: without long-poll no host would ping again during this test, so
+    // every goal after the first ping reaches the agents through held pings.
+    let server = Server::start().await;
+    let api = &server.api;
+    let tmp = std::env::temp_dir().join(format!("teletraan-e2e-{}", uuid::Uuid::new_v4().simple()));
+    let a_bytes = sample::artifact("A", &hooks("A")).unwrap();
+    let b_bytes = sample::artifact("B", &hooks("B")).unwrap();
+    let artifacts = serve_artifacts(vec![("a.tar.gz", a_bytes), ("b.tar.gz", b_bytes)]).await;
+    api.stage("e2e", "prod", "e2e", json!({"maxParallel": 1})).await;
+    let a = api.publish("e2e", &format!("{artifacts}/a.tar.gz"), "aaaaaaa111", None).await;
+    let b = api.publish("e2e", &format!("{artifacts}/b.tar.gz"), "bbbbbbb222", None).await;
+    let dirs: Vec<PathBuf> = HOSTS.iter().map(|h| tmp.join(h)).collect();
+    let timing = ["--ping-interval", "3600", "--long-poll", "20"];
+    let mut agents: Vec<Child> =
+        HOSTS.iter().zip(&dirs).map(|(h, d)| start_agent_with(&server.gateway, h, d, &timing)).collect();
+    let deploy_a = api.deploy("e2e", "prod", &a).await;
+    wait_rolled_out(api, &deploy_a).await;
+    // Build B reaches idle agents, one at a time, only through their held pings.
+    let deploy_b = api.deploy("e2e", "prod", &b).await;
+    wait_rolled_out(api, &deploy_b).await;
     for agent in &mut agents {
         agent.kill().await.unwrap();
     }
