@@ -484,3 +484,46 @@ async fn a_long_poll_returns_as_soon_as_the_host_is_admitted() {
         assert!(is_noop(&released), "released by the shutdown with nothing to do: {released}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ping_reaches_the_workers_as_a_heartbeat() {
+    let app = spawn_app().await;
+    let agent = Agent::new("beat-1");
+    let before = workers::now_ms();
+    assert!(is_noop(&agent.ping(&app).await));
+    let seen = eventually("the heartbeat to be stored", || async {
+        app.last_seen(&agent.host.id).await.ok_or_else(|| "no heartbeat yet".to_string())
+    })
+    .await;
+    assert!(seen >= before, "{seen} < {before}");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_poll_returns_when_a_stage_takes_the_host_in() {
+    let app = spawn_app().await;
+    let setup = stage_with_a_deploy(&app).await;
+    first_goal(&app, &Agent::new("web-1")).await;
+
+    // A host of a group no stage covers asks to be held up to a minute.
+    let late = Agent::new("late-1");
+    let mut body = Host::new(&late.host.name, "late-g").ping_body(&[]);
+    body["hostId"] = json!(late.host.id);
+    body["waitSeconds"] = json!(60);
+    let (http, url, token) = (app.http.clone(), format!("{}/v1/system/ping", app.gateway), app.agent_token.clone());
+    let held = tokio::spawn(async move {
+        let resp = http.post(url).header("Authorization", format!("token {token}")).json(&body).send().await.unwrap();
+        resp.json::<Value>().await.unwrap()
+    });
+    // Let it register (were it to arrive after the change, it would get its goal at once).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!held.is_finished(), "nothing to do yet");
+
+    // The stage takes its group in: the held ping comes back with the first deploy, long
+    // before its minute is over.
+    app.set_capacity("web", "prod", "GROUP", &[GROUP, "late-g"]).await;
+    let answer = tokio::time::timeout(PATIENCE, held).await.expect("the held ping came back").unwrap();
+    let goal = goal_of(&answer, &setup, str_of(&setup.deploy, "id"));
+    assert_eq!(goal["deployStage"], "PRE_DOWNLOAD", "{goal}");
+    app.stop().await;
+}

@@ -2,6 +2,7 @@
 //! through `parse` (or `generate` for ids the server mints), so a value in hand is valid.
 
 use std::fmt;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -37,16 +38,19 @@ pub enum IdError {
 macro_rules! id_type {
     ($(#[$meta:meta])* $name:ident, $kind:literal, $max:literal, $allowed_desc:literal, $allowed:expr) => {
         $(#[$meta])*
+        ///
+        /// Shared text: a clone is a reference count, not a copy (ids travel through every
+        /// record, and the gateway holds millions of them).
         #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
         #[serde(try_from = "String", into = "String")]
-        pub struct $name(String);
+        pub struct $name(Arc<str>);
 
         impl $name {
             /// Validates `s` and wraps it.
             pub fn parse(s: impl Into<String>) -> Result<Self, IdError> {
                 let s = s.into();
                 check(&s, $kind, $max, $allowed_desc, $allowed)?;
-                Ok(Self(s))
+                Ok(Self(Arc::from(s)))
             }
 
             /// The identifier as text.
@@ -56,7 +60,12 @@ macro_rules! id_type {
 
             /// The identifier as an owned string.
             pub fn into_string(self) -> String {
-                self.0
+                self.0.to_string()
+            }
+
+            /// Whether two values share one allocation (an interned value).
+            pub fn same_allocation(&self, other: &Self) -> bool {
+                Arc::ptr_eq(&self.0, &other.0)
             }
         }
 
@@ -69,7 +78,7 @@ macro_rules! id_type {
 
         impl From<$name> for String {
             fn from(v: $name) -> String {
-                v.0
+                v.0.to_string()
             }
         }
 
@@ -197,14 +206,14 @@ fn random_id() -> String {
 impl EnvId {
     /// A fresh random stage id.
     pub fn generate() -> Self {
-        Self(random_id())
+        Self(Arc::from(random_id()))
     }
 }
 
 impl DeployId {
     /// A fresh random deploy id.
     pub fn generate() -> Self {
-        Self(random_id())
+        Self(Arc::from(random_id()))
     }
 }
 

@@ -157,16 +157,25 @@ pub struct ReportIn {
 }
 
 /// Short identity text: control characters dropped (an agent's bytes must never make the
-/// database refuse a whole batch), trimmed, cut to `max`.
+/// database refuse a whole batch), trimmed, cut to `max` characters. Text that is already
+/// clean is kept as it is, without copying.
 fn opt_text(v: Option<String>, max: usize) -> Option<String> {
-    v.map(|s| s.chars().filter(|c| !c.is_control()).collect::<String>().trim().to_string())
-        .filter(|s| !s.is_empty())
-        .map(|s| s.chars().take(max).collect())
+    let s = v?;
+    let clean = if s.chars().any(char::is_control) { s.chars().filter(|c| !c.is_control()).collect() } else { s };
+    let trimmed = clean.trim();
+    if trimmed.is_empty() {
+        return None;
+    }
+    let cut = match trimmed.char_indices().nth(max) {
+        Some((end, _)) => &trimmed[..end],
+        None => trimmed,
+    };
+    if cut.len() == clean.len() { Some(clean) } else { Some(cut.to_string()) }
 }
 
 /// Error text: the last `max` characters, NUL (which Postgres refuses) replaced.
 fn tail(s: String, max: usize) -> String {
-    let s: String = s.chars().map(|c| if c == '\0' { '\u{fffd}' } else { c }).collect();
+    let s = if s.contains('\0') { s.replace('\0', "\u{fffd}") } else { s };
     let n = s.chars().count();
     if n <= max { s } else { s.chars().skip(n - max).collect() }
 }
@@ -282,6 +291,24 @@ fn parse_tags(v: Option<serde_json::Value>) -> Result<BTreeMap<String, String>, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn identity_text_is_cleaned_trimmed_and_cut() {
+        assert_eq!(opt_text(Some("web-1".into()), 64).as_deref(), Some("web-1"));
+        assert_eq!(opt_text(Some("  web-1 \t".into()), 64).as_deref(), Some("web-1"));
+        assert_eq!(opt_text(Some("we\u{0}b\u{7}-1".into()), 64).as_deref(), Some("web-1"));
+        assert_eq!(opt_text(Some(" \n ".into()), 64), None);
+        assert_eq!(opt_text(None, 64), None);
+        assert_eq!(opt_text(Some("ééééé".into()), 3).as_deref(), Some("ééé"));
+        assert_eq!(opt_text(Some(" abcdef".into()), 3).as_deref(), Some("abc"));
+    }
+
+    #[test]
+    fn error_text_keeps_its_tail_without_nul() {
+        assert_eq!(tail("abc".into(), 10), "abc");
+        assert_eq!(tail("a\0c".into(), 10), "a\u{fffd}c");
+        assert_eq!(tail("abcdé".into(), 2), "dé");
+    }
 
     #[test]
     fn teletraan_agent_ping_parses() {

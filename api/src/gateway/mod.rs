@@ -36,6 +36,10 @@ pub struct GatewayConfig {
     pub flush_every: Duration,
     /// How often heartbeats are published.
     pub heartbeat_every: Duration,
+    /// A host's heartbeat is stored at most once per this long (its last ping then), however
+    /// often it pings: hosts count as gone after 600 s without one, so a minute costs nothing
+    /// in precision and spares Postgres a write per ping.
+    pub heartbeat_resolution: Duration,
     /// Items waiting to be published before pings stop queueing more (memory bound).
     pub queue_capacity: usize,
     /// How often stage versions are compared with Postgres, tokens reloaded and idle hosts
@@ -54,6 +58,7 @@ impl GatewayConfig {
             batch_max_bytes: 1024 * 1024,
             flush_every: Duration::from_millis(50),
             heartbeat_every: Duration::from_secs(1),
+            heartbeat_resolution: Duration::from_secs(60),
             queue_capacity: 50_000,
             check_every: Duration::from_secs(10),
             forget_idle_after: Duration::from_secs(3600),
@@ -112,7 +117,7 @@ pub fn start(
         shutdown: shutdown.clone(),
     });
     let id = format!("gateway-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-    tasks.spawn(publisher::run(rx, config.clone(), id, shutdown.clone()));
+    tasks.spawn(publisher::run(rx, gateway.clone(), config.clone(), id, shutdown.clone()));
     tasks.spawn(sync::check(gateway.clone(), store.clone(), config.clone(), shutdown.clone()));
     tasks.spawn(sync::run(gateway.clone(), store, config, shutdown));
     gateway

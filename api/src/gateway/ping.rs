@@ -10,8 +10,8 @@ use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
-use prometheus::{Histogram, IntCounterVec, register_histogram, register_int_counter_vec};
-use schema::bus::{AgentUpdate, Heartbeat, HostFacts};
+use prometheus::{Histogram, IntCounter, register_histogram, register_int_counter_vec};
+use schema::bus::{AgentUpdate, HostFacts};
 use schema::ping::{MAX_WAIT_SECONDS, PingHost, PingRequest, PingResponse, ReportIn};
 use schema::rules::goal::{EnvInput, RecordChange, plan};
 use schema::time::EpochMs;
@@ -27,8 +27,19 @@ use crate::extract::body_error;
 /// Unchanged records are published again after this long (see `Gateway::record`).
 const RESEND_AFTER_MS: EpochMs = 30 * 60 * 1000;
 
-static PINGS: LazyLock<Option<IntCounterVec>> = LazyLock::new(|| {
-    register_int_counter_vec!("teletraan_gateway_pings_total", "Pings answered, by outcome", &["outcome"]).ok()
+/// Pings answered, by outcome (the counters resolved once: a ping does not hash labels).
+struct Outcomes {
+    counters: Option<[IntCounter; 6]>,
+}
+
+const OUTCOMES: [&str; 6] = ["unauthorized", "unavailable", "bad_request", "long_poll", "goal", "noop"];
+
+static PINGS: LazyLock<Outcomes> = LazyLock::new(|| {
+    let counters =
+        register_int_counter_vec!("teletraan_gateway_pings_total", "Pings answered, by outcome", &["outcome"])
+            .ok()
+            .map(|v| OUTCOMES.map(|o| v.with_label_values(&[o])));
+    Outcomes { counters }
 });
 static PING_SECONDS: LazyLock<Option<Histogram>> = LazyLock::new(|| {
     register_histogram!(
@@ -40,8 +51,8 @@ static PING_SECONDS: LazyLock<Option<Histogram>> = LazyLock::new(|| {
 });
 
 fn count(outcome: &str) {
-    if let Some(c) = PINGS.as_ref() {
-        c.with_label_values(&[outcome]).inc();
+    if let (Some(counters), Some(i)) = (PINGS.counters.as_ref(), OUTCOMES.iter().position(|o| *o == outcome)) {
+        counters[i].inc();
     }
 }
 
@@ -86,7 +97,8 @@ pub(super) async fn ping(
         }
     };
     // Registered before deciding, so a change that lands meanwhile wakes the wait at once.
-    let registration = wait.map(|_| gw.polls.register(&host.host_id, gw.stage_ids_of(&host)));
+    let registration = wait
+        .map(|_| gw.polls.register(&host.host_id, gw.stage_ids_of(&host), host.host_name.clone(), host.groups.clone()));
     let started = std::time::Instant::now();
     let mut response = gw.decide(&host, &reports, workers::now_ms());
     if let Some(h) = PING_SECONDS.as_ref() {
@@ -132,7 +144,7 @@ impl Gateway {
         let mine = stages.stages_of(&host.host_name, &host.groups);
         let response = self.hosts.with(&host.host_id, |entry| {
             let facts = env_facts(&stages, &mine, reports, entry);
-            let records: Vec<Option<AgentEntry>> = facts.iter().map(|f| entry.agent(&f.env_id).cloned()).collect();
+            let records: Vec<Option<&AgentEntry>> = facts.iter().map(|f| entry.agent(&f.env_id)).collect();
             let inputs: Vec<EnvInput<'_>> = facts
                 .iter()
                 .zip(&records)
@@ -151,7 +163,7 @@ impl Gateway {
                         env_id: &f.env_id,
                         stage: f.stage.as_ref().map(|s| &s.snapshot.goal),
                         report: f.report.map(|i| &reports[i]),
-                        record: rec.as_ref().map(|a| &a.record),
+                        record: rec.map(|a| &a.record),
                         env_installed,
                         names: f.names.as_ref().map(|(e, s)| (e, s)),
                     }
@@ -262,8 +274,6 @@ impl Gateway {
                 entry.facts_hash = facts_hash;
             }
         }
-        // Heartbeats are repeated on every ping: losing one under pressure is harmless.
-        let _ = self.reports.try_send(Item::Heartbeat(Heartbeat { host_id: host.host_id.clone(), at: now }));
     }
 }
 

@@ -1,20 +1,24 @@
 //! Publishes what pings changed: agent records and host facts in batches (at most
-//! `batch_max` items or about `batch_max_bytes`, at latest after `flush_every`), heartbeats aggregated per host and sent every
-//! `heartbeat_every`, each batch confirmed by the broker. While the broker is away the batch is
+//! `batch_max` items or about `batch_max_bytes`, at latest after `flush_every`), and every
+//! `heartbeat_every` the hosts that pinged since the last round and were not published within
+//! `heartbeat_resolution` (found by a scan of the host map, so a ping costs nothing for its
+//! heartbeat); each batch confirmed by the broker. While the broker is away the batch is
 //! kept and retried; the bounded queue in front of it then fills, and pings stop marking their
 //! changes as sent, so they are sent again later: nothing is lost and memory stays bounded.
 
-use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use schema::bus::{AgentUpdate, Heartbeat, HostFacts, ReportBatch, ReportMessage};
 use schema::time::EpochMs;
-use schema::*;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use workers::bus::{Outgoing, Publisher, WorkQueue, backoff};
 
-use super::GatewayConfig;
+use super::{Gateway, GatewayConfig};
+
+/// Heartbeats in one message at most (about 80 bytes each once encoded).
+const HEARTBEATS_PER_MESSAGE: usize = 5000;
 
 /// Something a ping queued for the workers.
 #[derive(Debug)]
@@ -23,15 +27,12 @@ pub enum Item {
     Agent(AgentUpdate),
     /// A host's identity changed (or is new to this gateway).
     Host(HostFacts),
-    /// A host pinged.
-    Heartbeat(Heartbeat),
 }
 
 #[derive(Default)]
 struct Pending {
     agents: Vec<AgentUpdate>,
     hosts: Vec<HostFacts>,
-    heartbeats: HashMap<HostId, EpochMs>,
     first_change: Option<Instant>,
     /// Rough encoded size of the changes, to keep each message small.
     bytes: usize,
@@ -50,10 +51,6 @@ impl Pending {
                 self.hosts.push(h);
                 self.first_change.get_or_insert_with(Instant::now);
             }
-            Item::Heartbeat(h) => {
-                let at = self.heartbeats.entry(h.host_id).or_insert(h.at);
-                *at = (*at).max(h.at);
-            }
         }
     }
 
@@ -69,6 +66,7 @@ impl Pending {
 /// Runs until `shutdown` turns true (then flushes once more).
 pub async fn run(
     mut rx: mpsc::Receiver<Item>,
+    gw: Arc<Gateway>,
     config: GatewayConfig,
     gateway_id: String,
     mut shutdown: watch::Receiver<bool>,
@@ -101,13 +99,14 @@ pub async fn run(
         }
         let changes_due =
             pending.full(&config) || pending.first_change.is_some_and(|t| t.elapsed() >= config.flush_every);
-        let beats_due = !pending.heartbeats.is_empty() && last_heartbeats.elapsed() >= config.heartbeat_every;
+        let beats_due = last_heartbeats.elapsed() >= config.heartbeat_every;
         if changes_due || beats_due || stopping {
-            let include_beats = beats_due || stopping;
-            if include_beats {
+            let mut beats = Vec::new();
+            if beats_due || stopping {
                 last_heartbeats = Instant::now();
+                beats = gw.hosts.heartbeats(config.heartbeat_resolution.as_millis() as EpochMs);
             }
-            flush(&publisher, &config, &gateway_id, &mut pending, include_beats, &mut shutdown).await;
+            flush(&publisher, &config, &gateway_id, &mut pending, beats, &mut shutdown).await;
         }
         if stopping {
             return;
@@ -120,37 +119,43 @@ async fn flush(
     config: &GatewayConfig,
     gateway_id: &str,
     pending: &mut Pending,
-    include_beats: bool,
+    mut beats: Vec<Heartbeat>,
     shutdown: &mut watch::Receiver<bool>,
 ) {
-    let batch = ReportBatch {
+    let mut batches = vec![ReportBatch {
         gateway: gateway_id.to_string(),
         sent_at: workers::now_ms(),
         agents: std::mem::take(&mut pending.agents),
         hosts: std::mem::take(&mut pending.hosts),
-        heartbeats: if include_beats {
-            pending.heartbeats.drain().map(|(host_id, at)| Heartbeat { host_id, at }).collect()
-        } else {
-            Vec::new()
-        },
-    };
+        heartbeats: Vec::new(),
+    }];
     pending.first_change = None;
     pending.bytes = 0;
-    if batch.is_empty() {
+    // Heartbeats go in messages of their own, each of a bounded size.
+    while !beats.is_empty() {
+        let rest = beats.split_off(beats.len().saturating_sub(HEARTBEATS_PER_MESSAGE));
+        batches.push(ReportBatch {
+            gateway: gateway_id.to_string(),
+            sent_at: workers::now_ms(),
+            agents: Vec::new(),
+            hosts: Vec::new(),
+            heartbeats: rest,
+        });
+    }
+    let mut message = Vec::with_capacity(batches.len());
+    for batch in batches.into_iter().filter(|b| !b.is_empty()) {
+        match serde_json::to_vec(&ReportMessage::ReportsV1(batch)) {
+            Ok(payload) => message.push(Outgoing {
+                exchange: config.bus.exchange(WorkQueue::Reports),
+                routing_key: WorkQueue::Reports.as_str().into(),
+                payload,
+            }),
+            Err(e) => tracing::error!(error = %e, "could not encode a report batch"),
+        }
+    }
+    if message.is_empty() {
         return;
     }
-    let payload = match serde_json::to_vec(&ReportMessage::ReportsV1(batch)) {
-        Ok(p) => p,
-        Err(e) => {
-            tracing::error!(error = %e, "could not encode a report batch");
-            return;
-        }
-    };
-    let message = [Outgoing {
-        exchange: config.bus.exchange(WorkQueue::Reports),
-        routing_key: WorkQueue::Reports.as_str().into(),
-        payload,
-    }];
     let mut delays = backoff();
     loop {
         match publisher.publish(&message).await {

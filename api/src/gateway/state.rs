@@ -1,15 +1,18 @@
 //! What a gateway holds in memory: every stage (with its capacity indexes), the agent records
 //! of the hosts, and the token hashes. Locks are std locks held for short, synchronous
 //! sections only: never across an await.
+//!
+//! Memory per host is kept small: ids are shared text (`Arc<str>`), and the stage and deploy
+//! ids of the records point to one copy per stage and per current deploy ([`Canon`]).
 
-use std::collections::hash_map::DefaultHasher;
-use std::collections::{HashMap, HashSet};
-use std::hash::{Hash, Hasher};
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-use schema::bus::{AgentControl, StageSnapshot};
+use schema::bus::{AgentControl, Heartbeat, StageSnapshot};
 use schema::rules::goal::AgentRecord;
+use schema::time::EpochMs;
 use schema::*;
 use store::Role;
 
@@ -25,6 +28,29 @@ pub struct StageEntry {
     pub snapshot: StageSnapshot,
 }
 
+/// One shared copy of each stage id and of each current (or rollback target) deploy id, so
+/// the records of a million hosts do not each carry their own.
+#[derive(Debug, Default)]
+pub struct Canon {
+    envs: HashMap<EnvId, ()>,
+    deploys: HashMap<DeployId, ()>,
+}
+
+impl Canon {
+    /// The shared copy of a stage id (the id itself when unknown).
+    pub fn env(&self, id: &EnvId) -> EnvId {
+        self.envs.get_key_value(id.as_str()).map(|(k, _)| k.clone()).unwrap_or_else(|| id.clone())
+    }
+
+    /// A record whose deploy id is the shared copy.
+    pub fn record(&self, mut r: AgentRecord) -> AgentRecord {
+        if let Some((k, _)) = self.deploys.get_key_value(r.deploy_id.as_str()) {
+            r.deploy_id = k.clone();
+        }
+        r
+    }
+}
+
 /// Every stage, indexed by id, by group and by host name.
 #[derive(Debug, Default)]
 pub struct Stages {
@@ -33,16 +59,25 @@ pub struct Stages {
     by_host: HashMap<HostName, Vec<EnvId>>,
     /// Names of every stage seen, including deleted ones (DELETE goals carry them).
     pub(crate) names: HashMap<EnvId, (EnvName, StageName)>,
+    canon: Arc<Canon>,
 }
 
 impl Stages {
     fn reindex(&mut self) {
         self.by_group.clear();
         self.by_host.clear();
+        let mut canon = Canon::default();
         let mut ids: Vec<&EnvId> = self.by_id.keys().collect();
         ids.sort();
         for id in ids {
             let s = &self.by_id[id].snapshot;
+            canon.envs.insert(s.goal.env_id.clone(), ());
+            if let Some(d) = &s.goal.deploy {
+                canon.deploys.insert(d.id.clone(), ());
+                if let Some(a) = &d.alias {
+                    canon.deploys.insert(a.clone(), ());
+                }
+            }
             for g in &s.groups {
                 self.by_group.entry(g.clone()).or_default().push(id.clone());
             }
@@ -50,20 +85,25 @@ impl Stages {
                 self.by_host.entry(h.clone()).or_default().push(id.clone());
             }
         }
+        self.canon = Arc::new(canon);
     }
 
-    /// Replaces or removes one stage.
-    pub fn put(&mut self, env_id: &EnvId, version: i64, snapshot: Option<StageSnapshot>) {
-        match snapshot {
+    /// The shared ids of the stages now held.
+    pub fn canon(&self) -> Arc<Canon> {
+        self.canon.clone()
+    }
+
+    /// Replaces or removes one stage; returns what it replaced.
+    pub fn put(&mut self, env_id: &EnvId, version: i64, snapshot: Option<StageSnapshot>) -> Option<Arc<StageEntry>> {
+        let old = match snapshot {
             Some(snapshot) => {
                 self.names.insert(env_id.clone(), (snapshot.goal.env_name.clone(), snapshot.goal.stage_name.clone()));
-                self.by_id.insert(env_id.clone(), Arc::new(StageEntry { version: AtomicI64::new(version), snapshot }));
+                self.by_id.insert(env_id.clone(), Arc::new(StageEntry { version: AtomicI64::new(version), snapshot }))
             }
-            None => {
-                self.by_id.remove(env_id);
-            }
-        }
+            None => self.by_id.remove(env_id),
+        };
         self.reindex();
+        old
     }
 
     /// Replaces every stage.
@@ -98,12 +138,12 @@ impl Stages {
     /// group capacity; within a tier the first match (in stage id order) wins.
     pub fn stages_of(&self, host_name: &HostName, groups: &[GroupName]) -> Vec<Arc<StageEntry>> {
         let mut out: Vec<Arc<StageEntry>> = Vec::new();
-        let mut envs: HashSet<&EnvName> = HashSet::new();
         let tiers = self.by_host.get(host_name).into_iter().chain(groups.iter().filter_map(|g| self.by_group.get(g)));
         for ids in tiers {
             for id in ids {
                 let Some(entry) = self.by_id.get(id) else { continue };
-                if envs.insert(&entry.snapshot.goal.env_name) {
+                // A host has a handful of stages: a scan beats hashing.
+                if !out.iter().any(|s| s.snapshot.goal.env_name == entry.snapshot.goal.env_name) {
                     out.push(entry.clone());
                 }
             }
@@ -124,12 +164,12 @@ pub struct AgentEntry {
     pub env_id: EnvId,
     /// The record.
     pub record: AgentRecord,
-    /// Sequence of user actions the gateway knows of.
+    /// Sequence of worker decisions the gateway knows of.
     pub control_seq: i64,
     /// Hash of the last error text published (0 = none).
     pub error_hash: u64,
     /// When this gateway last published the record (0: it came from Postgres).
-    pub sent_at: i64,
+    pub sent_at: EpochMs,
 }
 
 /// One host.
@@ -140,7 +180,9 @@ pub struct HostEntry {
     /// Its records, one per stage.
     pub agents: Vec<AgentEntry>,
     /// Its last ping through this gateway (0: never).
-    pub last_seen: i64,
+    pub last_seen: EpochMs,
+    /// The last ping published as its heartbeat (0: never).
+    pub beat_sent: EpochMs,
 }
 
 impl HostEntry {
@@ -163,9 +205,16 @@ impl HostEntry {
     }
 }
 
+type Shard = HashMap<HostId, HostEntry>;
+
+/// A full load of the records, built aside and swapped in by [`Hosts::finish_load`].
+pub struct Load {
+    fresh: Vec<HashMap<HostId, Vec<AgentEntry>>>,
+}
+
 /// Hosts, sharded by id.
 pub struct Hosts {
-    shards: Vec<Mutex<HashMap<HostId, HostEntry>>>,
+    shards: Vec<Mutex<Shard>>,
 }
 
 impl Default for Hosts {
@@ -174,103 +223,83 @@ impl Default for Hosts {
     }
 }
 
+fn entry_of(env_id: EnvId, record: AgentRecord, control_seq: i64, error_hash: u64) -> AgentEntry {
+    AgentEntry { env_id, record, control_seq, error_hash, sent_at: 0 }
+}
+
 impl Hosts {
     /// Runs `f` on a host's entry (created if missing) under its shard lock.
     pub fn with<R>(&self, host: &HostId, f: impl FnOnce(&mut HostEntry) -> R) -> R {
-        let mut shard = self.shard(host).lock().unwrap_or_else(|p| p.into_inner());
+        let mut shard = self.shards[shard_index(host)].lock().unwrap_or_else(|p| p.into_inner());
         f(shard.entry(host.clone()).or_default())
     }
 
-    fn shard(&self, host: &HostId) -> &Mutex<HashMap<HostId, HostEntry>> {
-        &self.shards[self.shard_index(host)]
-    }
-
-    fn shard_index(&self, host: &HostId) -> usize {
-        let mut h = DefaultHasher::new();
-        host.hash(&mut h);
-        (h.finish() as usize) % SHARDS
-    }
-
     /// Applies records set by workers (admissions, user actions).
-    pub fn apply_controls(&self, env_id: &EnvId, controls: &[AgentControl]) {
+    pub fn apply_controls(&self, env_id: &EnvId, controls: &[AgentControl], canon: &Canon) {
+        let env_id = canon.env(env_id);
         for c in controls {
             self.with(&c.host_id, |h| {
-                let entry = c.record.clone().map(|record| AgentEntry {
-                    env_id: env_id.clone(),
-                    record,
-                    control_seq: c.control_seq,
-                    error_hash: h.agent(env_id).map(|a| a.error_hash).unwrap_or(0),
-                    sent_at: 0,
-                });
-                h.set(env_id, entry);
+                let error_hash = h.agent(&env_id).map(|a| a.error_hash).unwrap_or(0);
+                let entry =
+                    c.record.clone().map(|r| entry_of(env_id.clone(), canon.record(r), c.control_seq, error_hash));
+                h.set(&env_id, entry);
             });
         }
     }
 
     /// Replaces every record of one stage (a reload); hosts without a record lose theirs.
-    pub fn replace_stage(&self, env_id: &EnvId, rows: &[store::AgentRow]) {
-        let present: HashSet<&HostId> = rows.iter().map(|r| &r.host_id).collect();
-        for shard in &self.shards {
+    pub fn replace_stage(&self, env_id: &EnvId, rows: &[store::AgentRow], canon: &Canon) {
+        let env_id = canon.env(env_id);
+        let mut by_shard: Vec<Vec<&store::AgentRow>> = (0..SHARDS).map(|_| Vec::new()).collect();
+        for r in rows {
+            by_shard[shard_index(&r.host_id)].push(r);
+        }
+        for (shard, rows) in self.shards.iter().zip(by_shard) {
             let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
+            let keep: HashMap<&str, (), FastHash> = rows.iter().map(|r| (r.host_id.as_str(), ())).collect();
             for (host, entry) in shard.iter_mut() {
-                if !present.contains(host) {
-                    entry.set(env_id, None);
+                if !keep.contains_key(host.as_str()) {
+                    entry.set(&env_id, None);
                 }
             }
-        }
-        for r in rows {
-            self.with(&r.host_id, |h| {
-                let error_hash = h.agent(env_id).map(|a| a.error_hash).unwrap_or(0);
+            for r in rows {
+                let h = shard.entry(r.host_id.clone()).or_default();
+                let error_hash = h.agent(&env_id).map(|a| a.error_hash).unwrap_or(0);
                 h.set(
-                    env_id,
-                    Some(AgentEntry {
-                        env_id: env_id.clone(),
-                        record: r.record.clone(),
-                        control_seq: r.control_seq,
-                        error_hash,
-                        sent_at: 0,
-                    }),
+                    &env_id,
+                    Some(entry_of(env_id.clone(), canon.record(r.record.clone()), r.control_seq, error_hash)),
                 );
-            });
+            }
         }
     }
 
-    /// Replaces every record (the start-up load, or after the change stream was lost). Each
-    /// shard is rebuilt aside and swapped in under its lock, so a ping never sees a host
-    /// without its records; what pings learnt about hosts (identity, last ping) is kept.
-    pub fn replace_all(&self, rows: Vec<store::AgentRow>) {
-        let mut fresh: Vec<HashMap<HostId, Vec<AgentEntry>>> = (0..SHARDS).map(|_| HashMap::new()).collect();
-        for r in rows {
-            let i = self.shard_index(&r.host_id);
-            fresh[i].entry(r.host_id).or_default().push(AgentEntry {
-                env_id: r.env_id,
-                record: r.record,
-                control_seq: r.control_seq,
-                error_hash: 0,
-                sent_at: 0,
-            });
-        }
-        for (shard, mut agents) in self.shards.iter().zip(fresh) {
+    /// Starts a full load (the start-up load, or after the change stream was lost).
+    pub fn begin_load(&self) -> Load {
+        Load { fresh: (0..SHARDS).map(|_| HashMap::new()).collect() }
+    }
+
+    /// Swaps a full load in. Each shard is swapped under its lock, so a ping never sees a
+    /// host without its records; what pings learnt about hosts (identity, last ping) is kept.
+    pub fn finish_load(&self, load: Load) {
+        for (shard, mut agents) in self.shards.iter().zip(load.fresh) {
             let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
             let old = std::mem::take(&mut *shard);
             for (host, entry) in old {
                 let records = agents.remove(&host).unwrap_or_default();
                 if !records.is_empty() || entry.last_seen > 0 {
-                    shard.insert(
-                        host,
-                        HostEntry { facts_hash: entry.facts_hash, agents: records, last_seen: entry.last_seen },
-                    );
+                    shard.insert(host, HostEntry { agents: records, ..entry });
                 }
             }
             for (host, records) in agents {
-                shard.insert(host, HostEntry { facts_hash: 0, agents: records, last_seen: 0 });
+                shard.insert(host, HostEntry { agents: records, ..HostEntry::default() });
             }
+            shard.shrink_to_fit();
         }
     }
 
     /// Forgets hosts that hold no record and have not pinged since `before` (bounds memory
     /// against hosts that come and go, or made-up host ids).
-    pub fn evict_idle(&self, before: i64) -> usize {
+    pub fn evict_idle(&self, before: EpochMs) -> usize {
         let mut evicted = 0;
         for shard in &self.shards {
             let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
@@ -279,6 +308,23 @@ impl Hosts {
             evicted += n - shard.len();
         }
         evicted
+    }
+
+    /// The heartbeats to publish: hosts whose last ping is newer than their last published
+    /// heartbeat by at least `resolution` (a host pinging every few seconds is written to
+    /// Postgres once per `resolution`, not on every ping). Marks them as published.
+    pub fn heartbeats(&self, resolution: EpochMs) -> Vec<Heartbeat> {
+        let mut out = Vec::new();
+        for shard in &self.shards {
+            let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
+            for (id, h) in shard.iter_mut() {
+                if h.last_seen > h.beat_sent && h.last_seen - h.beat_sent >= resolution {
+                    h.beat_sent = h.last_seen;
+                    out.push(Heartbeat { host_id: id.clone(), at: h.last_seen });
+                }
+            }
+        }
+        out
     }
 
     /// Number of hosts held.
@@ -292,28 +338,162 @@ impl Hosts {
     }
 }
 
-/// Token hashes and their roles.
+impl Load {
+    /// Adds a chunk of records.
+    pub fn add(&mut self, rows: Vec<store::AgentRow>, canon: &Canon) {
+        for r in rows {
+            let entry = entry_of(canon.env(&r.env_id), canon.record(r.record), r.control_seq, 0);
+            self.fresh[shard_index(&r.host_id)].entry(r.host_id).or_default().push(entry);
+        }
+    }
+}
+
+fn shard_index(host: &HostId) -> usize {
+    (hash_of(&host.as_str()) as usize) % SHARDS
+}
+
+/// Token hashes and their roles, with the raw tokens recently seen, so a ping does not hash
+/// its token again.
 #[derive(Default)]
 pub struct Tokens {
     map: RwLock<HashMap<[u8; 32], Role>>,
+    recent: RwLock<HashMap<String, Role>>,
 }
+
+/// Raw tokens remembered at most (a known token is remembered; unknown ones never are).
+const RECENT_TOKENS: usize = 1024;
 
 impl Tokens {
     /// Replaces the set.
     pub fn replace(&self, tokens: Vec<([u8; 32], Role)>) {
-        *self.map.write().unwrap_or_else(|p| p.into_inner()) = tokens.into_iter().collect();
+        let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
+        *map = tokens.into_iter().collect();
+        self.recent.write().unwrap_or_else(|p| p.into_inner()).clear();
     }
 
     /// The role of a raw token.
     pub fn role(&self, token: &str) -> Option<Role> {
-        self.map.read().unwrap_or_else(|p| p.into_inner()).get(&store::hash_token(token)).copied()
+        if let Some(r) = self.recent.read().unwrap_or_else(|p| p.into_inner()).get(token) {
+            return Some(*r);
+        }
+        let role = self.map.read().unwrap_or_else(|p| p.into_inner()).get(&store::hash_token(token)).copied()?;
+        let mut recent = self.recent.write().unwrap_or_else(|p| p.into_inner());
+        if recent.len() >= RECENT_TOKENS {
+            recent.clear();
+        }
+        recent.insert(token.to_string(), role);
+        Some(role)
     }
 }
 
-/// A stable hash of a value (for "did it change" checks).
+/// A fast, non-cryptographic hash for change detection and sharding (FxHash's
+/// multiply-rotate over 8 bytes at a time); not exposed to untrusted keys in a table.
+#[derive(Default, Clone, Copy)]
+pub struct FastHasher(u64);
+
+const SEED: u64 = 0x51_7c_c1_b7_27_22_0a_95;
+
+impl Hasher for FastHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let v = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
+            self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(SEED);
+        }
+        for b in chunks.remainder() {
+            self.0 = (self.0.rotate_left(5) ^ u64::from(*b)).wrapping_mul(SEED);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// Builds [`FastHasher`]s.
+#[derive(Default, Clone, Copy)]
+pub struct FastHash;
+
+impl BuildHasher for FastHash {
+    type Hasher = FastHasher;
+    fn build_hasher(&self) -> FastHasher {
+        FastHasher::default()
+    }
+}
+
+/// A hash of a value for "did it change" checks (never 0, which means "never").
 pub fn hash_of(v: &impl Hash) -> u64 {
-    let mut h = DefaultHasher::new();
-    v.hash(&mut h);
-    // 0 means "never"; move a real 0 out of the way.
-    h.finish().max(1)
+    FastHash.hash_one(v).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hashes_tell_values_apart() {
+        assert_ne!(hash_of(&("web-1", Some("10.0.0.1"))), hash_of(&("web-1", Some("10.0.0.2"))));
+        assert_ne!(hash_of(&"abcdefgh-1"), hash_of(&"abcdefgh-2"));
+        assert_eq!(hash_of(&"same"), hash_of(&"same"));
+        assert_ne!(hash_of(&""), 0);
+    }
+
+    #[test]
+    fn records_share_the_ids_of_the_stages() {
+        let mut stages = Stages::default();
+        let goal: schema::rules::goal::StageGoal = serde_json::from_value(serde_json::json!({
+            "envId": "e1", "envName": "web", "stageName": "prod", "stageType": "PRODUCTION", "envState": "NORMAL",
+            "priority": "NORMAL", "systemPriority": null, "isDocker": false, "agentConfigs": {}, "scriptVariables": {},
+            "deploy": {"id": "d1", "deployType": "REGULAR", "alias": null, "build": {
+                "id": "b_1234567", "name": "web", "artifactUrl": "https://a", "type": null, "repo": "r", "branch": "b",
+                "commit": "1234567", "commitShort": "1234567", "commitInfo": null, "commitDate": 0, "publishInfo": null,
+                "publisher": "ci", "publishDate": 0, "artifactSha256": null}}
+        }))
+        .unwrap();
+        let env = goal.env_id.clone();
+        stages.put(&env, 1, Some(StageSnapshot { goal, groups: vec![], hosts: vec![] }));
+        let canon = stages.canon();
+        let a = canon.record(AgentRecord::fresh(DeployId::parse("d1").unwrap(), false));
+        let b = canon.record(AgentRecord::fresh(DeployId::parse("d1").unwrap(), false));
+        assert!(a.deploy_id.same_allocation(&b.deploy_id));
+        assert!(canon.env(&EnvId::parse("e1").unwrap()).same_allocation(&env));
+        let other = canon.record(AgentRecord::fresh(DeployId::parse("old").unwrap(), false));
+        assert_eq!(other.deploy_id.as_str(), "old");
+    }
+
+    #[test]
+    fn a_host_is_beaten_once_per_resolution() {
+        let hosts = Hosts::default();
+        let h1 = HostId::parse("h1").unwrap();
+        let h2 = HostId::parse("h2").unwrap();
+        const T: EpochMs = 1_800_000_000_000;
+        let ping = |h: &HostId, at: EpochMs| hosts.with(h, |e| e.last_seen = T + at);
+        let ids = |beats: Vec<Heartbeat>| {
+            let mut v: Vec<(String, EpochMs)> =
+                beats.into_iter().map(|b| (b.host_id.into_string(), b.at - T)).collect();
+            v.sort();
+            v
+        };
+        ping(&h1, 1_000);
+        ping(&h2, 1_500);
+        assert_eq!(ids(hosts.heartbeats(60_000)), vec![("h1".into(), 1_000), ("h2".into(), 1_500)]);
+        ping(&h1, 30_000);
+        assert_eq!(ids(hosts.heartbeats(60_000)), vec![], "h1 was published 29 s ago");
+        ping(&h1, 61_000);
+        assert_eq!(ids(hosts.heartbeats(60_000)), vec![("h1".into(), 61_000)]);
+        ping(&h2, 61_000);
+        assert_eq!(ids(hosts.heartbeats(0)), vec![("h2".into(), 61_000)], "without a resolution: every new ping");
+        assert_eq!(ids(hosts.heartbeats(0)), vec![], "but never the same one twice");
+    }
+
+    #[test]
+    fn a_known_token_is_remembered_and_forgotten_on_reload() {
+        let tokens = Tokens::default();
+        tokens.replace(vec![(store::hash_token("secret-1"), Role::Agent)]);
+        assert_eq!(tokens.role("secret-1"), Some(Role::Agent));
+        assert_eq!(tokens.role("secret-1"), Some(Role::Agent), "from the remembered tokens");
+        assert_eq!(tokens.role("nope"), None);
+        tokens.replace(vec![]);
+        assert_eq!(tokens.role("secret-1"), None, "a revoked token is not remembered");
+    }
 }

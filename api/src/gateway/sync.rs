@@ -17,6 +17,8 @@ use store::Store;
 use tokio::sync::watch;
 use workers::bus::{backoff, connect_with_retry, declare_topology};
 
+use super::longpoll::StageReach;
+use super::state::StageEntry;
 use super::{Gateway, GatewayConfig};
 
 /// Runs until `shutdown` turns true.
@@ -92,8 +94,14 @@ async fn load_all(gw: &Gateway, store: &Store, shutdown: &mut watch::Receiver<bo
         match store.gateway_load(workers::now_ms()).await {
             Ok(load) => {
                 gw.tokens.replace(load.tokens);
-                gw.stages.write().unwrap_or_else(|p| p.into_inner()).replace_all(load.stages);
-                gw.hosts.replace_all(load.agents);
+                let canon = {
+                    let mut stages = gw.stages.write().unwrap_or_else(|p| p.into_inner());
+                    stages.replace_all(load.stages);
+                    stages.canon()
+                };
+                let mut fresh = gw.hosts.begin_load();
+                fresh.add(load.agents, &canon);
+                gw.hosts.finish_load(fresh);
                 gw.polls.wake_all();
                 return;
             }
@@ -149,11 +157,12 @@ async fn apply(gw: &Gateway, store: &Store, msg: ChangeMessage) {
     let in_order = version == current + 1;
     match msg {
         ChangeMessage::StageV1 { stage, .. } if in_order || !known => {
-            gw.stages.write().unwrap_or_else(|p| p.into_inner()).put(&env_id, version, stage.map(|s| *s));
-            gw.polls.wake_stage(&env_id);
+            let old = gw.stages.write().unwrap_or_else(|p| p.into_inner()).put(&env_id, version, stage.map(|s| *s));
+            wake_stage(gw, &env_id, old);
         }
         ChangeMessage::AgentsV1 { agents, .. } if in_order => {
-            gw.hosts.apply_controls(&env_id, &agents);
+            let canon = gw.stages.read().unwrap_or_else(|p| p.into_inner()).canon();
+            gw.hosts.apply_controls(&env_id, &agents, &canon);
             gw.stages.read().unwrap_or_else(|p| p.into_inner()).set_version(&env_id, version);
             gw.polls.wake_hosts(agents.iter().map(|a| &a.host_id));
         }
@@ -167,11 +176,18 @@ async fn apply(gw: &Gateway, store: &Store, msg: ChangeMessage) {
 async fn reload_stage(gw: &Gateway, store: &Store, env_id: &EnvId) {
     match store.stage_load(env_id).await {
         Ok((Some((version, snapshot)), rows)) => {
-            gw.hosts.replace_stage(env_id, &rows);
-            gw.stages.write().unwrap_or_else(|p| p.into_inner()).put(env_id, version, Some(snapshot));
-            gw.polls.wake_stage(env_id);
+            // Stage and records change together under the stages lock (pings take it first), so
+            // no ping sees one without the other; the records share the ids of the new stage.
+            let mut stages = gw.stages.write().unwrap_or_else(|p| p.into_inner());
+            let old = stages.put(env_id, version, Some(snapshot));
+            gw.hosts.replace_stage(env_id, &rows, &stages.canon());
+            drop(stages);
+            wake_stage(gw, env_id, old);
         }
-        Ok((None, _)) => gw.stages.write().unwrap_or_else(|p| p.into_inner()).put(env_id, 0, None),
+        Ok((None, _)) => {
+            let old = gw.stages.write().unwrap_or_else(|p| p.into_inner()).put(env_id, 0, None);
+            wake_stage(gw, env_id, old);
+        }
         // The periodic check will try again.
         Err(e) => tracing::warn!(env_id = %env_id, error = %e, "could not reload a stage"),
     }
@@ -199,7 +215,20 @@ async fn check_versions(gw: &Gateway, store: &Store) {
     }
     for (id, _) in &local {
         if !db_ids.contains(id) {
-            gw.stages.write().unwrap_or_else(|p| p.into_inner()).put(id, 0, None);
+            let old = gw.stages.write().unwrap_or_else(|p| p.into_inner()).put(id, 0, None);
+            wake_stage(gw, id, old);
         }
     }
+}
+
+/// Wakes the long-polls a stage change concerns: hosts the stage covered before the change
+/// (`old`) or covers now.
+fn wake_stage(gw: &Gateway, env_id: &EnvId, old: Option<Arc<StageEntry>>) {
+    let new = gw.stages.read().unwrap_or_else(|p| p.into_inner()).get(env_id);
+    let mut reach = StageReach { env_id, hosts: Vec::new(), groups: Vec::new() };
+    for s in old.iter().chain(new.iter()) {
+        reach.hosts.extend(&s.snapshot.hosts);
+        reach.groups.extend(&s.snapshot.groups);
+    }
+    gw.polls.wake_stage(&reach);
 }

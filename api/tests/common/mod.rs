@@ -276,6 +276,11 @@ impl App {
         self.get(&format!("/v1/deploys/{id}")).await.expect(StatusCode::OK)
     }
 
+    /// When the workers last stored a heartbeat of a host.
+    pub async fn last_seen(&self, host_id: &str) -> Option<i64> {
+        self.db.last_seen(host_id).await
+    }
+
     /// Stops every role and waits for them; fails the test when they do not stop in time.
     /// The database and the namespace are deleted afterwards.
     pub async fn stop(self) {

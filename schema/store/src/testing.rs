@@ -29,6 +29,20 @@ impl TestDatabase {
         store.migrate().await.expect("migrate test database");
         TestDatabase { url, name, store }
     }
+
+    /// When a host was last seen according to its stored heartbeat (ms since the epoch).
+    pub async fn last_seen(&self, host_id: &str) -> Option<i64> {
+        let (client, conn) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls).await.expect("connect");
+        tokio::spawn(conn);
+        let row = client
+            .query_opt(
+                "SELECT (extract(epoch FROM last_seen) * 1000)::int8 FROM host_heartbeats WHERE host_id = $1",
+                &[&host_id],
+            )
+            .await
+            .expect("read a heartbeat");
+        row.map(|r| r.get(0))
+    }
 }
 
 /// Replaces the database name in a `postgres://` URL.
