@@ -68,9 +68,10 @@ pub struct SimArgs {
     /// Seconds between summary lines.
     #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_secs)]
     pub report_every: Duration,
-    /// Most pings in flight at once (and HTTP connections held).
-    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..=100_000))]
-    pub max_connections: u32,
+    /// Most pings in flight at once (and HTTP connections held); default 512, or one per host
+    /// with --long-poll (a held ping keeps its connection).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_connections: Option<u32>,
     /// Events kept in memory (0: counters and the rollout accounting only).
     #[arg(long, default_value_t = 100_000)]
     pub timeline: usize,
@@ -165,7 +166,11 @@ impl SimArgs {
             jitter: self.jitter,
             seed: self.seed,
             timeline_capacity: self.timeline,
-            max_connections: self.max_connections as usize,
+            max_connections: match (self.max_connections, self.long_poll) {
+                (Some(n), _) => n as usize,
+                (None, Some(_)) => self.hosts as usize,
+                (None, None) => 512,
+            },
             ..SimConfig::default()
         };
         for (stage, d) in &self.stage_durations {

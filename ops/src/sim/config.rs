@@ -213,6 +213,15 @@ impl SimConfig {
             if self.request_timeout <= w {
                 return Err("the request timeout must be longer than the long-poll".into());
             }
+            // A held ping keeps its connection: with fewer connections than hosts, held pings
+            // starve the others.
+            if self.max_connections < self.hosts.len() {
+                return Err(format!(
+                    "with long-poll every host holds a connection: max connections {} is below the {} hosts",
+                    self.max_connections,
+                    self.hosts.len()
+                ));
+            }
         }
         if !(0.0..=1.0).contains(&self.jitter) {
             return Err(format!("jitter {} must be between 0 and 1", self.jitter));
@@ -270,6 +279,10 @@ mod tests {
         assert!(bad.validate().unwrap_err().contains("nope"));
         let bad = SimConfig { hosts: vec![HostSpec::new("x"), HostSpec::new("x")], ..ok.clone() };
         assert!(bad.validate().unwrap_err().contains("twice"));
+        let held = SimConfig { long_poll: Some(Duration::from_secs(20)), ..ok.clone() };
+        assert_eq!(held.validate(), Ok(()));
+        let bad = SimConfig { max_connections: 1, ..held };
+        assert!(bad.validate().unwrap_err().contains("below the 2 hosts"));
         let bad = ok.fail_probability(DeployStage::Restarting, 1.5);
         assert!(bad.validate().unwrap_err().contains("1.5"));
     }
