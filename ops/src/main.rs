@@ -41,6 +41,8 @@ enum Cmd {
     Migrate,
     /// Run a fleet of simulated agents against a gateway and check the rollout caps.
     Sim(Box<teletraan::sim::cli::SimArgs>),
+    /// Benchmark pieces (load generator, bare endpoint, rollout, reports…); see ops/bench/.
+    Bench(Box<teletraan::bench::cli::BenchArgs>),
 }
 
 fn main() -> std::process::ExitCode {
@@ -96,6 +98,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Gateway => Roles { api: false, gateway: true, worker: false },
         Cmd::Worker => Roles { api: false, gateway: false, worker: true },
         Cmd::Sim(args) => return teletraan::sim::cli::run(*args).await,
+        Cmd::Bench(args) => {
+            let globals = teletraan::bench::cli::Globals {
+                database_url: cli.server.database_url.clone(),
+                amqp_url: settings.amqp_url.clone(),
+                namespace: cli.server.namespace.clone(),
+                admin_token: settings.admin_token.clone(),
+                agent_token: settings.agent_token.clone(),
+            };
+            return teletraan::bench::cli::run(*args, globals).await;
+        }
     };
     let running = serve::start(&settings, roles, false).await?;
     announce(&running, &settings);

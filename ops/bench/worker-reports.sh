@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# Worker report throughput (issue 5, benchmark 4), with the calibration figures the issue
+# quotes, measured on this machine:
+#   * Postgres: agent-row updates/s as single-row UPDATEs and as one UPDATE … FROM unnest(…)
+#     of 1,000 rows (pgbench on the seeded database, CLIENTS concurrent clients);
+#   * RabbitMQ: persistent 300-byte messages/s into a quorum queue with publisher confirms
+#     (`teletraan bench amqp`, one at a time and in windows of 1,000);
+#   * the workers' report path: BATCHES report batches of 1,000 agent updates each published to
+#     the reports queue, then W in-process report consumers (the real handler and stage
+#     refresher) apply them; updates/s until every batch is acknowledged, for each W in WORKERS.
+#     The rows are then counted in Postgres.
+#
+# Settings (environment): HOSTS (100000), STAGES (100), BATCHES (200), WORKERS ("1 2 4"),
+# CLIENTS ("1 4"), SECONDS_PER_RUN (10).
+set -euo pipefail
+. "$(dirname "$0")/lib.sh"
+HOSTS=${HOSTS:-100000} STAGES=${STAGES:-100} BATCHES=${BATCHES:-200} WORKERS=${WORKERS:-"1 2 4"}
+CLIENTS=${CLIENTS:-"1 4"} SECONDS_PER_RUN=${SECONDS_PER_RUN:-10}
+
+bench_prepare
+command -v pgbench >/dev/null && pgbench --version >/dev/null 2>&1 || apt_install postgresql-contrib
+new_db reports
+db=$DB
+log "seeding $HOSTS hosts over $STAGES stages"
+seed "$db" "$HOSTS" "$STAGES"
+
+pgbench_rows() { # SCRIPT CLIENTS ROWS_PER_TRANSACTION: rows updated per second
+    local tps
+    tps=$(pgbench -n -M prepared -f "ops/bench/sql/$1" -D hosts="$HOSTS" -D stages="$STAGES" -c "$2" -j "$2" \
+        -T "$SECONDS_PER_RUN" "$db" 2>/dev/null | sed -n 's/^tps = \([0-9.]*\).*/\1/p' | head -n 1)
+    awk -v t="$tps" -v r="$3" 'BEGIN { printf "%.0f", t * r }'
+}
+pg_rows=()
+for c in $CLIENTS; do
+    log "postgres calibration, $c client(s)"
+    single=$(pgbench_rows pg-update-single.sql "$c" 1)
+    batch=$(pgbench_rows pg-update-batch.sql "$c" 1000)
+    pg_rows+=("$c|$single|$batch")
+done
+
+amqp_rows=()
+for window in 1 1000; do
+    log "rabbitmq calibration, $window message(s) per confirm wait"
+    n=$([ "$window" = 1 ] && echo 5000 || echo 50000)
+    new_namespace "amqp-$window"
+    "$BIN" bench amqp --namespace "$NS" --messages "$n" --size 300 --window "$window" \
+        >"$WORK/amqp-$window.out"
+    cat "$WORK/amqp-$window.out" >&2
+    amqp_rows+=("$window|$(field "$(result "amqp-$window")" msgs_per_s)")
+done
+
+report_rows=()
+for w in $WORKERS; do
+    log "report path, $w consumer(s)"
+    new_namespace "reports-$w"
+    "$BIN" bench reports --database-url "$db" --namespace "$NS" --hosts "$HOSTS" \
+        --stages "$STAGES" --batches "$BATCHES" --batch-size 1000 --workers "$w" >"$WORK/reports-$w.out"
+    cat "$WORK/reports-$w.out" >&2
+    r=$(result "reports-$w")
+    stored=$(psql -qAt "$db" -c "SELECT count(*) FROM agents WHERE report_at >= to_timestamp($(field "$r" base_ms) / 1000.0)")
+    report_rows+=("$w|$(field "$r" updates_per_s)|$(field "$r" applied_s)|$(field "$r" refreshed_s)|$stored/$(field "$r" distinct)")
+done
+
+echo
+echo "calibration, Postgres ($HOSTS agent rows; ${SECONDS_PER_RUN} s per run): agent-row updates/s"
+printf "%8s %22s %28s\n" "clients" "single-row UPDATE" "UPDATE … FROM unnest (1,000)"
+for r in "${pg_rows[@]}"; do IFS='|' read -r c s b <<<"$r"; printf "%8s %22s %28s\n" "$c" "$s" "$b"; done
+echo "calibration, RabbitMQ: persistent 300-byte messages/s into a quorum queue with confirms"
+for r in "${amqp_rows[@]}"; do IFS='|' read -r w m <<<"$r"; printf "  %5s per confirm wait: %8s messages/s\n" "$w" "$m"; done
+echo "worker report path: $BATCHES batches × 1,000 agent updates (random hosts over $STAGES stages); target ≥ 20,000/s"
+printf "%10s %14s %12s %18s %22s\n" "consumers" "updates/s" "applied s" "stages refreshed s" "rows stored/distinct"
+for r in "${report_rows[@]}"; do
+    IFS='|' read -r w u a f s <<<"$r"
+    printf "%10s %14s %12s %18s %22s\n" "$w" "$u" "$a" "$f" "$s"
+done

@@ -1,0 +1,241 @@
+//! `teletraan bench reports`: agent updates applied to Postgres per second by the workers'
+//! report path.
+//!
+//! Report batches like a gateway's (`ReportsV1`, N agent updates each, hosts drawn at random
+//! over every seeded stage, each host re-reporting its seeded state with a newer time) are
+//! published with confirms straight to the namespace's `reports` queue; then W report
+//! consumers start in this process — each with its own broker connection, the real
+//! [`ReportHandler`] and its stage [`Refresher`], like a `teletraan worker` — and the clock
+//! runs until every batch is acknowledged (a batch is acknowledged after its transaction
+//! committed, so its rows are in Postgres).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Args;
+use schema::bus::{AgentUpdate, ReportBatch, ReportMessage};
+use schema::rules::goal::AgentRecord;
+use schema::{AgentState, AgentStatus, DeployId, DeployStage, EnvId, HostId, HostName};
+use store::Store;
+use tokio::sync::watch;
+use workers::bus::{BusConfig, DeliveryCtx, Disposition, Handler, Outgoing, Publisher, WorkQueue};
+use workers::refresh::Refresher;
+use workers::reports::ReportHandler;
+
+use super::seeded::{self, HostRole, Seeded};
+use crate::sim::SplitMix64;
+
+/// Flags of `teletraan bench reports`.
+#[derive(Debug, Clone, Args)]
+pub struct ReportsArgs {
+    /// Postgres URL of a seeded database (ops/bench/sql/seed.sql): the global `--database-url`.
+    #[arg(skip)]
+    pub database_url: String,
+    /// RabbitMQ URL: the global `--amqp-url`.
+    #[arg(skip)]
+    pub amqp_url: String,
+    /// Namespace of the queues, deleted at the end: the global `--namespace`.
+    #[arg(skip)]
+    pub namespace: String,
+    /// Seeded hosts.
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    pub hosts: u32,
+    /// Seeded stages.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub stages: u32,
+    /// Report batches to publish.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub batches: u32,
+    /// Agent updates per batch.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub batch_size: u32,
+    /// Report consumers (each like one worker process's).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub workers: u16,
+    /// Batches each consumer handles at once (the worker's default is 8).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub prefetch: u16,
+    /// Seed of the host draw.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+/// The real handler, counting what it acknowledged.
+struct Counting {
+    inner: ReportHandler,
+    acked: AtomicU64,
+    other: AtomicU64,
+}
+
+impl Handler for Counting {
+    async fn handle(&self, ctx: &DeliveryCtx<'_>) -> Disposition {
+        let d = self.inner.handle(ctx).await;
+        match d {
+            Disposition::Ack => self.acked.fetch_add(1, Ordering::Relaxed),
+            _ => self.other.fetch_add(1, Ordering::Relaxed),
+        };
+        d
+    }
+}
+
+fn record(seeded: &Seeded, i: u32) -> anyhow::Result<(EnvId, AgentRecord)> {
+    let k = seeded.stage_of(i);
+    let (v, stage, status) = match seeded.role(i) {
+        HostRole::Deploying(s) => (2, s.parse::<DeployStage>()?, AgentStatus::Succeeded),
+        HostRole::Done => (2, DeployStage::ServingBuild, AgentStatus::Succeeded),
+        HostRole::Waiting => (1, DeployStage::ServingBuild, AgentStatus::Succeeded),
+    };
+    let record = AgentRecord {
+        deploy_id: DeployId::parse(seeded::deploy_id(v, k))?,
+        stage,
+        status,
+        state: AgentState::Normal,
+        err_no: 0,
+        fail_count: 0,
+        first_deploy: false,
+        container_health: String::new(),
+    };
+    Ok((EnvId::parse(seeded::env_id(k))?, record))
+}
+
+/// The batches, serialised, and the number of distinct (host, stage) records they touch.
+fn batches(args: &ReportsArgs, base_ms: i64) -> anyhow::Result<(Vec<Vec<u8>>, usize)> {
+    let seeded = Seeded { hosts: args.hosts, stages: args.stages };
+    let mut rng = SplitMix64::new(args.seed);
+    let mut touched = HashSet::new();
+    let mut out = Vec::with_capacity(args.batches as usize);
+    for b in 0..args.batches {
+        let mut agents = Vec::with_capacity(args.batch_size as usize);
+        let mut in_batch = HashSet::new();
+        while agents.len() < args.batch_size.min(args.hosts) as usize {
+            let i = (rng.next_u64() % u64::from(args.hosts)) as u32;
+            if !in_batch.insert(i) {
+                continue;
+            }
+            touched.insert(i);
+            let (env_id, record) = record(&seeded, i)?;
+            let id = seeded::host_id(i);
+            agents.push(AgentUpdate {
+                host_id: HostId::parse(id.as_str())?,
+                host_name: HostName::parse(id)?,
+                env_id,
+                at: base_ms + i64::from(b),
+                record: Some(record),
+                control_seq: 0,
+                error_message: None,
+            });
+        }
+        let batch = ReportBatch {
+            gateway: "bench".into(),
+            sent_at: base_ms + i64::from(b),
+            hosts: Vec::new(),
+            agents,
+            heartbeats: Vec::new(),
+        };
+        out.push(serde_json::to_vec(&ReportMessage::ReportsV1(batch))?);
+    }
+    Ok((out, touched.len()))
+}
+
+/// Runs the benchmark and prints its figures (`result: key=value …` last).
+pub async fn run(args: ReportsArgs) -> anyhow::Result<()> {
+    let bus = BusConfig { url: args.amqp_url.clone(), namespace: args.namespace.clone() };
+    let base_ms = workers::now_ms();
+    let (payloads, distinct) = batches(&args, base_ms)?;
+    let bytes: usize = payloads.iter().map(Vec::len).sum();
+    let updates = u64::from(args.batches) * u64::from(args.batch_size.min(args.hosts));
+    println!(
+        "reports: {} batches of {} agent updates ({:.1} MB, {distinct} distinct records), {} consumer(s) with prefetch {}",
+        args.batches,
+        args.batch_size,
+        bytes as f64 / 1e6,
+        args.workers,
+        args.prefetch
+    );
+
+    let publisher = Publisher::new(bus.clone());
+    let started = Instant::now();
+    let exchange = bus.exchange(WorkQueue::Reports);
+    for chunk in payloads.chunks(16) {
+        let messages: Vec<Outgoing> = chunk
+            .iter()
+            .map(|p| Outgoing { exchange: exchange.clone(), routing_key: "reports".into(), payload: p.clone() })
+            .collect();
+        publisher.publish(&messages).await.context("cannot publish the report batches")?;
+    }
+    let published = started.elapsed();
+    println!(
+        "reports: published and confirmed in {:.2} s ({:.0} batches/s, {:.1} MB/s)",
+        published.as_secs_f64(),
+        f64::from(args.batches) / published.as_secs_f64(),
+        bytes as f64 / 1e6 / published.as_secs_f64()
+    );
+
+    // Enough connections for every batch in flight and the refreshers.
+    let pool = usize::from(args.workers) * (usize::from(args.prefetch) + 2);
+    let store = Store::connect(&args.database_url, pool).context("cannot connect to Postgres")?;
+    let (stop, stopped) = watch::channel(false);
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut handlers = Vec::new();
+    let mut refreshers = Vec::new();
+    let started = Instant::now();
+    for _ in 0..args.workers {
+        let refresher = Arc::new(Refresher::default());
+        let handler = Arc::new(Counting {
+            inner: ReportHandler::new(store.clone(), refresher.clone()),
+            acked: AtomicU64::new(0),
+            other: AtomicU64::new(0),
+        });
+        tasks.spawn(workers::bus::consume(
+            bus.clone(),
+            WorkQueue::Reports,
+            args.prefetch,
+            handler.clone(),
+            stopped.clone(),
+        ));
+        let (r, s, st) = (refresher.clone(), store.clone(), stopped.clone());
+        tasks.spawn(async move { r.run(s, st).await });
+        handlers.push(handler);
+        refreshers.push(refresher);
+    }
+    let acked = || handlers.iter().map(|h| h.acked.load(Ordering::Relaxed)).sum::<u64>();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while acked() < u64::from(args.batches) {
+        if Instant::now() > deadline {
+            let _ = stop.send(true);
+            bail!("only {} of {} batches acknowledged after 600 s", acked(), args.batches);
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let applied = started.elapsed();
+    while refreshers.iter().any(|r| r.pending() > 0) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let refreshed = started.elapsed();
+    let _ = stop.send(true);
+    while tasks.join_next().await.is_some() {}
+    if let Err(e) = workers::bus::delete_topology(&bus).await {
+        eprintln!("reports: could not delete namespace {}: {e}", bus.namespace);
+    }
+    let retried: u64 = handlers.iter().map(|h| h.other.load(Ordering::Relaxed)).sum();
+    let rate = updates as f64 / applied.as_secs_f64();
+    println!(
+        "reports: {updates} agent updates applied in {:.2} s: {rate:.0} updates/s ({:.1} batches/s); stages re-evaluated after {:.2} s; {retried} deliveries not acknowledged at once",
+        applied.as_secs_f64(),
+        f64::from(args.batches) / applied.as_secs_f64(),
+        refreshed.as_secs_f64()
+    );
+    println!(
+        "result: label=reports workers={} prefetch={} batches={} batch_size={} updates={updates} applied_s={:.3} updates_per_s={rate:.0} refreshed_s={:.3} distinct={distinct} base_ms={base_ms} retried={retried}",
+        args.workers,
+        args.prefetch,
+        args.batches,
+        args.batch_size,
+        applied.as_secs_f64(),
+        refreshed.as_secs_f64()
+    );
+    Ok(())
+}
