@@ -124,11 +124,11 @@ pub(super) async fn ping(
 }
 
 /// What is known of one stage of the host while deciding.
-struct EnvFacts {
+struct EnvFacts<'s> {
     env_id: EnvId,
-    stage: Option<Arc<StageEntry>>,
+    stage: Option<&'s StageEntry>,
     report: Option<usize>,
-    names: Option<(EnvName, StageName)>,
+    names: Option<&'s (EnvName, StageName)>,
 }
 
 impl Gateway {
@@ -165,7 +165,7 @@ impl Gateway {
                         report: f.report.map(|i| &reports[i]),
                         record: rec.map(|a| &a.record),
                         env_installed,
-                        names: f.names.as_ref().map(|(e, s)| (e, s)),
+                        names: f.names.map(|(e, s)| (e, s)),
                     }
                 })
                 .collect();
@@ -279,17 +279,22 @@ impl Gateway {
 
 /// Every stage this ping concerns: the host's stages, the stages it reports and the stages it
 /// has records for, each once, in that order.
-fn env_facts(stages: &Stages, mine: &[Arc<StageEntry>], reports: &[ReportIn], entry: &HostEntry) -> Vec<EnvFacts> {
-    let mut out: Vec<EnvFacts> = Vec::new();
-    let add = |env_id: &EnvId, out: &mut Vec<EnvFacts>| {
+fn env_facts<'s>(
+    stages: &'s Stages,
+    mine: &'s [Arc<StageEntry>],
+    reports: &[ReportIn],
+    entry: &HostEntry,
+) -> Vec<EnvFacts<'s>> {
+    let mut out: Vec<EnvFacts<'s>> = Vec::new();
+    let add = |env_id: &EnvId, out: &mut Vec<EnvFacts<'s>>| {
         if out.iter().any(|f| &f.env_id == env_id) {
             return;
         }
         out.push(EnvFacts {
             env_id: env_id.clone(),
-            stage: mine.iter().find(|s| &s.snapshot.goal.env_id == env_id).cloned(),
+            stage: mine.iter().find(|s| &s.snapshot.goal.env_id == env_id).map(|s| &**s),
             report: reports.iter().position(|r| &r.env_id == env_id),
-            names: stages.names.get(env_id).cloned(),
+            names: stages.names.get(env_id),
         });
     };
     for s in mine {

@@ -16,6 +16,10 @@ use schema::time::EpochMs;
 use schema::*;
 use store::Role;
 
+/// A map keyed by what operators define (stages, capacity, tokens), looked up by pings: the
+/// fast hash is safe there. The host map, whose keys agents choose, keeps SipHash.
+type FastMap<K, V> = HashMap<K, V, FastHash>;
+
 /// Shards of the host map: pings of different hosts rarely wait for each other.
 const SHARDS: usize = 64;
 
@@ -32,8 +36,8 @@ pub struct StageEntry {
 /// the records of a million hosts do not each carry their own.
 #[derive(Debug, Default)]
 pub struct Canon {
-    envs: HashMap<EnvId, ()>,
-    deploys: HashMap<DeployId, ()>,
+    envs: FastMap<EnvId, ()>,
+    deploys: FastMap<DeployId, ()>,
 }
 
 impl Canon {
@@ -54,11 +58,11 @@ impl Canon {
 /// Every stage, indexed by id, by group and by host name.
 #[derive(Debug, Default)]
 pub struct Stages {
-    pub(crate) by_id: HashMap<EnvId, Arc<StageEntry>>,
-    by_group: HashMap<GroupName, Vec<EnvId>>,
-    by_host: HashMap<HostName, Vec<EnvId>>,
+    pub(crate) by_id: FastMap<EnvId, Arc<StageEntry>>,
+    by_group: FastMap<GroupName, Vec<EnvId>>,
+    by_host: FastMap<HostName, Vec<EnvId>>,
     /// Names of every stage seen, including deleted ones (DELETE goals carry them).
-    pub(crate) names: HashMap<EnvId, (EnvName, StageName)>,
+    pub(crate) names: FastMap<EnvId, (EnvName, StageName)>,
     canon: Arc<Canon>,
 }
 
@@ -172,13 +176,93 @@ pub struct AgentEntry {
     pub sent_at: EpochMs,
 }
 
+/// A host's records, one per stage: almost always one, kept inline (no allocation, and no
+/// pointer to chase on the ping path).
+#[derive(Debug, Default)]
+pub enum Records {
+    /// None.
+    #[default]
+    None,
+    /// One.
+    One(AgentEntry),
+    /// Several (a host in stages of several environments).
+    Many(Vec<AgentEntry>),
+}
+
+impl Records {
+    /// The records.
+    pub fn as_slice(&self) -> &[AgentEntry] {
+        match self {
+            Records::None => &[],
+            Records::One(e) => std::slice::from_ref(e),
+            Records::Many(v) => v,
+        }
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [AgentEntry] {
+        match self {
+            Records::None => &mut [],
+            Records::One(e) => std::slice::from_mut(e),
+            Records::Many(v) => v,
+        }
+    }
+
+    /// Iterates over the records.
+    pub fn iter(&self) -> std::slice::Iter<'_, AgentEntry> {
+        self.as_slice().iter()
+    }
+
+    /// Number of records.
+    pub fn len(&self) -> usize {
+        self.as_slice().len()
+    }
+
+    /// Whether there is none.
+    pub fn is_empty(&self) -> bool {
+        matches!(self, Records::None)
+    }
+
+    fn push(&mut self, e: AgentEntry) {
+        *self = match std::mem::take(self) {
+            Records::None => Records::One(e),
+            Records::One(a) => Records::Many(vec![a, e]),
+            Records::Many(mut v) => {
+                v.reserve_exact(1);
+                v.push(e);
+                Records::Many(v)
+            }
+        }
+    }
+
+    fn remove(&mut self, i: usize) {
+        *self = match std::mem::take(self) {
+            Records::One(_) | Records::None => Records::None,
+            Records::Many(mut v) => {
+                v.swap_remove(i);
+                match v.len() {
+                    1 => Records::One(v.remove(0)),
+                    _ => Records::Many(v),
+                }
+            }
+        }
+    }
+}
+
+impl<'a> IntoIterator for &'a Records {
+    type Item = &'a AgentEntry;
+    type IntoIter = std::slice::Iter<'a, AgentEntry>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
+}
+
 /// One host.
 #[derive(Debug, Default)]
 pub struct HostEntry {
     /// Hash of the identity last published (0 = never).
     pub facts_hash: u64,
     /// Its records, one per stage.
-    pub agents: Vec<AgentEntry>,
+    pub agents: Records,
     /// Its last ping through this gateway (0: never).
     pub last_seen: EpochMs,
     /// The last ping published as its heartbeat (0: never).
@@ -195,11 +279,9 @@ impl HostEntry {
     pub fn set(&mut self, env_id: &EnvId, entry: Option<AgentEntry>) {
         let pos = self.agents.iter().position(|a| &a.env_id == env_id);
         match (pos, entry) {
-            (Some(i), Some(e)) => self.agents[i] = e,
+            (Some(i), Some(e)) => self.agents.as_mut_slice()[i] = e,
             (None, Some(e)) => self.agents.push(e),
-            (Some(i), None) => {
-                self.agents.swap_remove(i);
-            }
+            (Some(i), None) => self.agents.remove(i),
             (None, None) => {}
         }
     }
@@ -209,7 +291,7 @@ type Shard = HashMap<HostId, HostEntry>;
 
 /// A full load of the records, built aside and swapped in by [`Hosts::finish_load`].
 pub struct Load {
-    fresh: Vec<HashMap<HostId, Vec<AgentEntry>>>,
+    fresh: Vec<HashMap<HostId, Records>>,
 }
 
 /// Hosts, sharded by id.
@@ -231,6 +313,9 @@ impl Hosts {
     /// Runs `f` on a host's entry (created if missing) under its shard lock.
     pub fn with<R>(&self, host: &HostId, f: impl FnOnce(&mut HostEntry) -> R) -> R {
         let mut shard = self.shards[shard_index(host)].lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(entry) = shard.get_mut(host) {
+            return f(entry);
+        }
         f(shard.entry(host.clone()).or_default())
     }
 
@@ -357,7 +442,7 @@ fn shard_index(host: &HostId) -> usize {
 #[derive(Default)]
 pub struct Tokens {
     map: RwLock<HashMap<[u8; 32], Role>>,
-    recent: RwLock<HashMap<String, Role>>,
+    recent: RwLock<FastMap<String, Role>>,
 }
 
 /// Raw tokens remembered at most (a known token is remembered; unknown ones never are).
@@ -484,6 +569,40 @@ mod tests {
         ping(&h2, 61_000);
         assert_eq!(ids(hosts.heartbeats(0)), vec![("h2".into(), 61_000)], "without a resolution: every new ping");
         assert_eq!(ids(hosts.heartbeats(0)), vec![], "but never the same one twice");
+    }
+
+    #[test]
+    fn records_are_kept_one_inline_or_several() {
+        let hosts = Hosts::default();
+        let canon = Canon::default();
+        let row = |host: &str, env: &str| store::AgentRow {
+            env_id: EnvId::parse(env).unwrap(),
+            host_id: HostId::parse(host).unwrap(),
+            host_name: HostName::parse(host).unwrap(),
+            record: AgentRecord::fresh(DeployId::parse("d1").unwrap(), false),
+            control_seq: 0,
+        };
+        let mut load = hosts.begin_load();
+        load.add(vec![row("h1", "e1"), row("h2", "e1"), row("h2", "e2"), row("h2", "e3")], &canon);
+        hosts.finish_load(load);
+        let envs = |h: &str| {
+            hosts.with(&HostId::parse(h).unwrap(), |e| {
+                let mut v: Vec<String> = e.agents.iter().map(|a| a.env_id.to_string()).collect();
+                v.sort();
+                (v, matches!(e.agents, Records::One(_)))
+            })
+        };
+        assert_eq!(envs("h1"), (vec!["e1".to_string()], true));
+        assert_eq!(envs("h2"), (vec!["e1".to_string(), "e2".into(), "e3".into()], false));
+        let h2 = HostId::parse("h2").unwrap();
+        for env in ["e2", "e1"] {
+            hosts.with(&h2, |e| e.set(&EnvId::parse(env).unwrap(), None));
+        }
+        assert_eq!(envs("h2"), (vec!["e3".to_string()], true), "back to one, inline");
+        hosts.with(&h2, |e| e.set(&EnvId::parse("e3").unwrap(), None));
+        assert!(hosts.with(&h2, |e| e.agents.is_empty()));
+        hosts.with(&h2, |e| e.set(&EnvId::parse("e3").unwrap(), None));
+        assert_eq!(envs("h2"), (vec![], false));
     }
 
     #[test]
