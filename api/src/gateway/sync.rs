@@ -102,6 +102,7 @@ async fn load_all(gw: &Gateway, store: &Store, shutdown: &mut watch::Receiver<bo
                 let mut fresh = gw.hosts.begin_load();
                 fresh.add(load.agents, &canon);
                 gw.hosts.finish_load(fresh);
+                release_free_memory();
                 gw.polls.wake_all();
                 return;
             }
@@ -137,6 +138,7 @@ pub async fn check(gw: Arc<Gateway>, store: Store, config: GatewayConfig, mut sh
             check_versions(&gw, &store).await;
             let before = workers::now_ms() - config.forget_idle_after.as_millis() as i64;
             let forgotten = gw.hosts.evict_idle(before);
+            release_free_memory();
             if forgotten > 0 {
                 tracing::debug!(forgotten, "forgot idle hosts");
             }
@@ -231,4 +233,21 @@ fn wake_stage(gw: &Gateway, env_id: &EnvId, old: Option<Arc<StageEntry>>) {
         reach.groups.extend(&s.snapshot.groups);
     }
     gw.polls.wake_stage(&reach);
+}
+
+/// Hands memory freed since the last call back to the system. A full load builds the new
+/// state beside the old and frees the rows it was built from; glibc keeps such memory
+/// resident, so the process would look (and be billed) as large as its biggest load.
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        unsafe extern "C" {
+            fn malloc_trim(pad: usize) -> i32;
+        }
+        // SAFETY: malloc_trim only releases free pages of glibc's own heaps; it takes no
+        // pointer and is safe to call from any thread at any time.
+        unsafe {
+            malloc_trim(0);
+        }
+    }
 }
