@@ -85,10 +85,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             announce(&running, &settings);
             if demo {
                 let demo = demo::start(&running).await?;
-                serve::signal().await;
+                teletraan::interrupted().await;
                 demo.stop().await;
             } else {
-                serve::signal().await;
+                teletraan::interrupted().await;
             }
             println!("teletraan: stopping");
             running.stop().await;
@@ -111,7 +111,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     };
     let running = serve::start(&settings, roles, false).await?;
     announce(&running, &settings);
-    serve::signal().await;
+    teletraan::interrupted().await;
     running.stop().await;
     Ok(())
 }

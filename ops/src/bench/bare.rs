@@ -48,6 +48,6 @@ pub async fn run(args: BareArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     println!("bench bare: listening http://{}", listener.local_addr()?);
-    axum::serve(listener, router()).with_graceful_shutdown(super::interrupted()).await?;
+    axum::serve(listener, router()).with_graceful_shutdown(crate::interrupted()).await?;
     Ok(())
 }

@@ -272,27 +272,6 @@ pub fn cap_check(reports: &[RolloutReport], cap: Option<u32>) -> (String, bool) 
     }
 }
 
-async fn interrupted() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term => {}
-    }
-}
-
 /// Runs `teletraan sim`. A flag that makes no sense with the others ends the process with
 /// status 2, like clap's own errors.
 pub async fn run(args: SimArgs) -> anyhow::Result<()> {
@@ -317,7 +296,7 @@ pub async fn run(args: SimArgs) -> anyhow::Result<()> {
         }
     };
     tokio::pin!(until_end);
-    let stop = interrupted();
+    let stop = crate::interrupted();
     tokio::pin!(stop);
     let mut tick = tokio::time::interval(args.report_every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
