@@ -47,6 +47,9 @@ pub struct GatewayConfig {
     pub check_every: Duration,
     /// Hosts without records are forgotten after this long without a ping.
     pub forget_idle_after: Duration,
+    /// Most hosts without records held (checked every `check_every`; the least recently seen
+    /// go first), so that made-up host ids cannot grow memory without bound.
+    pub max_hosts_without_records: usize,
 }
 
 impl GatewayConfig {
@@ -62,6 +65,7 @@ impl GatewayConfig {
             queue_capacity: 50_000,
             check_every: Duration::from_secs(10),
             forget_idle_after: Duration::from_secs(3600),
+            max_hosts_without_records: 1_000_000,
         }
     }
 }

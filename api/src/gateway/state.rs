@@ -382,14 +382,44 @@ impl Hosts {
         }
     }
 
-    /// Forgets hosts that hold no record and have not pinged since `before` (bounds memory
-    /// against hosts that come and go, or made-up host ids).
-    pub fn evict_idle(&self, before: EpochMs) -> usize {
+    /// Forgets hosts that hold no record and have not pinged since `before`, then, while more
+    /// than `keep_at_most` hosts without a record remain, the least recently seen of them.
+    /// This bounds memory against hosts that come and go and against made-up host ids; a
+    /// forgotten host only has its identity published again at its next ping.
+    pub fn evict_idle(&self, before: EpochMs, keep_at_most: usize) -> usize {
         let mut evicted = 0;
+        let mut seen = Vec::new();
         for shard in &self.shards {
             let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
             let n = shard.len();
             shard.retain(|_, h| !h.agents.is_empty() || h.last_seen >= before);
+            evicted += n - shard.len();
+            seen.extend(shard.values().filter(|h| h.agents.is_empty()).map(|h| h.last_seen));
+        }
+        if seen.len() <= keep_at_most {
+            return evicted;
+        }
+        // The newest `keep_at_most` stay: everything seen before the cut-off goes, and as many
+        // seen exactly at it as needed.
+        let excess = seen.len() - keep_at_most;
+        let (_, cut, _) = seen.select_nth_unstable(excess - 1);
+        let cut = *cut;
+        let mut at_cut = excess - seen.iter().filter(|t| **t < cut).count();
+        for shard in &self.shards {
+            let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
+            let n = shard.len();
+            shard.retain(|_, h| {
+                if !h.agents.is_empty() || h.last_seen > cut {
+                    return true;
+                }
+                if h.last_seen == cut {
+                    if at_cut == 0 {
+                        return true;
+                    }
+                    at_cut -= 1;
+                }
+                false
+            });
             evicted += n - shard.len();
         }
         evicted
@@ -603,6 +633,35 @@ mod tests {
         assert!(hosts.with(&h2, |e| e.agents.is_empty()));
         hosts.with(&h2, |e| e.set(&EnvId::parse("e3").unwrap(), None));
         assert_eq!(envs("h2"), (vec![], false));
+    }
+
+    #[test]
+    fn hosts_without_records_are_bounded_oldest_first() {
+        let hosts = Hosts::default();
+        for i in 0..100 {
+            hosts.with(&HostId::parse(format!("idle-{i}")).unwrap(), |e| e.last_seen = 1_000 + i);
+        }
+        let mut load = hosts.begin_load();
+        let row = store::AgentRow {
+            env_id: EnvId::parse("e1").unwrap(),
+            host_id: HostId::parse("kept").unwrap(),
+            host_name: HostName::parse("kept").unwrap(),
+            record: AgentRecord::fresh(DeployId::parse("d1").unwrap(), false),
+            control_seq: 0,
+        };
+        load.add(vec![row], &Canon::default());
+        hosts.finish_load(load);
+        assert_eq!(hosts.len(), 101);
+        // Idle before 1,010: ten go; then only the newest 50 without a record stay.
+        assert_eq!(hosts.evict_idle(1_010, 50), 50);
+        assert_eq!(hosts.len(), 51, "50 without a record and the one with a record");
+        let left: Vec<bool> =
+            (0..100).map(|i| hosts.with(&HostId::parse(format!("idle-{i}")).unwrap(), |e| e.last_seen > 0)).collect();
+        assert!(left[50..].iter().all(|l| *l), "the newest stay");
+        // (looking a host up creates it: the oldest 50 now exist again, never seen)
+        assert_eq!(hosts.evict_idle(0, 1_000), 0);
+        assert_eq!(hosts.evict_idle(1_000_000, 1_000), 100, "all without a record are idle");
+        assert_eq!(hosts.len(), 1, "a host with a record is never forgotten");
     }
 
     #[test]

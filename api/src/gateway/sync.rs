@@ -137,7 +137,7 @@ pub async fn check(gw: Arc<Gateway>, store: Store, config: GatewayConfig, mut sh
         if gw.is_ready() {
             check_versions(&gw, &store).await;
             let before = workers::now_ms() - config.forget_idle_after.as_millis() as i64;
-            let forgotten = gw.hosts.evict_idle(before);
+            let forgotten = gw.hosts.evict_idle(before, config.max_hosts_without_records);
             release_free_memory();
             if forgotten > 0 {
                 tracing::debug!(forgotten, "forgot idle hosts");
