@@ -104,7 +104,9 @@ pub async fn run(
             let mut beats = Vec::new();
             if beats_due || stopping {
                 last_heartbeats = Instant::now();
-                beats = gw.hosts.heartbeats(config.heartbeat_resolution.as_millis() as EpochMs);
+                // A scan of every host: off the runtime's threads.
+                let (gw, resolution) = (gw.clone(), config.heartbeat_resolution.as_millis() as EpochMs);
+                beats = tokio::task::spawn_blocking(move || gw.hosts.heartbeats(resolution)).await.unwrap_or_default();
             }
             flush(&publisher, &config, &gateway_id, &mut pending, beats, &mut shutdown).await;
         }

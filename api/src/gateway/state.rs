@@ -341,9 +341,10 @@ impl Hosts {
         }
         for (shard, rows) in self.shards.iter().zip(by_shard) {
             let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
-            let keep: HashMap<&str, (), FastHash> = rows.iter().map(|r| (r.host_id.as_str(), ())).collect();
+            // Host ids come from agents: the default (keyed) hash.
+            let keep: std::collections::HashSet<&str> = rows.iter().map(|r| r.host_id.as_str()).collect();
             for (host, entry) in shard.iter_mut() {
-                if !keep.contains_key(host.as_str()) {
+                if !keep.contains(host.as_str()) {
                     entry.set(&env_id, None);
                 }
             }

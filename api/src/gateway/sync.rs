@@ -18,7 +18,7 @@ use tokio::sync::watch;
 use workers::bus::{backoff, connect_with_retry, declare_topology};
 
 use super::longpoll::StageReach;
-use super::state::StageEntry;
+use super::state::{StageEntry, Stages};
 use super::{Gateway, GatewayConfig};
 
 /// Runs until `shutdown` turns true.
@@ -88,37 +88,49 @@ pub async fn run(gw: Arc<Gateway>, store: Store, config: GatewayConfig, mut shut
 }
 
 /// Loads stages, agent records and tokens, retrying until it works or shutdown.
-async fn load_all(gw: &Gateway, store: &Store, shutdown: &mut watch::Receiver<bool>) {
+async fn load_all(gw: &Arc<Gateway>, store: &Store, shutdown: &mut watch::Receiver<bool>) {
     let mut delays = backoff();
     loop {
-        match store.gateway_load(workers::now_ms()).await {
+        let failure = match store.gateway_load(workers::now_ms()).await {
             Ok(load) => {
-                gw.tokens.replace(load.tokens);
-                let canon = {
-                    let mut stages = gw.stages.write().unwrap_or_else(|p| p.into_inner());
-                    stages.replace_all(load.stages);
-                    stages.canon()
-                };
-                let mut fresh = gw.hosts.begin_load();
-                fresh.add(load.agents, &canon);
-                gw.hosts.finish_load(fresh);
-                release_free_memory();
-                gw.polls.wake_all();
-                return;
-            }
-            Err(e) => {
-                let delay = delays.next().unwrap_or(Duration::from_secs(10));
-                tracing::warn!(error = %e, "gateway cannot load its state; retrying");
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = shutdown.changed() => {}
-                }
-                if *shutdown.borrow() {
-                    return;
+                // Building a million records takes a while: off the runtime's threads.
+                let gw2 = gw.clone();
+                match tokio::task::spawn_blocking(move || install(&gw2, load)).await {
+                    Ok(()) => {
+                        gw.polls.wake_all();
+                        return;
+                    }
+                    Err(e) => format!("installing the state failed: {e}"),
                 }
             }
+            Err(e) => e.to_string(),
+        };
+        let delay = delays.next().unwrap_or(Duration::from_secs(10));
+        tracing::warn!(error = %failure, "gateway cannot load its state; retrying");
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.changed() => {}
+        }
+        if *shutdown.borrow() {
+            return;
         }
     }
+}
+
+/// Installs a full load. The records are built aside (their ids shared with the new stages);
+/// stages and records are then swapped under the stages lock, which pings take first, so no
+/// ping sees the new stages with the old records.
+fn install(gw: &Gateway, load: store::GatewayLoad) {
+    gw.tokens.replace(load.tokens);
+    let mut aside = Stages::default();
+    aside.replace_all(load.stages.clone());
+    let mut fresh = gw.hosts.begin_load();
+    fresh.add(load.agents, &aside.canon());
+    let mut stages = gw.stages.write().unwrap_or_else(|p| p.into_inner());
+    stages.replace_all(load.stages);
+    gw.hosts.finish_load(fresh);
+    drop(stages);
+    release_free_memory();
 }
 
 /// Runs the periodic comparison with Postgres until `shutdown` turns true.
@@ -137,8 +149,15 @@ pub async fn check(gw: Arc<Gateway>, store: Store, config: GatewayConfig, mut sh
         if gw.is_ready() {
             check_versions(&gw, &store).await;
             let before = workers::now_ms() - config.forget_idle_after.as_millis() as i64;
-            let forgotten = gw.hosts.evict_idle(before, config.max_hosts_without_records);
-            release_free_memory();
+            let (gw2, keep) = (gw.clone(), config.max_hosts_without_records);
+            // A scan of every host and a trim of the heap: off the runtime's threads.
+            let forgotten = tokio::task::spawn_blocking(move || {
+                let forgotten = gw2.hosts.evict_idle(before, keep);
+                release_free_memory();
+                forgotten
+            })
+            .await
+            .unwrap_or(0);
             if forgotten > 0 {
                 tracing::debug!(forgotten, "forgot idle hosts");
             }

@@ -382,6 +382,17 @@ mod tests {
     }
 
     #[test]
+    fn long_poll_holds_one_connection_per_host_unless_told() {
+        let connections =
+            |args: &str| parse(&args.split_whitespace().collect::<Vec<_>>()).unwrap().config().unwrap().max_connections;
+        assert_eq!(connections("--hosts 2000"), 512);
+        assert_eq!(connections("--hosts 2000 --long-poll 20"), 2000);
+        assert_eq!(connections("--hosts 2000 --long-poll 20 --max-connections 3000"), 3000);
+        let too_few = parse(&["--hosts", "2000", "--long-poll", "20", "--max-connections", "100"]).unwrap();
+        assert!(too_few.config().unwrap_err().contains("below the 2000 hosts"));
+    }
+
+    #[test]
     fn bad_flags_are_named() {
         let kind = |args: &[&str]| parse(args).err().map(|e| e.kind());
         assert_eq!(kind(&["--hosts", "0"]), Some(ErrorKind::ValueValidation));
