@@ -34,7 +34,7 @@ pub async fn require_user(State(store): State<Store>, mut req: Request, next: Ne
     let Some(token) = bearer(req.headers()) else {
         return Err(ApiError::unauthorized("missing credentials: send 'Authorization: token <token>'"));
     };
-    let Some((name, role)) = store.token(token, workers::now_ms()).await? else {
+    let Some((name, role)) = store.token(token, schema::time::now_ms()).await? else {
         return Err(ApiError::unauthorized("unknown or expired token"));
     };
     match role {

@@ -489,7 +489,7 @@ async fn a_long_poll_returns_as_soon_as_the_host_is_admitted() {
 async fn a_ping_reaches_the_workers_as_a_heartbeat() {
     let app = spawn_app().await;
     let agent = Agent::new("beat-1");
-    let before = workers::now_ms();
+    let before = schema::time::now_ms();
     assert!(is_noop(&agent.ping(&app).await));
     let seen = eventually("the heartbeat to be stored", || async {
         app.last_seen(&agent.host.id).await.ok_or_else(|| "no heartbeat yet".to_string())

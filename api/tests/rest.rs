@@ -179,7 +179,7 @@ async fn builds_of_a_name_are_listed_newest_first() {
     let older = app.publish_build("web", "aaaaaaa1").await;
     // Publish dates are milliseconds: make sure the second build is published in a later one.
     let older_date = older["publishDate"].as_i64().unwrap();
-    while workers::now_ms() <= older_date {
+    while schema::time::now_ms() <= older_date {
         tokio::task::yield_now().await;
     }
     let newer = app.publish_build("web", "bbbbbbb2").await;

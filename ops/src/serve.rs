@@ -3,12 +3,12 @@
 use std::sync::Arc;
 
 use anyhow::Context;
+use bus::BusConfig;
 use schema::model::ArtifactPolicy;
 use store::{Role, Store};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
-use workers::bus::BusConfig;
 
 use crate::config::Settings;
 
@@ -48,7 +48,7 @@ pub async fn start(settings: &Settings, roles: Roles, generate_tokens: bool) -> 
     if !applied.is_empty() {
         tracing::info!(?applied, "database migrated");
     }
-    let now = workers::now_ms();
+    let now = schema::time::now_ms();
     let random = || uuid::Uuid::new_v4().simple().to_string();
     let admin_token = settings.admin_token.clone().or_else(|| generate_tokens.then(random));
     let agent_token = settings.agent_token.clone().or_else(|| generate_tokens.then(random));
@@ -99,7 +99,7 @@ pub async fn start(settings: &Settings, roles: Roles, generate_tokens: bool) -> 
         api_addr = Some(listener.local_addr()?);
         let state = api::rest::ApiState {
             store: store.clone(),
-            commands: Arc::new(workers::rpc::CommandClient::new(bus.clone())),
+            commands: Arc::new(bus::rpc::CommandClient::new(bus.clone())),
             artifacts: Arc::new(ArtifactPolicy { allowed_prefixes: settings.artifact_url_prefixes.clone() }),
             command_wait: settings.command_wait,
         };

@@ -1,6 +1,7 @@
 //! Architecture invariants of DESIGN §3, checked on the resolved dependency graph
-//! (`cargo metadata`), transitively: `schema` stays pure, and the agent never links the
-//! database, the broker or the server crates.
+//! (`cargo metadata`), transitively: `schema` stays pure, the agent never links the database,
+//! the broker or the server crates, the bus never links the database, and the API never links
+//! the workers (it sends them commands; it never applies one itself).
 
 use std::collections::{BTreeSet, HashMap};
 use std::process::Command;
@@ -74,13 +75,23 @@ fn schema_does_no_io() {
 fn agent_links_neither_database_nor_broker() {
     assert_none(
         "agent",
-        &["store", "workers", "api", "lapin", "tokio-postgres", "postgres", "deadpool-postgres", "axum"],
+        &["store", "workers", "bus", "api", "lapin", "tokio-postgres", "postgres", "deadpool-postgres", "axum"],
     );
 }
 
 #[test]
+fn bus_links_no_database() {
+    assert_none("bus", &["store", "tokio-postgres", "postgres", "deadpool-postgres", "axum"]);
+}
+
+#[test]
+fn api_never_links_the_workers() {
+    assert_none("api", &["workers"]);
+}
+
+#[test]
 fn the_check_sees_transitive_dependencies() {
-    // api depends on lapin only through workers' re-use and its own manifest, and on
+    // api depends on lapin through bus and its own manifest, and on
     // tokio-postgres only through store: the walk must find both.
     let deps = transitive(&graph(), "api");
     assert!(deps.contains("tokio-postgres") && deps.contains("lapin") && deps.contains("schema"));

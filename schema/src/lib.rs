@@ -7,7 +7,8 @@
 //! machine.
 //!
 //! It must never do IO: no tokio, no database, no broker, no HTTP. Time and randomness come in
-//! as arguments (id generation is the one exception and is kept out of the rules). A test in
+//! as arguments to the rules (reading the clock, `time::now_ms`, and generating ids are for
+//! their callers, and are kept out of the rules). A test in
 //! `ops` reads `cargo metadata` and fails if this crate gains such a dependency.
 
 pub mod bus;

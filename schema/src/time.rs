@@ -7,3 +7,9 @@ pub type EpochMs = i64;
 pub const fn secs(s: i64) -> EpochMs {
     s * 1000
 }
+
+/// The current time, read from the system clock. The one clock read of the domain crate: the
+/// rules never call it, their callers pass `now` in (so tests control time).
+pub fn now_ms() -> EpochMs {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}

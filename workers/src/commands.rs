@@ -4,8 +4,8 @@ use lapin::options::BasicPublishOptions;
 use schema::bus::{CommandEnvelope, CommandReply};
 use store::Store;
 
-use crate::bus::{DeliveryCtx, Disposition, Handler, json_props};
-use crate::now_ms;
+use bus::{DeliveryCtx, Disposition, Handler, json_props};
+use schema::time::now_ms;
 
 /// Applies commands from the `commands` queue.
 pub struct CommandHandler {

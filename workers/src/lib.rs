@@ -9,16 +9,12 @@
 //! Workers never answer HTTP and never hold rollout rules of their own: the rules are the pure
 //! functions of `schema::rules`, applied inside `store` transactions.
 
-pub mod bus;
 pub mod commands;
 mod metrics;
 pub mod refresh;
 pub mod relay;
 pub mod reports;
-pub mod rpc;
 pub mod sweep;
-#[cfg(feature = "testing")]
-pub mod testing;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,12 +23,7 @@ use store::Store;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::bus::{BusConfig, WorkQueue};
-
-/// The current time in epoch milliseconds.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
-}
+use bus::{BusConfig, WorkQueue};
 
 /// Settings of a worker process.
 #[derive(Debug, Clone)]

@@ -11,7 +11,7 @@ use schema::EnvId;
 use store::Store;
 use tokio::sync::{Notify, watch};
 
-use crate::now_ms;
+use schema::time::now_ms;
 
 /// Pause between rounds while stages remain marked (busy elsewhere or failing).
 const RETRY: Duration = Duration::from_millis(20);

@@ -6,8 +6,8 @@ use std::time::Duration;
 use store::{Exchange, Store};
 use tokio::sync::watch;
 
-use crate::bus::{BusConfig, Outgoing, Publisher, backoff};
 use crate::metrics;
+use bus::{BusConfig, Outgoing, Publisher, backoff};
 
 /// Messages leased per round.
 const BATCH: i64 = 500;

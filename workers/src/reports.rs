@@ -6,8 +6,8 @@ use std::sync::Arc;
 use schema::bus::ReportMessage;
 use store::Store;
 
-use crate::bus::{DeliveryCtx, Disposition, Handler};
 use crate::refresh::Refresher;
+use bus::{DeliveryCtx, Disposition, Handler};
 
 /// Applies report batches from the `reports` queue.
 pub struct ReportHandler {

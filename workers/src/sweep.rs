@@ -7,7 +7,7 @@ use std::time::Duration;
 use store::Store;
 use tokio::sync::watch;
 
-use crate::now_ms;
+use schema::time::now_ms;
 
 /// Runs the sweep every `interval` until `shutdown` turns true.
 pub async fn run(store: Store, interval: Duration, mut shutdown: watch::Receiver<bool>) {

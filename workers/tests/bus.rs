@@ -5,16 +5,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use bus::rpc::CommandClient;
+use bus::testing::TestBus;
+use bus::{DeliveryCtx, Disposition, Handler, Outgoing, Publisher, WorkQueue};
 use lapin::options::{BasicGetOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use schema::bus::{Command, CommandEnvelope, CommandOutcome};
 use schema::model::{ArtifactPolicy, Build, BuildInput, Environ};
-use schema::*;
+use schema::{EnvId, EnvName, StageName};
 use store::testing::TestDatabase;
 use tokio::sync::{Mutex, watch};
-use workers::bus::{self, DeliveryCtx, Disposition, Handler, Outgoing, Publisher, WorkQueue};
-use workers::rpc::CommandClient;
-use workers::testing::TestBus;
 
 /// Records payloads; answers with a fixed disposition for the first `fail_times` deliveries.
 struct Recorder {
@@ -121,7 +121,7 @@ async fn a_deploy_command_round_trips_through_a_worker() {
     let tb = TestBus::new();
     let db = TestDatabase::new().await;
     let cfg = tb.config.clone();
-    let now = workers::now_ms();
+    let now = schema::time::now_ms();
     let e = Environ::create(
         EnvId::generate(),
         serde_json::from_str(r#"{"envName":"web","stageName":"prod"}"#).unwrap(),

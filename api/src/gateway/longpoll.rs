@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use schema::*;
+use schema::{EnvId, GroupName, HostId, HostName};
 use tokio::sync::Notify;
 
 struct Waiter {

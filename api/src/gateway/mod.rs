@@ -15,10 +15,10 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::routing::post;
+use bus::BusConfig;
 use store::Store;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
-use workers::bus::BusConfig;
 
 use self::publisher::Item;
 use self::state::{Hosts, Stages, Tokens};

@@ -15,7 +15,7 @@ use schema::bus::{AgentUpdate, HostFacts};
 use schema::ping::{MAX_WAIT_SECONDS, PingHost, PingRequest, PingResponse, ReportIn};
 use schema::rules::goal::{EnvInput, RecordChange, plan};
 use schema::time::EpochMs;
-use schema::*;
+use schema::{EnvId, EnvName, StageName};
 
 use super::Gateway;
 use super::publisher::Item;
@@ -100,7 +100,7 @@ pub(super) async fn ping(
     let registration = wait
         .map(|_| gw.polls.register(&host.host_id, gw.stage_ids_of(&host), host.host_name.clone(), host.groups.clone()));
     let started = std::time::Instant::now();
-    let mut response = gw.decide(&host, &reports, workers::now_ms());
+    let mut response = gw.decide(&host, &reports, schema::time::now_ms());
     if let Some(h) = PING_SECONDS.as_ref() {
         h.observe(started.elapsed().as_secs_f64());
     }
@@ -115,7 +115,7 @@ pub(super) async fn ping(
                 _ = tokio::time::sleep_until(deadline) => break,
                 _ = gw.stopping() => break,
             }
-            response = gw.decide(&host, &reports, workers::now_ms());
+            response = gw.decide(&host, &reports, schema::time::now_ms());
         }
         count("long_poll");
     }

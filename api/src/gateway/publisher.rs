@@ -9,11 +9,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use bus::{Outgoing, Publisher, WorkQueue, backoff};
 use schema::bus::{AgentUpdate, Heartbeat, HostFacts, ReportBatch, ReportMessage};
 use schema::time::EpochMs;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
-use workers::bus::{Outgoing, Publisher, WorkQueue, backoff};
 
 use super::{Gateway, GatewayConfig};
 
@@ -126,7 +126,7 @@ async fn flush(
 ) {
     let mut batches = vec![ReportBatch {
         gateway: gateway_id.to_string(),
-        sent_at: workers::now_ms(),
+        sent_at: schema::time::now_ms(),
         agents: std::mem::take(&mut pending.agents),
         hosts: std::mem::take(&mut pending.hosts),
         heartbeats: Vec::new(),
@@ -138,7 +138,7 @@ async fn flush(
         let rest = beats.split_off(beats.len().saturating_sub(HEARTBEATS_PER_MESSAGE));
         batches.push(ReportBatch {
             gateway: gateway_id.to_string(),
-            sent_at: workers::now_ms(),
+            sent_at: schema::time::now_ms(),
             agents: Vec::new(),
             hosts: Vec::new(),
             heartbeats: rest,

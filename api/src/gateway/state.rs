@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use schema::bus::{AgentControl, Heartbeat, StageSnapshot};
 use schema::rules::goal::AgentRecord;
 use schema::time::EpochMs;
-use schema::*;
+use schema::{DeployId, EnvId, EnvName, GroupName, HostId, HostName, StageName};
 use store::Role;
 
 /// A map keyed by what operators define (stages, capacity, tokens), looked up by pings: the

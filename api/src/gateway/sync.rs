@@ -8,14 +8,14 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bus::{backoff, connect_with_retry, declare_topology};
 use futures_util::StreamExt;
 use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
+use schema::EnvId;
 use schema::bus::ChangeMessage;
-use schema::*;
 use store::Store;
 use tokio::sync::watch;
-use workers::bus::{backoff, connect_with_retry, declare_topology};
 
 use super::longpoll::StageReach;
 use super::state::{StageEntry, Stages};
@@ -68,7 +68,7 @@ pub async fn run(gw: Arc<Gateway>, store: Store, config: GatewayConfig, mut shut
                             Ok(msg) => apply(&gw, &store, msg).await,
                             Err(e) => tracing::warn!(error = %e, "undecodable change ignored"),
                         },
-                        Some(Err(e)) => return Err(workers::bus::BusError::from(e)),
+                        Some(Err(e)) => return Err(bus::BusError::from(e)),
                         None => return Ok(()),
                     },
                     _ = shutdown.changed() => if *shutdown.borrow() { return Ok(()) },
@@ -91,7 +91,7 @@ pub async fn run(gw: Arc<Gateway>, store: Store, config: GatewayConfig, mut shut
 async fn load_all(gw: &Arc<Gateway>, store: &Store, shutdown: &mut watch::Receiver<bool>) {
     let mut delays = backoff();
     loop {
-        let failure = match store.gateway_load(workers::now_ms()).await {
+        let failure = match store.gateway_load(schema::time::now_ms()).await {
             Ok(load) => {
                 // Building a million records takes a while: off the runtime's threads.
                 let gw2 = gw.clone();
@@ -148,7 +148,7 @@ pub async fn check(gw: Arc<Gateway>, store: Store, config: GatewayConfig, mut sh
         }
         if gw.is_ready() {
             check_versions(&gw, &store).await;
-            let before = workers::now_ms() - config.forget_idle_after.as_millis() as i64;
+            let before = schema::time::now_ms() - config.forget_idle_after.as_millis() as i64;
             let (gw2, keep) = (gw.clone(), config.max_hosts_without_records);
             // A scan of every host and a trim of the heap: off the runtime's threads.
             let forgotten = tokio::task::spawn_blocking(move || {
@@ -215,7 +215,7 @@ async fn reload_stage(gw: &Gateway, store: &Store, env_id: &EnvId) {
 }
 
 async fn check_versions(gw: &Gateway, store: &Store) {
-    match store.token_hashes(workers::now_ms()).await {
+    match store.token_hashes(schema::time::now_ms()).await {
         Ok(tokens) => gw.tokens.replace(tokens),
         Err(e) => tracing::warn!(error = %e, "could not reload tokens"),
     }

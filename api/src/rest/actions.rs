@@ -4,7 +4,7 @@ use axum::Extension;
 use axum::extract::State;
 use axum::response::Response;
 use schema::bus::Command;
-use schema::*;
+use schema::{AcceptanceStatus, AgentState, DeployAction, DeployId, HostId, UnknownValue};
 use serde::Deserialize;
 
 use super::{ApiState, commands, stage_key};

@@ -3,7 +3,7 @@
 use axum::Json;
 use axum::extract::State;
 use schema::model::Agent;
-use schema::*;
+use schema::{EnvId, HostId, HostName};
 use serde::Serialize;
 
 use super::{ApiState, stage_key};

@@ -6,7 +6,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use schema::model::{Build, BuildInput};
-use schema::*;
+use schema::{BuildId, BuildName};
 use serde::Deserialize;
 
 use super::ApiState;
@@ -20,7 +20,7 @@ pub(super) async fn publish(
     Extension(p): Extension<Principal>,
     ApiJson(input): ApiJson<BuildInput>,
 ) -> ApiResult<Response> {
-    let build = Build::publish(input, &s.artifacts, &p.name, workers::now_ms())?;
+    let build = Build::publish(input, &s.artifacts, &p.name, schema::time::now_ms())?;
     s.store.insert_build(&build).await?;
     tracing::info!(build.id = %build.id, build.name = %build.name, publisher = %p.name, "build published");
     let location = format!("/v1/builds/{}", build.id);

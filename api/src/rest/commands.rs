@@ -21,7 +21,7 @@ pub(super) enum Sent {
 
 /// Records the command, publishes it with confirms and waits (a bounded time) for a worker.
 pub(super) async fn send(s: &ApiState, p: &Principal, command: Command) -> ApiResult<Sent> {
-    let now = workers::now_ms();
+    let now = schema::time::now_ms();
     let envelope = CommandEnvelope {
         id: uuid::Uuid::new_v4().to_string(),
         attempt: 1,
@@ -42,7 +42,7 @@ pub(super) async fn send(s: &ApiState, p: &Principal, command: Command) -> ApiRe
         Err(e) => {
             tracing::warn!(command.kind = envelope.command.kind(), error = %e, "could not queue a command");
             let error = CommandError { status: 503, code: "unavailable".into(), message: e.to_string() };
-            let _ = s.store.fail_command(&envelope.id, &error, workers::now_ms()).await;
+            let _ = s.store.fail_command(&envelope.id, &error, schema::time::now_ms()).await;
             // The broker may have taken the command although its confirm was lost, and a worker
             // applied it: then say what happened rather than invite the user to do it twice.
             if let Ok(Some(done)) = s.store.command(&envelope.id).await {

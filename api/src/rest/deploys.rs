@@ -6,7 +6,7 @@ use axum::extract::State;
 use axum::response::Response;
 use schema::bus::Command;
 use schema::model::{CommandStatus, Deploy};
-use schema::*;
+use schema::{BuildId, DeployId};
 use serde::Deserialize;
 
 use super::{ApiState, commands, stage_key};

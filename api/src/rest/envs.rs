@@ -6,7 +6,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use schema::model::{Environ, EnvironInput, StringMap};
-use schema::*;
+use schema::{CapacityType, EnvId, EnvName, GroupName, HostName, UnknownValue};
 use serde::Deserialize;
 use store::StageMap;
 
@@ -33,7 +33,7 @@ pub(super) async fn create(
     Extension(p): Extension<Principal>,
     ApiJson(input): ApiJson<EnvironInput>,
 ) -> ApiResult<Response> {
-    let e = Environ::create(EnvId::generate(), input, &p.name, workers::now_ms())?;
+    let e = Environ::create(EnvId::generate(), input, &p.name, schema::time::now_ms())?;
     s.store.create_stage(&e).await?;
     tracing::info!(env = %e.env_name, stage = %e.stage_name, operator = %p.name, "stage created");
     let location = format!("/v1/envs/{}/{}", e.env_name, e.stage_name);
@@ -57,7 +57,7 @@ pub(super) async fn update(
     ApiJson(input): ApiJson<EnvironInput>,
 ) -> ApiResult<StatusCode> {
     let (env, stage) = stage_key(env, stage)?;
-    s.store.update_stage(&env, &stage, input, &p.name, workers::now_ms()).await?;
+    s.store.update_stage(&env, &stage, input, &p.name, schema::time::now_ms()).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -115,7 +115,7 @@ pub(super) async fn put_capacity(
     }
     clean.sort();
     clean.dedup();
-    s.store.set_capacity(&env, &stage, kind, &clean, &p.name, workers::now_ms()).await?;
+    s.store.set_capacity(&env, &stage, kind, &clean, &p.name, schema::time::now_ms()).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -154,7 +154,7 @@ async fn put_map(
         };
         clean.insert(k, v);
     }
-    s.store.set_stage_map(&env, &stage, which, &clean, &p.name, workers::now_ms()).await?;
+    s.store.set_stage_map(&env, &stage, which, &clean, &p.name, schema::time::now_ms()).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -15,10 +15,10 @@ use axum::Router;
 use axum::extract::FromRef;
 use axum::middleware;
 use axum::routing::{get, post, put};
+use bus::rpc::CommandClient;
 use schema::model::ArtifactPolicy;
-use schema::*;
+use schema::{EnvName, StageName};
 use store::Store;
-use workers::rpc::CommandClient;
 
 use crate::auth;
 use crate::error::ApiResult;

@@ -5,7 +5,7 @@ use axum::Json;
 use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use schema::model::{ConstraintBean, ConstraintInput, ScheduleBean, ScheduleInput};
-use schema::*;
+use schema::{AcceptanceStatus, DeployState, DeployType, EnvId, UnknownValue};
 use serde::Deserialize;
 use store::{AgentCount, DeployPage, DeployProgress, DeploySearch};
 
@@ -21,7 +21,7 @@ pub(super) async fn put_schedule(
     ApiJson(input): ApiJson<ScheduleInput>,
 ) -> ApiResult<Json<Option<ScheduleBean>>> {
     let (env, stage) = stage_key(env, stage)?;
-    Ok(Json(s.store.set_schedule(&env, &stage, input, workers::now_ms()).await?))
+    Ok(Json(s.store.set_schedule(&env, &stage, input, schema::time::now_ms()).await?))
 }
 
 /// `GET /v1/schedules/{env}/{stage}/{scheduleId}`: the stage's schedule, if it has that id.
@@ -52,7 +52,7 @@ pub(super) async fn post_constraint(
     ApiJson(input): ApiJson<ConstraintInput>,
 ) -> ApiResult<Json<ConstraintBean>> {
     let (env, stage) = stage_key(env, stage)?;
-    Ok(Json(s.store.set_constraint(&env, &stage, input, workers::now_ms()).await?))
+    Ok(Json(s.store.set_constraint(&env, &stage, input, schema::time::now_ms()).await?))
 }
 
 /// `DELETE /v1/envs/{env}/{stage}/deploy_constraint`.

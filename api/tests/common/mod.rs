@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use api::gateway::GatewayConfig;
 use api::rest::ApiState;
+use bus::rpc::CommandClient;
+use bus::testing::TestBus;
 use reqwest::{Method, StatusCode};
 use schema::model::ArtifactPolicy;
 use serde_json::{Value, json};
@@ -20,8 +22,6 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use workers::WorkerConfig;
-use workers::rpc::CommandClient;
-use workers::testing::TestBus;
 
 /// Longest a test waits for something asynchronous (a worker, a change event) to happen.
 pub const PATIENCE: Duration = Duration::from_secs(30);
@@ -57,7 +57,7 @@ pub async fn spawn_app() -> App {
     let store = db.store.clone();
     let admin_token = uuid::Uuid::new_v4().simple().to_string();
     let agent_token = uuid::Uuid::new_v4().simple().to_string();
-    let now = workers::now_ms();
+    let now = schema::time::now_ms();
     store.seed_token("admin", Role::Admin, &admin_token, now).await.expect("seed the admin token");
     store.seed_token("agent", Role::Agent, &agent_token, now).await.expect("seed the agent token");
 

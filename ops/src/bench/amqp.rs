@@ -6,8 +6,8 @@
 use std::time::Instant;
 
 use anyhow::Context;
+use bus::{BusConfig, Outgoing, Publisher, WorkQueue};
 use clap::Args;
-use workers::bus::{BusConfig, Outgoing, Publisher, WorkQueue};
 
 /// Flags of `teletraan bench amqp`.
 #[derive(Debug, Clone, Args)]
@@ -51,7 +51,7 @@ pub async fn run(args: AmqpArgs) -> anyhow::Result<()> {
         sent += n;
     }
     let took = started.elapsed().as_secs_f64();
-    if let Err(e) = workers::bus::delete_topology(&bus).await {
+    if let Err(e) = bus::delete_topology(&bus).await {
         eprintln!("amqp: could not delete namespace {}: {e}", bus.namespace);
     }
     let rate = f64::from(sent) / took;

@@ -104,8 +104,8 @@ pub async fn run(args: BenchArgs, g: Globals) -> anyhow::Result<()> {
             amqp::run(a).await
         }
         BenchCmd::DropNamespace => {
-            let bus = workers::bus::BusConfig { url: g.amqp_url.clone(), namespace: bench_namespace(&g) };
-            workers::bus::delete_topology(&bus).await?;
+            let bus = bus::BusConfig { url: g.amqp_url.clone(), namespace: bench_namespace(&g) };
+            bus::delete_topology(&bus).await?;
             Ok(())
         }
     }

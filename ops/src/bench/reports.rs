@@ -15,13 +15,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use bus::{BusConfig, DeliveryCtx, Disposition, Handler, Outgoing, Publisher, WorkQueue};
 use clap::Args;
 use schema::bus::{AgentUpdate, ReportBatch, ReportMessage};
 use schema::rules::goal::AgentRecord;
 use schema::{AgentState, AgentStatus, DeployId, DeployStage, EnvId, HostId, HostName};
 use store::Store;
 use tokio::sync::watch;
-use workers::bus::{BusConfig, DeliveryCtx, Disposition, Handler, Outgoing, Publisher, WorkQueue};
 use workers::refresh::Refresher;
 use workers::reports::ReportHandler;
 
@@ -143,7 +143,7 @@ fn batches(args: &ReportsArgs, base_ms: i64) -> anyhow::Result<(Vec<Vec<u8>>, us
 /// Runs the benchmark and prints its figures (`result: key=value …` last).
 pub async fn run(args: ReportsArgs) -> anyhow::Result<()> {
     let bus = BusConfig { url: args.amqp_url.clone(), namespace: args.namespace.clone() };
-    let base_ms = workers::now_ms();
+    let base_ms = schema::time::now_ms();
     let (payloads, distinct) = batches(&args, base_ms)?;
     let bytes: usize = payloads.iter().map(Vec::len).sum();
     let updates = u64::from(args.batches) * u64::from(args.batch_size.min(args.hosts));
@@ -189,13 +189,7 @@ pub async fn run(args: ReportsArgs) -> anyhow::Result<()> {
             acked: AtomicU64::new(0),
             other: AtomicU64::new(0),
         });
-        tasks.spawn(workers::bus::consume(
-            bus.clone(),
-            WorkQueue::Reports,
-            args.prefetch,
-            handler.clone(),
-            stopped.clone(),
-        ));
+        tasks.spawn(bus::consume(bus.clone(), WorkQueue::Reports, args.prefetch, handler.clone(), stopped.clone()));
         let (r, s, st) = (refresher.clone(), store.clone(), stopped.clone());
         tasks.spawn(async move { r.run(s, st).await });
         handlers.push(handler);
@@ -217,7 +211,7 @@ pub async fn run(args: ReportsArgs) -> anyhow::Result<()> {
     let refreshed = started.elapsed();
     let _ = stop.send(true);
     while tasks.join_next().await.is_some() {}
-    if let Err(e) = workers::bus::delete_topology(&bus).await {
+    if let Err(e) = bus::delete_topology(&bus).await {
         eprintln!("reports: could not delete namespace {}: {e}", bus.namespace);
     }
     let retried: u64 = handlers.iter().map(|h| h.other.load(Ordering::Relaxed)).sum();

@@ -6,12 +6,12 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
+use bus::testing::TestBus;
 use schema::model::{Agent, Build, Deploy};
 use serde_json::{Value, json};
 use store::testing::TestDatabase;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
-use workers::testing::TestBus;
 
 /// The admin token the server is started with.
 pub const ADMIN: &str = "test-admin-token";

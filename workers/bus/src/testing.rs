@@ -1,6 +1,6 @@
 //! Test support: a broker namespace of its own per test, deleted when the test ends.
 
-use crate::bus::{BusConfig, delete_topology};
+use crate::{BusConfig, delete_topology};
 
 /// The broker tests use; override with `TELETRAAN_TEST_AMQP_URL`.
 pub fn broker_url() -> String {

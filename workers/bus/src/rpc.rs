@@ -13,7 +13,7 @@ use lapin::{Channel, Connection};
 use schema::bus::{CommandEnvelope, CommandReply};
 use tokio::sync::{Mutex, oneshot};
 
-use crate::bus::{BusConfig, BusError, WorkQueue, connect, declare_topology, json_props};
+use crate::{BusConfig, BusError, WorkQueue, connect, declare_topology, json_props};
 
 /// RabbitMQ's pseudo-queue for direct replies.
 pub const REPLY_TO: &str = "amq.rabbitmq.reply-to";

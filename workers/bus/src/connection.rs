@@ -1,0 +1,65 @@
+//! Connections to the broker: one attempt, or attempts with backoff until one works.
+
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use lapin::{Connection, ConnectionProperties};
+use tokio::sync::watch;
+
+use crate::topology::BusConfig;
+
+/// Errors of the bus.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    /// The broker is unreachable or the connection broke.
+    #[error("message broker unavailable: {0}")]
+    Unavailable(String),
+    /// The broker refused a message (nack) or could not route it.
+    #[error("message broker refused the message: {0}")]
+    Refused(String),
+}
+
+impl From<lapin::Error> for BusError {
+    fn from(e: lapin::Error) -> Self {
+        BusError::Unavailable(e.to_string())
+    }
+}
+
+/// Opens a connection.
+pub async fn connect(cfg: &BusConfig) -> Result<Connection, BusError> {
+    let props =
+        ConnectionProperties::default().with_connection_name(format!("teletraan-{}", std::process::id()).into());
+    Ok(Connection::connect(&cfg.url, props).await?)
+}
+
+/// Opens a connection, retrying with exponential backoff and jitter until it works or
+/// `shutdown` turns true (then `None`).
+pub async fn connect_with_retry(cfg: &BusConfig, shutdown: &mut watch::Receiver<bool>) -> Option<Connection> {
+    let mut delays = backoff();
+    loop {
+        if *shutdown.borrow() {
+            return None;
+        }
+        match connect(cfg).await {
+            Ok(c) => return Some(c),
+            Err(e) => {
+                let delay = delays.next().unwrap_or(Duration::from_secs(10));
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "cannot reach the message broker");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.changed() => {}
+                }
+            }
+        }
+    }
+}
+
+/// Reconnection delays: 100 ms doubling to 10 s, with jitter, forever.
+pub fn backoff() -> impl Iterator<Item = Duration> {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(10))
+        .with_jitter()
+        .without_max_times()
+        .build()
+}

@@ -1,0 +1,43 @@
+//! Prometheus metrics of the consumers (`teletraan_worker_*`: only workers consume).
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use prometheus::{HistogramVec, IntCounterVec, register_histogram_vec, register_int_counter_vec};
+
+use crate::consume::Disposition;
+use crate::topology::WorkQueue;
+
+static MESSAGES: LazyLock<Option<IntCounterVec>> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "teletraan_worker_messages_total",
+        "Messages handled, by queue and outcome",
+        &["queue", "outcome"]
+    )
+    .ok()
+});
+
+static DURATION: LazyLock<Option<HistogramVec>> = LazyLock::new(|| {
+    register_histogram_vec!(
+        "teletraan_worker_message_duration_seconds",
+        "Time to handle one message, by queue",
+        &["queue"],
+        vec![0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]
+    )
+    .ok()
+});
+
+pub(crate) fn message_done(queue: WorkQueue, d: &Disposition, took: Duration) {
+    let outcome = match d {
+        Disposition::Ack => "ack",
+        Disposition::Retry(_) => "retry",
+        Disposition::RetryLater(_) => "retry_later",
+        Disposition::Dead(_) => "dead",
+    };
+    if let Some(m) = MESSAGES.as_ref() {
+        m.with_label_values(&[queue.as_str(), outcome]).inc();
+    }
+    if let Some(h) = DURATION.as_ref() {
+        h.with_label_values(&[queue.as_str()]).observe(took.as_secs_f64());
+    }
+}

@@ -1,0 +1,154 @@
+//! The topology of DESIGN §4 under a namespace prefix: the work queues (quorum queues with a
+//! delay queue for retries and a dead queue), the fanout of goal changes and the topic of
+//! domain events. Every process declares it at start; declaring is idempotent.
+
+use lapin::options::{
+    ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{Channel, ExchangeKind};
+
+use crate::connection::{BusError, connect};
+use crate::consume::RETRY_DELAY;
+
+/// Where the broker is and which namespace of names this deployment uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BusConfig {
+    /// `amqp://user:pass@host:port/vhost`.
+    pub url: String,
+    /// Prefix of every exchange and queue (`teletraan` by default; tests use their own).
+    pub namespace: String,
+}
+
+/// The two work queues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkQueue {
+    /// Deploy commands from the API.
+    Commands,
+    /// Reports and heartbeats from the gateways.
+    Reports,
+}
+
+impl WorkQueue {
+    /// Short name (also the routing key).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkQueue::Commands => "commands",
+            WorkQueue::Reports => "reports",
+        }
+    }
+}
+
+impl BusConfig {
+    /// A namespaced name.
+    pub fn name(&self, suffix: &str) -> String {
+        format!("{}.{}", self.namespace, suffix)
+    }
+
+    /// Exchange of a work queue.
+    pub fn exchange(&self, q: WorkQueue) -> String {
+        self.name(q.as_str())
+    }
+
+    /// Fanout exchange of goal changes.
+    pub fn changes_exchange(&self) -> String {
+        self.name("changes")
+    }
+
+    /// Topic exchange of domain events.
+    pub fn events_exchange(&self) -> String {
+        self.name("events")
+    }
+}
+
+fn quorum_args(extra: &[(&str, AMQPValue)]) -> FieldTable {
+    let mut t = FieldTable::default();
+    t.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+    for (k, v) in extra {
+        t.insert((*k).into(), v.clone());
+    }
+    t
+}
+
+fn durable() -> ExchangeDeclareOptions {
+    ExchangeDeclareOptions { durable: true, ..Default::default() }
+}
+
+/// Declares the whole topology (idempotent; every process does it at start).
+pub async fn declare_topology(ch: &Channel, cfg: &BusConfig) -> Result<(), BusError> {
+    let retry = cfg.name("retry");
+    let dead = cfg.name("dead");
+    ch.exchange_declare(retry.as_str().into(), ExchangeKind::Direct, durable(), FieldTable::default()).await?;
+    ch.exchange_declare(dead.as_str().into(), ExchangeKind::Direct, durable(), FieldTable::default()).await?;
+    for q in [WorkQueue::Commands, WorkQueue::Reports] {
+        let exchange = cfg.exchange(q);
+        let queue = cfg.name(q.as_str());
+        ch.exchange_declare(exchange.as_str().into(), ExchangeKind::Direct, durable(), FieldTable::default()).await?;
+        // Quorum queue: replicated and durable. A message that keeps failing delivery (a
+        // consumer crashing on it) is dead-lettered instead of dropped.
+        let args = quorum_args(&[
+            ("x-dead-letter-exchange", AMQPValue::LongString(dead.as_str().into())),
+            ("x-dead-letter-routing-key", AMQPValue::LongString(q.as_str().into())),
+            ("x-delivery-limit", AMQPValue::LongInt(20)),
+        ]);
+        let opts = QueueDeclareOptions { durable: true, ..Default::default() };
+        ch.queue_declare(queue.as_str().into(), opts, args).await?;
+        ch.queue_bind(
+            queue.as_str().into(),
+            exchange.as_str().into(),
+            q.as_str().into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+        // Retry queue: holds a message for RETRY_DELAY, then dead-letters it back to the work
+        // exchange.
+        let retry_queue = cfg.name(&format!("{}.retry", q.as_str()));
+        let mut args = FieldTable::default();
+        args.insert("x-message-ttl".into(), AMQPValue::LongInt(RETRY_DELAY.as_millis() as i32));
+        args.insert("x-dead-letter-exchange".into(), AMQPValue::LongString(exchange.as_str().into()));
+        args.insert("x-dead-letter-routing-key".into(), AMQPValue::LongString(q.as_str().into()));
+        ch.queue_declare(retry_queue.as_str().into(), opts, args).await?;
+        ch.queue_bind(
+            retry_queue.as_str().into(),
+            retry.as_str().into(),
+            q.as_str().into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+        // Dead queue: kept for operators.
+        let dead_queue = cfg.name(&format!("{}.dead", q.as_str()));
+        ch.queue_declare(dead_queue.as_str().into(), opts, quorum_args(&[])).await?;
+        ch.queue_bind(
+            dead_queue.as_str().into(),
+            dead.as_str().into(),
+            q.as_str().into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    }
+    ch.exchange_declare(cfg.changes_exchange().as_str().into(), ExchangeKind::Fanout, durable(), FieldTable::default())
+        .await?;
+    ch.exchange_declare(cfg.events_exchange().as_str().into(), ExchangeKind::Topic, durable(), FieldTable::default())
+        .await?;
+    Ok(())
+}
+
+/// Deletes every exchange and queue of a namespace (tests clean up with it).
+pub async fn delete_topology(cfg: &BusConfig) -> Result<(), BusError> {
+    let conn = connect(cfg).await?;
+    let ch = conn.create_channel().await?;
+    for q in [WorkQueue::Commands, WorkQueue::Reports] {
+        for queue in [q.as_str().to_string(), format!("{}.retry", q.as_str()), format!("{}.dead", q.as_str())] {
+            ch.queue_delete(cfg.name(&queue).as_str().into(), QueueDeleteOptions::default()).await?;
+        }
+        ch.exchange_delete(cfg.exchange(q).as_str().into(), ExchangeDeleteOptions::default()).await?;
+    }
+    for ex in ["retry", "dead", "changes", "events"] {
+        ch.exchange_delete(cfg.name(ex).as_str().into(), ExchangeDeleteOptions::default()).await?;
+    }
+    let _ = conn.close(200, "bye".into()).await;
+    Ok(())
+}
