@@ -5,6 +5,7 @@ pub mod acceptance;
 pub mod admission;
 pub mod agent_state;
 pub mod constraint;
+pub mod cron;
 pub mod deploy_state;
 pub mod goal;
 pub mod schedule;
