@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Args;
 use serde::Deserialize;
+use workers::jobs::{JobsConfig, parse_duration};
 
 /// Settings shared by every server role (flags and environment variables).
 #[derive(Debug, Clone, Default, Args)]
@@ -48,6 +49,33 @@ pub struct ServerArgs {
     /// Postgres connections per process.
     #[arg(long, env = "TELETRAAN_DATABASE_POOL", global = true)]
     pub database_pool: Option<usize>,
+    /// Periods of the workers' jobs, `name=30s,other=off` (see README: jobs).
+    #[arg(long, env = "TELETRAAN_JOBS", global = true)]
+    pub jobs: Option<String>,
+    /// Lease of a running job (`30s`): a worker that dies holding a job delays it this long.
+    #[arg(long, env = "TELETRAAN_JOB_LEASE", global = true)]
+    pub job_lease: Option<String>,
+    /// Seconds without a ping after which a host's records are UNREACHABLE.
+    #[arg(long, env = "TELETRAAN_MIN_STALE_HOST_SECONDS", global = true)]
+    pub min_stale_host_seconds: Option<u64>,
+    /// Seconds without a ping after which a host is forgotten.
+    #[arg(long, env = "TELETRAAN_MAX_STALE_HOST_SECONDS", global = true)]
+    pub max_stale_host_seconds: Option<u64>,
+    /// Builds kept per build name at least (older ones without deploys are deleted).
+    #[arg(long, env = "TELETRAAN_MAX_BUILDS_PER_NAME", global = true)]
+    pub max_builds_per_name: Option<i64>,
+    /// Builds younger than this many days are kept whatever their number.
+    #[arg(long, env = "TELETRAAN_MAX_BUILD_DAYS", global = true)]
+    pub max_build_days: Option<i64>,
+    /// Days finished commands are kept.
+    #[arg(long, env = "TELETRAAN_COMMAND_RETENTION_DAYS", global = true)]
+    pub command_retention_days: Option<i64>,
+    /// A host's heartbeat is stored at most once per this many seconds (gateway).
+    #[arg(long, env = "TELETRAAN_HEARTBEAT_SECONDS", global = true)]
+    pub heartbeat_seconds: Option<u64>,
+    /// Rows deleted per transaction by the retention jobs.
+    #[arg(long, env = "TELETRAAN_RETENTION_BATCH", global = true)]
+    pub retention_batch: Option<i64>,
 }
 
 /// The TOML file.
@@ -65,6 +93,15 @@ struct FileConfig {
     command_wait: Option<u64>,
     artifact_url_prefixes: Option<Vec<String>>,
     database_pool: Option<usize>,
+    jobs: Option<std::collections::BTreeMap<String, String>>,
+    job_lease: Option<String>,
+    min_stale_host_seconds: Option<u64>,
+    max_stale_host_seconds: Option<u64>,
+    max_builds_per_name: Option<i64>,
+    max_build_days: Option<i64>,
+    command_retention_days: Option<i64>,
+    heartbeat_seconds: Option<u64>,
+    retention_batch: Option<i64>,
 }
 
 /// Resolved settings.
@@ -81,6 +118,8 @@ pub struct Settings {
     pub command_wait: Duration,
     pub artifact_url_prefixes: Vec<String>,
     pub database_pool: usize,
+    pub jobs: JobsConfig,
+    pub heartbeat_resolution: Duration,
 }
 
 fn check_token(name: &str, t: Option<String>) -> anyhow::Result<Option<String>> {
@@ -105,6 +144,7 @@ impl ServerArgs {
             let s = v.or(f).unwrap_or_else(|| default.to_string());
             s.parse().with_context(|| format!("{name}: {s:?} is not an address like 127.0.0.1:8080"))
         };
+        let jobs = self.jobs_config(&file)?;
         let namespace = self.namespace.clone().or(file.namespace).unwrap_or_else(|| "teletraan".into());
         if namespace.is_empty() || !namespace.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
             bail!("namespace {namespace:?} may only contain letters, digits, '-', '_' and '.'");
@@ -118,6 +158,14 @@ impl ServerArgs {
         let pool = self.database_pool.or(file.database_pool).unwrap_or(32);
         if pool == 0 {
             bail!("database_pool must be at least 1");
+        }
+        let heartbeat = self.heartbeat_seconds.or(file.heartbeat_seconds).unwrap_or(60);
+        if heartbeat == 0 || heartbeat * 2 > jobs.janitor.min_stale.as_secs() {
+            bail!(
+                "heartbeat_seconds must be at least 1 and at most half of min_stale_host_seconds ({}), \
+                 or live hosts would look silent",
+                jobs.janitor.min_stale.as_secs()
+            );
         }
         Ok(Settings {
             database_url: self
@@ -139,7 +187,54 @@ impl ServerArgs {
             command_wait: Duration::from_secs(self.command_wait.or(file.command_wait).unwrap_or(10)),
             artifact_url_prefixes: prefixes,
             database_pool: pool,
+            jobs,
+            heartbeat_resolution: Duration::from_secs(heartbeat),
         })
+    }
+
+    fn jobs_config(&self, file: &FileConfig) -> anyhow::Result<JobsConfig> {
+        let mut jobs = JobsConfig::default();
+        if let Some(table) = &file.jobs {
+            let spec: Vec<String> = table.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            jobs.set_periods(&spec.join(",")).map_err(|e| anyhow::anyhow!("jobs: {e}"))?;
+        }
+        if let Some(spec) = &self.jobs {
+            jobs.set_periods(spec).map_err(|e| anyhow::anyhow!("jobs: {e}"))?;
+        }
+        if let Some(lease) = self.job_lease.as_ref().or(file.job_lease.as_ref()) {
+            jobs.lease = parse_duration(lease).map_err(|e| anyhow::anyhow!("job_lease: {e}"))?;
+            if jobs.lease < Duration::from_secs(1) {
+                bail!("job_lease must be at least 1s");
+            }
+        }
+        if let Some(s) = self.min_stale_host_seconds.or(file.min_stale_host_seconds) {
+            jobs.janitor.min_stale = Duration::from_secs(s);
+        }
+        if let Some(s) = self.max_stale_host_seconds.or(file.max_stale_host_seconds) {
+            jobs.janitor.max_stale = Duration::from_secs(s);
+        }
+        jobs.janitor.validate().map_err(|e| anyhow::anyhow!(e))?;
+        let positive = |name: &str, v: Option<i64>| -> anyhow::Result<Option<i64>> {
+            match v {
+                Some(n) if n < 1 => bail!("{name} must be at least 1"),
+                other => Ok(other),
+            }
+        };
+        if let Some(n) = positive("max_builds_per_name", self.max_builds_per_name.or(file.max_builds_per_name))? {
+            jobs.retention.builds_per_name = n;
+        }
+        if let Some(n) = positive("max_build_days", self.max_build_days.or(file.max_build_days))? {
+            jobs.retention.build_days = n;
+        }
+        if let Some(n) =
+            positive("command_retention_days", self.command_retention_days.or(file.command_retention_days))?
+        {
+            jobs.retention.command_days = n;
+        }
+        if let Some(n) = positive("retention_batch", self.retention_batch.or(file.retention_batch))? {
+            jobs.retention.batch = n;
+        }
+        Ok(jobs)
     }
 }
 

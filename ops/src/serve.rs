@@ -63,12 +63,9 @@ pub async fn start(settings: &Settings, roles: Roles, generate_tokens: bool) -> 
     let (shutdown, shutdown_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
     if roles.worker {
-        workers::spawn(
-            workers::WorkerConfig::new(bus.clone(), settings.database_url.clone()),
-            store.clone(),
-            shutdown_rx.clone(),
-            &mut tasks,
-        );
+        let mut config = workers::WorkerConfig::new(bus.clone(), settings.database_url.clone());
+        config.jobs = settings.jobs.clone();
+        workers::spawn(config, store.clone(), shutdown_rx.clone(), &mut tasks);
     }
     let mut gateway_addr = None;
     if roles.gateway {
@@ -76,12 +73,9 @@ pub async fn start(settings: &Settings, roles: Roles, generate_tokens: bool) -> 
             .await
             .with_context(|| format!("cannot listen on {} (gateway)", settings.gateway_listen))?;
         gateway_addr = Some(listener.local_addr()?);
-        let gw = api::gateway::start(
-            api::gateway::GatewayConfig::new(bus.clone()),
-            store.clone(),
-            shutdown_rx.clone(),
-            &mut tasks,
-        );
+        let mut config = api::gateway::GatewayConfig::new(bus.clone());
+        config.heartbeat_resolution = settings.heartbeat_resolution;
+        let gw = api::gateway::start(config, store.clone(), shutdown_rx.clone(), &mut tasks);
         tasks.spawn(serve(listener, api::gateway_router(gw), shutdown_rx.clone(), "gateway"));
     }
     if roles.worker && !roles.api && !roles.gateway {

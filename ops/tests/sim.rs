@@ -171,6 +171,38 @@ async fn virtual_agents_speak_the_protocol_fail_on_demand_and_forget_on_delete()
     assert_eq!(fleet.counters().pings, pings, "no task pings after stop");
 }
 
+#[tokio::test]
+async fn a_silenced_host_holds_its_pings_and_goes_on_where_it_stopped() {
+    let (url, fake) = fake_gateway(Fake::default()).await;
+    let config = SimConfig {
+        gateway: url,
+        token: "fake-token".into(),
+        hosts: numbered_hosts("quiet", 2, &["web".to_string()], &[]),
+        ping_interval: Duration::from_millis(50),
+        ..SimConfig::default()
+    }
+    .stage_duration(DeployStage::Restarting, Duration::from_millis(300));
+    let fleet = Fleet::start(config).unwrap();
+    let pings_of =
+        |host: &str| fake.lock().unwrap().requests.iter().filter(|(_, r)| r.host_id.as_deref() == Some(host)).count();
+    // Silenced while it restarts: the step ends, its result is not sent.
+    let restarting =
+        |f: &Fleet| f.host("quiet-01").unwrap().envs.first().is_some_and(|e| e.deploy_stage == DeployStage::Restarting);
+    assert!(fleet.wait_until(restarting, DEADLINE).await, "{:?}", fleet.hosts());
+    assert!(fleet.silence("quiet-01"));
+    assert!(!fleet.silence("nobody"));
+    let before = pings_of("quiet-01");
+    let other = pings_of("quiet-02");
+    assert!(fleet.wait_until(|_| pings_of("quiet-02") >= other + 10, DEADLINE).await, "the other host goes on");
+    assert!(pings_of("quiet-01") <= before + 1, "a silent host sends nothing (one ping may have been on its way)");
+    assert!(fleet.host("quiet-01").unwrap().envs[0].serving.is_none(), "and so never finished");
+    assert!(fleet.revive("quiet-01"));
+    let served =
+        |f: &Fleet| f.host("quiet-01").unwrap().envs.first().is_some_and(|e| e.serving.as_deref() == Some("b1"));
+    assert!(fleet.wait_until(served, DEADLINE).await, "revived, it finishes: {:?}", fleet.hosts());
+    fleet.stop().await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // The CLI.
 

@@ -1,20 +1,20 @@
-//! `workers`: the RabbitMQ bus and everything that runs behind it.
+//! `workers`: everything that runs behind the queues.
 //!
 //! Consumers apply deploy commands (replying to the API) and gateway reports (then
 //! re-evaluating the stages they touched: deploy state and admission); the outbox relay
-//! publishes what transactions announced; a periodic sweep catches what no event woke up.
-//! Any number of worker processes may run: they share the queues and Postgres row locks, with
-//! no leader.
+//! publishes what transactions announced; periodic jobs ([`jobs`]) do what the clock decides
+//! (stuck deploys, silent hosts, retention). Any number of worker processes may run: they
+//! share the queues, Postgres row locks and the leases of the `jobs` table, with no leader.
 //!
 //! Workers never answer HTTP and never hold rollout rules of their own: the rules are the pure
 //! functions of `schema::rules`, applied inside `store` transactions.
 
 pub mod commands;
+pub mod jobs;
 mod metrics;
 pub mod refresh;
 pub mod relay;
 pub mod reports;
-pub mod sweep;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,20 +36,14 @@ pub struct WorkerConfig {
     pub command_prefetch: u16,
     /// Report batches handled at once.
     pub report_prefetch: u16,
-    /// Period of the sweep.
-    pub sweep_interval: Duration,
+    /// Periodic jobs.
+    pub jobs: jobs::JobsConfig,
 }
 
 impl WorkerConfig {
     /// Defaults for a broker and a database.
     pub fn new(bus: BusConfig, database_url: String) -> Self {
-        WorkerConfig {
-            bus,
-            database_url,
-            command_prefetch: 16,
-            report_prefetch: 8,
-            sweep_interval: Duration::from_secs(10),
-        }
+        WorkerConfig { bus, database_url, command_prefetch: 16, report_prefetch: 8, jobs: jobs::JobsConfig::default() }
     }
 }
 
@@ -75,5 +69,5 @@ pub fn spawn(config: WorkerConfig, store: Store, shutdown: watch::Receiver<bool>
         tasks.spawn(async move { refresher.run(store, shutdown).await });
     }
     tasks.spawn(relay::run(store.clone(), config.database_url.clone(), config.bus.clone(), shutdown.clone()));
-    tasks.spawn(sweep::run(store, config.sweep_interval, shutdown));
+    tasks.spawn(jobs::run(store, config.jobs, jobs::worker_name(), shutdown, Duration::from_secs(10)));
 }

@@ -1,8 +1,12 @@
 //! Prometheus metrics of the workers (`teletraan_worker_*`).
 
 use std::sync::LazyLock;
+use std::time::Duration;
 
-use prometheus::{IntCounterVec, register_int_counter_vec};
+use prometheus::{
+    GaugeVec, HistogramVec, IntCounterVec, IntGaugeVec, register_gauge_vec, register_histogram_vec,
+    register_int_counter_vec, register_int_gauge_vec,
+};
 
 static RELAYED: LazyLock<Option<IntCounterVec>> = LazyLock::new(|| {
     register_int_counter_vec!(
@@ -16,5 +20,63 @@ static RELAYED: LazyLock<Option<IntCounterVec>> = LazyLock::new(|| {
 pub(crate) fn relayed(exchange: &str, n: usize) {
     if let Some(m) = RELAYED.as_ref() {
         m.with_label_values(&[exchange]).inc_by(n as u64);
+    }
+}
+
+static JOB_RUNS: LazyLock<Option<IntCounterVec>> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "teletraan_worker_job_runs_total",
+        "Periodic job runs by this process, by job and outcome (ok, failed)",
+        &["job", "outcome"]
+    )
+    .ok()
+});
+
+static JOB_DURATION: LazyLock<Option<HistogramVec>> = LazyLock::new(|| {
+    register_histogram_vec!(
+        "teletraan_worker_job_duration_seconds",
+        "Duration of periodic job runs by this process, by job",
+        &["job"],
+        vec![0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0]
+    )
+    .ok()
+});
+
+static JOB_LAST_SUCCESS: LazyLock<Option<GaugeVec>> = LazyLock::new(|| {
+    register_gauge_vec!(
+        "teletraan_worker_job_last_success_timestamp_seconds",
+        "When each periodic job last succeeded, in any worker (read from the jobs table)",
+        &["job"]
+    )
+    .ok()
+});
+
+static JOB_FAILURES: LazyLock<Option<IntGaugeVec>> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "teletraan_worker_job_failures",
+        "Failed runs of each periodic job, in any worker (read from the jobs table)",
+        &["job"]
+    )
+    .ok()
+});
+
+pub(crate) fn job_done(job: &str, ok: bool, took: Duration) {
+    if let Some(m) = JOB_RUNS.as_ref() {
+        m.with_label_values(&[job, if ok { "ok" } else { "failed" }]).inc();
+    }
+    if let Some(h) = JOB_DURATION.as_ref() {
+        h.with_label_values(&[job]).observe(took.as_secs_f64());
+    }
+}
+
+/// Exports what the jobs table says of every job.
+pub(crate) fn job_table(jobs: &[store::JobStatus]) {
+    for j in jobs {
+        if let (Some(g), Some(t)) = (JOB_LAST_SUCCESS.as_ref(), j.last_success) {
+            g.with_label_values(&[j.name.as_str()]).set(t as f64 / 1000.0);
+        }
+        if let Some(g) = JOB_FAILURES.as_ref() {
+            g.with_label_values(&[j.name.as_str()]).set(j.failures);
+        }
     }
 }

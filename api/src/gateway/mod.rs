@@ -79,6 +79,10 @@ pub struct Gateway {
     ready: AtomicBool,
     pub(crate) polls: longpoll::LongPoll,
     shutdown: watch::Receiver<bool>,
+    /// A host silent for longer than this publishes its identity again at its next ping: the
+    /// janitor may have forgotten it meanwhile (it forgets hosts only after a silence well
+    /// past two heartbeat periods).
+    pub(crate) republish_after_ms: i64,
 }
 
 impl Gateway {
@@ -119,6 +123,7 @@ pub fn start(
         ready: AtomicBool::new(false),
         polls: longpoll::LongPoll::default(),
         shutdown: shutdown.clone(),
+        republish_after_ms: i64::try_from(config.heartbeat_resolution.as_millis()).unwrap_or(i64::MAX / 4) * 2,
     });
     let id = format!("gateway-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     tasks.spawn(publisher::run(rx, gateway.clone(), config.clone(), id, shutdown.clone()));

@@ -248,6 +248,10 @@ impl Gateway {
     }
 
     fn host_seen(&self, host: &PingHost, entry: &mut HostEntry, now: EpochMs) {
+        if entry.last_seen != 0 && now - entry.last_seen > self.republish_after_ms {
+            // Back from a long silence: the janitor may have forgotten the host.
+            entry.facts_hash = 0;
+        }
         entry.last_seen = now;
         let facts_hash = hash_of(&(
             &host.host_name,

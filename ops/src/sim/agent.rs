@@ -19,6 +19,8 @@ use super::stats::Counters;
 
 /// A guard against a gateway that never answers NOOP, as in the real agent.
 const MAX_STEPS_PER_ROUND: usize = 200;
+/// How often a silenced host checks whether it was revived.
+const SILENT_POLL: Duration = Duration::from_millis(20);
 /// Longest answer text kept in an error message.
 const ERROR_TEXT: usize = 200;
 
@@ -203,6 +205,11 @@ impl Agent {
     /// One ping. The request's future is large and alive only while a ping is in flight, so it
     /// lives on the heap: a waiting host keeps a small task (this matters with 10,000 hosts).
     async fn ping(&self, wait: Option<u32>) -> Result<PingResponse, ()> {
+        // A silenced host holds its ping (and so its step's result) until it is revived; the
+        // caller's select on `stop` ends the wait when the fleet stops.
+        while self.shared.slots[self.host].is_silent() {
+            tokio::time::sleep(SILENT_POLL).await;
+        }
         Box::pin(self.send_ping(wait)).await
     }
 

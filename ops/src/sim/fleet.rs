@@ -1,7 +1,7 @@
 //! [`Fleet`]: start the virtual agents, look at them, change their failure flags, stop them.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -48,9 +48,16 @@ pub(crate) struct Slot {
     pub state: Mutex<HostState>,
     /// One bit per stage (`DeployStage as usize`): the host fails that stage until healed.
     failing: AtomicU16,
+    /// The host sends no ping (a network partition, a frozen machine) until revived.
+    silent: AtomicBool,
 }
 
 impl Slot {
+    /// Is this host silent now?
+    pub fn is_silent(&self) -> bool {
+        self.silent.load(Ordering::Relaxed)
+    }
+
     /// Does this host fail `stage` now?
     pub fn fails(&self, stage: DeployStage) -> bool {
         self.failing.load(Ordering::Relaxed) & (1 << stage as u16) != 0
@@ -136,6 +143,7 @@ impl Fleet {
                 tags_json,
                 state: Mutex::new(HostState::default()),
                 failing: AtomicU16::new(failing),
+                silent: AtomicBool::new(false),
             });
         }
         let by_id = slots.iter().enumerate().map(|(i, s)| (s.spec.id.clone(), i)).collect();
@@ -251,6 +259,28 @@ impl Fleet {
         match self.shared.by_id.get(host) {
             Some(i) => {
                 self.shared.slots[*i].failing.store(0, Ordering::Relaxed);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// From now on, host `host` (its id) sends no ping, as if cut off the network: it keeps
+    /// its state and its step in progress, and goes on where it stopped once revived. `false`
+    /// when there is no such host.
+    pub fn silence(&self, host: &str) -> bool {
+        self.set_silent(host, true)
+    }
+
+    /// Host `host` pings again. `false` when there is no such host.
+    pub fn revive(&self, host: &str) -> bool {
+        self.set_silent(host, false)
+    }
+
+    fn set_silent(&self, host: &str, silent: bool) -> bool {
+        match self.shared.by_id.get(host) {
+            Some(i) => {
+                self.shared.slots[*i].silent.store(silent, Ordering::Relaxed);
                 true
             }
             None => false,

@@ -43,9 +43,16 @@ pub struct Server {
 impl Server {
     /// Starts the server and waits until its gateway is ready.
     pub async fn start() -> Server {
+        Server::start_with(&[]).await
+    }
+
+    /// Starts the server with more settings (`TELETRAAN_*` variables).
+    pub async fn start_with(settings: &[(&str, &str)]) -> Server {
         let db = TestDatabase::new().await;
         let bus = TestBus::new();
-        let mut child = Command::new(binary("teletraan"))
+        let mut child = Command::new(binary("teletraan"));
+        child.envs(settings.iter().copied());
+        let mut child = child
             .arg("up")
             .env("TELETRAAN_DATABASE_URL", &db.url)
             .env("TELETRAAN_AMQP_URL", &bus.config.url)

@@ -287,7 +287,7 @@ async fn set_states(
     Ok(n)
 }
 
-async fn update_states(
+pub(crate) async fn update_states(
     c: &impl GenericClient,
     env_id: &EnvId,
     rows: Vec<AgentRow>,
@@ -316,7 +316,7 @@ async fn update_states(
     Ok(changed)
 }
 
-async fn announce_rows(c: &impl GenericClient, env_id: &EnvId, rows: Vec<AgentRow>) -> Result<()> {
+pub(crate) async fn announce_rows(c: &impl GenericClient, env_id: &EnvId, rows: Vec<AgentRow>) -> Result<()> {
     if rows.is_empty() {
         return Ok(());
     }

@@ -138,7 +138,9 @@ pub(crate) async fn admit(c: &impl GenericClient, e: &Environ, now: EpochMs) -> 
     let counts = c
         .query_one(
             "SELECT count(*) FILTER (WHERE NOT first_deploy) AS existing,
-                count(*) FILTER (WHERE (NOT first_deploy AND deploy_stage <> 'SERVING_BUILD' AND state <> 'PAUSED_BY_USER')
+                -- AgentRecord::is_active, as a filter.
+                count(*) FILTER (WHERE (NOT first_deploy AND deploy_stage <> 'SERVING_BUILD'
+                                        AND state NOT IN ('PAUSED_BY_USER', 'UNREACHABLE'))
                                  OR state = 'STOP') AS active,
                 count(*) AS total,
                 count(*) FILTER (WHERE deploy_id = $2) AS on_deploy,

@@ -7,6 +7,7 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
     (1, "init", include_str!("../../migrations/0001_init.sql")),
     (2, "hot_path_indexes", include_str!("../../migrations/0002_hot_path_indexes.sql")),
     (3, "schedules_constraints_tags", include_str!("../../migrations/0003_schedules_constraints_tags.sql")),
+    (4, "jobs", include_str!("../../migrations/0004_jobs.sql")),
 ];
 
 /// Arbitrary constant that names the migration lock.

@@ -30,6 +30,13 @@ impl TestDatabase {
         TestDatabase { url, name, store }
     }
 
+    /// A connection of its own, for a test's raw SQL (seeding, checking what no method reads).
+    pub async fn client(&self) -> tokio_postgres::Client {
+        let (client, conn) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls).await.expect("connect");
+        tokio::spawn(conn);
+        client
+    }
+
     /// When a host was last seen according to its stored heartbeat (ms since the epoch).
     pub async fn last_seen(&self, host_id: &str) -> Option<i64> {
         let (client, conn) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls).await.expect("connect");
