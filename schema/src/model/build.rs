@@ -1,0 +1,184 @@
+//! Builds (Teletraan's `BuildBean`): what CI publishes, and the artifact policy.
+
+use serde::{Deserialize, Serialize};
+
+use super::{Invalid, invalid, optional_text, required};
+use crate::time::EpochMs;
+use crate::{BuildId, BuildName};
+
+/// An immutable artifact record published by CI (Teletraan's `BuildBean`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Build {
+    /// `<22-char id>_<commit7>`.
+    pub id: BuildId,
+    /// Build name; must equal a stage's `buildName` to deploy there.
+    pub name: BuildName,
+    /// Where the agent downloads the artifact (http, https or file).
+    pub artifact_url: String,
+    /// SCM type.
+    #[serde(rename = "type")]
+    pub scm: Option<String>,
+    /// Repository.
+    pub repo: String,
+    /// Branch.
+    pub branch: String,
+    /// Full commit.
+    pub commit: String,
+    /// First 7 characters of the commit.
+    pub commit_short: String,
+    /// Link to the commit.
+    pub commit_info: Option<String>,
+    /// Commit time.
+    pub commit_date: EpochMs,
+    /// Link to the CI job.
+    pub publish_info: Option<String>,
+    /// Who published.
+    pub publisher: String,
+    /// When.
+    pub publish_date: EpochMs,
+    /// Hex SHA-256 of the artifact; the agent refuses an artifact that does not match.
+    pub artifact_sha256: Option<String>,
+}
+
+/// A build as CI publishes it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[allow(missing_docs)]
+pub struct BuildInput {
+    pub name: Option<String>,
+    pub artifact_url: Option<String>,
+    #[serde(rename = "type")]
+    pub scm: Option<String>,
+    pub repo: Option<String>,
+    pub branch: Option<String>,
+    pub commit: Option<String>,
+    pub commit_short: Option<String>,
+    pub commit_info: Option<String>,
+    pub commit_date: Option<EpochMs>,
+    pub publish_info: Option<String>,
+    pub artifact_sha256: Option<String>,
+}
+
+/// Where artifacts may come from.
+#[derive(Debug, Clone, Default)]
+pub struct ArtifactPolicy {
+    /// When non-empty, an artifact URL must start with one of these.
+    pub allowed_prefixes: Vec<String>,
+}
+
+impl Build {
+    /// Validates a publish request and fills Teletraan's defaults.
+    pub fn publish(
+        input: BuildInput,
+        policy: &ArtifactPolicy,
+        publisher: &str,
+        now: EpochMs,
+    ) -> Result<Build, Invalid> {
+        let name = BuildName::parse(input.name.unwrap_or_default()).map_err(|e| invalid("name", e.to_string()))?;
+        let artifact_url = required("artifactUrl", input.artifact_url, 2048)?;
+        let scheme_ok = ["http://", "https://", "file://"].iter().any(|p| artifact_url.starts_with(p));
+        if !scheme_ok {
+            return Err(invalid("artifactUrl", "must be an http://, https:// or file:// URL"));
+        }
+        if !policy.allowed_prefixes.is_empty()
+            && !policy.allowed_prefixes.iter().any(|p| artifact_url.starts_with(p.as_str()))
+        {
+            return Err(invalid("artifactUrl", "is not under an allowed artifact location"));
+        }
+        let repo = required("repo", input.repo, 256)?;
+        let branch = required("branch", input.branch, 256)?;
+        let commit = required("commit", input.commit, 64)?;
+        if !commit.chars().all(|c| c.is_ascii_alphanumeric()) {
+            return Err(invalid("commit", "may only contain letters and digits"));
+        }
+        let commit_short = match input.commit_short {
+            Some(s) if !s.is_empty() => {
+                if s.len() > 16 || !s.chars().all(|c| c.is_ascii_alphanumeric()) {
+                    return Err(invalid("commitShort", "must be up to 16 letters and digits"));
+                }
+                s
+            }
+            _ => commit.chars().take(7).collect(),
+        };
+        let artifact_sha256 = match input.artifact_sha256 {
+            Some(s) => {
+                let s = s.trim().to_ascii_lowercase();
+                if s.len() != 64 || !s.chars().all(|c| c.is_ascii_hexdigit()) {
+                    return Err(invalid("artifactSha256", "must be 64 hexadecimal characters"));
+                }
+                Some(s)
+            }
+            None => None,
+        };
+        // Year 3000: far enough, and well inside what Postgres and every client can represent.
+        const LATEST: EpochMs = 32_503_680_000_000;
+        if let Some(d) = input.commit_date
+            && !(0..=LATEST).contains(&d)
+        {
+            return Err(invalid("commitDate", "must be epoch milliseconds between 1970 and 3000"));
+        }
+        let id = BuildId::generate(&commit_short).map_err(|e| invalid("commitShort", e.to_string()))?;
+        Ok(Build {
+            id,
+            name,
+            artifact_url,
+            scm: optional_text("type", input.scm, 64)?,
+            repo,
+            branch,
+            commit,
+            commit_short,
+            commit_info: optional_text("commitInfo", input.commit_info, 2048)?,
+            commit_date: input.commit_date.unwrap_or(now),
+            publish_info: Some(
+                optional_text("publishInfo", input.publish_info, 2048)?.unwrap_or_else(|| "UNKNOWN".into()),
+            ),
+            publisher: publisher.to_string(),
+            publish_date: now,
+            artifact_sha256,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn build(json: &str) -> Result<Build, Invalid> {
+        Build::publish(serde_json::from_str(json).unwrap(), &ArtifactPolicy::default(), "ci", 7)
+    }
+
+    #[test]
+    fn publish_fills_defaults_and_mints_the_id() {
+        let b = build(r#"{"name":"web","artifactUrl":"https://a/web.tgz","repo":"org/web","branch":"main","commit":"fabe9af6ac4c"}"#).unwrap();
+        assert_eq!(b.commit_short, "fabe9af");
+        assert!(b.id.as_str().ends_with("_fabe9af"));
+        assert_eq!((b.commit_date, b.publish_date), (7, 7));
+        assert_eq!(b.publisher, "ci");
+    }
+
+    #[test]
+    fn publish_rejects_bad_urls_and_checksums() {
+        let base = r#""name":"web","repo":"r","branch":"b","commit":"abc""#;
+        assert_eq!(build(&format!(r#"{{{base},"artifactUrl":"ftp://x"}}"#)).unwrap_err().field, "artifactUrl");
+        assert_eq!(build(&format!(r#"{{{base}}}"#)).unwrap_err().field, "artifactUrl");
+        assert_eq!(
+            build(&format!(r#"{{{base},"artifactUrl":"file:///a.tgz","artifactSha256":"xyz"}}"#)).unwrap_err().field,
+            "artifactSha256"
+        );
+        assert_eq!(
+            build(&format!(r#"{{{base},"artifactUrl":"file:///a.tgz","commitInfo":"x\u0000"}}"#)).unwrap_err().field,
+            "commitInfo"
+        );
+        assert_eq!(
+            build(&format!(r#"{{{base},"artifactUrl":"file:///a.tgz","commitDate":100000000000000000}}"#))
+                .unwrap_err()
+                .field,
+            "commitDate"
+        );
+        let policy = ArtifactPolicy { allowed_prefixes: vec!["https://artifacts/".into()] };
+        let input: BuildInput =
+            serde_json::from_str(&format!(r#"{{{base},"artifactUrl":"https://elsewhere/a.tgz"}}"#)).unwrap();
+        assert_eq!(Build::publish(input, &policy, "ci", 0).unwrap_err().field, "artifactUrl");
+    }
+}

@@ -1,0 +1,81 @@
+//! The Teletraan-compatible JSON beans (camelCase, epoch milliseconds) and the validation of
+//! what users send, one file per resource. Timestamps are [`EpochMs`](crate::time::EpochMs);
+//! `null` in an update means "leave unchanged".
+
+mod build;
+mod deploy;
+mod rollout;
+mod stage;
+
+use std::collections::BTreeMap;
+
+pub use build::{ArtifactPolicy, Build, BuildInput};
+pub use deploy::{Agent, CommandStatus, Deploy};
+pub use rollout::{ConstraintBean, ConstraintInput, ScheduleBean, ScheduleInput};
+pub use stage::{Environ, EnvironInput};
+
+/// A rejected input, with the field at fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct Invalid {
+    /// JSON name of the field.
+    pub field: &'static str,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+pub(crate) fn invalid(field: &'static str, message: impl Into<String>) -> Invalid {
+    Invalid { field, message: message.into() }
+}
+
+/// Free text: at most `max` characters, no control characters but newlines and tabs (Postgres
+/// refuses NUL, and nothing else belongs in these fields).
+pub fn check_text(field: &'static str, v: &str, max: usize) -> Result<(), Invalid> {
+    if v.chars().count() > max {
+        return Err(invalid(field, format!("longer than {max} characters")));
+    }
+    if let Some(c) = v.chars().find(|c| c.is_control() && !matches!(c, '\n' | '\t' | '\r')) {
+        return Err(invalid(field, format!("contains the control character {c:?}")));
+    }
+    Ok(())
+}
+
+pub(crate) fn optional_text(field: &'static str, v: Option<String>, max: usize) -> Result<Option<String>, Invalid> {
+    if let Some(v) = &v {
+        check_text(field, v, max)?;
+    }
+    Ok(v)
+}
+
+pub(crate) fn check_chars(
+    field: &'static str,
+    v: &str,
+    max: usize,
+    ok: fn(char) -> bool,
+    allowed: &str,
+) -> Result<(), Invalid> {
+    if v.chars().count() > max {
+        return Err(invalid(field, format!("longer than {max} characters")));
+    }
+    match v.chars().find(|c| !ok(*c)) {
+        Some(c) => Err(invalid(field, format!("may only contain {allowed}; found {c:?}"))),
+        None => Ok(()),
+    }
+}
+
+/// A string→string map (script variables, agent configs).
+pub type StringMap = BTreeMap<String, String>;
+
+pub(crate) fn required(field: &'static str, v: Option<String>, max: usize) -> Result<String, Invalid> {
+    let v = v.map(|s| s.trim().to_string()).unwrap_or_default();
+    if v.is_empty() {
+        return Err(invalid(field, "is required"));
+    }
+    if v.chars().count() > max {
+        return Err(invalid(field, format!("longer than {max} characters")));
+    }
+    if v.chars().any(char::is_control) {
+        return Err(invalid(field, "contains control characters"));
+    }
+    Ok(v)
+}
