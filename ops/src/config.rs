@@ -76,6 +76,12 @@ pub struct ServerArgs {
     /// Rows deleted per transaction by the retention jobs.
     #[arg(long, env = "TELETRAAN_RETENTION_BATCH", global = true)]
     pub retention_batch: Option<i64>,
+    /// Seconds one webhook attempt may take (connect, send, answer).
+    #[arg(long, env = "TELETRAAN_WEBHOOK_TIMEOUT", global = true)]
+    pub webhook_timeout: Option<u64>,
+    /// Attempts of a webhook delivery before it is FAILED.
+    #[arg(long, env = "TELETRAAN_WEBHOOK_ATTEMPTS", global = true)]
+    pub webhook_attempts: Option<u32>,
 }
 
 /// The TOML file.
@@ -102,6 +108,8 @@ struct FileConfig {
     command_retention_days: Option<i64>,
     heartbeat_seconds: Option<u64>,
     retention_batch: Option<i64>,
+    webhook_timeout: Option<u64>,
+    webhook_attempts: Option<u32>,
 }
 
 /// Resolved settings.
@@ -120,6 +128,8 @@ pub struct Settings {
     pub database_pool: usize,
     pub jobs: JobsConfig,
     pub heartbeat_resolution: Duration,
+    pub webhook_timeout: Duration,
+    pub webhook_attempts: u32,
 }
 
 fn check_token(name: &str, t: Option<String>) -> anyhow::Result<Option<String>> {
@@ -167,6 +177,14 @@ impl ServerArgs {
                 jobs.janitor.min_stale.as_secs()
             );
         }
+        let webhook_timeout = self.webhook_timeout.or(file.webhook_timeout).unwrap_or(10);
+        if !(1..=300).contains(&webhook_timeout) {
+            bail!("webhook_timeout must be between 1 and 300 seconds");
+        }
+        let webhook_attempts = self.webhook_attempts.or(file.webhook_attempts).unwrap_or(5);
+        if !(1..=20).contains(&webhook_attempts) {
+            bail!("webhook_attempts must be between 1 and 20");
+        }
         Ok(Settings {
             database_url: self
                 .database_url
@@ -189,6 +207,8 @@ impl ServerArgs {
             database_pool: pool,
             jobs,
             heartbeat_resolution: Duration::from_secs(heartbeat),
+            webhook_timeout: Duration::from_secs(webhook_timeout),
+            webhook_attempts,
         })
     }
 
@@ -269,6 +289,14 @@ mod tests {
         assert!(err.to_string().contains("api_listen"));
         let err = ServerArgs { admin_token: Some("short".into()), ..Default::default() }.resolve().unwrap_err();
         assert!(err.to_string().contains("admin_token"));
+
+        std::fs::write(&file, "webhook_timeout = 3\nwebhook_attempts = 7\n").unwrap();
+        let s = ServerArgs { config: Some(file.clone()), webhook_attempts: Some(2), ..Default::default() }
+            .resolve()
+            .unwrap();
+        assert_eq!((s.webhook_timeout, s.webhook_attempts), (Duration::from_secs(3), 2));
+        let err = ServerArgs { webhook_attempts: Some(0), ..Default::default() }.resolve().unwrap_err();
+        assert!(err.to_string().contains("webhook_attempts"));
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

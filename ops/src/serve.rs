@@ -65,6 +65,8 @@ pub async fn start(settings: &Settings, roles: Roles, generate_tokens: bool) -> 
     if roles.worker {
         let mut config = workers::WorkerConfig::new(bus.clone(), settings.database_url.clone());
         config.jobs = settings.jobs.clone();
+        config.webhooks.timeout = settings.webhook_timeout;
+        config.webhooks.attempts = settings.webhook_attempts;
         workers::spawn(config, store.clone(), shutdown_rx.clone(), &mut tasks);
     }
     let mut gateway_addr = None;

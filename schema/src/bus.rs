@@ -56,6 +56,9 @@ pub enum Command {
         to_deploy_id: Option<DeployId>,
         /// Free text.
         description: Option<String>,
+        /// ROLLBACK: tag the build of the deploy it leaves BAD_BUILD, in the same transaction.
+        #[serde(default)]
+        mark_bad: bool,
     },
     /// Set the state of some hosts on a stage: hold (`PAUSED_BY_USER`), release (`NORMAL`),
     /// redo the deploy (`RESET`) or stop the service (`STOP`).
@@ -325,6 +328,19 @@ pub struct DeployEvent {
     pub deploy: Deploy,
     /// When.
     pub at: EpochMs,
+}
+
+/// Work for the webhook workers: one message per delivery (the request and its attempts are
+/// in Postgres, so a redelivered message changes nothing once the delivery is settled).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind")]
+pub enum WebhookMessage {
+    /// Send one delivery, retrying as the worker's settings say.
+    #[serde(rename = "deliver.v1", rename_all = "camelCase")]
+    DeliverV1 {
+        /// The delivery (`webhook_deliveries.id`).
+        delivery_id: String,
+    },
 }
 
 #[cfg(test)]

@@ -414,6 +414,76 @@ str_enum!(
     }
 );
 
+str_enum!(
+    /// How a stage takes new builds (`promotes.type`).
+    PromoteType {
+        /// Only people deploy here.
+        Manual = "MANUAL",
+        /// The auto-promoter deploys what the predecessor (a stage, or new builds) offers.
+        Auto = "AUTO",
+    }
+);
+
+str_enum!(
+    /// What auto-promotion does when the stage's current deploy failed (FAILING or REJECTED).
+    PromoteFailPolicy {
+        /// Keep promoting newer candidates.
+        Continue = "CONTINUE",
+        /// Switch the stage to MANUAL and leave the failed deploy.
+        Disable = "DISABLE",
+        /// Roll back to the last deploy that succeeded, then switch to MANUAL.
+        Rollback = "ROLLBACK",
+    }
+);
+
+str_enum!(
+    /// Whether a person's deploy, rollback or restart switches auto-promotion off.
+    PromoteDisablePolicy {
+        /// Yes: a person took over.
+        Auto = "AUTO",
+        /// No: only a configuration change does.
+        Manual = "MANUAL",
+    }
+);
+
+str_enum!(
+    /// A mark on a build, a stage or the whole system.
+    TagValue {
+        /// The build must not spread (and neither do later builds of its branch).
+        BadBuild = "BAD_BUILD",
+        /// The build is good (ends a bad mark along its branch).
+        GoodBuild = "GOOD_BUILD",
+        /// The build passed certification.
+        CertifiedBuild = "CERTIFIED_BUILD",
+        /// A stage was enabled.
+        EnableEnv = "ENABLE_ENV",
+        /// A stage was disabled.
+        DisableEnv = "DISABLE_ENV",
+    }
+);
+
+impl TagValue {
+    /// Whether the value marks builds (the others mark stages or the system).
+    pub const fn is_build_tag(self) -> bool {
+        match self {
+            TagValue::BadBuild | TagValue::GoodBuild | TagValue::CertifiedBuild => true,
+            TagValue::EnableEnv | TagValue::DisableEnv => false,
+        }
+    }
+}
+
+str_enum!(
+    /// What a tag marks.
+    TagTargetType {
+        /// A build (tags are stored against its build name, with the build's facts).
+        Build = "BUILD",
+        /// A stage (by stage id).
+        Environment = "ENVIRONMENT",
+        /// The whole system (target id `TELETRAAN`).
+        Teletraan = "TELETRAAN",
+    }
+);
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,6 +5,7 @@
 //! publishes what transactions announced; periodic jobs ([`jobs`]) do what the clock decides
 //! (stuck deploys, silent hosts, retention). Any number of worker processes may run: they
 //! share the queues, Postgres row locks and the leases of the `jobs` table, with no leader.
+//! The webhook consumer ([`webhooks`]) sends what deploys fired, outside every deploy's path.
 //!
 //! Workers never answer HTTP and never hold rollout rules of their own: the rules are the pure
 //! functions of `schema::rules`, applied inside `store` transactions.
@@ -15,6 +16,7 @@ mod metrics;
 pub mod refresh;
 pub mod relay;
 pub mod reports;
+pub mod webhooks;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,12 +40,21 @@ pub struct WorkerConfig {
     pub report_prefetch: u16,
     /// Periodic jobs.
     pub jobs: jobs::JobsConfig,
+    /// Webhook deliveries.
+    pub webhooks: webhooks::WebhookConfig,
 }
 
 impl WorkerConfig {
     /// Defaults for a broker and a database.
     pub fn new(bus: BusConfig, database_url: String) -> Self {
-        WorkerConfig { bus, database_url, command_prefetch: 16, report_prefetch: 8, jobs: jobs::JobsConfig::default() }
+        WorkerConfig {
+            bus,
+            database_url,
+            command_prefetch: 16,
+            report_prefetch: 8,
+            jobs: jobs::JobsConfig::default(),
+            webhooks: webhooks::WebhookConfig::default(),
+        }
     }
 }
 
@@ -67,6 +78,19 @@ pub fn spawn(config: WorkerConfig, store: Store, shutdown: watch::Receiver<bool>
     {
         let (store, shutdown) = (store.clone(), shutdown.clone());
         tasks.spawn(async move { refresher.run(store, shutdown).await });
+    }
+    match webhooks::WebhookHandler::new(store.clone(), config.webhooks.clone(), shutdown.clone()) {
+        Ok(handler) => {
+            tasks.spawn(bus::consume(
+                config.bus.clone(),
+                WorkQueue::Webhooks,
+                config.webhooks.prefetch,
+                Arc::new(handler),
+                shutdown.clone(),
+            ));
+        }
+        // Deliveries wait in their queue for a worker that can send them.
+        Err(e) => tracing::error!(error = %e, "no HTTP client for webhooks; this worker sends none"),
     }
     tasks.spawn(relay::run(store.clone(), config.database_url.clone(), config.bus.clone(), shutdown.clone()));
     tasks.spawn(jobs::run(store, config.jobs, jobs::worker_name(), shutdown, Duration::from_secs(10)));

@@ -80,3 +80,19 @@ pub(crate) fn job_table(jobs: &[store::JobStatus]) {
         }
     }
 }
+
+static WEBHOOK_ATTEMPTS: LazyLock<Option<IntCounterVec>> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "teletraan_worker_webhook_attempts_total",
+        "Webhook delivery attempts by this process, by phase (pre, post) and outcome (delivered, retry, failed)",
+        &["phase", "outcome"]
+    )
+    .ok()
+});
+
+/// Counts one attempt; `phase` is `pre` or `post`, `outcome` `delivered`, `retry` or `failed`.
+pub(crate) fn webhook_attempt(phase: &'static str, outcome: &'static str) {
+    if let Some(m) = WEBHOOK_ATTEMPTS.as_ref() {
+        m.with_label_values(&[phase, outcome]).inc();
+    }
+}

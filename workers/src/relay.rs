@@ -7,7 +7,7 @@ use store::{Exchange, Store};
 use tokio::sync::watch;
 
 use crate::metrics;
-use bus::{BusConfig, Outgoing, Publisher, backoff};
+use bus::{BusConfig, Outgoing, Publisher, WorkQueue, backoff};
 
 /// Messages leased per round.
 const BATCH: i64 = 500;
@@ -69,6 +69,7 @@ pub async fn relay_once(store: &Store, publisher: &Publisher, bus: &BusConfig) -
             exchange: match m.exchange {
                 Exchange::Changes => bus.changes_exchange(),
                 Exchange::Events => bus.events_exchange(),
+                Exchange::Webhooks => bus.exchange(WorkQueue::Webhooks),
             },
             routing_key: m.routing_key.clone(),
             payload: serde_json::to_vec(&m.payload).unwrap_or_default(),
@@ -80,8 +81,8 @@ pub async fn relay_once(store: &Store, publisher: &Publisher, bus: &BusConfig) -
         return Err(e.into());
     }
     store.delete_outbox(&ids).await?;
-    let changes = messages.iter().filter(|m| m.exchange == Exchange::Changes).count();
-    metrics::relayed("changes", changes);
-    metrics::relayed("events", messages.len() - changes);
+    for exchange in [Exchange::Changes, Exchange::Events, Exchange::Webhooks] {
+        metrics::relayed(exchange.as_str(), messages.iter().filter(|m| m.exchange == exchange).count());
+    }
     Ok(messages.len())
 }

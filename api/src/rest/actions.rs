@@ -57,10 +57,12 @@ pub(super) struct ActionQuery {
     from_deploy_id: Option<String>,
     to_deploy_id: Option<String>,
     description: Option<String>,
+    mark_bad: Option<bool>,
 }
 
 /// `POST /v1/envs/{env}/{stage}/deploys/current/actions?actionType=PROMOTE|RESTART|ROLLBACK|PAUSE|RESUME`
-/// (`fromDeployId` to promote, `toDeployId` to roll back to a given deploy). A new deploy
+/// (`fromDeployId` to promote, `toDeployId` to roll back to a given deploy, `markBad=true` to
+/// tag the build a rollback leaves BAD_BUILD in the same transaction). A new deploy
 /// answers 201 with it; PAUSE and RESUME answer 200 with the current deploy (`null` when none).
 pub(super) async fn deploy_action(
     State(s): State<ApiState>,
@@ -77,6 +79,7 @@ pub(super) async fn deploy_action(
         from_deploy_id: optional_deploy("fromDeployId", q.from_deploy_id)?,
         to_deploy_id: optional_deploy("toDeployId", q.to_deploy_id)?,
         description: description(q.description)?,
+        mark_bad: q.mark_bad.unwrap_or(false),
     };
     let sent = commands::send(&s, &p, command).await?;
     Ok(match action {

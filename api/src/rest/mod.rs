@@ -6,7 +6,9 @@ mod builds;
 mod commands;
 mod deploys;
 mod envs;
+mod pipelines;
 mod rollout;
+mod webhooks;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -65,11 +67,21 @@ pub fn router(state: ApiState) -> Router {
             "/v1/envs/{env}/{stage}/deploy_constraint",
             get(rollout::get_constraint).post(rollout::post_constraint).delete(rollout::delete_constraint),
         )
+        .route("/v1/envs/{env}/{stage}/web_hooks", get(webhooks::get).put(webhooks::put))
+        .route("/v1/envs/{env}/{stage}/web_hooks/deliveries", get(webhooks::deliveries))
+        .route("/v1/envs/{env}/{stage}/web_hooks/deliveries/{id}/retry", post(webhooks::retry))
         .route("/v1/schedules/{env}/{stage}/schedules", put(rollout::put_schedule))
         .route("/v1/schedules/{env}/{stage}/override", put(actions::override_schedule))
         .route("/v1/schedules/{env}/{stage}/{id}", get(rollout::get_schedule))
         .route("/v1/builds", get(builds::search).post(builds::publish))
         .route("/v1/builds/{id}", get(builds::get))
+        .route("/v1/builds/{id}/tag", get(pipelines::build_tag))
+        .route("/v1/envs/{env}/{stage}/promotes", get(pipelines::get_promote).put(pipelines::put_promote))
+        .route("/v1/tags", post(pipelines::create_tag))
+        .route("/v1/tags/{id}", get(pipelines::get_tag).delete(pipelines::delete_tag))
+        .route("/v1/tags/targets/{target}", get(pipelines::tags_of_target))
+        .route("/v1/tags/targets/{target}/latest", get(pipelines::latest_tag_of_target))
+        .route("/v1/tags/values/{value}", get(pipelines::tags_with_value))
         .route("/v1/deploys", get(rollout::search))
         .route("/v1/deploys/{id}", get(deploys::get).put(actions::update_deploy))
         .route("/v1/commands/{id}", get(deploys::command))

@@ -52,6 +52,11 @@ pub struct App {
 
 /// Starts workers, gateway and API for one test and waits until the gateway is ready.
 pub async fn spawn_app() -> App {
+    spawn_app_with(|_| {}).await
+}
+
+/// Like [`spawn_app`], with the workers' settings changed by `tune` (short webhook backoffs…).
+pub async fn spawn_app_with(tune: impl FnOnce(&mut WorkerConfig)) -> App {
     let db = TestDatabase::new().await;
     let bus = TestBus::new();
     let store = db.store.clone();
@@ -63,12 +68,9 @@ pub async fn spawn_app() -> App {
 
     let (shutdown, shutdown_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
-    workers::spawn(
-        WorkerConfig::new(bus.config.clone(), db.url.clone()),
-        store.clone(),
-        shutdown_rx.clone(),
-        &mut tasks,
-    );
+    let mut worker_config = WorkerConfig::new(bus.config.clone(), db.url.clone());
+    tune(&mut worker_config);
+    workers::spawn(worker_config, store.clone(), shutdown_rx.clone(), &mut tasks);
 
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind the gateway");
     let gateway = format!("http://{}", listener.local_addr().expect("gateway address"));

@@ -37,7 +37,8 @@ pub struct Server {
     pub gateway: String,
     // Dropped after the child: the server stops before its database and namespace go.
     _bus: TestBus,
-    _db: TestDatabase,
+    /// The server's database (for what no endpoint shows, such as job runs).
+    pub db: TestDatabase,
 }
 
 impl Server {
@@ -89,7 +90,7 @@ impl Server {
             api.http.get(&ready).send().await.is_ok_and(|r| r.status() == 200)
         })
         .await;
-        Server { child, api, gateway, _bus: bus, _db: db }
+        Server { child, api, gateway, _bus: bus, db }
     }
 
     /// Stops the server with SIGTERM and checks it exits cleanly.

@@ -4,15 +4,24 @@
 
 mod build;
 mod deploy;
+mod promote;
 mod rollout;
 mod stage;
+mod tag;
+mod webhook;
 
 use std::collections::BTreeMap;
 
 pub use build::{ArtifactPolicy, Build, BuildInput};
 pub use deploy::{Agent, CommandStatus, Deploy};
+pub use promote::{AUTO_PROMOTER, FROM_BUILDS, Promote, PromoteInput};
 pub use rollout::{ConstraintBean, ConstraintInput, ScheduleBean, ScheduleInput};
 pub use stage::{Environ, EnvironInput};
+pub use tag::{NewTag, Tag, TagInput};
+pub use webhook::{
+    DeliveryStatus, EnvWebHooks, EnvWebHooksInput, HookHeader, HookMethod, HookPhase, HookRequest, SecretChange,
+    WebHook, WebHookConfig, WebHookDelivery, WebHookInput, WebHookInvalid,
+};
 
 /// A rejected input, with the field at fault.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -49,6 +49,10 @@ pub struct Environ {
     pub success_threshold: i32,
     /// How deploys are accepted.
     pub acceptance_type: AcceptanceType,
+    /// Seconds a succeeding deploy waits for a verdict (MANUAL acceptance) before it counts as
+    /// rejected; 0 waits for ever.
+    #[serde(default)]
+    pub acceptance_timeout: i32,
     /// Mailed when a deploy fails.
     pub email_recipients: Option<String>,
     /// Mention commit authors.
@@ -95,6 +99,7 @@ pub struct EnvironInput {
     pub stuck_threshold: Option<i32>,
     pub success_threshold: Option<i32>,
     pub acceptance_type: Option<AcceptanceType>,
+    pub acceptance_timeout: Option<i32>,
     pub email_recipients: Option<String>,
     pub notify_authors: Option<bool>,
     pub watch_recipients: Option<String>,
@@ -135,6 +140,7 @@ impl Environ {
             stuck_threshold: 600,
             success_threshold: 10000,
             acceptance_type: AcceptanceType::Auto,
+            acceptance_timeout: 0,
             email_recipients: None,
             notify_authors: false,
             watch_recipients: None,
@@ -247,6 +253,12 @@ impl Environ {
         }
         if let Some(v) = input.acceptance_type {
             self.acceptance_type = v;
+        }
+        if let Some(v) = input.acceptance_timeout {
+            if !(0..=30 * 24 * 3600).contains(&v) {
+                return Err(invalid("acceptanceTimeout", "must be between 0 (none) and 2592000 seconds (30 days)"));
+            }
+            self.acceptance_timeout = v;
         }
         if let Some(v) = input.email_recipients {
             check_text("emailRecipients", &v, 1024)?;

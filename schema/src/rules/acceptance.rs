@@ -3,6 +3,7 @@
 //! gives a verdict through `PUT /v1/deploys/{id}` (MANUAL stages); TERMINATED when the deploy
 //! is replaced before a verdict. Auto-promotion only takes ACCEPTED deploys.
 
+use crate::time::{EpochMs, secs};
 use crate::{AcceptanceStatus, AcceptanceType};
 
 /// What happens to a deploy's acceptance.
@@ -20,17 +21,21 @@ pub enum AcceptanceEvent {
     Reject,
     /// A newer deploy replaced it.
     Retired,
+    /// No verdict came within the stage's acceptance timeout: the deploy counts as rejected
+    /// (so a pipeline does not wait for ever for a test system that died).
+    TimedOut,
 }
 
 impl AcceptanceEvent {
     /// Every event.
-    pub const ALL: [AcceptanceEvent; 6] = [
+    pub const ALL: [AcceptanceEvent; 7] = [
         AcceptanceEvent::SucceededAuto,
         AcceptanceEvent::SucceededManual,
         AcceptanceEvent::Testing,
         AcceptanceEvent::Accept,
         AcceptanceEvent::Reject,
         AcceptanceEvent::Retired,
+        AcceptanceEvent::TimedOut,
     ];
 
     /// The verdict a user sends as `acceptanceStatus`, if it is one.
@@ -66,10 +71,12 @@ pub const TRANSITIONS: &[(AcceptanceStatus, AcceptanceEvent, AcceptanceStatus)] 
     (A::Outstanding, E::Accept, A::Accepted),
     (A::Outstanding, E::Reject, A::Rejected),
     (A::Outstanding, E::Retired, A::Terminated),
+    (A::Outstanding, E::TimedOut, A::Rejected),
     (A::PendingAccept, E::Testing, A::PendingAccept),
     (A::PendingAccept, E::Accept, A::Accepted),
     (A::PendingAccept, E::Reject, A::Rejected),
     (A::PendingAccept, E::Retired, A::Terminated),
+    (A::PendingAccept, E::TimedOut, A::Rejected),
     (A::Accepted, E::Retired, A::Accepted),
     (A::Rejected, E::Retired, A::Rejected),
     (A::Terminated, E::Retired, A::Terminated),
@@ -78,6 +85,13 @@ pub const TRANSITIONS: &[(AcceptanceStatus, AcceptanceEvent, AcceptanceStatus)] 
 /// Where `event` leads from `status`; `None` when the event is refused there.
 pub fn transition(status: AcceptanceStatus, event: AcceptanceEvent) -> Option<AcceptanceStatus> {
     TRANSITIONS.iter().find(|(from, e, _)| *from == status && *e == event).map(|(_, _, to)| *to)
+}
+
+/// Whether a deploy awaiting a verdict has waited past the stage's acceptance timeout
+/// (`timeout_secs`, 0 = none) since it first succeeded.
+pub fn timed_out(status: AcceptanceStatus, success_date: Option<EpochMs>, timeout_secs: i32, now: EpochMs) -> bool {
+    let waiting = matches!(status, A::Outstanding | A::PendingAccept);
+    waiting && timeout_secs > 0 && success_date.is_some_and(|s| now - s >= secs(i64::from(timeout_secs)))
 }
 
 /// Whether a verdict was given (or can no longer be).
@@ -112,36 +126,42 @@ mod tests {
             (A::PendingDeploy, Accept, None),
             (A::PendingDeploy, Reject, None),
             (A::PendingDeploy, Retired, Some(A::Terminated)),
+            (A::PendingDeploy, TimedOut, None),
             (A::Outstanding, SucceededAuto, None),
             (A::Outstanding, SucceededManual, None),
             (A::Outstanding, Testing, Some(A::PendingAccept)),
             (A::Outstanding, Accept, Some(A::Accepted)),
             (A::Outstanding, Reject, Some(A::Rejected)),
             (A::Outstanding, Retired, Some(A::Terminated)),
+            (A::Outstanding, TimedOut, Some(A::Rejected)),
             (A::PendingAccept, SucceededAuto, None),
             (A::PendingAccept, SucceededManual, None),
             (A::PendingAccept, Testing, Some(A::PendingAccept)),
             (A::PendingAccept, Accept, Some(A::Accepted)),
             (A::PendingAccept, Reject, Some(A::Rejected)),
             (A::PendingAccept, Retired, Some(A::Terminated)),
+            (A::PendingAccept, TimedOut, Some(A::Rejected)),
             (A::Accepted, SucceededAuto, None),
             (A::Accepted, SucceededManual, None),
             (A::Accepted, Testing, None),
             (A::Accepted, Accept, None),
             (A::Accepted, Reject, None),
             (A::Accepted, Retired, Some(A::Accepted)),
+            (A::Accepted, TimedOut, None),
             (A::Rejected, SucceededAuto, None),
             (A::Rejected, SucceededManual, None),
             (A::Rejected, Testing, None),
             (A::Rejected, Accept, None),
             (A::Rejected, Reject, None),
             (A::Rejected, Retired, Some(A::Rejected)),
+            (A::Rejected, TimedOut, None),
             (A::Terminated, SucceededAuto, None),
             (A::Terminated, SucceededManual, None),
             (A::Terminated, Testing, None),
             (A::Terminated, Accept, None),
             (A::Terminated, Reject, None),
             (A::Terminated, Retired, Some(A::Terminated)),
+            (A::Terminated, TimedOut, None),
         ];
         for (from, event, to) in cases {
             check(*from, *event, *to);
@@ -170,6 +190,16 @@ mod tests {
         assert_eq!(AcceptanceEvent::verdict(A::PendingAccept), Some(E::Testing));
         assert_eq!(AcceptanceEvent::verdict(A::Terminated), None);
         assert_eq!(AcceptanceEvent::succeeded(AcceptanceType::Manual), E::SucceededManual);
+    }
+
+    #[test]
+    fn a_verdict_times_out_only_when_awaited_and_late() {
+        assert!(!timed_out(A::Outstanding, Some(0), 0, 1_000_000), "no timeout set");
+        assert!(!timed_out(A::Outstanding, Some(0), 60, 59_999));
+        assert!(timed_out(A::Outstanding, Some(0), 60, 60_000));
+        assert!(timed_out(A::PendingAccept, Some(0), 60, 60_000));
+        assert!(!timed_out(A::Accepted, Some(0), 60, 60_000), "a verdict was given");
+        assert!(!timed_out(A::PendingDeploy, None, 60, 60_000), "not succeeding yet");
     }
 
     #[test]

@@ -4,9 +4,12 @@
 pub mod acceptance;
 pub mod admission;
 pub mod agent_state;
+pub mod build_tag;
 pub mod constraint;
 pub mod cron;
 pub mod deploy_state;
 pub mod goal;
+pub mod promote;
 pub mod schedule;
 pub mod stage_seq;
+pub mod webhook;

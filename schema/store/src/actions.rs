@@ -17,7 +17,7 @@ use crate::agents::{AgentRow, admit, agent_row, lock_rows};
 use crate::deploys::{DEPLOY_COLUMNS, NewDeploy, create, deploy_from_row, evaluate_current, lock_deploy};
 use crate::rows::*;
 use crate::stages::{announce_stage, announce_with, lock_stage};
-use crate::{Error, Result, Store, commands, schedules};
+use crate::{Error, Result, Store, commands, promotes, schedules};
 
 fn to_json(v: &impl serde::Serialize) -> Result<Value> {
     serde_json::to_value(v).map_err(|e| Error::Corrupt(e.to_string()))
@@ -66,6 +66,7 @@ async fn apply(c: &impl GenericClient, envelope: &CommandEnvelope, now: EpochMs)
     match &envelope.command {
         Command::CreateDeployV1 { env_name, stage_name, build_id, description } => {
             let e = lock_stage(c, env_name, stage_name).await?;
+            promotes::person_took_over(c, &e.id, operator, now).await?;
             let new = NewDeploy {
                 build_id,
                 deploy_type: DeployType::Regular,
@@ -76,9 +77,35 @@ async fn apply(c: &impl GenericClient, envelope: &CommandEnvelope, now: EpochMs)
             };
             to_json(&create(c, e, new, now).await?)
         }
-        Command::DeployActionV1 { env_name, stage_name, action, from_deploy_id, to_deploy_id, description } => {
+        Command::DeployActionV1 {
+            env_name,
+            stage_name,
+            action,
+            from_deploy_id,
+            to_deploy_id,
+            description,
+            mark_bad,
+        } => {
             let e = lock_stage(c, env_name, stage_name).await?;
-            let req = ActionRequest { from: from_deploy_id.as_ref(), to: to_deploy_id.as_ref(), description, operator };
+            match action {
+                DeployAction::Promote | DeployAction::Restart | DeployAction::Rollback => {
+                    promotes::person_took_over(c, &e.id, operator, now).await?;
+                }
+                DeployAction::Pause | DeployAction::Resume => {}
+            }
+            if *mark_bad && *action != DeployAction::Rollback {
+                return Err(Error::Invalid(Invalid {
+                    field: "markBad",
+                    message: "only a ROLLBACK can mark the build it leaves bad".into(),
+                }));
+            }
+            let req = ActionRequest {
+                from: from_deploy_id.as_ref(),
+                to: to_deploy_id.as_ref(),
+                description,
+                operator,
+                mark_bad: *mark_bad,
+            };
             deploy_action(c, e, *action, req, now).await
         }
         Command::HostActionV1 { env_name, stage_name, action, host_ids } => {
@@ -141,11 +168,18 @@ async fn refresh(c: &impl GenericClient, e: &Environ, now: EpochMs) -> Result<()
     Ok(())
 }
 
-struct ActionRequest<'a> {
-    from: Option<&'a DeployId>,
-    to: Option<&'a DeployId>,
-    description: &'a Option<String>,
-    operator: &'a str,
+/// What a deploy action asks for beyond its kind.
+pub(crate) struct ActionRequest<'a> {
+    /// PROMOTE: the deploy whose build to deploy.
+    pub from: Option<&'a DeployId>,
+    /// ROLLBACK: the deploy to go back to (default: the last one that succeeded).
+    pub to: Option<&'a DeployId>,
+    /// Free text for the new deploy.
+    pub description: &'a Option<String>,
+    /// Who asks.
+    pub operator: &'a str,
+    /// ROLLBACK: tag the build of the deploy it leaves BAD_BUILD.
+    pub mark_bad: bool,
 }
 
 async fn deploy_of(c: &impl GenericClient, id: &DeployId) -> Result<Deploy> {
@@ -163,7 +197,7 @@ async fn current_json(c: &impl GenericClient, e: &Environ) -> Result<Value> {
     }
 }
 
-async fn deploy_action(
+pub(crate) async fn deploy_action(
     c: &impl GenericClient,
     mut e: Environ,
     action: DeployAction,
@@ -240,6 +274,9 @@ async fn deploy_action(
             if e.deploy_id.as_ref() == Some(&target.id) {
                 return Err(Error::Conflict(format!("deploy {} is already the current deploy", target.id)));
             }
+            if req.mark_bad {
+                mark_left_build_bad(c, &e, &target, req.operator, now).await?;
+            }
             // The alias is kept even when the target was chosen here (Teletraan loses it then,
             // and every host redeploys): hosts still serving the target are left alone.
             let alias = Some(target.id.clone());
@@ -264,6 +301,42 @@ async fn deploy_action(
             current_json(c, &e).await
         }
     }
+}
+
+/// Tags BAD_BUILD the build a rollback leaves (the current deploy's), in the rollback's
+/// transaction: auto-promotion will not spread it, nor later builds of its branch.
+async fn mark_left_build_bad(
+    c: &impl GenericClient,
+    e: &Environ,
+    target: &Deploy,
+    operator: &str,
+    now: EpochMs,
+) -> Result<()> {
+    let Some(current) = &e.deploy_id else {
+        return Err(Error::Invalid(Invalid {
+            field: "markBad",
+            message: format!("{}/{} has no current deploy whose build could be marked bad", e.env_name, e.stage_name),
+        }));
+    };
+    let current = deploy_of(c, current).await?;
+    if current.build_id == target.build_id {
+        return Err(Error::Conflict(format!(
+            "deploy {} runs build {}, the build it rolls back to: it cannot be marked bad",
+            current.id, current.build_id
+        )));
+    }
+    let row = c
+        .query_one(
+            "SELECT build_id, build_name, artifact_url, artifact_sha256, scm, scm_repo, scm_branch, scm_commit,
+                 scm_commit_7, commit_info, commit_date, publish_info, publisher, publish_date
+             FROM builds WHERE build_id = $1",
+            &[&current.build_id.as_str()],
+        )
+        .await?;
+    let build = crate::builds::build_from_row(&row, "")?;
+    let comment = format!("marked bad by a rollback of {}/{}", e.env_name, e.stage_name);
+    crate::tags::tag_build(c, &build, TagValue::BadBuild, Some(&comment), operator, now).await?;
+    Ok(())
 }
 
 /// Applies an operator's event to some hosts' records on a stage; every host must have a

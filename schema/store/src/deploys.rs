@@ -18,6 +18,10 @@ use crate::{Error, Result, Store, agents, schedules};
 pub(crate) const DEPLOY_COLUMNS: &str = "deploy_id, env_id, build_id, deploy_type, alias, state, start_date, operator, last_update, \
      description, suc_total, fail_total, total, suc_date, acc_status, from_deploy";
 
+/// The same columns of `deploys d` (for joins).
+pub(crate) const DEPLOY_COLUMNS_OF_D: &str = "d.deploy_id, d.env_id, d.build_id, d.deploy_type, d.alias, d.state, d.start_date, \
+     d.operator, d.last_update, d.description, d.suc_total, d.fail_total, d.total, d.suc_date, d.acc_status, d.from_deploy";
+
 pub(crate) fn deploy_from_row(r: &Row) -> Result<Deploy> {
     Ok(Deploy {
         id: get_id(r, "deploy_id")?,
@@ -168,6 +172,7 @@ pub(crate) async fn create(c: &impl GenericClient, mut e: Environ, new: NewDeplo
     }
     announce_stage(c, &e.id).await?;
     event(c, "deploy.started", &e, &deploy, now).await?;
+    crate::webhooks::enqueue_deliveries(c, &e, &deploy, schema::model::HookPhase::Pre, now).await?;
     agents::admit(c, &e, now).await?;
     Ok(deploy)
 }
@@ -223,6 +228,20 @@ pub(crate) async fn evaluate_current(c: &impl GenericClient, e: &Environ, now: E
         stuck_threshold_secs: e.stuck_threshold,
         schedule_cooling_down: cooling_down,
     };
+    // A verdict that did not come in time counts as a rejection (a pipeline's fail policy then
+    // applies), whatever the counts do.
+    if acceptance::timed_out(deploy.acceptance_status, deploy.success_date, e.acceptance_timeout, now)
+        && let Some(rejected) = acceptance::transition(deploy.acceptance_status, AcceptanceEvent::TimedOut)
+    {
+        deploy.acceptance_status = rejected;
+        c.execute(
+            "UPDATE deploys SET acc_status = $2 WHERE deploy_id = $1",
+            &[&deploy.id.as_str(), &rejected.as_str()],
+        )
+        .await?;
+        tracing::info!(deploy.id = %deploy.id, "no verdict within the acceptance timeout: rejected");
+        event(c, "deploy.rejected", e, &deploy, now).await?;
+    }
     let Some(eval) = deploy_state::evaluate(&facts, counts, now) else { return Ok(()) };
     if !eval.touch && !eval.first_success && eval.state == deploy.state && eval.progress == facts.stored {
         return Ok(());
@@ -257,6 +276,9 @@ pub(crate) async fn evaluate_current(c: &impl GenericClient, e: &Environ, now: E
         ],
     )
     .await?;
+    if eval.first_success {
+        crate::webhooks::enqueue_deliveries(c, e, &deploy, schema::model::HookPhase::Post, now).await?;
+    }
     if deploy.state != old_state {
         let kind = format!("deploy.{}", deploy.state.as_str().to_ascii_lowercase());
         event(c, &kind, e, &deploy, now).await?;

@@ -20,14 +20,17 @@ mod janitor;
 mod jobs;
 mod migrate;
 mod outbox;
+mod promotes;
 mod reads;
 mod retention;
 mod rows;
 mod schedules;
 mod stages;
+mod tags;
 #[cfg(feature = "testing")]
 pub mod testing;
 mod tokens;
+mod webhooks;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -42,9 +45,11 @@ pub use janitor::{Forgotten, JANITOR};
 pub use jobs::{JobClaim, JobRun, JobStatus, MAX_ATTEMPTS as JOB_ATTEMPTS};
 pub use migrate::MIGRATIONS;
 pub use outbox::{Exchange, OutboxMessage};
+pub use promotes::PromoteOutcome;
 pub use reads::{AgentCount, DeployPage, DeployProgress, DeploySearch, HostSummary};
 pub use stages::{StageKey, StageMap};
 pub use tokens::{Role, hash_token};
+pub use webhooks::{AttemptRecord, ClaimedDelivery, DeliveryClaim};
 
 /// What can go wrong in the store.
 #[derive(Debug, thiserror::Error)]

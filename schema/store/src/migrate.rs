@@ -8,6 +8,8 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
     (2, "hot_path_indexes", include_str!("../../migrations/0002_hot_path_indexes.sql")),
     (3, "schedules_constraints_tags", include_str!("../../migrations/0003_schedules_constraints_tags.sql")),
     (4, "jobs", include_str!("../../migrations/0004_jobs.sql")),
+    (5, "pipelines", include_str!("../../migrations/0005_pipelines.sql")),
+    (6, "webhooks", include_str!("../../migrations/0006_webhooks.sql")),
 ];
 
 /// Arbitrary constant that names the migration lock.

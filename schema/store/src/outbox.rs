@@ -17,6 +17,8 @@ pub enum Exchange {
     Changes,
     /// Domain events (topic).
     Events,
+    /// Webhook deliveries for the webhook workers (the `webhooks` work queue).
+    Webhooks,
 }
 
 impl Exchange {
@@ -25,6 +27,7 @@ impl Exchange {
         match self {
             Exchange::Changes => "changes",
             Exchange::Events => "events",
+            Exchange::Webhooks => "webhooks",
         }
     }
 
@@ -32,6 +35,7 @@ impl Exchange {
         match s {
             "changes" => Ok(Exchange::Changes),
             "events" => Ok(Exchange::Events),
+            "webhooks" => Ok(Exchange::Webhooks),
             other => Err(Error::Corrupt(format!("outbox exchange {other:?}"))),
         }
     }

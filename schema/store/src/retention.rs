@@ -134,7 +134,8 @@ impl Store {
         Ok(deleted)
     }
 
-    /// Deletes finished commands older than `command_days`, job runs older than
+    /// Deletes finished commands and settled webhook deliveries older than `command_days`, job
+    /// runs older than
     /// `job_run_days`, and the last errors of records that no longer exist, at most `batch`
     /// rows per statement. Returns how many rows went.
     pub async fn purge_records(
@@ -147,10 +148,15 @@ impl Store {
     ) -> Result<u64> {
         let commands = ts(now - secs(command_days.saturating_mul(86_400)));
         let runs = ts(now - secs(job_run_days.saturating_mul(86_400)));
-        let statements: [(&str, Option<std::time::SystemTime>); 3] = [
+        let statements: [(&str, Option<std::time::SystemTime>); 4] = [
             (
                 "DELETE FROM commands WHERE command_id IN (SELECT command_id FROM commands
                      WHERE status <> 'PENDING' AND finished_at < $1 LIMIT $2)",
+                Some(commands),
+            ),
+            (
+                "DELETE FROM webhook_deliveries WHERE id IN (SELECT id FROM webhook_deliveries
+                     WHERE status <> 'PENDING' AND updated_at < $1 LIMIT $2)",
                 Some(commands),
             ),
             (

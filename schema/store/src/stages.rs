@@ -19,7 +19,7 @@ pub type StageKey<'a> = (&'a EnvName, &'a StageName);
 
 const ENVIRON_COLUMNS: &str = "e.env_id, e.env_name, e.stage_name, e.env_state, e.state, e.description, e.build_name, \
      e.branch, e.chatroom, e.deploy_id, e.deploy_type, e.max_parallel, e.max_parallel_pct, e.priority, e.system_priority, \
-     e.stuck_th, e.success_th, e.accept_type, e.email_recipients, e.notify_authors, e.watch_recipients, e.max_deploy_num, \
+     e.stuck_th, e.success_th, e.accept_type, e.accept_timeout, e.email_recipients, e.notify_authors, e.watch_recipients, e.max_deploy_num, \
      e.max_deploy_day, e.is_docker, e.override_policy, e.allow_private_build, e.ensure_trusted_build, e.stage_type, \
      e.agent_configs, e.script_configs, e.last_operator, e.last_update, e.version";
 
@@ -43,6 +43,7 @@ pub(crate) fn environ_from_row(r: &Row) -> Result<Environ> {
         stuck_threshold: get(r, "stuck_th")?,
         success_threshold: get(r, "success_th")?,
         acceptance_type: get_parsed(r, "accept_type")?,
+        acceptance_timeout: get(r, "accept_timeout")?,
         email_recipients: get(r, "email_recipients")?,
         notify_authors: get(r, "notify_authors")?,
         watch_recipients: get(r, "watch_recipients")?,
@@ -95,7 +96,7 @@ async fn write_config(c: &impl GenericClient, e: &Environ) -> Result<u64> {
             success_th = $13, accept_type = $14, email_recipients = $15, notify_authors = $16, watch_recipients = $17,
             max_deploy_num = $18, max_deploy_day = $19, is_docker = $20, override_policy = $21,
             allow_private_build = $22, ensure_trusted_build = $23, stage_type = $24, last_operator = $25,
-            last_update = $26
+            last_update = $26, accept_timeout = $27
          WHERE env_id = $1",
         &[
             &e.id.as_str(),
@@ -124,6 +125,7 @@ async fn write_config(c: &impl GenericClient, e: &Environ) -> Result<u64> {
             &e.stage_type.as_str(),
             &e.last_operator,
             &ts(e.last_update),
+            &e.acceptance_timeout,
         ],
     )
     .await?)

@@ -29,6 +29,7 @@ fn action(action: DeployAction, from: Option<&DeployId>, to: Option<&DeployId>) 
         from_deploy_id: from.cloned(),
         to_deploy_id: to.cloned(),
         description: None,
+        mark_bad: false,
     }
 }
 

@@ -64,6 +64,7 @@ async fn old_deploys_go_but_what_is_current_or_referenced_stays() {
             from_deploy_id: None,
             to_deploy_id: Some(d[4].clone()),
             description: None,
+            mark_bad: false,
         },
     };
     s.apply_command(&rollback, start + 8 * HOUR).await.unwrap();

@@ -20,13 +20,15 @@ pub struct BusConfig {
     pub namespace: String,
 }
 
-/// The two work queues.
+/// The work queues.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WorkQueue {
     /// Deploy commands from the API.
     Commands,
     /// Reports and heartbeats from the gateways.
     Reports,
+    /// Webhook deliveries, from the outbox.
+    Webhooks,
 }
 
 impl WorkQueue {
@@ -35,6 +37,7 @@ impl WorkQueue {
         match self {
             WorkQueue::Commands => "commands",
             WorkQueue::Reports => "reports",
+            WorkQueue::Webhooks => "webhooks",
         }
     }
 }
@@ -80,7 +83,7 @@ pub async fn declare_topology(ch: &Channel, cfg: &BusConfig) -> Result<(), BusEr
     let dead = cfg.name("dead");
     ch.exchange_declare(retry.as_str().into(), ExchangeKind::Direct, durable(), FieldTable::default()).await?;
     ch.exchange_declare(dead.as_str().into(), ExchangeKind::Direct, durable(), FieldTable::default()).await?;
-    for q in [WorkQueue::Commands, WorkQueue::Reports] {
+    for q in [WorkQueue::Commands, WorkQueue::Reports, WorkQueue::Webhooks] {
         let exchange = cfg.exchange(q);
         let queue = cfg.name(q.as_str());
         ch.exchange_declare(exchange.as_str().into(), ExchangeKind::Direct, durable(), FieldTable::default()).await?;
@@ -140,7 +143,7 @@ pub async fn declare_topology(ch: &Channel, cfg: &BusConfig) -> Result<(), BusEr
 pub async fn delete_topology(cfg: &BusConfig) -> Result<(), BusError> {
     let conn = connect(cfg).await?;
     let ch = conn.create_channel().await?;
-    for q in [WorkQueue::Commands, WorkQueue::Reports] {
+    for q in [WorkQueue::Commands, WorkQueue::Reports, WorkQueue::Webhooks] {
         for queue in [q.as_str().to_string(), format!("{}.retry", q.as_str()), format!("{}.dead", q.as_str())] {
             ch.queue_delete(cfg.name(&queue).as_str().into(), QueueDeleteOptions::default()).await?;
         }

@@ -8,6 +8,7 @@
 //! Prometheus: runs and failures by job, run duration, the last success of each job (read from
 //! the table, so every worker shows what any worker did).
 
+pub mod auto_promote;
 pub mod deploy_state;
 pub mod host_janitor;
 pub mod retention;
@@ -79,6 +80,7 @@ impl Default for JobsConfig {
     fn default() -> Self {
         let periods = [
             (deploy_state::NAME, Duration::from_secs(10)),
+            (auto_promote::NAME, Duration::from_secs(30)),
             (host_janitor::NAME, Duration::from_secs(30)),
             (retention::DEPLOYS, Duration::from_secs(3600)),
             (retention::BUILDS, Duration::from_secs(3600)),
@@ -126,6 +128,7 @@ impl JobsConfig {
     pub fn jobs(&self) -> Vec<(Arc<dyn Job>, Duration)> {
         let all: Vec<Arc<dyn Job>> = vec![
             Arc::new(deploy_state::DeployState),
+            Arc::new(auto_promote::AutoPromote),
             Arc::new(host_janitor::HostJanitor(self.janitor)),
             Arc::new(retention::DeployRetention(self.retention)),
             Arc::new(retention::BuildRetention(self.retention)),

@@ -1,7 +1,7 @@
 //! Retention jobs: `deploy-retention` (deploys beyond each stage's `maxDeployNum` and older
 //! than its `maxDeployDay`), `build-retention` (unreferenced builds beyond a count and an age
-//! per build name), `record-retention` (finished commands, old job runs, errors of records
-//! that are gone). Each deletes in bounded batches; what is current or referenced stays (see
+//! per build name), `record-retention` (finished commands, settled webhook deliveries, old job
+//! runs, errors of records that are gone). Each deletes in bounded batches; what is current or referenced stays (see
 //! `store::retention`).
 
 use super::{Job, JobCtx, JobFuture};
