@@ -14,29 +14,8 @@ async fn serving_stage(app: &App) -> (Value, Value) {
     app.set_capacity("web", "prod", "GROUP", &["g"]).await;
     let build = app.publish_build("web", "aaaaaaa1111").await;
     let deploy = app.deploy("web", "prod", str_of(&build, "id")).await;
-    let host = Host::new("h1", "g");
     // The first goal comes once the gateway learnt of the deploy.
-    let first = eventually("the gateway to hand out the deploy", || {
-        let (app, host) = (app, &host);
-        async move {
-            let answer = app.ping(&host.ping_body(&[])).await.expect(StatusCode::OK);
-            if answer["opCode"] == "NOOP" { Err(answer.to_string()) } else { Ok(answer) }
-        }
-    })
-    .await;
-    let mut last = report_on(&first["deployGoal"], "SUCCEEDED");
-    for _ in 0..20 {
-        let answer = app.ping(&host.ping_body(std::slice::from_ref(&last))).await.expect(StatusCode::OK);
-        if answer["opCode"] == "NOOP" {
-            break;
-        }
-        last = report_on(&answer["deployGoal"], "SUCCEEDED");
-    }
-    eventually("the deploy to be SUCCEEDING", || async {
-        let d = app.deploy_by_id(str_of(&deploy, "id")).await;
-        if d["state"] == "SUCCEEDING" { Ok(()) } else { Err(d.to_string()) }
-    })
-    .await;
+    app.serve_deploy(&Host::new("h1", "g"), str_of(&deploy, "id")).await;
     (stage, deploy)
 }
 

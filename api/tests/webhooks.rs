@@ -12,7 +12,7 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, Method as HttpMethod, StatusCode as HttpStatus, Uri};
-use common::{App, Body, Host, eventually, report_on, spawn_app, spawn_app_with, str_of};
+use common::{App, Body, Host, eventually, spawn_app, spawn_app_with, str_of};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -136,28 +136,7 @@ async fn app_with_fast_retries(attempts: u32) -> App {
 /// Walks host `h1` of group `g` through the current deploy until it serves it, then waits
 /// for the deploy to be SUCCEEDING.
 async fn serve_the_deploy(app: &App, deploy_id: &str) {
-    let host = Host::new("h1", "g");
-    let first = eventually("the gateway to hand out the deploy", || {
-        let (app, host) = (app, &host);
-        async move {
-            let answer = app.ping(&host.ping_body(&[])).await.expect(StatusCode::OK);
-            if answer["opCode"] == "NOOP" { Err(answer.to_string()) } else { Ok(answer) }
-        }
-    })
-    .await;
-    let mut last = report_on(&first["deployGoal"], "SUCCEEDED");
-    for _ in 0..20 {
-        let answer = app.ping(&host.ping_body(std::slice::from_ref(&last))).await.expect(StatusCode::OK);
-        if answer["opCode"] == "NOOP" {
-            break;
-        }
-        last = report_on(&answer["deployGoal"], "SUCCEEDED");
-    }
-    eventually("the deploy to be SUCCEEDING", || async {
-        let d = app.deploy_by_id(deploy_id).await;
-        if d["state"] == "SUCCEEDING" { Ok(()) } else { Err(d.to_string()) }
-    })
-    .await;
+    app.serve_deploy(&Host::new("h1", "g"), deploy_id).await;
 }
 
 /// Waits until the stage lists `n` deliveries of `status` (`?status=`), and returns them.

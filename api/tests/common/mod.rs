@@ -404,3 +404,28 @@ pub const STAGES: [&str; 8] = [
     "POST_RESTART",
     "SERVING_BUILD",
 ];
+
+impl App {
+    /// Walks `host` through the current deploy of its stage, through the gateway, until it
+    /// serves it, then waits for the deploy `deploy_id` to be SUCCEEDING.
+    pub async fn serve_deploy(&self, host: &Host, deploy_id: &str) {
+        let first = eventually("the gateway to hand out the deploy", || async move {
+            let answer = self.ping(&host.ping_body(&[])).await.expect(StatusCode::OK);
+            if answer["opCode"] == "NOOP" { Err(answer.to_string()) } else { Ok(answer) }
+        })
+        .await;
+        let mut last = report_on(&first["deployGoal"], "SUCCEEDED");
+        for _ in 0..20 {
+            let answer = self.ping(&host.ping_body(std::slice::from_ref(&last))).await.expect(StatusCode::OK);
+            if answer["opCode"] == "NOOP" {
+                break;
+            }
+            last = report_on(&answer["deployGoal"], "SUCCEEDED");
+        }
+        eventually("the deploy to be SUCCEEDING", || async {
+            let d = self.deploy_by_id(deploy_id).await;
+            if d["state"] == "SUCCEEDING" { Ok(()) } else { Err(d.to_string()) }
+        })
+        .await;
+    }
+}

@@ -9,7 +9,7 @@
 use clap::error::ErrorKind;
 use clap::{Args, Subcommand};
 
-use super::{amqp, bare, latency, load, reports, rollout};
+use super::{amqp, bare, janitor, latency, load, reports, rollout};
 
 /// Flags of `teletraan bench`.
 #[derive(Debug, Clone, Args)]
@@ -32,6 +32,8 @@ pub enum BenchCmd {
     Latency(Box<latency::LatencyArgs>),
     /// Agent updates applied to Postgres per second by in-process report consumers.
     Reports(Box<reports::ReportsArgs>),
+    /// The host janitor's store calls on a seeded database with silent hosts.
+    Janitor(janitor::JanitorArgs),
     /// Calibration: persistent messages/s into a quorum queue with publisher confirms.
     Amqp(amqp::AmqpArgs),
     /// Deletes every exchange and queue of the (`bench…`) namespace given with `--namespace`.
@@ -98,6 +100,11 @@ pub async fn run(args: BenchArgs, g: Globals) -> anyhow::Result<()> {
             a.namespace = bench_namespace(&g);
             reports::run(*a).await
         }
+        BenchCmd::Janitor(mut a) => {
+            a.database_url =
+                need(g.database_url.clone(), "--database-url", "TELETRAAN_DATABASE_URL", "a seeded database");
+            janitor::run(a).await
+        }
         BenchCmd::Amqp(mut a) => {
             a.amqp_url = g.amqp_url.clone();
             a.namespace = bench_namespace(&g);
@@ -140,6 +147,7 @@ mod tests {
         assert_eq!(kind(&format!("latency {server} --rounds 0")), Some(ErrorKind::ValueValidation));
         assert_eq!(kind("amqp --window 0"), Some(ErrorKind::ValueValidation));
         assert_eq!(kind("reports --workers 0"), Some(ErrorKind::ValueValidation));
+        assert_eq!(kind("janitor --batch 0"), Some(ErrorKind::ValueValidation));
         assert_eq!(kind("frobnicate"), Some(ErrorKind::InvalidSubcommand));
     }
 }

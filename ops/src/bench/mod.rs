@@ -1,6 +1,7 @@
 //! The benchmarks of `ops/bench/*.sh` (`teletraan bench …`): a ping load generator and the
 //! bare endpoint it is compared with, a rollout and a deploy-latency run of simulated hosts
-//! on a real server, the workers' report throughput, and the broker calibration.
+//! on a real server, the workers' report throughput, the host janitor's queries, and the
+//! broker calibration.
 //!
 //! Benchmarks measure; they assert nothing about time (tests do not run them). Each prints a
 //! human summary and, last, one `result: key=value …` line that the scripts read. They work
@@ -13,6 +14,7 @@ pub mod amqp;
 pub mod bare;
 pub mod cli;
 pub mod http1;
+pub mod janitor;
 pub mod latency;
 pub mod load;
 pub mod reports;

@@ -3,7 +3,7 @@
 use std::collections::BTreeSet;
 use std::time::SystemTime;
 
-use schema::bus::{AgentControl, AgentUpdate, ChangeMessage, ReportBatch};
+use schema::bus::{AgentControl, AgentUpdate, ChangeMessage, Heartbeat, ReportBatch};
 use schema::model::{Agent, Environ};
 use schema::rules::admission::{self, StageAdmission};
 use schema::rules::constraint::TaggedHost;
@@ -263,7 +263,12 @@ impl Store {
     /// sequence it knew; a later report (`report_at`) wins over an earlier one.
     pub async fn apply_report_batch(&self, batch: &ReportBatch) -> Result<AppliedBatch> {
         self.upsert_hosts(&batch.hosts).await?;
-        self.record_heartbeats(&batch.heartbeats).await?;
+        // A host a report mentions was seen then: every host with a record or an identity has a
+        // heartbeat row, which is what the janitor scans for silent hosts.
+        let mut beats = batch.heartbeats.clone();
+        beats.extend(batch.agents.iter().map(|u| Heartbeat { host_id: u.host_id.clone(), at: u.at }));
+        beats.extend(batch.hosts.iter().map(|h| Heartbeat { host_id: h.host_id.clone(), at: h.seen_at }));
+        self.record_heartbeats(&beats).await?;
 
         // Keep the newest update per (host, stage), in key order so concurrent batches lock
         // rows in the same order.

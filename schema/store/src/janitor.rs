@@ -9,8 +9,11 @@
 //! the next host; fewer hosts may let the deploy succeed). Silence is checked again under the
 //! lock, so a host that pinged meanwhile is left alone. Everything here is idempotent: a run
 //! that dies half-way is finished by the next.
+//!
+//! Silent hosts are found from `host_heartbeats` alone (every host a report mentions has a
+//! row there): a scan of that narrow table per run, then the few silent hosts by key.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use schema::bus::{AgentControl, ChangeMessage};
 use schema::rules::agent_state::{self, AgentEvent};
@@ -32,12 +35,24 @@ pub const JANITOR: &str = "janitor";
 const LAST_HEARD: &str = "COALESCE(GREATEST(h.last_seen, a.report_at), a.last_update)";
 
 /// What forgetting hosts did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Forgotten {
     /// Hosts removed.
     pub hosts: u64,
     /// Agent records removed.
     pub records: u64,
+    /// Stages that lost records: re-evaluate each once ([`Store::refresh_stage`]) when the
+    /// pass is done (fewer hosts may let a deploy succeed; a stopped host's slot is free).
+    pub stages: BTreeSet<EnvId>,
+}
+
+impl Forgotten {
+    /// Adds another call's result to this one.
+    pub fn add(&mut self, other: Forgotten) {
+        self.hosts += other.hosts;
+        self.records += other.records;
+        self.stages.extend(other.stages);
+    }
 }
 
 /// The states a record leaves when its host goes silent (from the rule, not a list kept here).
@@ -68,11 +83,11 @@ impl Store {
             let client = self.client().await?;
             client
                 .query(
-                    &format!(
-                        "SELECT a.env_id, a.host_id FROM agents a LEFT JOIN host_heartbeats h ON h.host_id = a.host_id
-                         WHERE a.state = ANY($1) AND {LAST_HEARD} < $2
-                         ORDER BY a.env_id, a.host_id LIMIT $3"
-                    ),
+                    // Driven by the narrow heartbeat table (every known host has a row): a scan
+                    // of it, then the records of the few silent hosts by key.
+                    "SELECT a.env_id, a.host_id FROM host_heartbeats h JOIN agents a ON a.host_id = h.host_id
+                     WHERE h.last_seen < $2 AND a.state = ANY($1) AND (a.report_at IS NULL OR a.report_at < $2)
+                     ORDER BY a.env_id, a.host_id LIMIT $3",
                     &[&states, &ts(before), &limit],
                 )
                 .await?
@@ -114,53 +129,50 @@ impl Store {
 
     /// Forgets hosts last heard of before `before` (at most `limit` per call): their records,
     /// group memberships, tags, errors and heartbeats. Returns what went.
-    pub async fn remove_silent_hosts(&self, before: EpochMs, now: EpochMs, limit: i64) -> Result<Forgotten> {
-        let hosts: Vec<String> = {
-            let client = self.client().await?;
-            client
-                .query(
-                    "WITH heard AS (
-                         SELECT host_id, last_seen AS t FROM host_heartbeats
-                         UNION ALL SELECT host_id, COALESCE(report_at, last_update) FROM agents
-                         UNION ALL SELECT host_id, last_update FROM hosts)
-                     SELECT host_id FROM heard GROUP BY host_id HAVING max(t) < $1 ORDER BY host_id LIMIT $2",
-                    &[&ts(before), &limit],
-                )
-                .await?
-                .iter()
-                .map(|r| get(r, "host_id"))
-                .collect::<Result<_>>()?
-        };
-        self.forget_hosts(&hosts, before, now).await
+    pub async fn remove_silent_hosts(&self, before: EpochMs, limit: i64) -> Result<Forgotten> {
+        let hosts = self
+            .host_ids(
+                "SELECT h.host_id FROM host_heartbeats h
+                     WHERE h.last_seen < $1
+                       AND NOT EXISTS (SELECT 1 FROM agents a WHERE a.host_id = h.host_id AND a.report_at >= $1)
+                       AND NOT EXISTS (SELECT 1 FROM hosts s WHERE s.host_id = h.host_id AND s.last_update >= $1)
+                     ORDER BY h.host_id LIMIT $2",
+                before,
+                limit,
+            )
+            .await?;
+        self.forget_hosts(&hosts, before).await
     }
 
     /// Forgets hosts marked for termination (`DELETE …/hosts`) whose every record has stopped
     /// (STOPPED, or failed while stopping) and that were last heard of before `before`: their
     /// machine was shut down. A stopped host that keeps pinging stays, stopped.
-    pub async fn finish_stopped_hosts(&self, before: EpochMs, now: EpochMs, limit: i64) -> Result<Forgotten> {
-        let hosts: Vec<String> = {
-            let client = self.client().await?;
-            client
-                .query(
-                    "SELECT hs.host_id FROM hosts hs LEFT JOIN host_heartbeats h ON h.host_id = hs.host_id
+    pub async fn finish_stopped_hosts(&self, before: EpochMs, limit: i64) -> Result<Forgotten> {
+        let hosts = self
+            .host_ids(
+                "SELECT hs.host_id FROM hosts hs LEFT JOIN host_heartbeats h ON h.host_id = hs.host_id
                      WHERE hs.state IN ('PENDING_TERMINATE', 'PENDING_TERMINATE_NO_REPLACE')
                        AND COALESCE(h.last_seen, hs.last_update) < $1
                        AND NOT EXISTS (SELECT 1 FROM agents a WHERE a.host_id = hs.host_id
                                        AND a.deploy_stage <> 'STOPPED' AND a.state <> 'PAUSED_BY_SYSTEM')
                      ORDER BY hs.host_id LIMIT $2",
-                    &[&ts(before), &limit],
-                )
-                .await?
-                .iter()
-                .map(|r| get(r, "host_id"))
-                .collect::<Result<_>>()?
-        };
-        self.forget_hosts(&hosts, before, now).await
+                before,
+                limit,
+            )
+            .await?;
+        self.forget_hosts(&hosts, before).await
+    }
+
+    /// The host ids a query with parameters `(before, limit)` finds.
+    async fn host_ids(&self, query: &str, before: EpochMs, limit: i64) -> Result<Vec<String>> {
+        let client = self.client().await?;
+        client.query(query, &[&ts(before), &limit]).await?.iter().map(|r| get(r, "host_id")).collect()
     }
 
     /// Removes everything known of `hosts` that are still silent since `before`: their
-    /// records stage by stage (announced, then the stage re-evaluated), then the hosts.
-    async fn forget_hosts(&self, hosts: &[String], before: EpochMs, now: EpochMs) -> Result<Forgotten> {
+    /// records stage by stage (announced to the gateways), then the hosts. The stages are
+    /// returned for one re-evaluation each at the end of the pass rather than once per batch.
+    async fn forget_hosts(&self, hosts: &[String], before: EpochMs) -> Result<Forgotten> {
         let mut done = Forgotten::default();
         if hosts.is_empty() {
             return Ok(done);
@@ -174,7 +186,10 @@ impl Store {
         for (env_id, ids) in by_stage(&rows)? {
             let mut client = self.client().await?;
             let tx = client.transaction().await?;
-            let Some(e) = lock_stage_by_id(&*tx, &env_id, false).await? else { continue };
+            // The stage's lock orders this against admissions and reports of the stage.
+            if lock_stage_by_id(&*tx, &env_id, false).await?.is_none() {
+                continue;
+            }
             let ids: Vec<&str> = ids.iter().map(HostId::as_str).collect();
             let removed = tx
                 .query(
@@ -206,9 +221,8 @@ impl Store {
                 agents: controls,
             })
             .await?;
-            evaluate_current(&*tx, &e, now).await?;
-            admit(&*tx, &e, now).await?;
             tx.commit().await?;
+            done.stages.insert(env_id);
         }
         let mut client = self.client().await?;
         let tx = client.transaction().await?;

@@ -10,6 +10,7 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
     (4, "jobs", include_str!("../../migrations/0004_jobs.sql")),
     (5, "pipelines", include_str!("../../migrations/0005_pipelines.sql")),
     (6, "webhooks", include_str!("../../migrations/0006_webhooks.sql")),
+    (7, "heartbeats_for_every_host", include_str!("../../migrations/0007_heartbeats_for_every_host.sql")),
 ];
 
 /// Arbitrary constant that names the migration lock.

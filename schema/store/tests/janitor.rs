@@ -104,8 +104,10 @@ async fn a_silent_host_frees_its_slot_then_is_forgotten() {
 
     // Past the second threshold it is forgotten; the others were heard of since.
     let t2 = NOW + 700 * SEC;
-    let f = s.remove_silent_hosts(t2 - MAX_STALE, t2, 1000).await.unwrap();
+    let f = s.remove_silent_hosts(t2 - MAX_STALE, 1000).await.unwrap();
     assert_eq!((f.hosts, f.records), (1, 1));
+    assert_eq!(f.stages.iter().collect::<Vec<_>>(), [&e.id], "the stage to re-evaluate");
+    s.refresh_stage(&e.id, t2).await.unwrap();
     assert_eq!(s.agents_of_stage(&e.id).await.unwrap().len(), 2);
     assert_eq!(count(&db, "SELECT count(*) FROM hosts WHERE host_id = $1", &silent).await, 0);
     assert_eq!(count(&db, "SELECT count(*) FROM host_groups WHERE host_id = $1", &silent).await, 0);
@@ -213,10 +215,29 @@ async fn stopped_hosts_are_finished_once_silent_and_host_capacity_shows_them_mis
     let later = t + 200 * SEC;
     s.record_heartbeats(&[beat("h2", later)]).await.unwrap();
     assert_eq!(s.mark_silent_hosts(later - MIN_STALE, later, 1000).await.unwrap(), 0, "a stop survives silence");
-    let f = s.finish_stopped_hosts(later - MIN_STALE, later, 1000).await.unwrap();
+    let f = s.finish_stopped_hosts(later - MIN_STALE, 1000).await.unwrap();
     assert_eq!((f.hosts, f.records), (1, 1));
     let agents = s.agents_of_stage(&e.id).await.unwrap();
     assert_eq!(agents.iter().map(|a| a.host_id.clone()).collect::<Vec<HostId>>(), [id::<HostId>("h2")]);
     let progress = s.stage_progress(&e.env_name, &e.stage_name).await.unwrap();
     assert_eq!(progress.missing_hosts, ["h1"], "a host named in HOST capacity stays listed, as missing");
+}
+
+#[tokio::test]
+async fn every_host_a_report_mentions_gets_a_heartbeat() {
+    let db = TestDatabase::new().await;
+    let s = &db.store;
+    let e = stage(s, "web", "prod", "{}").await;
+    let b1 = build(s, "web").await;
+    let d1 = deploy(s, "c1", "web", "prod", &b1.id, NOW).await;
+    let batch = ReportBatch {
+        gateway: "t".into(),
+        sent_at: NOW,
+        hosts: vec![facts("known", NOW + 5)],
+        agents: vec![update("reporting", &e.id, serving(&d1.id), NOW + 7)],
+        heartbeats: vec![],
+    };
+    s.apply_report_batch(&batch).await.unwrap();
+    assert_eq!(db.last_seen("known").await, Some(NOW + 5));
+    assert_eq!(db.last_seen("reporting").await, Some(NOW + 7), "the janitor finds silent hosts from heartbeats only");
 }

@@ -48,6 +48,58 @@ fn ago(now: EpochMs, d: Duration) -> EpochMs {
     now - i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 2)
 }
 
+/// What one janitor pass did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Sweep {
+    /// Records marked UNREACHABLE.
+    pub unreachable: u64,
+    /// Hosts marked for termination that stopped and were forgotten.
+    pub stopped: store::Forgotten,
+    /// Silent hosts forgotten.
+    pub removed: store::Forgotten,
+}
+
+/// Calls `step` until a call handles less than a full batch (or `stop()` says so), summing.
+async fn drain<F, Fut>(batch: i64, stop: &impl Fn() -> bool, mut step: F) -> store::Result<store::Forgotten>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = store::Result<store::Forgotten>>,
+{
+    let mut total = store::Forgotten::default();
+    loop {
+        let f = step().await?;
+        let full = f.hosts >= batch as u64;
+        total.add(f);
+        if !full || stop() {
+            return Ok(total);
+        }
+    }
+}
+
+/// One pass of the janitor at `now`, in bounded batches (the job's run, and the benchmark's).
+/// Marking re-evaluates each stage in the transaction that frees its slots; forgetting
+/// re-evaluates each stage that lost records once, at the end.
+pub async fn sweep(
+    store: &store::Store,
+    c: &JanitorConfig,
+    now: EpochMs,
+    stop: impl Fn() -> bool,
+) -> store::Result<Sweep> {
+    let (min, max) = (ago(now, c.min_stale), ago(now, c.max_stale));
+    // Marking counts records, not hosts: the batch is full when as many records changed.
+    let marked = drain(c.batch, &stop, || async {
+        let n = store.mark_silent_hosts(min, now, c.batch).await?;
+        Ok(store::Forgotten { hosts: n, records: n, ..Default::default() })
+    })
+    .await?;
+    let stopped = drain(c.batch, &stop, || store.finish_stopped_hosts(min, c.batch)).await?;
+    let removed = drain(c.batch, &stop, || store.remove_silent_hosts(max, c.batch)).await?;
+    for env_id in stopped.stages.iter().chain(&removed.stages).collect::<std::collections::BTreeSet<_>>() {
+        store.refresh_stage(env_id, now).await?;
+    }
+    Ok(Sweep { unreachable: marked.records, stopped, removed })
+}
+
 /// The job.
 pub struct HostJanitor(pub JanitorConfig);
 
@@ -58,38 +110,13 @@ impl Job for HostJanitor {
 
     fn run<'a>(&'a self, ctx: &'a JobCtx) -> JobFuture<'a> {
         Box::pin(async move {
-            let c = &self.0;
-            let (mut unreachable, mut stopped, mut removed) =
-                (0, store::Forgotten::default(), store::Forgotten::default());
-            // Batches until a call finds nothing more (each call is bounded).
-            loop {
-                let n = ctx.store.mark_silent_hosts(ago(ctx.now, c.min_stale), ctx.now, c.batch).await?;
-                unreachable += n;
-                if n < c.batch as u64 || ctx.stopping() {
-                    break;
-                }
-            }
-            loop {
-                let f = ctx.store.finish_stopped_hosts(ago(ctx.now, c.min_stale), ctx.now, c.batch).await?;
-                stopped.hosts += f.hosts;
-                stopped.records += f.records;
-                if f.hosts < c.batch as u64 || ctx.stopping() {
-                    break;
-                }
-            }
-            loop {
-                let f = ctx.store.remove_silent_hosts(ago(ctx.now, c.max_stale), ctx.now, c.batch).await?;
-                removed.hosts += f.hosts;
-                removed.records += f.records;
-                if f.hosts < c.batch as u64 || ctx.stopping() {
-                    break;
-                }
-            }
+            let s = sweep(&ctx.store, &self.0, ctx.now, || ctx.stopping()).await?;
             Ok(format!(
-                "{unreachable} records unreachable; {} stopped hosts and {} silent hosts forgotten ({} records)",
-                stopped.hosts,
-                removed.hosts,
-                stopped.records + removed.records
+                "{} records unreachable; {} stopped hosts and {} silent hosts forgotten ({} records)",
+                s.unreachable,
+                s.stopped.hosts,
+                s.removed.hosts,
+                s.stopped.records + s.removed.records
             ))
         })
     }
