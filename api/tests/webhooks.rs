@@ -79,7 +79,8 @@ async fn receive(
     let signature_ok = r.secret.map(|secret| {
         let ts = headers.get("x-teletraan-timestamp").cloned().unwrap_or_default();
         let fresh = ts.parse::<i64>().is_ok_and(|t| (t - schema::time::now_ms() / 1000).abs() < 300);
-        let expected = format!("sha256={}", hex(&hmac_sha256(secret.as_bytes(), format!("{ts}.{body}").as_bytes())));
+        let expected =
+            format!("sha256={}", hex(&hmac_sha256(secret.as_bytes(), format!("{delivery}.{ts}.{body}").as_bytes())));
         fresh && headers.get("x-teletraan-signature") == Some(&expected)
     });
     let mut seen = r.seen.lock().unwrap();

@@ -43,7 +43,12 @@ pub async fn start(settings: &Settings, roles: Roles, generate_tokens: bool) -> 
     Store::ensure_database(&settings.database_url)
         .await
         .with_context(|| format!("cannot prepare the database at {}", redact(&settings.database_url)))?;
-    let store = Store::connect(&settings.database_url, settings.database_pool)?;
+    let options = store::StoreOptions {
+        max_connections: settings.database_pool,
+        host_silence: settings.jobs.janitor.min_stale,
+        ..store::StoreOptions::default()
+    };
+    let store = Store::connect_with(&settings.database_url, &options)?;
     let applied = store.migrate().await.context("cannot apply the database migrations")?;
     if !applied.is_empty() {
         tracing::info!(?applied, "database migrated");

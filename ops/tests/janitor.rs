@@ -139,6 +139,13 @@ async fn a_host_that_goes_silent_mid_rollout_is_passed_over_then_forgotten_then_
         })
     })
     .await;
+    // Its identity is known again too (the gateway was told it had been forgotten).
+    let client = server.db.client().await;
+    wait_for("the host's identity to be stored again", || async {
+        client.query_one("SELECT count(*) FROM hosts WHERE host_id = $1", &[&silent]).await.unwrap().get::<_, i64>(0)
+            == 1
+    })
+    .await;
     let d = api.wait_state(d2.id.as_str(), "SUCCEEDING").await;
     wait_for("the deploy to count it", || async { api.deploy_by_id(d2.id.as_str()).await.success_total == 4 }).await;
     assert_eq!(d.state.as_str(), "SUCCEEDING");

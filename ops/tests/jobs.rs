@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use store::JobRun;
 use store::testing::TestDatabase;
-use support::{DEADLINE, binary, wait_for};
+use support::{DEADLINE, binary};
 use tokio::process::{Child, Command};
 
 fn worker(db: &TestDatabase, bus: &bus::testing::TestBus, jobs: &str, extra: &[(&str, &str)]) -> Child {
@@ -36,22 +36,35 @@ fn finished(runs: &[JobRun]) -> Vec<&JobRun> {
     ok
 }
 
-const EVERY_SECOND: &str = "deploy-state=1s,host-janitor=1s,deploy-retention=1s,build-retention=1s,record-retention=1s";
+const EVERY_SECOND: &str = "deploy-state=1s,auto-promote=1s,host-janitor=1s,deploy-retention=1s,\
+     build-retention=1s,record-retention=1s,webhook-resend=1s";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_workers_run_each_due_time_of_each_job_once() {
     let db = TestDatabase::new().await;
     let bus = bus::testing::TestBus::new();
     let mut workers: Vec<Child> = (0..3).map(|_| worker(&db, &bus, EVERY_SECOND, &[])).collect();
-    let names = ["deploy-state", "host-janitor", "deploy-retention", "build-retention", "record-retention"];
-    wait_for("every job to run five times", || async {
+    let names = [
+        "deploy-state",
+        "auto-promote",
+        "host-janitor",
+        "deploy-retention",
+        "build-retention",
+        "record-retention",
+        "webhook-resend",
+    ];
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
         let mut enough = true;
         for n in names {
             enough &= finished(&db.store.job_runs(n, 100).await.unwrap()).len() >= 5;
         }
-        enough
-    })
-    .await;
+        if enough {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "not every job ran five times: {:#?}", db.store.jobs().await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     for w in &mut workers {
         let _ = w.kill().await;
     }
@@ -105,7 +118,8 @@ async fn a_job_whose_worker_is_killed_is_finished_by_another() {
         .unwrap();
     let count = || async { client.query_one("SELECT count(*) FROM deploys", &[]).await.unwrap().get::<_, i64>(0) };
     let settings = [("TELETRAAN_JOB_LEASE", "2s"), ("TELETRAAN_RETENTION_BATCH", "20")];
-    let jobs = "deploy-retention=1s,deploy-state=off,host-janitor=off,build-retention=off,record-retention=off";
+    let jobs = "deploy-retention=1s,deploy-state=off,auto-promote=off,host-janitor=off,build-retention=off,\
+                record-retention=off,webhook-resend=off";
     let mut workers = vec![worker(&db, &bus, jobs, &settings), worker(&db, &bus, jobs, &settings)];
 
     // Wait until one of them is half-way through, then kill it.

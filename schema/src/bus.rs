@@ -277,15 +277,24 @@ pub enum ChangeMessage {
         /// The records.
         agents: Vec<AgentControl>,
     },
+    /// The janitor forgot these hosts (records, identity, heartbeats): a gateway that still
+    /// knows one publishes its identity and heartbeat again at its next ping. Not ordered with
+    /// stage changes; a gateway that misses it republishes after a long silence anyway.
+    #[serde(rename = "hosts_forgotten.v1", rename_all = "camelCase")]
+    HostsForgottenV1 {
+        /// The hosts.
+        host_ids: Vec<HostId>,
+    },
 }
 
 impl ChangeMessage {
-    /// The stage and version the change brings.
-    pub fn stage_version(&self) -> (&EnvId, i64) {
+    /// The stage and version the change brings (`None` for changes outside any stage).
+    pub fn stage_version(&self) -> Option<(&EnvId, i64)> {
         match self {
             ChangeMessage::StageV1 { env_id, version, .. } | ChangeMessage::AgentsV1 { env_id, version, .. } => {
-                (env_id, *version)
+                Some((env_id, *version))
             }
+            ChangeMessage::HostsForgottenV1 { .. } => None,
         }
     }
 }

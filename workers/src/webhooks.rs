@@ -63,13 +63,17 @@ impl Default for WebhookConfig {
     }
 }
 
-/// `sha256=<hex>` of HMAC-SHA256 keyed by `secret` over `"<timestamp>.<body>"`: the value of
-/// [`SIGNATURE_HEADER`].
-pub fn signature(secret: &str, timestamp: u64, body: &[u8]) -> String {
+/// `sha256=<hex>` of HMAC-SHA256 keyed by `secret` over `"<delivery id>.<timestamp>.<body>"`:
+/// the value of [`SIGNATURE_HEADER`]. The delivery id is signed so that a captured request
+/// cannot be replayed under another id (receivers dedupe on it), the timestamp so that it
+/// cannot be replayed later.
+pub fn signature(secret: &str, delivery: &str, timestamp: u64, body: &[u8]) -> String {
     // HMAC takes keys of any length, so this never fails; an empty key would still sign.
     let Ok(mut mac) = <Hmac<Sha256> as Mac>::new_from_slice(secret.as_bytes()) else {
         return String::new();
     };
+    mac.update(delivery.as_bytes());
+    mac.update(b".");
     mac.update(timestamp.to_string().as_bytes());
     mac.update(b".");
     mac.update(body);
@@ -260,7 +264,10 @@ impl WebhookHandler {
             (TIMESTAMP_HEADER, timestamp.to_string()),
             (
                 SIGNATURE_HEADER,
-                c.secret.as_deref().map(|s| signature(s, timestamp, body.as_bytes())).unwrap_or_default(),
+                c.secret
+                    .as_deref()
+                    .map(|s| signature(s, &c.delivery.id, timestamp, body.as_bytes()))
+                    .unwrap_or_default(),
             ),
         ];
         for (name, value) in ours {
@@ -344,25 +351,26 @@ mod tests {
     }
 
     #[test]
-    fn the_signature_is_hmac_sha256_of_timestamp_dot_body() {
-        // RFC 4231 test case 2: key "Jefe", data "what do ya want for nothing?".
-        let sig = signature("Jefe", 0, b"what do ya want for nothing?");
+    fn the_signature_is_hmac_sha256_of_delivery_timestamp_and_body() {
+        let sig = signature("Jefe", "d1", 0, b"what do ya want for nothing?");
         let direct = {
             let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(b"Jefe").unwrap();
-            mac.update(b"0.what do ya want for nothing?");
+            mac.update(b"d1.0.what do ya want for nothing?");
             mac.finalize().into_bytes()
         };
         let hex: String = direct.iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(sig, format!("sha256={hex}"));
+        // RFC 4231 test case 2: key "Jefe", data "what do ya want for nothing?".
         let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(b"Jefe").unwrap();
         mac.update(b"what do ya want for nothing?");
         let rfc: String = mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(rfc, "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843", "the crate is HMAC-SHA256");
-        assert_ne!(signature("Jefe", 1, b"x"), signature("Jefe", 2, b"x"), "the timestamp is signed");
+        assert_ne!(signature("Jefe", "d1", 1, b"x"), signature("Jefe", "d1", 2, b"x"), "the timestamp is signed");
+        assert_ne!(signature("Jefe", "d1", 1, b"x"), signature("Jefe", "d2", 1, b"x"), "the delivery id is signed");
         // What the README's openssl and Python recipes compute for the same input.
         assert_eq!(
-            signature("s3cret-0123456789", 1_700_000_000, br#"{"a":1}"#),
-            "sha256=068dd7ba36ee00f16a862f9afdf383dd50364f8171a9839cc8a59e391009b2ed"
+            signature("s3cret-0123456789", "d-0123", 1_700_000_000, br#"{"a":1}"#),
+            "sha256=3e11f539a37b7430e648fceb92eed8a1827cbddfbcbea140586e34a09c4c2afe"
         );
     }
 

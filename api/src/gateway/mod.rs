@@ -79,9 +79,10 @@ pub struct Gateway {
     ready: AtomicBool,
     pub(crate) polls: longpoll::LongPoll,
     shutdown: watch::Receiver<bool>,
-    /// A host silent for longer than this publishes its identity again at its next ping: the
-    /// janitor may have forgotten it meanwhile (it forgets hosts only after a silence well
-    /// past two heartbeat periods).
+    /// A host silent for longer than this publishes its identity again at its next ping, in
+    /// case the janitor forgot it and its `hosts_forgotten.v1` message did not reach this
+    /// gateway: two heartbeat periods, and at least ten minutes (so that a short heartbeat
+    /// setting does not make every ping of a slow-pinging fleet republish).
     pub(crate) republish_after_ms: i64,
 }
 
@@ -123,7 +124,8 @@ pub fn start(
         ready: AtomicBool::new(false),
         polls: longpoll::LongPoll::default(),
         shutdown: shutdown.clone(),
-        republish_after_ms: i64::try_from(config.heartbeat_resolution.as_millis()).unwrap_or(i64::MAX / 4) * 2,
+        republish_after_ms: (i64::try_from(config.heartbeat_resolution.as_millis()).unwrap_or(i64::MAX / 4) * 2)
+            .max(600_000),
     });
     let id = format!("gateway-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     tasks.spawn(publisher::run(rx, gateway.clone(), config.clone(), id, shutdown.clone()));

@@ -319,6 +319,18 @@ impl Hosts {
         f(shard.entry(host.clone()).or_default())
     }
 
+    /// Hosts the janitor forgot: the ones held here publish their identity and heartbeat
+    /// again at their next ping (hosts not held are left alone).
+    pub fn unpublish(&self, hosts: &[HostId]) {
+        for host in hosts {
+            let mut shard = self.shards[shard_index(host)].lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(entry) = shard.get_mut(host) {
+                entry.facts_hash = 0;
+                entry.beat_sent = 0;
+            }
+        }
+    }
+
     /// Applies records set by workers (admissions, user actions).
     pub fn apply_controls(&self, env_id: &EnvId, controls: &[AgentControl], canon: &Canon) {
         let env_id = canon.env(env_id);

@@ -166,7 +166,12 @@ pub async fn check(gw: Arc<Gateway>, store: Store, config: GatewayConfig, mut sh
 }
 
 async fn apply(gw: &Gateway, store: &Store, msg: ChangeMessage) {
-    let (env_id, version) = msg.stage_version();
+    let Some((env_id, version)) = msg.stage_version() else {
+        if let ChangeMessage::HostsForgottenV1 { host_ids } = &msg {
+            gw.hosts.unpublish(host_ids);
+        }
+        return;
+    };
     let env_id = env_id.clone();
     let (current, known) = {
         let stages = gw.stages.read().unwrap_or_else(|p| p.into_inner());
@@ -187,7 +192,7 @@ async fn apply(gw: &Gateway, store: &Store, msg: ChangeMessage) {
             gw.stages.read().unwrap_or_else(|p| p.into_inner()).set_version(&env_id, version);
             gw.polls.wake_hosts(agents.iter().map(|a| &a.host_id));
         }
-        _ => {
+        ChangeMessage::StageV1 { .. } | ChangeMessage::AgentsV1 { .. } | ChangeMessage::HostsForgottenV1 { .. } => {
             tracing::debug!(env_id = %env_id, have = current, got = version, "change out of order; reloading the stage");
             reload_stage(gw, store, &env_id).await;
         }

@@ -17,7 +17,7 @@ pub const MAX_HOOKS_PER_PHASE: usize = 20;
 /// Longest URL (before substitution), in characters.
 pub const MAX_URL_CHARS: usize = 2048;
 /// Largest body (before substitution), in bytes.
-pub const MAX_BODY_BYTES: usize = 64 * 1024;
+pub const MAX_BODY_BYTES: usize = 32 * 1024;
 /// Longest header string (`k1:v1;k2:v2`), in bytes.
 pub const MAX_HEADERS_BYTES: usize = 16 * 1024;
 /// Longest `version`, in characters.

@@ -32,6 +32,15 @@ pub fn open_slots(cap: u32, active: u32) -> u32 {
     cap.saturating_sub(active)
 }
 
+/// The slots a stage's hosts take, counting hosts lost mid-deploy: a host that went silent
+/// while working on the current deploy (UNREACHABLE, not serving it) frees its slot, so a
+/// rollout goes on without a dead host; but only `cap` of them do. Beyond that each takes its
+/// slot again: a build that makes every host it touches go silent stops after 2 × `cap` hosts
+/// instead of spreading through the fleet.
+pub fn charged(active: u32, lost: u32, cap: u32) -> u32 {
+    active.saturating_add(lost.saturating_sub(cap))
+}
+
 /// What admission knows of a stage at one moment.
 #[derive(Debug, Clone, Copy)]
 pub struct StageAdmission<'a> {
@@ -108,6 +117,16 @@ mod tests {
     fn empty_stage_still_admits_one() {
         assert_eq!(parallel_cap(0, 10, 0), 1);
         assert_eq!(parallel_cap(4, 0, 0), 1);
+    }
+
+    #[test]
+    fn hosts_lost_mid_deploy_free_at_most_a_cap_of_slots() {
+        assert_eq!(charged(0, 0, 1), 0);
+        assert_eq!(charged(0, 1, 1), 0, "one dead host: the rollout goes on");
+        assert_eq!(charged(0, 2, 1), 1, "a second one: the rollout stops");
+        assert_eq!(charged(2, 5, 3), 4);
+        assert_eq!(open_slots(3, charged(0, 6, 3)), 0);
+        assert_eq!(charged(u32::MAX, u32::MAX, 0), u32::MAX);
     }
 
     #[test]

@@ -10,7 +10,20 @@ use crate::{DeployState, DeployType};
 pub const MAX_HEADERS: usize = 50;
 
 /// Header names the worker sets itself: a hook may not forge or break them.
-const RESERVED_HEADERS: [&str; 2] = ["content-length", "transfer-encoding"];
+const RESERVED_HEADERS: [&str; 11] = [
+    "content-length",
+    "transfer-encoding",
+    // Where the request goes is the url's business, and the connection is the client's.
+    "host",
+    "connection",
+    "keep-alive",
+    "upgrade",
+    "te",
+    "trailer",
+    "proxy-authorization",
+    "proxy-connection",
+    "expect",
+];
 /// Prefix of the worker's own headers (delivery id, timestamp, signature).
 const RESERVED_PREFIX: &str = "x-teletraan-";
 
@@ -303,6 +316,8 @@ mod tests {
         assert!(parse_headers("a:v\u{1}").unwrap_err().contains("control"));
         assert!(parse_headers("x-teletraan-delivery:1").unwrap_err().contains("set by the worker"));
         assert!(parse_headers("Content-Length:5").unwrap_err().contains("set by the worker"));
+        assert!(parse_headers("Host:metadata.internal").unwrap_err().contains("set by the worker"));
+        assert!(parse_headers("connection:close").unwrap_err().contains("set by the worker"));
         assert_eq!(parse_headers("a:\tb").unwrap()[0].value, "b", "values are trimmed");
         let many: Vec<String> = (0..=MAX_HEADERS).map(|i| format!("h{i}:v")).collect();
         assert!(parse_headers(&many.join(";")).unwrap_err().contains("at most"));

@@ -17,16 +17,18 @@ use crate::rows::*;
 use crate::stages::announce_with;
 use crate::{Result, Store};
 
-/// Hosts silent for longer than this are not admitted (they would hold a slot they cannot
-/// use); Teletraan's janitor calls such hosts stale after the same 600 s.
-const ADMIT_ONLY_SEEN_WITHIN_SECS: f64 = 600.0;
+/// Hosts silent for longer than the janitor's first threshold are not admitted (they would
+/// take a slot they cannot use): the process's setting, carried by every connection of the
+/// pool (`StoreOptions::host_silence`), 150 s when unset.
+const HOST_SILENCE_SECS: &str =
+    "COALESCE(NULLIF(current_setting('teletraan.host_silence_secs', true), ''), '150')::float8";
 
 pub(crate) const AGENT_COLUMNS: &str = "host_id, env_id, host_name, deploy_id, deploy_stage, state, status, start_date, last_update, \
      last_operator, last_err_no, fail_count, first_deploy, first_deploy_time, stage_start_date, container_health_status, \
      control_seq";
 
 /// The same columns of `agents a` (for joins).
-const AGENT_COLUMNS_OF_A: &str = "a.host_id, a.env_id, a.host_name, a.deploy_id, a.deploy_stage, a.state, a.status, \
+pub(crate) const AGENT_COLUMNS_OF_A: &str = "a.host_id, a.env_id, a.host_name, a.deploy_id, a.deploy_stage, a.state, a.status, \
      a.start_date, a.last_update, a.last_operator, a.last_err_no, a.fail_count, a.first_deploy, a.first_deploy_time, \
      a.stage_start_date, a.container_health_status, a.control_seq";
 
@@ -144,15 +146,19 @@ pub(crate) async fn admit(c: &impl GenericClient, e: &Environ, now: EpochMs) -> 
                                  OR state = 'STOP') AS active,
                 count(*) AS total,
                 count(*) FILTER (WHERE deploy_id = $2) AS on_deploy,
+                -- Lost mid-deploy: went silent while working on the current deploy.
+                count(*) FILTER (WHERE state = 'UNREACHABLE' AND deploy_id = $2
+                                 AND deploy_stage <> 'SERVING_BUILD') AS lost,
                 (SELECT alias FROM deploys WHERE deploy_id = $2) AS alias
              FROM agents WHERE env_id = $1",
             &[&e.id.as_str(), &deploy_id.as_str()],
         )
         .await?;
     let n = |col: &str| -> Result<u32> { Ok(u32::try_from(get::<i64>(&counts, col)?).unwrap_or(u32::MAX)) };
-    let (existing, active, total, on_deploy) = (n("existing")?, n("active")?, n("total")?, n("on_deploy")?);
+    let (existing, total, on_deploy) = (n("existing")?, n("total")?, n("on_deploy")?);
     let alias: Option<DeployId> = get_opt_id(&counts, "alias")?;
     let cap = admission::parallel_cap(e.max_parallel, e.max_parallel_pct, existing);
+    let active = admission::charged(n("active")?, n("lost")?, cap);
     let schedule_allowance = crate::schedules::load(c, &e.id)
         .await?
         .and_then(|s| schedule::allowance(&s.config, s.progress, on_deploy, total));
@@ -166,20 +172,16 @@ pub(crate) async fn admit(c: &impl GenericClient, e: &Environ, now: EpochMs) -> 
             // check that both agree.
             let rows = c
                 .query(
-                    "SELECT a.host_id FROM agents a LEFT JOIN host_heartbeats h ON h.host_id = a.host_id
-                     WHERE a.env_id = $1 AND a.deploy_stage = 'SERVING_BUILD'
-                       AND ((a.state = 'NORMAL' AND a.deploy_id <> $2) OR a.state IN ('RESET', 'RESET_BY_SYSTEM'))
-                       AND ($5::text IS NULL OR a.deploy_id <> $5)
-                       AND (h.last_seen IS NULL OR h.last_seen > now() - make_interval(secs => $4))
-                     ORDER BY h.last_seen DESC NULLS LAST, a.host_name
-                     LIMIT $3",
-                    &[
-                        &e.id.as_str(),
-                        &deploy_id.as_str(),
-                        &i64::from(slots),
-                        &ADMIT_ONLY_SEEN_WITHIN_SECS,
-                        &alias.as_ref().map(|a| a.as_str()),
-                    ],
+                    &format!(
+                        "SELECT a.host_id FROM agents a LEFT JOIN host_heartbeats h ON h.host_id = a.host_id
+                         WHERE a.env_id = $1 AND a.deploy_stage = 'SERVING_BUILD'
+                           AND ((a.state = 'NORMAL' AND a.deploy_id <> $2) OR a.state IN ('RESET', 'RESET_BY_SYSTEM'))
+                           AND ($4::text IS NULL OR a.deploy_id <> $4)
+                           AND (h.last_seen IS NULL OR h.last_seen > now() - make_interval(secs => {HOST_SILENCE_SECS}))
+                         ORDER BY h.last_seen DESC NULLS LAST, a.host_name
+                         LIMIT $3"
+                    ),
+                    &[&e.id.as_str(), &deploy_id.as_str(), &i64::from(slots), &alias.as_ref().map(|a| a.as_str())],
                 )
                 .await?;
             rows.iter().map(|r| get(r, "host_id")).collect::<Result<_>>()?
@@ -191,14 +193,14 @@ pub(crate) async fn admit(c: &impl GenericClient, e: &Environ, now: EpochMs) -> 
                 .query(
                     &format!(
                         "SELECT {AGENT_COLUMNS}, t.tag_value,
-                             (h.last_seen IS NULL OR h.last_seen > now() - make_interval(secs => $3)) AS alive
+                             (h.last_seen IS NULL OR h.last_seen > now() - make_interval(secs => {HOST_SILENCE_SECS})) AS alive
                          FROM agents a LEFT JOIN host_tags t ON t.host_id = a.host_id AND t.tag_name = $2
                              LEFT JOIN host_heartbeats h ON h.host_id = a.host_id
                          WHERE a.env_id = $1
                          ORDER BY h.last_seen DESC NULLS LAST, a.host_name",
                         AGENT_COLUMNS = AGENT_COLUMNS_OF_A
                     ),
-                    &[&e.id.as_str(), &constraint.key, &ADMIT_ONLY_SEEN_WITHIN_SECS],
+                    &[&e.id.as_str(), &constraint.key],
                 )
                 .await?;
             let mut tagged = Vec::with_capacity(rows.len());

@@ -4,11 +4,12 @@
 //! there and shows as missing), and hosts marked for termination are forgotten once their
 //! service stopped and they went silent.
 //!
-//! Every change to records happens under the stage's row lock, is announced to the gateways
-//! in the same transaction, and is followed by the stage's re-evaluation (a freed slot admits
-//! the next host; fewer hosts may let the deploy succeed). Silence is checked again under the
-//! lock, so a host that pinged meanwhile is left alone. Everything here is idempotent: a run
-//! that dies half-way is finished by the next.
+//! Every change to records happens under the stage's row lock and locks only the records
+//! that are still silent when it runs (a host that reported meanwhile is left alone), is
+//! announced to the gateways in the same transaction, and is followed by the stage's
+//! re-evaluation in a transaction of its own (a freed slot admits the next host; fewer hosts
+//! may let the deploy succeed). Everything here is idempotent: a run that dies half-way is
+//! finished by the next.
 //!
 //! Silent hosts are found from `host_heartbeats` alone (every host a report mentions has a
 //! row there): a scan of that narrow table per run, then the few silent hosts by key.
@@ -21,8 +22,8 @@ use schema::time::EpochMs;
 use schema::{AgentState, EnvId, HostId};
 
 use crate::actions::{announce_rows, update_states};
-use crate::agents::{admit, lock_rows};
-use crate::deploys::evaluate_current;
+use crate::agents::{AGENT_COLUMNS_OF_A, agent_row};
+use crate::outbox::{Exchange, enqueue};
 use crate::rows::{get, get_id, ts};
 use crate::stages::{announce_with, lock_stage_by_id};
 use crate::{Result, Store};
@@ -74,6 +75,13 @@ fn by_stage(rows: &[tokio_postgres::Row]) -> Result<BTreeMap<EnvId, Vec<HostId>>
 }
 
 impl Store {
+    /// The latest heartbeat stored, of any host: how fresh what Postgres knows of the fleet is.
+    pub async fn freshest_heartbeat(&self) -> Result<Option<EpochMs>> {
+        let client = self.client().await?;
+        let row = client.query_one("SELECT max(last_seen) AS t FROM host_heartbeats", &[]).await?;
+        crate::rows::get_opt_ms(&row, "t")
+    }
+
     /// Marks UNREACHABLE the records of hosts last heard of before `before` (at most `limit`
     /// records per call), as the agent-state rule says silence does (an operator's hold, a
     /// pending reset or stop survive it). Returns how many records changed.
@@ -96,22 +104,25 @@ impl Store {
         for (env_id, hosts) in by_stage(&rows)? {
             let mut client = self.client().await?;
             let tx = client.transaction().await?;
-            let Some(e) = lock_stage_by_id(&*tx, &env_id, false).await? else { continue };
-            let locked = lock_rows(&*tx, &env_id, &hosts).await?;
-            let ids: Vec<&str> = locked.iter().map(|r| r.host_id.as_str()).collect();
-            let still: Vec<String> = tx
+            if lock_stage_by_id(&*tx, &env_id, false).await?.is_none() {
+                continue;
+            }
+            // Only the records still silent are locked (a host that reported meanwhile is left
+            // alone), in key order like every other writer of records.
+            let ids: Vec<&str> = hosts.iter().map(HostId::as_str).collect();
+            let silent = tx
                 .query(
                     &format!(
-                        "SELECT a.host_id FROM agents a LEFT JOIN host_heartbeats h ON h.host_id = a.host_id
-                         WHERE a.env_id = $1 AND a.host_id = ANY($2) AND {LAST_HEARD} < $3"
+                        "SELECT {AGENT_COLUMNS_OF_A} FROM agents a LEFT JOIN host_heartbeats h ON h.host_id = a.host_id
+                         WHERE a.env_id = $1 AND a.host_id = ANY($2) AND {LAST_HEARD} < $3
+                         ORDER BY a.host_id FOR UPDATE OF a"
                     ),
                     &[&env_id.as_str(), &ids, &ts(before)],
                 )
                 .await?
                 .iter()
-                .map(|r| get(r, "host_id"))
-                .collect::<Result<_>>()?;
-            let silent = locked.into_iter().filter(|r| still.iter().any(|s| s == r.host_id.as_str())).collect();
+                .map(agent_row)
+                .collect::<Result<Vec<_>>>()?;
             let updated = update_states(&*tx, &env_id, silent, AgentEvent::WentSilent, JANITOR, now).await?;
             if updated.is_empty() {
                 continue;
@@ -119,10 +130,10 @@ impl Store {
             changed += updated.len() as u64;
             tracing::info!(env_id = %env_id, hosts = updated.len(), "hosts went silent: marked unreachable");
             announce_rows(&*tx, &env_id, updated).await?;
-            // Their slots are free: the next hosts may start.
-            evaluate_current(&*tx, &e, now).await?;
-            admit(&*tx, &e, now).await?;
             tx.commit().await?;
+            // Their slots are free: the next hosts start, in a transaction of its own (admission
+            // locks other records, which must not wait on the ones locked above).
+            self.refresh_stage(&env_id, now).await?;
         }
         Ok(changed)
     }
@@ -226,23 +237,48 @@ impl Store {
         }
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
-        // Hosts that pinged meanwhile, or still have a record, stay.
-        let gone: Vec<String> = tx
+        // Hosts that pinged meanwhile, or still have a record, stay. Each DELETE checks on the
+        // row it locks (a host whose report commits meanwhile is re-read and kept), and only
+        // what went has its memberships, tags and errors removed.
+        let silent = "NOT EXISTS (SELECT 1 FROM agents a WHERE a.host_id = x.host_id)
+             AND NOT EXISTS (SELECT 1 FROM host_heartbeats h WHERE h.host_id = x.host_id AND h.last_seen >= $2)";
+        let mut gone: Vec<String> = tx
             .query(
-                "SELECT x.host_id FROM unnest($1::text[]) AS x(host_id)
-                 WHERE NOT EXISTS (SELECT 1 FROM agents a WHERE a.host_id = x.host_id)
-                   AND NOT EXISTS (SELECT 1 FROM host_heartbeats h WHERE h.host_id = x.host_id AND h.last_seen >= $2)
-                   AND NOT EXISTS (SELECT 1 FROM hosts hs WHERE hs.host_id = x.host_id AND hs.last_update >= $2)",
+                &format!(
+                    "DELETE FROM hosts x WHERE x.host_id = ANY($1) AND x.last_update < $2 AND {silent}
+                     RETURNING x.host_id"
+                ),
                 &[&hosts, &ts(before)],
             )
             .await?
             .iter()
             .map(|r| get(r, "host_id"))
             .collect::<Result<_>>()?;
-        for table in ["host_groups", "host_tags", "agent_errors", "host_heartbeats"] {
+        done.hosts = gone.len() as u64;
+        let beats: Vec<String> = tx
+            .query(
+                "DELETE FROM host_heartbeats x WHERE x.host_id = ANY($1) AND x.last_seen < $2
+                   AND NOT EXISTS (SELECT 1 FROM agents a WHERE a.host_id = x.host_id)
+                   AND NOT EXISTS (SELECT 1 FROM hosts hs WHERE hs.host_id = x.host_id)
+                 RETURNING x.host_id",
+                &[&hosts, &ts(before)],
+            )
+            .await?
+            .iter()
+            .map(|r| get(r, "host_id"))
+            .collect::<Result<_>>()?;
+        gone.extend(beats);
+        gone.sort();
+        gone.dedup();
+        for table in ["host_groups", "host_tags", "agent_errors"] {
             tx.execute(&format!("DELETE FROM {table} WHERE host_id = ANY($1)"), &[&gone]).await?;
         }
-        done.hosts = tx.execute("DELETE FROM hosts WHERE host_id = ANY($1)", &[&gone]).await?;
+        if !gone.is_empty() {
+            // Gateways that still hold these hosts publish them again when they ping.
+            let host_ids = gone.iter().map(|h| HostId::parse(h.as_str())).collect::<Result<Vec<_>, _>>();
+            let host_ids = host_ids.map_err(|e| crate::Error::Corrupt(e.to_string()))?;
+            enqueue(&*tx, Exchange::Changes, "hosts", &ChangeMessage::HostsForgottenV1 { host_ids }).await?;
+        }
         tx.commit().await?;
         Ok(done)
     }

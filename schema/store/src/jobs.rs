@@ -89,7 +89,9 @@ impl Store {
         client
             .execute(
                 "INSERT INTO jobs (name, due_at, period_ms) VALUES ($1, date_trunc('milliseconds', now()), $2)
-                 ON CONFLICT (name) DO UPDATE SET period_ms = EXCLUDED.period_ms",
+                 ON CONFLICT (name) DO UPDATE SET period_ms = EXCLUDED.period_ms,
+                     -- A shorter period takes effect now, not after the old due time.
+                     due_at = LEAST(jobs.due_at, date_trunc('milliseconds', now()) + interval '1 millisecond' * EXCLUDED.period_ms)",
                 &[&name, &millis(period)],
             )
             .await?;
@@ -180,8 +182,8 @@ impl Store {
                      last_success = CASE WHEN $5::text IS NULL THEN now() ELSE last_success END,
                      last_error = $5, runs = runs + 1,
                      failures = failures + CASE WHEN $5::text IS NULL THEN 0 ELSE 1 END
-                 WHERE name = $1 AND leased_by = $2 AND due_at = $3",
-                &[&claim.name, &worker, &due, &(millis(period).max(1) as f64), &error],
+                 WHERE name = $1 AND leased_by = $2 AND due_at = $3 AND attempt = $6",
+                &[&claim.name, &worker, &due, &(millis(period).max(1) as f64), &error, &claim.attempt],
             )
             .await?;
         tx.commit().await?;

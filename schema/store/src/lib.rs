@@ -125,11 +125,47 @@ pub struct Store {
     pool: Pool,
 }
 
+/// How a process's connections behave.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// Connections in the pool (opened lazily).
+    pub max_connections: usize,
+    /// Hosts silent longer than this are not admitted (the janitor's first threshold).
+    pub host_silence: Duration,
+    /// Longest a statement may run before Postgres cancels it (0: no limit).
+    pub statement_timeout: Duration,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            max_connections: 32,
+            host_silence: Duration::from_secs(150),
+            statement_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
 impl Store {
-    /// Connects a pool of up to `max_connections` to `url` (connections open lazily).
+    /// Connects a pool of up to `max_connections` to `url` (connections open lazily), with
+    /// the default options.
     pub fn connect(url: &str, max_connections: usize) -> Result<Store> {
-        let config =
+        Store::connect_with(url, &StoreOptions { max_connections, ..StoreOptions::default() })
+    }
+
+    /// Connects a pool to `url` with `options`; every connection carries them as session
+    /// settings.
+    pub fn connect_with(url: &str, options: &StoreOptions) -> Result<Store> {
+        let max_connections = options.max_connections;
+        let mut config =
             tokio_postgres::Config::from_str(url).map_err(|e| Error::Unavailable(format!("bad database URL: {e}")))?;
+        let mut settings = config.get_options().map(str::to_string).unwrap_or_default();
+        settings.push_str(&format!(
+            " -c statement_timeout={} -c teletraan.host_silence_secs={}",
+            options.statement_timeout.as_millis(),
+            options.host_silence.as_secs_f64()
+        ));
+        config.options(settings.trim());
         let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let pool = Pool::builder(manager)
             .max_size(max_connections)

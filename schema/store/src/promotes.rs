@@ -115,6 +115,34 @@ async fn switch_to_manual(c: &impl GenericClient, env_id: &EnvId, now: EpochMs) 
     Ok(())
 }
 
+/// The stage's newest SUCCEEDED deploy whose build is not marked bad (the target of a
+/// ROLLBACK fail policy: going back to a bad build would be no rescue).
+async fn last_good_succeeded(c: &impl GenericClient, e: &schema::model::Environ) -> Result<Option<DeployId>> {
+    let rows = c
+        .query(
+            "SELECT d.deploy_id, b.build_id, b.build_name, b.artifact_url, b.artifact_sha256, b.scm, b.scm_repo,
+                 b.scm_branch, b.scm_commit, b.scm_commit_7, b.commit_info, b.commit_date, b.publish_info, b.publisher,
+                 b.publish_date
+             FROM deploys d JOIN builds b ON b.build_id = d.build_id
+             WHERE d.env_id = $1 AND d.state = 'SUCCEEDED' AND d.deploy_id IS DISTINCT FROM $2
+             ORDER BY d.start_date DESC LIMIT $3",
+            &[&e.id.as_str(), &e.deploy_id.as_ref().map(|d| d.as_str()), &MAX_CANDIDATES],
+        )
+        .await?;
+    let mut tags: BTreeMap<String, Vec<schema::rules::build_tag::BuildTag>> = BTreeMap::new();
+    for r in &rows {
+        let build = build_from_row(r, "")?;
+        if !tags.contains_key(build.name.as_str()) {
+            tags.insert(build.name.as_str().to_string(), build_tags(c, &build.name).await?);
+        }
+        let of_name = tags.get(build.name.as_str()).map(Vec::as_slice).unwrap_or_default();
+        if !build_tag::is_bad(&facts(&build), of_name) {
+            return Ok(Some(crate::rows::get_id(r, "deploy_id")?));
+        }
+    }
+    Ok(None)
+}
+
 /// What one round of the auto-promoter did for a stage.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PromoteOutcome {
@@ -155,9 +183,8 @@ impl Store {
     ) -> Result<Promote> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
-        let e = lock_stage(&*tx, env, stage).await?;
-        // Every stage of the environment, locked in name order with this one, so two changes
-        // cannot make a loop together.
+        // Every stage of the environment, this one included, locked in name order first: two
+        // changes can neither make a loop together nor wait for each other's stage.
         let rows = tx
             .query(
                 "SELECT e.stage_name, p.pred_stage FROM environs e LEFT JOIN promotes p ON p.env_id = e.env_id
@@ -169,6 +196,7 @@ impl Store {
         for r in &rows {
             preds.insert(get(r, "stage_name")?, get(r, "pred_stage")?);
         }
+        let e = lock_stage(&*tx, env, stage).await?;
         let mut p = load(&*tx, &e.id).await?;
         p.apply(input, operator, now)?;
         if let Some(pred) = p.pred_stage.as_deref().filter(|p| *p != FROM_BUILDS) {
@@ -259,23 +287,27 @@ impl Store {
                 return Ok(PromoteOutcome::Disabled);
             }
             Gate::RollbackThenDisable => {
+                let target = last_good_succeeded(&*tx, &e).await?;
                 tx.batch_execute("SAVEPOINT rollback").await?;
                 let description = Some("Auto rollback: the deploy failed".to_string());
                 let request = ActionRequest {
                     from: None,
-                    to: None,
+                    to: target.as_ref(),
                     description: &description,
                     operator: AUTO_PROMOTER,
                     mark_bad: false,
                 };
-                let deploy = match deploy_action(&*tx, e, DeployAction::Rollback, request, now).await {
-                    Ok(v) => v.get("id").and_then(|v| v.as_str()).and_then(|s| DeployId::parse(s).ok()),
-                    Err(Error::NotFound(_) | Error::Conflict(_)) => {
-                        // Nothing succeeded before: there is nothing to go back to.
-                        tx.batch_execute("ROLLBACK TO SAVEPOINT rollback").await?;
-                        None
-                    }
-                    Err(other) => return Err(other),
+                let deploy = match target {
+                    // Nothing good succeeded before: there is nothing to go back to.
+                    None => None,
+                    Some(_) => match deploy_action(&*tx, e, DeployAction::Rollback, request, now).await {
+                        Ok(v) => v.get("id").and_then(|v| v.as_str()).and_then(|s| DeployId::parse(s).ok()),
+                        Err(Error::NotFound(_) | Error::Conflict(_)) => {
+                            tx.batch_execute("ROLLBACK TO SAVEPOINT rollback").await?;
+                            None
+                        }
+                        Err(other) => return Err(other),
+                    },
                 };
                 switch_to_manual(&*tx, env_id, now).await?;
                 tx.commit().await?;

@@ -363,6 +363,38 @@ impl Store {
         delivery_from_row(&row)
     }
 
+    /// Sends again (a new queue message) PENDING deliveries that nobody holds and that have not
+    /// moved since `stale_before`: their message was lost for good (dead-lettered after a
+    /// store error, say). At most `limit` per call; returns how many.
+    pub async fn resend_stale_webhook_deliveries(
+        &self,
+        now: EpochMs,
+        stale_before: EpochMs,
+        limit: i64,
+    ) -> Result<u64> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let ids: Vec<String> = tx
+            .query(
+                "UPDATE webhook_deliveries d SET updated_at = $1
+                 FROM (SELECT id FROM webhook_deliveries
+                       WHERE status = 'PENDING' AND (leased_until IS NULL OR leased_until < $1) AND updated_at < $2
+                       ORDER BY updated_at LIMIT $3 FOR UPDATE SKIP LOCKED) AS stale
+                 WHERE d.id = stale.id RETURNING d.id",
+                &[&ts(now), &ts(stale_before), &limit],
+            )
+            .await?
+            .iter()
+            .map(|r| get(r, "id"))
+            .collect::<Result<_>>()?;
+        for id in &ids {
+            enqueue(&*tx, Exchange::Webhooks, ROUTING_KEY, &WebhookMessage::DeliverV1 { delivery_id: id.clone() })
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(ids.len() as u64)
+    }
+
     /// Leases a PENDING delivery to the holder of `token` for `lease` (longer than one
     /// attempt), so a duplicate message is not sent by two workers at once. The holder may
     /// claim again while its lease runs (after a backoff).

@@ -55,7 +55,7 @@ fn records_of<'a>(changes: &'a [ChangeMessage], host: &str) -> Vec<&'a Option<Ag
         .iter()
         .flat_map(|c| match c {
             ChangeMessage::AgentsV1 { agents, .. } => agents.iter().collect::<Vec<_>>(),
-            ChangeMessage::StageV1 { .. } => Vec::new(),
+            ChangeMessage::StageV1 { .. } | ChangeMessage::HostsForgottenV1 { .. } => Vec::new(),
         })
         .filter(|a| a.host_id.as_str() == host)
         .map(|a| &a.record)
@@ -114,6 +114,10 @@ async fn a_silent_host_frees_its_slot_then_is_forgotten() {
     assert_eq!(count(&db, "SELECT count(*) FROM host_heartbeats WHERE host_id = $1", &silent).await, 0);
     let announced = changes(s).await;
     assert_eq!(records_of(&announced, &silent), [&None], "its record's removal is announced");
+    assert!(
+        announced.iter().any(|c| matches!(c, ChangeMessage::HostsForgottenV1 { host_ids } if host_ids.iter().any(|h| h.as_str() == silent))),
+        "and the host's: gateways publish it again when it comes back"
+    );
     assert_eq!(s.deploy(&d2.id).await.unwrap().total, 2, "the deploy no longer waits for it");
 
     // Back again: it is a host like any other (its report creates its record).
@@ -143,7 +147,7 @@ async fn silence_spares_held_hosts_and_hosts_heard_of_meanwhile() {
         },
     };
     s.apply_command(&hold, NOW).await.unwrap();
-    // "chatty" sent a report later than the cutoff, but no heartbeat yet.
+    // "chatty" sent a report later than the cutoff (which stores its heartbeat too).
     let t = NOW + 200 * SEC;
     let late = AgentRecord { status: AgentStatus::Succeeded, ..serving(&d1.id) };
     s.apply_report_batch(&ReportBatch {

@@ -344,3 +344,21 @@ async fn a_verdict_that_does_not_come_in_time_rejects_the_deploy() {
     s.refresh_stage(&e.id, NOW + 60_000).await.unwrap();
     assert_eq!(s.deploy(&d.id).await.unwrap().acceptance_status, AcceptanceStatus::Rejected);
 }
+
+#[tokio::test]
+async fn a_rollback_by_fail_policy_never_goes_back_to_a_bad_build() {
+    let db = TestDatabase::new().await;
+    let s = &db.store;
+    let beta = beta_from_builds(s, serde_json::json!({"failPolicy": "ROLLBACK"})).await;
+    let b1 = build_at(s, "1111111aaa", NOW - 30 * MIN).await;
+    let first = promoted(s.auto_promote(&beta, NOW - 29 * MIN, BUFFER).await.unwrap());
+    accept(&db, &first).await;
+    build_at(s, "2222222aaa", NOW - 20 * MIN).await;
+    let failed = promoted(s.auto_promote(&beta, NOW - 19 * MIN, BUFFER).await.unwrap());
+    set_state(&db, &failed, "FAILING", "PENDING_DEPLOY").await;
+    // The only deploy that succeeded runs a build found bad since.
+    tag(s, &b1, TagValue::BadBuild).await;
+    assert_eq!(s.auto_promote(&beta, NOW, BUFFER).await.unwrap(), PromoteOutcome::RolledBack(None));
+    assert_eq!(current(s, "beta").await.id, failed, "no rollback to a bad build");
+    assert_eq!(s.promote(&id("web"), &id("beta")).await.unwrap().promote_type, PromoteType::Manual);
+}

@@ -323,3 +323,26 @@ async fn deliveries_are_listed_newest_first_and_paged() {
     assert_eq!(page2.iter().map(|x| &x.deploy_id).collect::<Vec<_>>(), [&d1.id]);
     assert!(s.webhook_deliveries(&web(), &prod(), Some(DeliveryStatus::Failed), 1, 10).await.unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn a_pending_delivery_whose_message_was_lost_is_sent_again() {
+    let db = TestDatabase::new().await;
+    let s = &db.store;
+    stage(s, "web", "prod", "{}").await;
+    set(s, serde_json::json!({"preDeployHooks": [{"url": "https://h/a"}, {"url": "https://h/b"}]})).await;
+    let b = build(s, "web").await;
+    deploy(s, "c1", "web", "prod", &b.id, NOW).await;
+    let fired = webhook_messages(s).await;
+    assert_eq!(fired.len(), 2);
+    // One is held by a worker (backing off), the other's message is lost.
+    let hour = Duration::from_secs(3600);
+    assert!(matches!(s.claim_webhook_delivery(&fired[0], "w1", hour, NOW).await.unwrap(), DeliveryClaim::Ready(_)));
+    let later = NOW + 20 * 60 * SEC;
+    let stale = later - 10 * 60 * SEC;
+    assert_eq!(s.resend_stale_webhook_deliveries(NOW + SEC, NOW, 100).await.unwrap(), 0, "not stale yet");
+    assert_eq!(s.resend_stale_webhook_deliveries(later, stale, 100).await.unwrap(), 1, "the held one waits");
+    assert_eq!(webhook_messages(s).await, [fired[1].clone()]);
+    assert_eq!(s.resend_stale_webhook_deliveries(later, stale, 100).await.unwrap(), 0, "touched: not stale again");
+    let much_later = NOW + 2 * 3600 * SEC;
+    assert_eq!(s.resend_stale_webhook_deliveries(much_later, much_later - 600 * SEC, 100).await.unwrap(), 2);
+}

@@ -22,20 +22,22 @@ impl Job for AutoPromote {
     fn run<'a>(&'a self, ctx: &'a JobCtx) -> JobFuture<'a> {
         Box::pin(async move {
             let stages = ctx.store.auto_promoted_stages().await?;
-            let (mut promoted, mut disabled, mut busy) = (0, 0, 0);
+            let (mut promoted, mut disabled, mut busy, mut failed) = (0, 0, 0, super::Failures::default());
             for env_id in &stages {
                 if ctx.stopping() {
                     break;
                 }
-                // Each stage on its own clock reading: a round over many stages takes time.
-                match ctx.store.auto_promote(env_id, schema::time::now_ms(), DEFAULT_BUFFER_MS).await? {
-                    PromoteOutcome::Promoted(_) => promoted += 1,
-                    PromoteOutcome::Disabled | PromoteOutcome::RolledBack(_) => disabled += 1,
-                    PromoteOutcome::Busy => busy += 1,
-                    PromoteOutcome::Skipped | PromoteOutcome::Waiting | PromoteOutcome::NothingToDo => {}
+                // Each stage on its own clock reading (a round over many stages takes time), and
+                // one stage failing does not starve the others.
+                match ctx.store.auto_promote(env_id, schema::time::now_ms(), DEFAULT_BUFFER_MS).await {
+                    Ok(PromoteOutcome::Promoted(_)) => promoted += 1,
+                    Ok(PromoteOutcome::Disabled | PromoteOutcome::RolledBack(_)) => disabled += 1,
+                    Ok(PromoteOutcome::Busy) => busy += 1,
+                    Ok(PromoteOutcome::Skipped | PromoteOutcome::Waiting | PromoteOutcome::NothingToDo) => {}
+                    Err(e) => failed.add(NAME, env_id, e),
                 }
             }
-            Ok(format!(
+            failed.into_result(format!(
                 "{} stages on AUTO: {promoted} promoted, {disabled} switched to MANUAL after a failure, {busy} busy",
                 stages.len()
             ))

@@ -20,18 +20,19 @@ impl Job for DeployState {
     fn run<'a>(&'a self, ctx: &'a JobCtx) -> JobFuture<'a> {
         Box::pin(async move {
             let stages = ctx.store.stages_with_active_deploys().await?;
-            let (mut done, mut busy) = (0, 0);
+            let (mut done, mut busy, mut failed) = (0, 0, super::Failures::default());
             for env_id in &stages {
                 if ctx.stopping() {
                     break;
                 }
-                if ctx.store.refresh_stage_if_free(env_id, schema::time::now_ms()).await? {
-                    done += 1;
-                } else {
-                    busy += 1;
+                // One stage failing does not starve the others.
+                match ctx.store.refresh_stage_if_free(env_id, schema::time::now_ms()).await {
+                    Ok(true) => done += 1,
+                    Ok(false) => busy += 1,
+                    Err(e) => failed.add(NAME, env_id, e),
                 }
             }
-            Ok(format!("evaluated {done} of {} stages ({busy} busy elsewhere)", stages.len()))
+            failed.into_result(format!("evaluated {done} of {} stages ({busy} busy elsewhere)", stages.len()))
         })
     }
 }

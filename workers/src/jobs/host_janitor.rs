@@ -77,15 +77,21 @@ where
 }
 
 /// One pass of the janitor at `now`, in bounded batches (the job's run, and the benchmark's).
-/// Marking re-evaluates each stage in the transaction that frees its slots; forgetting
-/// re-evaluates each stage that lost records once, at the end.
+/// Marking re-evaluates each stage right after it frees slots; forgetting re-evaluates each
+/// stage that lost records once, at the end.
+///
+/// Silence is measured from the freshest heartbeat stored, not from the clock: when heartbeats
+/// stop reaching Postgres at all (the broker or every worker down, the report queue backed
+/// up), hosts that keep pinging their gateway would otherwise look silent and lose their
+/// slots to others.
 pub async fn sweep(
     store: &store::Store,
     c: &JanitorConfig,
     now: EpochMs,
     stop: impl Fn() -> bool,
 ) -> store::Result<Sweep> {
-    let (min, max) = (ago(now, c.min_stale), ago(now, c.max_stale));
+    let reference = store.freshest_heartbeat().await?.map_or(now, |fresh| fresh.min(now));
+    let (min, max) = (ago(reference, c.min_stale), ago(reference, c.max_stale));
     // Marking counts records, not hosts: the batch is full when as many records changed.
     let marked = drain(c.batch, &stop, || async {
         let n = store.mark_silent_hosts(min, now, c.batch).await?;

@@ -12,6 +12,7 @@ pub mod auto_promote;
 pub mod deploy_state;
 pub mod host_janitor;
 pub mod retention;
+pub mod webhook_resend;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -85,6 +86,7 @@ impl Default for JobsConfig {
             (retention::DEPLOYS, Duration::from_secs(3600)),
             (retention::BUILDS, Duration::from_secs(3600)),
             (retention::RECORDS, Duration::from_secs(3600)),
+            (webhook_resend::NAME, Duration::from_secs(60)),
         ]
         .into_iter()
         .map(|(n, p)| (n.to_string(), Some(p)))
@@ -133,8 +135,33 @@ impl JobsConfig {
             Arc::new(retention::DeployRetention(self.retention)),
             Arc::new(retention::BuildRetention(self.retention)),
             Arc::new(retention::RecordRetention(self.retention)),
+            Arc::new(webhook_resend::WebhookResend),
         ];
         all.into_iter().filter_map(|j| self.periods.get(j.name()).copied().flatten().map(|p| (j, p))).collect()
+    }
+}
+
+/// Errors of the stages a run went through: each is logged where it happens, the run goes on
+/// with the next stage, and the run fails at the end if any stage did.
+#[derive(Default)]
+pub(crate) struct Failures {
+    count: usize,
+    first: Option<String>,
+}
+
+impl Failures {
+    pub(crate) fn add(&mut self, job: &str, env_id: &schema::EnvId, e: store::Error) {
+        tracing::warn!(job, env_id = %env_id, error = %e, "a stage failed; going on with the others");
+        self.count += 1;
+        self.first.get_or_insert_with(|| format!("stage {env_id}: {e}"));
+    }
+
+    /// The run's result: `summary` when no stage failed.
+    pub(crate) fn into_result(self, summary: String) -> JobResult {
+        match self.first {
+            None => Ok(summary),
+            Some(first) => Err(anyhow::anyhow!("{summary}; {} stage(s) failed, the first: {first}", self.count)),
+        }
     }
 }
 
@@ -264,12 +291,21 @@ async fn run_claim(
     let renew = async {
         let mut tick = tokio::time::interval(lease / 3);
         tick.tick().await;
+        // The lease runs from the claim; once it may have expired without a renewal (the
+        // database unreachable meanwhile), another worker may hold the job: stop.
+        let mut held_until = std::time::Instant::now() + lease;
         loop {
             tick.tick().await;
-            match store.renew_job(&claim, &worker, lease).await {
-                Ok(true) => {}
-                Ok(false) => return "lost its lease to another worker".to_string(),
-                Err(e) => tracing::warn!(job = %claim.name, error = %e, "cannot renew a job's lease"),
+            let asked = std::time::Instant::now();
+            match tokio::time::timeout(lease / 3, store.renew_job(&claim, &worker, lease)).await {
+                Ok(Ok(true)) => held_until = asked + lease,
+                Ok(Ok(false)) => return "lost its lease to another worker".to_string(),
+                Ok(Err(e)) => tracing::warn!(job = %claim.name, error = %e, "cannot renew a job's lease"),
+                Err(_) => tracing::warn!(job = %claim.name, "renewing a job's lease timed out"),
+            }
+            if std::time::Instant::now() + lease / 3 >= held_until {
+                return "could not renew its lease in time; stopped so that no other worker runs it at once"
+                    .to_string();
             }
         }
     };
