@@ -44,6 +44,11 @@ impl ApiError {
         ApiError { status: StatusCode::FORBIDDEN, code: "forbidden", message: message.into() }
     }
 
+    /// 409.
+    pub fn conflict(message: impl Into<String>) -> Self {
+        ApiError { status: StatusCode::CONFLICT, code: "conflict", message: message.into() }
+    }
+
     /// 503: a dependency is down; try again.
     pub fn unavailable(message: impl Into<String>) -> Self {
         ApiError { status: StatusCode::SERVICE_UNAVAILABLE, code: "unavailable", message: message.into() }
@@ -71,6 +76,11 @@ impl From<store::Error> for ApiError {
             store::Error::BadData(m) => ApiError::bad_request(format!("invalid value: {m}")),
             store::Error::Unavailable(m) => {
                 tracing::warn!(error = %m, "database unavailable");
+                ApiError::unavailable("the database is unavailable; try again")
+            }
+            // A database going away mid-query (restart, failover, admin shutdown) is not a bug.
+            e @ store::Error::Db(_) if e.is_transient() => {
+                tracing::warn!(error = %e, "database unavailable");
                 ApiError::unavailable("the database is unavailable; try again")
             }
             e @ (store::Error::Db(_) | store::Error::Corrupt(_)) => ApiError::internal(e),

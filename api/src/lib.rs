@@ -19,10 +19,15 @@ use std::sync::Arc;
 
 use axum::Router;
 
-/// The API listener's router: REST plus health.
-pub fn api_router(state: rest::ApiState) -> Router {
+/// The API listener's router: REST plus health. Serve it with connection info
+/// (`into_make_service_with_connect_info::<SocketAddr>`) for trusted-header mode to see
+/// where requests come from.
+pub fn api_router(state: rest::ApiState, trusted: auth::TrustedHeaders) -> Router {
     let store = state.store.clone();
-    rest::router(state).merge(health::api(store)).fallback(not_found).method_not_allowed_fallback(method_not_allowed)
+    rest::router(state, trusted)
+        .merge(health::api(store))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
 }
 
 /// The gateway listener's router: ping plus health.

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use api::auth::{Cidr, TrustedHeaders};
 use clap::Args;
 use serde::Deserialize;
 use workers::jobs::{JobsConfig, parse_duration};
@@ -82,6 +83,15 @@ pub struct ServerArgs {
     /// Attempts of a webhook delivery before it is FAILED.
     #[arg(long, env = "TELETRAAN_WEBHOOK_ATTEMPTS", global = true)]
     pub webhook_attempts: Option<u32>,
+    /// Trusted-header mode: the header a company SSO proxy names the user in (off when unset).
+    #[arg(long, env = "TELETRAAN_TRUSTED_USER_HEADER", global = true)]
+    pub trusted_user_header: Option<String>,
+    /// Trusted-header mode: the header with the user's directory groups (comma separated).
+    #[arg(long, env = "TELETRAAN_TRUSTED_GROUPS_HEADER", global = true)]
+    pub trusted_groups_header: Option<String>,
+    /// Trusted-header mode: comma list of the proxy's addresses or blocks (`10.0.0.0/8`).
+    #[arg(long, env = "TELETRAAN_TRUSTED_PROXIES", global = true)]
+    pub trusted_proxies: Option<String>,
 }
 
 /// The TOML file.
@@ -110,6 +120,9 @@ struct FileConfig {
     retention_batch: Option<i64>,
     webhook_timeout: Option<u64>,
     webhook_attempts: Option<u32>,
+    trusted_user_header: Option<String>,
+    trusted_groups_header: Option<String>,
+    trusted_proxies: Option<Vec<String>>,
 }
 
 /// Resolved settings.
@@ -130,6 +143,7 @@ pub struct Settings {
     pub heartbeat_resolution: Duration,
     pub webhook_timeout: Duration,
     pub webhook_attempts: u32,
+    pub trusted: TrustedHeaders,
 }
 
 fn check_token(name: &str, t: Option<String>) -> anyhow::Result<Option<String>> {
@@ -155,6 +169,7 @@ impl ServerArgs {
             s.parse().with_context(|| format!("{name}: {s:?} is not an address like 127.0.0.1:8080"))
         };
         let jobs = self.jobs_config(&file)?;
+        let trusted = self.trusted(&file)?;
         let namespace = self.namespace.clone().or(file.namespace).unwrap_or_else(|| "teletraan".into());
         if namespace.is_empty() || !namespace.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
             bail!("namespace {namespace:?} may only contain letters, digits, '-', '_' and '.'");
@@ -209,7 +224,35 @@ impl ServerArgs {
             heartbeat_resolution: Duration::from_secs(heartbeat),
             webhook_timeout: Duration::from_secs(webhook_timeout),
             webhook_attempts,
+            trusted,
         })
+    }
+
+    fn trusted(&self, file: &FileConfig) -> anyhow::Result<TrustedHeaders> {
+        let user_header = self.trusted_user_header.clone().or(file.trusted_user_header.clone());
+        let groups_header = self.trusted_groups_header.clone().or(file.trusted_groups_header.clone());
+        let proxies: Vec<String> = match &self.trusted_proxies {
+            Some(list) => list.split(',').map(|p| p.trim().to_string()).filter(|p| !p.is_empty()).collect(),
+            None => file.trusted_proxies.clone().unwrap_or_default(),
+        };
+        let proxies = proxies
+            .iter()
+            .map(|p| p.parse::<Cidr>().map_err(|e| anyhow::anyhow!("trusted_proxies: {e}")))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        for (name, h) in [("trusted_user_header", &user_header), ("trusted_groups_header", &groups_header)] {
+            if let Some(h) = h
+                && axum::http::HeaderName::from_bytes(h.as_bytes()).is_err()
+            {
+                bail!("{name}: {h:?} is not a header name");
+            }
+        }
+        if user_header.is_some() && proxies.is_empty() {
+            bail!("trusted_user_header needs trusted_proxies: the addresses the SSO proxy connects from");
+        }
+        if user_header.is_none() && (groups_header.is_some() || !proxies.is_empty()) {
+            bail!("trusted_groups_header and trusted_proxies need trusted_user_header");
+        }
+        Ok(TrustedHeaders { user_header, groups_header, proxies })
     }
 
     fn jobs_config(&self, file: &FileConfig) -> anyhow::Result<JobsConfig> {

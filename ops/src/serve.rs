@@ -5,7 +5,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use bus::BusConfig;
 use schema::model::ArtifactPolicy;
-use store::{Role, Store};
+use store::{Store, TokenKind};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -58,10 +58,10 @@ pub async fn start(settings: &Settings, roles: Roles, generate_tokens: bool) -> 
     let admin_token = settings.admin_token.clone().or_else(|| generate_tokens.then(random));
     let agent_token = settings.agent_token.clone().or_else(|| generate_tokens.then(random));
     if let Some(t) = &admin_token {
-        store.seed_token("admin", Role::Admin, t, now).await.context("cannot store the admin token")?;
+        store.seed_token("admin", TokenKind::Api, t, now).await.context("cannot store the admin token")?;
     }
     if let Some(t) = &agent_token {
-        store.seed_token("agent", Role::Agent, t, now).await.context("cannot store the agent token")?;
+        store.seed_token("agent", TokenKind::Agent, t, now).await.context("cannot store the agent token")?;
     }
 
     let bus = BusConfig { url: settings.amqp_url.clone(), namespace: settings.namespace.clone() };
@@ -104,7 +104,7 @@ pub async fn start(settings: &Settings, roles: Roles, generate_tokens: bool) -> 
             artifacts: Arc::new(ArtifactPolicy { allowed_prefixes: settings.artifact_url_prefixes.clone() }),
             command_wait: settings.command_wait,
         };
-        tasks.spawn(serve(listener, api::api_router(state), shutdown_rx.clone(), "api"));
+        tasks.spawn(serve(listener, api::api_router(state, settings.trusted.clone()), shutdown_rx.clone(), "api"));
     }
     Ok(Running { api_addr, gateway_addr, admin_token, agent_token, shutdown, tasks })
 }
@@ -115,7 +115,9 @@ async fn serve(listener: TcpListener, router: axum::Router, mut shutdown: watch:
     let stop = async move {
         let _ = shutdown.wait_for(|s| *s).await;
     };
-    if let Err(e) = axum::serve(listener, router).with_graceful_shutdown(stop).await {
+    // Connection info tells trusted-header mode where a request comes from.
+    let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
+    if let Err(e) = axum::serve(listener, service).with_graceful_shutdown(stop).await {
         tracing::error!(role, error = %e, "server failed");
     }
 }

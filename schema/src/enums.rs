@@ -484,6 +484,49 @@ str_enum!(
     }
 );
 
+str_enum!(
+    /// What a principal may do, in order: each role includes the ones before it.
+    AccessRole {
+        /// Read everything but secrets.
+        Reader = "READER",
+        /// Also publish builds and tag them.
+        Publisher = "PUBLISHER",
+        /// Also deploy and change the stages of the environments granted.
+        Operator = "OPERATOR",
+        /// Also grant roles, manage tokens, delete stages and builds, change system settings.
+        Admin = "ADMIN",
+    }
+);
+
+impl AccessRole {
+    /// Rank in the order above (a higher role includes the lower ones).
+    pub const fn rank(self) -> u8 {
+        match self {
+            AccessRole::Reader => 0,
+            AccessRole::Publisher => 1,
+            AccessRole::Operator => 2,
+            AccessRole::Admin => 3,
+        }
+    }
+
+    /// Whether this role includes `needed`.
+    pub const fn includes(self, needed: AccessRole) -> bool {
+        self.rank() >= needed.rank()
+    }
+
+    /// A role as Teletraan's clients send it: ours, or Teletraan's older names (READ, EXECUTE,
+    /// WRITE, DELETE, MANAGE_SCRIPT_TOKEN…), mapped to the closest of ours.
+    pub fn parse_lenient(s: &str) -> Result<AccessRole, UnknownValue> {
+        match s.trim().to_ascii_uppercase().as_str() {
+            "READ" | "READER" => Ok(AccessRole::Reader),
+            "PUBLISHER" => Ok(AccessRole::Publisher),
+            "EXECUTE" | "WRITE" | "DELETE" | "OPERATOR" => Ok(AccessRole::Operator),
+            "MANAGE_SCRIPT_TOKEN" | "ADMIN" => Ok(AccessRole::Admin),
+            other => other.parse(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

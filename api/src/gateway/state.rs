@@ -14,7 +14,7 @@ use schema::bus::{AgentControl, Heartbeat, StageSnapshot};
 use schema::rules::goal::AgentRecord;
 use schema::time::EpochMs;
 use schema::{DeployId, EnvId, EnvName, GroupName, HostId, HostName, StageName};
-use store::Role;
+use store::TokenKind;
 
 /// A map keyed by what operators define (stages, capacity, tokens), looked up by pings: the
 /// fast hash is safe there. The host map, whose keys agents choose, keeps SipHash.
@@ -484,8 +484,8 @@ fn shard_index(host: &HostId) -> usize {
 /// its token again.
 #[derive(Default)]
 pub struct Tokens {
-    map: RwLock<HashMap<[u8; 32], Role>>,
-    recent: RwLock<FastMap<String, Role>>,
+    map: RwLock<HashMap<[u8; 32], TokenKind>>,
+    recent: RwLock<FastMap<String, TokenKind>>,
 }
 
 /// Raw tokens remembered at most (a known token is remembered; unknown ones never are).
@@ -493,14 +493,14 @@ const RECENT_TOKENS: usize = 1024;
 
 impl Tokens {
     /// Replaces the set.
-    pub fn replace(&self, tokens: Vec<([u8; 32], Role)>) {
+    pub fn replace(&self, tokens: Vec<([u8; 32], TokenKind)>) {
         let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
         *map = tokens.into_iter().collect();
         self.recent.write().unwrap_or_else(|p| p.into_inner()).clear();
     }
 
     /// The role of a raw token.
-    pub fn role(&self, token: &str) -> Option<Role> {
+    pub fn role(&self, token: &str) -> Option<TokenKind> {
         if let Some(r) = self.recent.read().unwrap_or_else(|p| p.into_inner()).get(token) {
             return Some(*r);
         }
@@ -680,9 +680,9 @@ mod tests {
     #[test]
     fn a_known_token_is_remembered_and_forgotten_on_reload() {
         let tokens = Tokens::default();
-        tokens.replace(vec![(store::hash_token("secret-1"), Role::Agent)]);
-        assert_eq!(tokens.role("secret-1"), Some(Role::Agent));
-        assert_eq!(tokens.role("secret-1"), Some(Role::Agent), "from the remembered tokens");
+        tokens.replace(vec![(store::hash_token("secret-1"), TokenKind::Agent)]);
+        assert_eq!(tokens.role("secret-1"), Some(TokenKind::Agent));
+        assert_eq!(tokens.role("secret-1"), Some(TokenKind::Agent), "from the remembered tokens");
         assert_eq!(tokens.role("nope"), None);
         tokens.replace(vec![]);
         assert_eq!(tokens.role("secret-1"), None, "a revoked token is not remembered");

@@ -21,6 +21,7 @@ pub(super) async fn publish(
     ApiJson(input): ApiJson<BuildInput>,
 ) -> ApiResult<Response> {
     let build = Build::publish(input, &s.artifacts, &p.name, schema::time::now_ms())?;
+    super::require_publisher(&s, &p, &build.name).await?;
     s.store.insert_build(&build).await?;
     tracing::info!(build.id = %build.id, build.name = %build.name, publisher = %p.name, "build published");
     let location = format!("/v1/builds/{}", build.id);

@@ -6,9 +6,10 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use schema::model::{Environ, EnvironInput, StringMap};
-use schema::{CapacityType, EnvId, EnvName, GroupName, HostName, UnknownValue};
+use schema::rules::access::{GrantScope, Target};
+use schema::{AccessRole, CapacityType, EnvId, EnvName, GroupName, HostName, UnknownValue};
 use serde::Deserialize;
-use store::StageMap;
+use store::{StageMap, Subject};
 
 use super::{ApiState, stage_key};
 use crate::auth::Principal;
@@ -34,7 +35,14 @@ pub(super) async fn create(
     ApiJson(input): ApiJson<EnvironInput>,
 ) -> ApiResult<Response> {
     let e = Environ::create(EnvId::generate(), input, &p.name, schema::time::now_ms())?;
+    p.require(AccessRole::Operator, Target::Env(&e.env_name))?;
+    let new_env = s.store.stages(Some(&e.env_name)).await?.is_empty();
     s.store.create_stage(&e).await?;
+    if new_env && !p.may(AccessRole::Admin, Target::Env(&e.env_name)) {
+        // Whoever creates an environment administers it (as in Teletraan).
+        let scope = GrantScope::Env(e.env_name.clone());
+        s.store.set_grant(Subject::Principal, &p.name, &scope, AccessRole::Admin, &p.name, e.last_update).await?;
+    }
     tracing::info!(env = %e.env_name, stage = %e.stage_name, operator = %p.name, "stage created");
     let location = format!("/v1/envs/{}/{}", e.env_name, e.stage_name);
     Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(e)).into_response())

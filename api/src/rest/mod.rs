@@ -1,5 +1,6 @@
 //! The REST API under `/v1`, with Teletraan's paths and camelCase JSON.
 
+mod access;
 mod actions;
 mod agents;
 mod builds;
@@ -15,14 +16,15 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::FromRef;
+use axum::http::Method;
 use axum::middleware;
-use axum::routing::{get, post, put};
+use axum::routing::{MethodFilter, on};
 use bus::rpc::CommandClient;
 use schema::model::ArtifactPolicy;
-use schema::{EnvName, StageName};
+use schema::{AccessRole, EnvName, StageName};
 use store::Store;
 
-use crate::auth;
+use crate::auth::{self, AuthState, From, Need, RouteSpec, TrustedHeaders};
 use crate::error::ApiResult;
 
 /// What handlers share.
@@ -44,52 +46,172 @@ impl FromRef<ApiState> for Store {
     }
 }
 
-/// The `/v1` routes, behind authentication.
-pub fn router(state: ApiState) -> Router {
-    Router::new()
-        .route("/v1/envs", get(envs::list).post(envs::create))
-        .route("/v1/envs/{env}/{stage}", get(envs::get).put(envs::update).delete(envs::delete))
-        .route("/v1/envs/{env}/{stage}/capacity", get(envs::get_capacity).put(envs::put_capacity))
-        .route("/v1/envs/{env}/{stage}/script_configs", get(envs::get_script_configs).put(envs::put_script_configs))
-        .route("/v1/envs/{env}/{stage}/agent_configs", get(envs::get_agent_configs).put(envs::put_agent_configs))
-        .route("/v1/envs/{env}/{stage}/deploys", post(deploys::create))
-        .route("/v1/envs/{env}/{stage}/deploys/current", get(deploys::current))
-        .route("/v1/envs/{env}/{stage}/deploys/current/actions", post(actions::deploy_action))
-        .route("/v1/envs/{env}/{stage}/deploys/current/progress", get(rollout::progress).put(rollout::progress))
-        .route("/v1/envs/{env}/{stage}/deploys/hostactions", put(actions::host_action))
-        .route("/v1/envs/{env}/{stage}/hosts", axum::routing::delete(actions::stop_hosts))
-        .route("/v1/envs/{env}/{stage}/agents", get(agents::list))
-        .route("/v1/envs/{env}/{stage}/agents/count", get(rollout::count))
-        .route("/v1/envs/{env}/{stage}/agents/errors/{host}", get(agents::error))
-        .route("/v1/envs/{env}/{stage}/agents/reset_failed_agents/{deploy}", put(actions::reset_failed))
-        .route("/v1/envs/{env}/{stage}/agents/{host}", put(actions::update_agent))
-        .route(
-            "/v1/envs/{env}/{stage}/deploy_constraint",
-            get(rollout::get_constraint).post(rollout::post_constraint).delete(rollout::delete_constraint),
-        )
-        .route("/v1/envs/{env}/{stage}/web_hooks", get(webhooks::get).put(webhooks::put))
-        .route("/v1/envs/{env}/{stage}/web_hooks/deliveries", get(webhooks::deliveries))
-        .route("/v1/envs/{env}/{stage}/web_hooks/deliveries/{id}/retry", post(webhooks::retry))
-        .route("/v1/schedules/{env}/{stage}/schedules", put(rollout::put_schedule))
-        .route("/v1/schedules/{env}/{stage}/override", put(actions::override_schedule))
-        .route("/v1/schedules/{env}/{stage}/{id}", get(rollout::get_schedule))
-        .route("/v1/builds", get(builds::search).post(builds::publish))
-        .route("/v1/builds/{id}", get(builds::get))
-        .route("/v1/builds/{id}/tag", get(pipelines::build_tag))
-        .route("/v1/envs/{env}/{stage}/promotes", get(pipelines::get_promote).put(pipelines::put_promote))
-        .route("/v1/tags", post(pipelines::create_tag))
-        .route("/v1/tags/{id}", get(pipelines::get_tag).delete(pipelines::delete_tag))
-        .route("/v1/tags/targets/{target}", get(pipelines::tags_of_target))
-        .route("/v1/tags/targets/{target}/latest", get(pipelines::latest_tag_of_target))
-        .route("/v1/tags/values/{value}", get(pipelines::tags_with_value))
-        .route("/v1/deploys", get(rollout::search))
-        .route("/v1/deploys/{id}", get(deploys::get).put(actions::update_deploy))
-        .route("/v1/commands/{id}", get(deploys::command))
-        .route_layer(middleware::from_fn_with_state(state.store.clone(), auth::require_user))
-        .with_state(state)
+/// Declares every route once: the router is built from this list, and so is the table of
+/// what each route needs (so no route can exist without declaring it).
+macro_rules! routes {
+    ($($method:ident $path:literal => $handler:expr, $need:expr;)*) => {
+        /// Every route of the REST API and what it needs (the role matrix test and the
+        /// documentation are generated from it).
+        pub fn route_specs() -> Vec<RouteSpec> {
+            vec![$(RouteSpec { method: stringify!($method), path: $path, need: $need }),*]
+        }
+
+        fn add_routes(router: Router<ApiState>) -> Router<ApiState> {
+            router$(.route($path, on(MethodFilter::$method, $handler)))*
+        }
+    };
+}
+
+const READ: Need = Need::Read;
+const OPERATE: Need = Need::Role(AccessRole::Operator, From::EnvPath);
+const ADMINISTER_ENV: Need = Need::Role(AccessRole::Admin, From::EnvPath);
+const ADMINISTER: Need = Need::Role(AccessRole::Admin, From::System);
+const PUBLISH: &str = "on the system, or on an environment whose stages deploy builds of that name";
+const TAG: &str = "for a build's tag (on the system, or on an environment that deploys that build's name); \
+     OPERATOR on a stage's environment for a stage's; ADMIN on the system for the system's";
+
+routes! {
+    GET "/v1/me" => access::me, Need::Authenticated;
+    GET "/v1/envs" => envs::list, READ;
+    POST "/v1/envs" => envs::create, Need::InHandler(AccessRole::Operator, "on the new stage's environment");
+    GET "/v1/envs/{env}/{stage}" => envs::get, READ;
+    PUT "/v1/envs/{env}/{stage}" => envs::update, OPERATE;
+    DELETE "/v1/envs/{env}/{stage}" => envs::delete, ADMINISTER_ENV;
+    GET "/v1/envs/{env}/{stage}/capacity" => envs::get_capacity, READ;
+    PUT "/v1/envs/{env}/{stage}/capacity" => envs::put_capacity, OPERATE;
+    GET "/v1/envs/{env}/{stage}/script_configs" => envs::get_script_configs, READ;
+    PUT "/v1/envs/{env}/{stage}/script_configs" => envs::put_script_configs, OPERATE;
+    GET "/v1/envs/{env}/{stage}/agent_configs" => envs::get_agent_configs, READ;
+    PUT "/v1/envs/{env}/{stage}/agent_configs" => envs::put_agent_configs, OPERATE;
+    POST "/v1/envs/{env}/{stage}/deploys" => deploys::create, OPERATE;
+    GET "/v1/envs/{env}/{stage}/deploys/current" => deploys::current, READ;
+    POST "/v1/envs/{env}/{stage}/deploys/current/actions" => actions::deploy_action, OPERATE;
+    GET "/v1/envs/{env}/{stage}/deploys/current/progress" => rollout::progress, READ;
+    PUT "/v1/envs/{env}/{stage}/deploys/current/progress" => rollout::progress, READ;
+    PUT "/v1/envs/{env}/{stage}/deploys/hostactions" => actions::host_action, OPERATE;
+    DELETE "/v1/envs/{env}/{stage}/hosts" => actions::stop_hosts, OPERATE;
+    GET "/v1/envs/{env}/{stage}/agents" => agents::list, READ;
+    GET "/v1/envs/{env}/{stage}/agents/count" => rollout::count, READ;
+    GET "/v1/envs/{env}/{stage}/agents/errors/{host}" => agents::error, READ;
+    PUT "/v1/envs/{env}/{stage}/agents/reset_failed_agents/{deploy}" => actions::reset_failed, OPERATE;
+    PUT "/v1/envs/{env}/{stage}/agents/{host}" => actions::update_agent, OPERATE;
+    GET "/v1/envs/{env}/{stage}/deploy_constraint" => rollout::get_constraint, READ;
+    POST "/v1/envs/{env}/{stage}/deploy_constraint" => rollout::post_constraint, OPERATE;
+    DELETE "/v1/envs/{env}/{stage}/deploy_constraint" => rollout::delete_constraint, OPERATE;
+    GET "/v1/envs/{env}/{stage}/web_hooks" => webhooks::get, READ;
+    PUT "/v1/envs/{env}/{stage}/web_hooks" => webhooks::put, OPERATE;
+    GET "/v1/envs/{env}/{stage}/web_hooks/deliveries" => webhooks::deliveries, READ;
+    POST "/v1/envs/{env}/{stage}/web_hooks/deliveries/{id}/retry" => webhooks::retry, OPERATE;
+    GET "/v1/envs/{env}/{stage}/promotes" => pipelines::get_promote, READ;
+    PUT "/v1/envs/{env}/{stage}/promotes" => pipelines::put_promote, OPERATE;
+    PUT "/v1/schedules/{env}/{stage}/schedules" => rollout::put_schedule, OPERATE;
+    PUT "/v1/schedules/{env}/{stage}/override" => actions::override_schedule, OPERATE;
+    GET "/v1/schedules/{env}/{stage}/{id}" => rollout::get_schedule, READ;
+    GET "/v1/envs/{env}/user_roles" => access::list_env_users, READ;
+    POST "/v1/envs/{env}/user_roles" => access::create_env_user, ADMINISTER_ENV;
+    GET "/v1/envs/{env}/user_roles/{name}" => access::get_env_user, READ;
+    PUT "/v1/envs/{env}/user_roles/{name}" => access::put_env_user, ADMINISTER_ENV;
+    DELETE "/v1/envs/{env}/user_roles/{name}" => access::delete_env_user, ADMINISTER_ENV;
+    GET "/v1/envs/{env}/group_roles" => access::list_env_groups, READ;
+    POST "/v1/envs/{env}/group_roles" => access::create_env_group, ADMINISTER_ENV;
+    GET "/v1/envs/{env}/group_roles/{name}" => access::get_env_group, READ;
+    PUT "/v1/envs/{env}/group_roles/{name}" => access::put_env_group, ADMINISTER_ENV;
+    DELETE "/v1/envs/{env}/group_roles/{name}" => access::delete_env_group, ADMINISTER_ENV;
+    GET "/v1/envs/{env}/token_roles" => access::list_env_scripts, READ;
+    POST "/v1/envs/{env}/token_roles" => access::create_env_script, ADMINISTER_ENV;
+    GET "/v1/envs/{env}/token_roles/{name}" => access::get_env_script, READ;
+    PUT "/v1/envs/{env}/token_roles/{name}" => access::put_env_script, ADMINISTER_ENV;
+    DELETE "/v1/envs/{env}/token_roles/{name}" => access::delete_env_script, ADMINISTER_ENV;
+    GET "/v1/system/user_roles" => access::list_system_users, READ;
+    POST "/v1/system/user_roles" => access::create_system_user, ADMINISTER;
+    GET "/v1/system/user_roles/{name}" => access::get_system_user, READ;
+    PUT "/v1/system/user_roles/{name}" => access::put_system_user, ADMINISTER;
+    DELETE "/v1/system/user_roles/{name}" => access::delete_system_user, ADMINISTER;
+    GET "/v1/system/group_roles" => access::list_system_groups, READ;
+    POST "/v1/system/group_roles" => access::create_system_group, ADMINISTER;
+    GET "/v1/system/group_roles/{name}" => access::get_system_group, READ;
+    PUT "/v1/system/group_roles/{name}" => access::put_system_group, ADMINISTER;
+    DELETE "/v1/system/group_roles/{name}" => access::delete_system_group, ADMINISTER;
+    GET "/v1/principals" => access::list_principals, READ;
+    POST "/v1/principals" => access::create_principal, ADMINISTER;
+    DELETE "/v1/principals/{name}" => access::delete_principal, ADMINISTER;
+    GET "/v1/tokens" => access::list_tokens, Need::Authenticated;
+    POST "/v1/tokens" => access::create_token, ADMINISTER;
+    GET "/v1/tokens/{id}" => access::get_token, Need::Authenticated;
+    DELETE "/v1/tokens/{id}" => access::revoke_token, Need::Authenticated;
+    GET "/v1/builds" => builds::search, READ;
+    POST "/v1/builds" => builds::publish, Need::InHandler(AccessRole::Publisher, PUBLISH);
+    GET "/v1/builds/{id}" => builds::get, READ;
+    GET "/v1/builds/{id}/tag" => pipelines::build_tag, READ;
+    POST "/v1/tags" => pipelines::create_tag, Need::InHandler(AccessRole::Publisher, TAG);
+    GET "/v1/tags/{id}" => pipelines::get_tag, READ;
+    DELETE "/v1/tags/{id}" => pipelines::delete_tag, Need::InHandler(AccessRole::Publisher, TAG);
+    GET "/v1/tags/targets/{target}" => pipelines::tags_of_target, READ;
+    GET "/v1/tags/targets/{target}/latest" => pipelines::latest_tag_of_target, READ;
+    GET "/v1/tags/values/{value}" => pipelines::tags_with_value, READ;
+    GET "/v1/deploys" => rollout::search, READ;
+    GET "/v1/deploys/{id}" => deploys::get, READ;
+    PUT "/v1/deploys/{id}" => actions::update_deploy, Need::Role(AccessRole::Operator, From::DeployPath);
+    GET "/v1/commands/{id}" => deploys::command, READ;
+}
+
+/// The `/v1` routes, behind authentication and authorization (see [`route_specs`]).
+pub fn router(state: ApiState, trusted: TrustedHeaders) -> Router {
+    let needs = route_specs()
+        .into_iter()
+        .filter_map(|r| r.method.parse::<Method>().ok().map(|m| ((m, r.path), r.need)))
+        .collect();
+    let auth = AuthState { store: state.store.clone(), routes: Arc::new(needs), trusted: Arc::new(trusted) };
+    add_routes(Router::new()).route_layer(middleware::from_fn_with_state(auth, auth::authorize)).with_state(state)
 }
 
 /// Parses the `{env}/{stage}` of a path.
 fn stage_key(env: String, stage: String) -> ApiResult<(EnvName, StageName)> {
     Ok((EnvName::parse(env)?, StageName::parse(stage)?))
+}
+
+/// Refuses (403) unless the principal may publish builds named `name`: PUBLISHER on the
+/// system, or on an environment whose stages deploy builds of that name.
+async fn require_publisher(s: &ApiState, p: &auth::Principal, name: &schema::BuildName) -> ApiResult<()> {
+    use schema::rules::access::Target;
+    if p.may(AccessRole::Publisher, Target::System) {
+        return Ok(());
+    }
+    let envs = s.store.envs_of_build_name(name).await?;
+    if envs.iter().any(|e| p.may(AccessRole::Publisher, Target::Env(e))) {
+        return Ok(());
+    }
+    Err(crate::error::ApiError::forbidden(format!(
+        "{} needs the PUBLISHER role on the system or on an environment that deploys builds named {name}",
+        p.name
+    )))
+}
+
+/// The route table as Markdown: method, path, what it needs (`docs/routes.md`).
+pub fn routes_markdown() -> String {
+    let mut out = String::from(
+        "# REST routes and the roles they need\n\n\
+         Generated from the route table (`api/src/rest/mod.rs`); a test fails when this file is \
+         out of date (`UPDATE_DOCS=1 cargo test -p api routes_doc` rewrites it). Roles include \
+         the ones below them: READER < PUBLISHER < OPERATOR < ADMIN; a role on the system \
+         counts on every environment.\n\n| method | path | needs |\n|---|---|---|\n",
+    );
+    for r in route_specs() {
+        out.push_str(&format!("| {} | `{}` | {} |\n", r.method, r.path, r.need.describe()));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn routes_doc_is_current() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/routes.md");
+        let want = super::routes_markdown();
+        if std::env::var_os("UPDATE_DOCS").is_some() {
+            std::fs::write(&path, &want).unwrap();
+        }
+        let have = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(have == want, "docs/routes.md is out of date: run UPDATE_DOCS=1 cargo test -p api routes_doc");
+    }
 }

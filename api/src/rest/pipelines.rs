@@ -7,7 +7,8 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use schema::model::{Promote, PromoteInput, Tag, TagInput};
-use schema::{BuildId, TagValue, UnknownValue};
+use schema::rules::access::Target;
+use schema::{AccessRole, BuildId, BuildName, EnvId, TagTargetType, TagValue, UnknownValue};
 
 use super::{ApiState, stage_key};
 use crate::auth::Principal;
@@ -47,7 +48,19 @@ pub(super) async fn create_tag(
     Extension(p): Extension<Principal>,
     ApiJson(input): ApiJson<TagInput>,
 ) -> ApiResult<Response> {
-    let tag = s.store.insert_tag(&input.check()?, &p.name, schema::time::now_ms()).await?;
+    let new = input.check()?;
+    match new.target_type {
+        TagTargetType::Build => {
+            let build = s.store.build(&BuildId::parse(new.target_id.as_str())?).await?;
+            super::require_publisher(&s, &p, &build.name).await?;
+        }
+        TagTargetType::Environment => {
+            let e = s.store.stage_by_id(&EnvId::parse(new.target_id.as_str())?).await?;
+            p.require(AccessRole::Operator, Target::Env(&e.env_name))?;
+        }
+        TagTargetType::Teletraan => p.require(AccessRole::Admin, Target::System)?,
+    }
+    let tag = s.store.insert_tag(&new, &p.name, schema::time::now_ms()).await?;
     tracing::info!(tag.id = %tag.id, value = %tag.value, target = %tag.target_id, operator = %p.name, "tagged");
     let location = format!("/v1/tags/{}", tag.id);
     Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(tag)).into_response())
@@ -65,9 +78,24 @@ pub(super) async fn get_tag(State(s): State<ApiState>, ApiPath(id): ApiPath<Stri
     Ok(Json(s.store.tag(tag_id(&id)?).await?))
 }
 
-/// `DELETE /v1/tags/{id}`.
-pub(super) async fn delete_tag(State(s): State<ApiState>, ApiPath(id): ApiPath<String>) -> ApiResult<StatusCode> {
-    s.store.delete_tag(tag_id(&id)?).await?;
+/// `DELETE /v1/tags/{id}` (needs what making it needed).
+pub(super) async fn delete_tag(
+    State(s): State<ApiState>,
+    Extension(p): Extension<Principal>,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<StatusCode> {
+    let tag = s.store.tag(tag_id(&id)?).await?;
+    match tag.target_type {
+        TagTargetType::Build => super::require_publisher(&s, &p, &BuildName::parse(tag.target_id.as_str())?).await?,
+        TagTargetType::Environment => match s.store.stage_by_id(&EnvId::parse(tag.target_id.as_str())?).await {
+            Ok(e) => p.require(AccessRole::Operator, Target::Env(&e.env_name))?,
+            // The stage is gone: its tags are the system's to clean up.
+            Err(store::Error::NotFound(_)) => p.require(AccessRole::Admin, Target::System)?,
+            Err(e) => return Err(e.into()),
+        },
+        TagTargetType::Teletraan => p.require(AccessRole::Admin, Target::System)?,
+    }
+    s.store.delete_tag(&tag.id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

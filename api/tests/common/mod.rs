@@ -8,6 +8,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use api::auth::TrustedHeaders;
 use api::gateway::GatewayConfig;
 use api::rest::ApiState;
 use bus::rpc::CommandClient;
@@ -16,7 +17,7 @@ use reqwest::{Method, StatusCode};
 use schema::model::ArtifactPolicy;
 use serde_json::{Value, json};
 use store::testing::TestDatabase;
-use store::{Role, Store};
+use store::{Store, TokenKind};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -57,14 +58,19 @@ pub async fn spawn_app() -> App {
 
 /// Like [`spawn_app`], with the workers' settings changed by `tune` (short webhook backoffs…).
 pub async fn spawn_app_with(tune: impl FnOnce(&mut WorkerConfig)) -> App {
+    spawn_app_trusting(tune, TrustedHeaders::default()).await
+}
+
+/// Like [`spawn_app_with`], the API trusting an SSO proxy's headers as `trusted` says.
+pub async fn spawn_app_trusting(tune: impl FnOnce(&mut WorkerConfig), trusted: TrustedHeaders) -> App {
     let db = TestDatabase::new().await;
     let bus = TestBus::new();
     let store = db.store.clone();
     let admin_token = uuid::Uuid::new_v4().simple().to_string();
     let agent_token = uuid::Uuid::new_v4().simple().to_string();
     let now = schema::time::now_ms();
-    store.seed_token("admin", Role::Admin, &admin_token, now).await.expect("seed the admin token");
-    store.seed_token("agent", Role::Agent, &agent_token, now).await.expect("seed the agent token");
+    store.seed_token("admin", TokenKind::Api, &admin_token, now).await.expect("seed the admin token");
+    store.seed_token("agent", TokenKind::Agent, &agent_token, now).await.expect("seed the agent token");
 
     let (shutdown, shutdown_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
@@ -88,7 +94,7 @@ pub async fn spawn_app_with(tune: impl FnOnce(&mut WorkerConfig)) -> App {
         // tests are about.
         command_wait: Duration::from_secs(20),
     };
-    tasks.spawn(serve(listener, api::api_router(state), shutdown_rx));
+    tasks.spawn(serve(listener, api::api_router(state, trusted), shutdown_rx));
 
     let app =
         App { api, gateway, admin_token, agent_token, store, http: reqwest::Client::new(), shutdown, tasks, bus, db };
@@ -143,7 +149,8 @@ async fn serve(listener: TcpListener, router: axum::Router, mut shutdown: watch:
     let stop = async move {
         let _ = shutdown.wait_for(|s| *s).await;
     };
-    if let Err(e) = axum::serve(listener, router).with_graceful_shutdown(stop).await {
+    let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
+    if let Err(e) = axum::serve(listener, service).with_graceful_shutdown(stop).await {
         panic!("server failed: {e}");
     }
 }

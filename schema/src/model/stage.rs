@@ -79,6 +79,11 @@ pub struct Environ {
     pub last_update: EpochMs,
 }
 
+/// Stage names that are paths of the environment's own (`/v1/envs/{env}/user_roles`…).
+pub const RESERVED_STAGE_NAMES: [&str; 3] = ["user_roles", "group_roles", "token_roles"];
+/// Environment names that are paths of `/v1/envs` (`/v1/envs/names`…).
+pub const RESERVED_ENV_NAMES: [&str; 4] = ["names", "actions", "ids", "sidecars"];
+
 /// A stage as a user sends it to create or update one; `null` (absent) = unchanged/default.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -121,6 +126,14 @@ impl Environ {
             .map_err(|e| invalid("envName", e.to_string()))?;
         let stage_name = StageName::parse(input.stage_name.clone().unwrap_or_default())
             .map_err(|e| invalid("stageName", e.to_string()))?;
+        // These names are paths of their own under /v1/envs: a stage or environment so named
+        // could not be reached.
+        if RESERVED_STAGE_NAMES.contains(&stage_name.as_str()) {
+            return Err(invalid("stageName", format!("{stage_name} is reserved (it names the environment's roles)")));
+        }
+        if RESERVED_ENV_NAMES.contains(&env_name.as_str()) {
+            return Err(invalid("envName", format!("{env_name} is reserved (a path of /v1/envs)")));
+        }
         let mut env = Environ {
             id,
             description: format!("Stage {stage_name} of environment {env_name}"),
@@ -355,6 +368,8 @@ mod tests {
             (r#"{"envName":"we b","stageName":"p"}"#, "envName"),
             (r#"{"stageName":"p"}"#, "envName"),
             (r#"{"envName":"web","stageName":"p","stageType":"DEFAULT"}"#, "stageType"),
+            (r#"{"envName":"web","stageName":"user_roles"}"#, "stageName"),
+            (r#"{"envName":"names","stageName":"prod"}"#, "envName"),
             (r#"{"envName":"web","stageName":"p","stuckThreshold":0}"#, "stuckThreshold"),
             (r#"{"envName":"web","stageName":"p","description":"a\u0000b"}"#, "description"),
             (r#"{"envName":"web","stageName":"p","emailRecipients":"a\u0000b"}"#, "emailRecipients"),

@@ -2,6 +2,7 @@
 //! (admission, deploy state), unit-tested without IO.
 
 pub mod acceptance;
+pub mod access;
 pub mod admission;
 pub mod agent_state;
 pub mod build_tag;

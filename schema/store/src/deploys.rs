@@ -334,6 +334,30 @@ impl Store {
         deploy_from_row(&row)
     }
 
+    /// The environment of a deploy's stage (what the deploy's roles are checked on).
+    pub async fn env_of_deploy(&self, id: &DeployId) -> Result<EnvName> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "SELECT e.env_name FROM deploys d JOIN environs e ON e.env_id = d.env_id WHERE d.deploy_id = $1",
+                &[&id.as_str()],
+            )
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("Deploy {id} does not exist.")))?;
+        get_id(&row, "env_name")
+    }
+
+    /// Environments whose stages deploy builds of `name` (a publisher of one may publish them).
+    pub async fn envs_of_build_name(&self, name: &BuildName) -> Result<Vec<EnvName>> {
+        let client = self.client().await?;
+        client
+            .query("SELECT DISTINCT env_name FROM environs WHERE build_name = $1", &[&name.as_str()])
+            .await?
+            .iter()
+            .map(|r| get_id(r, "env_name"))
+            .collect()
+    }
+
     /// The current deploy of a stage.
     pub async fn current_deploy(&self, env: &EnvName, stage: &StageName) -> Result<Deploy> {
         let e = self.stage(env, stage).await?;

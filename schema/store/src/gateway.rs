@@ -9,14 +9,14 @@ use tokio_postgres::IsolationLevel;
 
 use crate::agents::{AgentRow, all_rows, stage_rows};
 use crate::stages::{all_snapshots, snapshot};
-use crate::tokens::{Role, token_hashes};
+use crate::tokens::{TokenKind, token_hashes};
 use crate::{Result, Store};
 
 /// Everything a gateway holds, as of one instant.
 #[derive(Debug, Clone, Default)]
 pub struct GatewayLoad {
     /// Token hashes and roles.
-    pub tokens: Vec<([u8; 32], Role)>,
+    pub tokens: Vec<([u8; 32], TokenKind)>,
     /// Every stage with its version.
     pub stages: Vec<(i64, StageSnapshot)>,
     /// Every agent record.

@@ -8,6 +8,7 @@
 //! This crate must never talk to RabbitMQ or HTTP, and never decide rollout rules itself: the
 //! rules are the pure functions of `schema::rules`, which it calls.
 
+mod access;
 mod actions;
 mod agents;
 mod builds;
@@ -38,6 +39,7 @@ use std::time::Duration;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::NoTls;
 
+pub use access::{GrantRow, PrincipalRow, Subject};
 pub use agents::{AgentRow, AppliedBatch};
 pub use commands::NewCommand;
 pub use gateway::GatewayLoad;
@@ -48,7 +50,7 @@ pub use outbox::{Exchange, OutboxMessage};
 pub use promotes::PromoteOutcome;
 pub use reads::{AgentCount, DeployPage, DeployProgress, DeploySearch, HostSummary};
 pub use stages::{StageKey, StageMap};
-pub use tokens::{Role, hash_token};
+pub use tokens::{TokenInfo, TokenKind, TokenOwner, hash_token, new_secret};
 pub use webhooks::{AttemptRecord, ClaimedDelivery, DeliveryClaim};
 
 /// What can go wrong in the store.

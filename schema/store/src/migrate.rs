@@ -11,6 +11,7 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
     (5, "pipelines", include_str!("../../migrations/0005_pipelines.sql")),
     (6, "webhooks", include_str!("../../migrations/0006_webhooks.sql")),
     (7, "heartbeats_for_every_host", include_str!("../../migrations/0007_heartbeats_for_every_host.sql")),
+    (8, "access", include_str!("../../migrations/0008_access.sql")),
 ];
 
 /// Arbitrary constant that names the migration lock.

@@ -309,6 +309,16 @@ impl Store {
         environ_from_row(&row)
     }
 
+    /// One stage by id.
+    pub async fn stage_by_id(&self, id: &EnvId) -> Result<Environ> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(&format!("SELECT {ENVIRON_COLUMNS} FROM environs e WHERE e.env_id = $1"), &[&id.as_str()])
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("Stage {id} does not exist.")))?;
+        environ_from_row(&row)
+    }
+
     /// The stages of one environment, or every stage.
     pub async fn stages(&self, env: Option<&EnvName>) -> Result<Vec<Environ>> {
         let client = self.client().await?;

@@ -1,35 +1,38 @@
-//! API tokens, stored as SHA-256 hashes: a database leak does not leak usable tokens.
+//! Tokens: secrets that stand for a principal, stored as SHA-256 hashes (a database leak does
+//! not leak usable tokens), shown once when made. An API token acts with its principal's
+//! grants; an agent token may only ping the gateway.
 
 use schema::time::EpochMs;
 use sha2::{Digest, Sha256};
-use tokio_postgres::GenericClient;
+use tokio_postgres::{GenericClient, Row};
 
 use crate::rows::*;
 use crate::{Error, Result, Store};
 
-/// What a token may do.
+/// What a token is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Role {
-    /// Everything.
-    Admin,
-    /// Only ping the gateway (deploy agents).
+pub enum TokenKind {
+    /// The REST API, with the principal's grants.
+    Api,
+    /// Only pinging the gateway (deploy agents).
     Agent,
 }
 
-impl Role {
-    /// Stored name.
+impl TokenKind {
+    /// Stored name (in the `role` column, which older releases read).
     pub fn as_str(self) -> &'static str {
         match self {
-            Role::Admin => "ADMIN",
-            Role::Agent => "AGENT",
+            TokenKind::Api => "API",
+            TokenKind::Agent => "AGENT",
         }
     }
 
-    fn parse(s: &str) -> Result<Role> {
+    fn parse(s: &str) -> Result<TokenKind> {
         match s {
-            "ADMIN" => Ok(Role::Admin),
-            "AGENT" => Ok(Role::Agent),
-            other => Err(Error::Corrupt(format!("token role {other:?}"))),
+            // Tokens made before principals existed.
+            "API" | "ADMIN" => Ok(TokenKind::Api),
+            "AGENT" => Ok(TokenKind::Agent),
+            other => Err(Error::Corrupt(format!("token kind {other:?}"))),
         }
     }
 }
@@ -39,49 +42,275 @@ pub fn hash_token(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
+/// Compares two hashes in constant time (the lookup is by hash; this keeps the last
+/// comparison from depending on where they differ).
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// A token as listed (never its secret).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenInfo {
+    /// Public id (to revoke it).
+    pub id: String,
+    /// Who it stands for.
+    pub principal: String,
+    /// API or AGENT.
+    pub kind: String,
+    /// Why it exists.
+    pub description: Option<String>,
+    /// Made when, by whom.
+    pub created_at: EpochMs,
+    /// By whom.
+    pub created_by: Option<String>,
+    /// Refused from then on.
+    pub expires_at: Option<EpochMs>,
+    /// Revoked when.
+    pub revoked_at: Option<EpochMs>,
+    /// Last used (to the minute).
+    pub last_used_at: Option<EpochMs>,
+}
+
+const TOKEN_COLUMNS: &str =
+    "name, principal, role, description, created_at, created_by, expires_at, revoked_at, last_used_at";
+
+fn info_from_row(r: &Row) -> Result<TokenInfo> {
+    Ok(TokenInfo {
+        id: get(r, "name")?,
+        principal: get(r, "principal")?,
+        kind: TokenKind::parse(get(r, "role")?)?.as_str().to_string(),
+        description: get(r, "description")?,
+        created_at: get_ms(r, "created_at")?,
+        created_by: get(r, "created_by")?,
+        expires_at: get_opt_ms(r, "expires_at")?,
+        revoked_at: get_opt_ms(r, "revoked_at")?,
+        last_used_at: get_opt_ms(r, "last_used_at")?,
+    })
+}
+
+/// Who a valid token stands for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenOwner {
+    /// The principal.
+    pub principal: String,
+    /// The token's kind.
+    pub kind: TokenKind,
+    /// The token's id.
+    pub token_id: String,
+}
+
+/// A new random secret: 32 random bytes (two v4 UUIDs' worth of entropy) in hex, prefixed so
+/// that scanners recognise a leaked one.
+pub fn new_secret() -> String {
+    format!("tlt_{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple())
+}
+
+/// A new public token id.
+fn new_token_id() -> String {
+    format!("tok_{}", &uuid::Uuid::new_v4().simple().to_string()[..16])
+}
+
+pub(crate) async fn insert_token(
+    c: &impl GenericClient,
+    principal: &str,
+    kind: TokenKind,
+    description: Option<&str>,
+    expires_at: Option<EpochMs>,
+    created_by: &str,
+    now: EpochMs,
+) -> Result<(TokenInfo, String)> {
+    let secret = new_secret();
+    let row = c
+        .query_one(
+            &format!(
+                "INSERT INTO tokens (token_hash, name, role, principal, description, created_at, created_by, expires_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING {TOKEN_COLUMNS}"
+            ),
+            &[
+                &hash_token(&secret).to_vec(),
+                &new_token_id(),
+                &kind.as_str(),
+                &principal,
+                &description,
+                &ts(now),
+                &created_by,
+                &expires_at.map(ts),
+            ],
+        )
+        .await?;
+    Ok((info_from_row(&row)?, secret))
+}
+
 impl Store {
-    /// Creates or replaces the token called `name` (how start-up seeds the admin and agent tokens).
-    pub async fn seed_token(&self, name: &str, role: Role, token: &str, now: EpochMs) -> Result<()> {
+    /// Creates or replaces the token with id `name` of principal `name` (how start-up seeds
+    /// the bootstrap admin and agent tokens); an API token's principal is made ADMIN of the
+    /// system.
+    pub async fn seed_token(&self, name: &str, kind: TokenKind, token: &str, now: EpochMs) -> Result<()> {
         let hash = hash_token(token).to_vec();
-        let client = self.client().await?;
-        client
-            .execute(
-                "INSERT INTO tokens (token_hash, name, role, created_at) VALUES ($1, $2, $3, $4)
-                 ON CONFLICT (name) DO UPDATE SET token_hash = EXCLUDED.token_hash, role = EXCLUDED.role",
-                &[&hash, &name, &role.as_str(), &ts(now)],
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let principal_kind = match kind {
+            TokenKind::Api => "USER",
+            TokenKind::Agent => "AGENT",
+        };
+        tx.execute(
+            "INSERT INTO principals (name, kind, created_at, created_by) VALUES ($1, $2, $3, 'configuration')
+             ON CONFLICT (name) DO NOTHING",
+            &[&name, &principal_kind, &ts(now)],
+        )
+        .await?;
+        tx.execute(
+            "INSERT INTO tokens (token_hash, name, role, principal, created_at, created_by) VALUES ($1, $2, $3, $2, $4, 'configuration')
+             ON CONFLICT (name) DO UPDATE SET token_hash = EXCLUDED.token_hash, role = EXCLUDED.role,
+                 principal = EXCLUDED.principal, revoked_at = NULL, expires_at = NULL",
+            &[&hash, &name, &kind.as_str(), &ts(now)],
+        )
+        .await?;
+        if kind == TokenKind::Api {
+            tx.execute(
+                "INSERT INTO grants (subject_kind, subject, scope, role, granted_by, granted_at)
+                 VALUES ('PRINCIPAL', $1, '*', 'ADMIN', 'configuration', $2)
+                 ON CONFLICT (subject_kind, subject, scope) DO UPDATE SET role = 'ADMIN'",
+                &[&name, &ts(now)],
             )
             .await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 
-    /// The name and role of a token, if it exists and has not expired.
-    pub async fn token(&self, token: &str, now: EpochMs) -> Result<Option<(String, Role)>> {
+    /// Who a token stands for, if it exists, is not revoked and has not expired. Marks it used
+    /// (at most once a minute, so a busy token costs no write per request).
+    pub async fn authenticate(&self, token: &str, now: EpochMs) -> Result<Option<TokenOwner>> {
         let hash = hash_token(token).to_vec();
         let client = self.client().await?;
         let row = client
             .query_opt(
-                "SELECT name, role FROM tokens WHERE token_hash = $1 AND (expires_at IS NULL OR expires_at > $2)",
+                "SELECT token_hash, name, principal, role FROM tokens
+                 WHERE token_hash = $1 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $2)",
                 &[&hash, &ts(now)],
             )
             .await?;
-        row.map(|r| Ok((get(&r, "name")?, Role::parse(get(&r, "role")?)?))).transpose()
+        let Some(row) = row else { return Ok(None) };
+        let stored: Vec<u8> = get(&row, "token_hash")?;
+        if !same(&stored, &hash) {
+            return Ok(None);
+        }
+        let owner = TokenOwner {
+            principal: get(&row, "principal")?,
+            kind: TokenKind::parse(get(&row, "role")?)?,
+            token_id: get(&row, "name")?,
+        };
+        client
+            .execute(
+                "UPDATE tokens SET last_used_at = $2 WHERE name = $1
+                   AND (last_used_at IS NULL OR last_used_at < $2::timestamptz - interval '1 minute')",
+                &[&owner.token_id, &ts(now)],
+            )
+            .await?;
+        Ok(Some(owner))
     }
 
-    /// Every valid token hash with its role (gateways keep them in memory).
-    pub async fn token_hashes(&self, now: EpochMs) -> Result<Vec<([u8; 32], Role)>> {
+    /// Makes a token for `principal` (which must exist); the secret is returned once.
+    pub async fn create_token(
+        &self,
+        principal: &str,
+        description: Option<&str>,
+        expires_at: Option<EpochMs>,
+        created_by: &str,
+        now: EpochMs,
+    ) -> Result<(TokenInfo, String)> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let kind: Option<String> =
+            tx.query_opt("SELECT kind FROM principals WHERE name = $1", &[&principal]).await?.map(|r| r.get(0));
+        let kind = match kind.as_deref() {
+            None => return Err(Error::NotFound(format!("Principal {principal} does not exist."))),
+            Some("AGENT") => TokenKind::Agent,
+            Some(_) => TokenKind::Api,
+        };
+        let made = insert_token(&*tx, principal, kind, description, expires_at, created_by, now).await?;
+        tx.commit().await?;
+        Ok(made)
+    }
+
+    /// Tokens (of one principal, or all), newest first, without their secrets.
+    pub async fn tokens(&self, principal: Option<&str>) -> Result<Vec<TokenInfo>> {
+        let client = self.client().await?;
+        client
+            .query(
+                &format!(
+                    "SELECT {TOKEN_COLUMNS} FROM tokens WHERE ($1::text IS NULL OR principal = $1)
+                     ORDER BY created_at DESC, name"
+                ),
+                &[&principal],
+            )
+            .await?
+            .iter()
+            .map(info_from_row)
+            .collect()
+    }
+
+    /// One token, without its secret.
+    pub async fn token_info(&self, id: &str) -> Result<TokenInfo> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(&format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE name = $1"), &[&id])
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("Token {id} does not exist.")))?;
+        info_from_row(&row)
+    }
+
+    /// Revokes a token: refused from now on (gateways drop agent tokens at their next check).
+    pub async fn revoke_token(&self, id: &str, now: EpochMs) -> Result<TokenInfo> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                &format!(
+                    "UPDATE tokens SET revoked_at = COALESCE(revoked_at, $2) WHERE name = $1 RETURNING {TOKEN_COLUMNS}"
+                ),
+                &[&id, &ts(now)],
+            )
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("Token {id} does not exist.")))?;
+        info_from_row(&row)
+    }
+
+    /// Every valid token hash with its kind (gateways keep them in memory).
+    pub async fn token_hashes(&self, now: EpochMs) -> Result<Vec<([u8; 32], TokenKind)>> {
         let client = self.client().await?;
         token_hashes(&**client, now).await
     }
 }
 
-pub(crate) async fn token_hashes(c: &impl GenericClient, now: EpochMs) -> Result<Vec<([u8; 32], Role)>> {
-    let rows =
-        c.query("SELECT token_hash, role FROM tokens WHERE expires_at IS NULL OR expires_at > $1", &[&ts(now)]).await?;
+pub(crate) async fn token_hashes(c: &impl GenericClient, now: EpochMs) -> Result<Vec<([u8; 32], TokenKind)>> {
+    let rows = c
+        .query(
+            "SELECT token_hash, role FROM tokens WHERE revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $1)",
+            &[&ts(now)],
+        )
+        .await?;
     rows.iter()
         .map(|r| {
             let hash: Vec<u8> = get(r, "token_hash")?;
             let hash: [u8; 32] = hash.try_into().map_err(|_| Error::Corrupt("token hash length".into()))?;
-            Ok((hash, Role::parse(get(r, "role")?)?))
+            Ok((hash, TokenKind::parse(get(r, "role")?)?))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hashes_compare_whole() {
+        assert!(same(&[1, 2, 3], &[1, 2, 3]));
+        assert!(!same(&[1, 2, 3], &[1, 2, 4]));
+        assert!(!same(&[1, 2], &[1, 2, 3]));
+        let (a, b) = (new_secret(), new_secret());
+        assert_ne!(a, b);
+        assert!(a.starts_with("tlt_") && a.len() == 68);
+    }
 }

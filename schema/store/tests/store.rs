@@ -252,15 +252,3 @@ async fn hosts_and_heartbeats_are_recorded() {
         db2.0.query_one("SELECT last_seen FROM host_heartbeats WHERE host_id = 'h1'", &[]).await.unwrap().get(0);
     assert_eq!(seen, std::time::UNIX_EPOCH + std::time::Duration::from_millis((NOW + 5) as u64));
 }
-
-#[tokio::test]
-async fn tokens_are_found_by_their_hash_only() {
-    let db = TestDatabase::new().await;
-    let s = &db.store;
-    s.seed_token("admin", store::Role::Admin, "s3cret", NOW).await.unwrap();
-    assert_eq!(s.token("s3cret", NOW).await.unwrap(), Some(("admin".into(), store::Role::Admin)));
-    assert_eq!(s.token("other", NOW).await.unwrap(), None);
-    s.seed_token("admin", store::Role::Admin, "rotated", NOW).await.unwrap();
-    assert_eq!(s.token("s3cret", NOW).await.unwrap(), None, "seeding again replaces the token");
-    assert_eq!(s.token_hashes(NOW).await.unwrap().len(), 1);
-}
