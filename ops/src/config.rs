@@ -71,6 +71,9 @@ pub struct ServerArgs {
     /// Days finished commands are kept.
     #[arg(long, env = "TELETRAAN_COMMAND_RETENTION_DAYS", global = true)]
     pub command_retention_days: Option<i64>,
+    /// Days the audit history is kept.
+    #[arg(long, env = "TELETRAAN_HISTORY_RETENTION_DAYS", global = true)]
+    pub history_retention_days: Option<i64>,
     /// A host's heartbeat is stored at most once per this many seconds (gateway).
     #[arg(long, env = "TELETRAAN_HEARTBEAT_SECONDS", global = true)]
     pub heartbeat_seconds: Option<u64>,
@@ -116,6 +119,7 @@ struct FileConfig {
     max_builds_per_name: Option<i64>,
     max_build_days: Option<i64>,
     command_retention_days: Option<i64>,
+    history_retention_days: Option<i64>,
     heartbeat_seconds: Option<u64>,
     retention_batch: Option<i64>,
     webhook_timeout: Option<u64>,
@@ -293,6 +297,11 @@ impl ServerArgs {
             positive("command_retention_days", self.command_retention_days.or(file.command_retention_days))?
         {
             jobs.retention.command_days = n;
+        }
+        if let Some(n) =
+            positive("history_retention_days", self.history_retention_days.or(file.history_retention_days))?
+        {
+            jobs.retention.history_days = n;
         }
         if let Some(n) = positive("retention_batch", self.retention_batch.or(file.retention_batch))? {
             jobs.retention.batch = n;

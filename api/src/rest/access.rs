@@ -8,7 +8,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use schema::rules::access::{Grant, GrantScope, Target};
-use schema::time::EpochMs;
+use schema::time::{EpochMs, now_ms};
 use schema::{AccessRole, EnvName};
 use serde::{Deserialize, Serialize};
 use store::{GrantRow, PrincipalRow, Subject, TokenInfo};
@@ -101,7 +101,7 @@ async fn create(
 ) -> ApiResult<Response> {
     let name = subject_name("name", input.name.as_deref().unwrap_or_default(), subject == Subject::Group)?;
     let role = role("role", input.role.as_deref())?;
-    let row = s.store.set_grant(subject, &name, &scope, role, &p.name, schema::time::now_ms()).await?;
+    let row = s.store.set_grant(subject, &name, &scope, role, &p.name, now_ms()).await?;
     tracing::info!(principal = %p.name, subject = %name, scope = scope.as_str(), role = %role, "role granted");
     Ok((StatusCode::CREATED, Json(row)).into_response())
 }
@@ -117,7 +117,7 @@ async fn put(
     let name = subject_name("name", name, subject == Subject::Group)?;
     s.store.grant(subject, &name, &scope).await?;
     let role = role("role", input.role.as_deref())?;
-    Ok(Json(s.store.set_grant(subject, &name, &scope, role, &p.name, schema::time::now_ms()).await?))
+    Ok(Json(s.store.set_grant(subject, &name, &scope, role, &p.name, now_ms()).await?))
 }
 
 fn env_scope(env: String) -> ApiResult<GrantScope> {
@@ -166,9 +166,10 @@ macro_rules! role_routes {
         /// `DELETE /v1/envs/{env}/…_roles/{name}`.
         pub(super) async fn $delete(
             State(s): State<ApiState>,
+            Extension(p): Extension<Principal>,
             ApiPath((env, name)): ApiPath<(String, String)>,
         ) -> ApiResult<StatusCode> {
-            s.store.delete_grant($subject, &name, &env_scope(env)?).await?;
+            s.store.delete_grant($subject, &name, &env_scope(env)?, &p.name, now_ms()).await?;
             Ok(StatusCode::NO_CONTENT)
         }
 
@@ -207,9 +208,10 @@ macro_rules! role_routes {
         /// `DELETE /v1/system/…_roles/{name}`.
         pub(super) async fn $sys_delete(
             State(s): State<ApiState>,
+            Extension(p): Extension<Principal>,
             ApiPath(name): ApiPath<String>,
         ) -> ApiResult<StatusCode> {
-            s.store.delete_grant($subject, &name, &GrantScope::System).await?;
+            s.store.delete_grant($subject, &name, &GrantScope::System, &p.name, now_ms()).await?;
             Ok(StatusCode::NO_CONTENT)
         }
     };
@@ -312,7 +314,7 @@ pub(super) async fn create_env_script(
     let name = input.name.as_deref().unwrap_or_default().trim().to_string();
     let principal = script_principal(&env, &name)?;
     let role = role("role", input.role.as_deref())?;
-    let now = schema::time::now_ms();
+    let now = now_ms();
     let expires = match input.expire_date {
         Some(d) if d <= now => return Err(ApiError::bad_request("expireDate must be in the future")),
         Some(d) => d,
@@ -354,19 +356,20 @@ pub(super) async fn put_env_script(
     let scope = GrantScope::Env(env.clone());
     s.store.grant(Subject::Principal, &principal, &scope).await?;
     let role = role("role", input.role.as_deref())?;
-    s.store.set_grant(Subject::Principal, &principal, &scope, role, &p.name, schema::time::now_ms()).await?;
+    s.store.set_grant(Subject::Principal, &principal, &scope, role, &p.name, now_ms()).await?;
     Ok(Json(script_of(&s, &env, &name).await?))
 }
 
 /// `DELETE /v1/envs/{env}/token_roles/{name}`: the script, its role and its tokens.
 pub(super) async fn delete_env_script(
     State(s): State<ApiState>,
+    Extension(p): Extension<Principal>,
     ApiPath((env, name)): ApiPath<(String, String)>,
 ) -> ApiResult<StatusCode> {
     let env = EnvName::parse(env)?;
     let principal = script_principal(&env, &name)?;
     s.store.grant(Subject::Principal, &principal, &GrantScope::Env(env)).await?;
-    s.store.delete_principal(&principal).await?;
+    s.store.delete_principal(&principal, &p.name, now_ms()).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -395,7 +398,7 @@ pub(super) async fn create_principal(
         Some("AGENT") => "AGENT",
         Some(other) => return Err(ApiError::bad_request(format!("kind: {other:?} is not USER, SCRIPT or AGENT"))),
     };
-    let row = s.store.create_principal(&name, kind, &p.name, schema::time::now_ms()).await?;
+    let row = s.store.create_principal(&name, kind, &p.name, now_ms()).await?;
     Ok((StatusCode::CREATED, Json(row)).into_response())
 }
 
@@ -409,7 +412,7 @@ pub(super) async fn delete_principal(
     if name == p.name {
         return Err(ApiError::conflict("a principal cannot delete itself"));
     }
-    s.store.delete_principal(&name).await?;
+    s.store.delete_principal(&name, &p.name, now_ms()).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -470,7 +473,7 @@ pub(super) async fn create_token(
     if let Some(d) = &input.description {
         schema::model::check_text("description", d, 256)?;
     }
-    let now = schema::time::now_ms();
+    let now = now_ms();
     if input.expires_at.is_some_and(|e| e <= now) {
         return Err(ApiError::bad_request("expiresAt must be in the future"));
     }
@@ -509,7 +512,7 @@ pub(super) async fn revoke_token(
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<TokenInfo>> {
     own_token(&s, &p, &id).await?;
-    let info = s.store.revoke_token(&id, schema::time::now_ms()).await?;
+    let info = s.store.revoke_token(&id, &p.name, now_ms()).await?;
     tracing::info!(by = %p.name, token.id = %id, "token revoked");
     Ok(Json(info))
 }

@@ -72,10 +72,11 @@ pub(super) async fn update(
 /// `DELETE /v1/envs/{env}/{stage}`: refused while capacity or hosts remain.
 pub(super) async fn delete(
     State(s): State<ApiState>,
+    Extension(p): Extension<Principal>,
     ApiPath((env, stage)): ApiPath<(String, String)>,
 ) -> ApiResult<StatusCode> {
     let (env, stage) = stage_key(env, stage)?;
-    s.store.delete_stage(&env, &stage).await?;
+    s.store.delete_stage(&env, &stage, &p.name, schema::time::now_ms()).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

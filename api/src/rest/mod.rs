@@ -7,6 +7,7 @@ mod builds;
 mod commands;
 mod deploys;
 mod envs;
+mod history;
 mod pipelines;
 mod rollout;
 mod webhooks;
@@ -102,6 +103,7 @@ routes! {
     PUT "/v1/envs/{env}/{stage}/web_hooks" => webhooks::put, OPERATE;
     GET "/v1/envs/{env}/{stage}/web_hooks/deliveries" => webhooks::deliveries, READ;
     POST "/v1/envs/{env}/{stage}/web_hooks/deliveries/{id}/retry" => webhooks::retry, OPERATE;
+    GET "/v1/envs/{env}/{stage}/history" => history::stage, READ;
     GET "/v1/envs/{env}/{stage}/promotes" => pipelines::get_promote, READ;
     PUT "/v1/envs/{env}/{stage}/promotes" => pipelines::put_promote, OPERATE;
     PUT "/v1/schedules/{env}/{stage}/schedules" => rollout::put_schedule, OPERATE;
@@ -153,6 +155,7 @@ routes! {
     GET "/v1/deploys/{id}" => deploys::get, READ;
     PUT "/v1/deploys/{id}" => actions::update_deploy, Need::Role(AccessRole::Operator, From::DeployPath);
     GET "/v1/commands/{id}" => deploys::command, READ;
+    GET "/v1/history" => history::search, READ;
 }
 
 /// The `/v1` routes, behind authentication and authorization (see [`route_specs`]).
@@ -163,6 +166,17 @@ pub fn router(state: ApiState, trusted: TrustedHeaders) -> Router {
         .collect();
     let auth = AuthState { store: state.store.clone(), routes: Arc::new(needs), trusted: Arc::new(trusted) };
     add_routes(Router::new()).route_layer(middleware::from_fn_with_state(auth, auth::authorize)).with_state(state)
+}
+
+/// Checks a `pageIndex` (from 1, default 1) and `pageSize` (default 30, at most `max`).
+fn page(index: Option<i64>, size: Option<i64>, max: i64) -> ApiResult<(i64, i64)> {
+    let (index, size) = (index.unwrap_or(1), size.unwrap_or(30));
+    if !(1..=100_000).contains(&index) || !(1..=max).contains(&size) {
+        return Err(crate::error::ApiError::bad_request(format!(
+            "pageIndex must be between 1 and 100000 and pageSize between 1 and {max}"
+        )));
+    }
+    Ok((index, size))
 }
 
 /// Parses the `{env}/{stage}` of a path.

@@ -95,7 +95,7 @@ pub(super) async fn delete_tag(
         },
         TagTargetType::Teletraan => p.require(AccessRole::Admin, Target::System)?,
     }
-    s.store.delete_tag(&tag.id).await?;
+    s.store.delete_tag(&tag.id, &p.name, schema::time::now_ms()).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -1,15 +1,16 @@
 //! Rollout configuration and views: schedules, deploy constraints, deploy search, a stage's
 //! progress, agent counts.
 
-use axum::Json;
 use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
+use axum::{Extension, Json};
 use schema::model::{ConstraintBean, ConstraintInput, ScheduleBean, ScheduleInput};
 use schema::{AcceptanceStatus, DeployState, DeployType, EnvId, UnknownValue};
 use serde::Deserialize;
 use store::{AgentCount, DeployPage, DeployProgress, DeploySearch};
 
 use super::{ApiState, stage_key};
+use crate::auth::Principal;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
 
@@ -17,11 +18,12 @@ use crate::extract::{ApiJson, ApiPath, ApiQuery};
 /// (`totalSessions` ≤ 0 removes it; the answer is then `null`).
 pub(super) async fn put_schedule(
     State(s): State<ApiState>,
+    Extension(p): Extension<Principal>,
     ApiPath((env, stage)): ApiPath<(String, String)>,
     ApiJson(input): ApiJson<ScheduleInput>,
 ) -> ApiResult<Json<Option<ScheduleBean>>> {
     let (env, stage) = stage_key(env, stage)?;
-    Ok(Json(s.store.set_schedule(&env, &stage, input, schema::time::now_ms()).await?))
+    Ok(Json(s.store.set_schedule(&env, &stage, input, &p.name, schema::time::now_ms()).await?))
 }
 
 /// `GET /v1/schedules/{env}/{stage}/{scheduleId}`: the stage's schedule, if it has that id.
@@ -48,27 +50,30 @@ pub(super) async fn get_constraint(
 /// `POST /v1/envs/{env}/{stage}/deploy_constraint`: creates or replaces the stage's constraint.
 pub(super) async fn post_constraint(
     State(s): State<ApiState>,
+    Extension(p): Extension<Principal>,
     ApiPath((env, stage)): ApiPath<(String, String)>,
     ApiJson(input): ApiJson<ConstraintInput>,
 ) -> ApiResult<Json<ConstraintBean>> {
     let (env, stage) = stage_key(env, stage)?;
-    Ok(Json(s.store.set_constraint(&env, &stage, input, schema::time::now_ms()).await?))
+    Ok(Json(s.store.set_constraint(&env, &stage, input, &p.name, schema::time::now_ms()).await?))
 }
 
 /// `DELETE /v1/envs/{env}/{stage}/deploy_constraint`.
 pub(super) async fn delete_constraint(
     State(s): State<ApiState>,
+    Extension(p): Extension<Principal>,
     ApiPath((env, stage)): ApiPath<(String, String)>,
 ) -> ApiResult<StatusCode> {
     let (env, stage) = stage_key(env, stage)?;
-    s.store.delete_constraint(&env, &stage).await?;
+    s.store.delete_constraint(&env, &stage, &p.name, schema::time::now_ms()).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 /// `GET /v1/deploys?envId=&operator=&deployType=&deployState=&acceptanceStatus=` (each may
 /// repeat) `&commit=&repo=&branch=&before=&after=&pageIndex=&pageSize=&oldestFirst=`.
 pub(super) async fn search(State(s): State<ApiState>, RawQuery(query): RawQuery) -> ApiResult<Json<DeployPage>> {
-    let mut q = DeploySearch { page_index: 1, page_size: 30, ..Default::default() };
+    let (mut page_index, mut page_size) = (None, None);
+    let mut q = DeploySearch::default();
     for (k, v) in form_pairs(query.as_deref().unwrap_or_default())? {
         let number = |v: &str| v.parse::<i64>().map_err(|_| ApiError::bad_request(format!("{k} must be a number")));
         match k.as_str() {
@@ -86,15 +91,13 @@ pub(super) async fn search(State(s): State<ApiState>, RawQuery(query): RawQuery)
             "branch" => q.branch = Some(v),
             "before" => q.before = Some(number(&v)?),
             "after" => q.after = Some(number(&v)?),
-            "pageIndex" => q.page_index = number(&v)?,
-            "pageSize" => q.page_size = number(&v)?,
+            "pageIndex" => page_index = Some(number(&v)?),
+            "pageSize" => page_size = Some(number(&v)?),
             "oldestFirst" => q.oldest_first = v.eq_ignore_ascii_case("true"),
             other => return Err(ApiError::bad_request(format!("unknown parameter {other:?}"))),
         }
     }
-    if !(1..=100_000).contains(&q.page_index) || !(1..=1000).contains(&q.page_size) {
-        return Err(ApiError::bad_request("pageIndex must be between 1 and 100000 and pageSize between 1 and 1000"));
-    }
+    (q.page_index, q.page_size) = super::page(page_index, page_size, 1000)?;
     let dates = [q.before, q.after];
     if dates.iter().flatten().any(|d| !(0..=32_503_680_000_000).contains(d)) {
         return Err(ApiError::bad_request("before and after are epoch milliseconds between 1970 and 3000"));

@@ -62,12 +62,7 @@ pub(super) async fn deliveries(
                 .ok_or_else(|| ApiError::bad_request("status must be PENDING, DELIVERED or FAILED"))?,
         ),
     };
-    let (page_index, page_size) = (q.page_index.unwrap_or(1), q.page_size.unwrap_or(30));
-    if !(1..=100_000).contains(&page_index) || !(1..=MAX_PAGE_SIZE).contains(&page_size) {
-        return Err(ApiError::bad_request(format!(
-            "pageIndex must be between 1 and 100000 and pageSize between 1 and {MAX_PAGE_SIZE}"
-        )));
-    }
+    let (page_index, page_size) = super::page(q.page_index, q.page_size, MAX_PAGE_SIZE)?;
     Ok(Json(s.store.webhook_deliveries(&env, &stage, status, page_index, page_size).await?))
 }
 
@@ -83,7 +78,7 @@ pub(super) async fn retry(
     if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
         return Err(ApiError::not_found(format!("Webhook delivery {id:?} of {env}/{stage} does not exist.")));
     }
-    let d = s.store.retry_webhook_delivery(&env, &stage, &id, schema::time::now_ms()).await?;
+    let d = s.store.retry_webhook_delivery(&env, &stage, &id, &p.name, schema::time::now_ms()).await?;
     tracing::info!(delivery.id = %d.id, env = %env, stage = %stage, operator = %p.name, "webhook delivery retried");
     Ok(Json(d))
 }

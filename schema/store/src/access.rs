@@ -7,6 +7,7 @@ use schema::rules::access::{Grant, GrantScope};
 use schema::time::EpochMs;
 use tokio_postgres::Row;
 
+use crate::history::{self, Change, Place};
 use crate::rows::{get, get_ms, get_parsed, ts};
 use crate::tokens::{TokenInfo, TokenKind, insert_token};
 use crate::{Error, Result, Store};
@@ -72,6 +73,14 @@ pub struct PrincipalRow {
     pub created_at: EpochMs,
     /// By whom.
     pub created_by: String,
+}
+
+/// Where a grant's history goes: its environment, or the system.
+fn place(scope: &GrantScope) -> Place<'_> {
+    match scope {
+        GrantScope::System => Place::System,
+        GrantScope::Env(e) => Place::Env(e),
+    }
 }
 
 impl Store {
@@ -154,22 +163,47 @@ impl Store {
                 &[&subject.as_str(), &name, &scope.as_str(), &role.as_str(), &granted_by, &ts(now)],
             )
             .await?;
+        let granted = grant_from_row(&row)?;
+        let change = Change {
+            kind: history::kind::ROLE,
+            action: "grant",
+            before: None,
+            after: Some(serde_json::json!({"subject": subject.as_str(), "grant": history::json(&granted)?})),
+        };
+        history::record(&*tx, place(scope), granted_by, None, change, now).await?;
         tx.commit().await?;
-        grant_from_row(&row)
+        Ok(granted)
     }
 
     /// Removes a grant.
-    pub async fn delete_grant(&self, subject: Subject, name: &str, scope: &GrantScope) -> Result<()> {
-        let client = self.client().await?;
-        let n = client
-            .execute(
-                "DELETE FROM grants WHERE subject_kind = $1 AND subject = $2 AND scope = $3",
+    pub async fn delete_grant(
+        &self,
+        subject: Subject,
+        name: &str,
+        scope: &GrantScope,
+        operator: &str,
+        now: EpochMs,
+    ) -> Result<()> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let row = tx
+            .query_opt(
+                "DELETE FROM grants WHERE subject_kind = $1 AND subject = $2 AND scope = $3
+                 RETURNING subject, scope, role, granted_by, granted_at",
                 &[&subject.as_str(), &name, &scope.as_str()],
             )
-            .await?;
-        if n == 0 {
-            return Err(Error::NotFound(format!("{name} has no role on {}.", scope.as_str())));
-        }
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("{name} has no role on {}.", scope.as_str())))?;
+        let change = Change {
+            kind: history::kind::ROLE,
+            action: "revoke",
+            before: Some(
+                serde_json::json!({"subject": subject.as_str(), "grant": history::json(&grant_from_row(&row)?)?}),
+            ),
+            after: None,
+        };
+        history::record(&*tx, place(scope), operator, None, change, now).await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -181,8 +215,9 @@ impl Store {
         created_by: &str,
         now: EpochMs,
     ) -> Result<PrincipalRow> {
-        let client = self.client().await?;
-        let row = client
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let row = tx
             .query_opt(
                 "INSERT INTO principals (name, kind, created_at, created_by) VALUES ($1, $2, $3, $4)
                  ON CONFLICT (name) DO NOTHING RETURNING name, kind, created_at, created_by",
@@ -190,12 +225,21 @@ impl Store {
             )
             .await?
             .ok_or_else(|| Error::Conflict(format!("Principal {name} exists already.")))?;
-        Ok(PrincipalRow {
+        let made = PrincipalRow {
             name: get(&row, "name")?,
             kind: get(&row, "kind")?,
             created_at: get_ms(&row, "created_at")?,
             created_by: get(&row, "created_by")?,
-        })
+        };
+        let change = Change {
+            kind: history::kind::PRINCIPAL,
+            action: "create",
+            before: None,
+            after: Some(history::json(&made)?),
+        };
+        history::record(&*tx, Place::System, created_by, None, change, now).await?;
+        tx.commit().await?;
+        Ok(made)
     }
 
     /// Every principal, by name.
@@ -248,12 +292,17 @@ impl Store {
             .await?;
         let (token, secret) =
             insert_token(&*tx, name, TokenKind::Api, Some("script token"), expires_at, created_by, now).await?;
+        let granted = grant_from_row(&row)?;
+        let after =
+            serde_json::json!({"script": name, "grant": history::json(&granted)?, "token": history::json(&token)?});
+        let change = Change { kind: history::kind::TOKEN, action: "create script", before: None, after: Some(after) };
+        history::record(&*tx, place(scope), created_by, None, change, now).await?;
         tx.commit().await?;
-        Ok((grant_from_row(&row)?, token, secret))
+        Ok((granted, token, secret))
     }
 
     /// Removes a principal with its grants and tokens.
-    pub async fn delete_principal(&self, name: &str) -> Result<()> {
+    pub async fn delete_principal(&self, name: &str, operator: &str, now: EpochMs) -> Result<()> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         tx.execute("DELETE FROM grants WHERE subject_kind = 'PRINCIPAL' AND subject = $1", &[&name]).await?;
@@ -262,6 +311,9 @@ impl Store {
         if n == 0 {
             return Err(Error::NotFound(format!("Principal {name} does not exist.")));
         }
+        let before = Some(serde_json::json!({ "name": name }));
+        let change = Change { kind: history::kind::PRINCIPAL, action: "delete", before, after: None };
+        history::record(&*tx, Place::System, operator, None, change, now).await?;
         tx.commit().await?;
         Ok(())
     }

@@ -15,6 +15,7 @@ use tokio_postgres::GenericClient;
 
 use crate::agents::{AgentRow, admit, agent_row, lock_rows};
 use crate::deploys::{DEPLOY_COLUMNS, NewDeploy, create, deploy_from_row, evaluate_current, lock_deploy};
+use crate::history::{self, Change, Place, kind};
 use crate::rows::*;
 use crate::stages::{announce_stage, announce_with, lock_stage};
 use crate::{Error, Result, Store, commands, promotes, schedules};
@@ -47,7 +48,10 @@ impl Store {
         }
         tx.batch_execute("SAVEPOINT command").await?;
         let outcome = match apply(&*tx, envelope, now).await {
-            Ok(result) => CommandOutcome::Ok { result },
+            Ok(result) => {
+                audit(&*tx, envelope, &result, now).await?;
+                CommandOutcome::Ok { result }
+            }
             Err(e) => {
                 let error = refusal(e)?;
                 // A refusal keeps nothing of what the command did before it was refused.
@@ -61,12 +65,69 @@ impl Store {
     }
 }
 
+/// Writes the history row of an applied command: the action, on which stage, by whom, with
+/// the command's id; `after` holds what was asked and what it made.
+async fn audit(c: &impl GenericClient, envelope: &CommandEnvelope, result: &Value, now: EpochMs) -> Result<()> {
+    let (what, action, env, stage): (&str, String, Option<(EnvName, StageName)>, Option<&DeployId>) =
+        match &envelope.command {
+            Command::CreateDeployV1 { env_name, stage_name, .. } => {
+                (kind::ACTION, "DEPLOY".into(), Some((env_name.clone(), stage_name.clone())), None)
+            }
+            Command::DeployActionV1 { env_name, stage_name, action, .. } => {
+                (kind::ACTION, action.to_string(), Some((env_name.clone(), stage_name.clone())), None)
+            }
+            Command::HostActionV1 { env_name, stage_name, action, .. } => {
+                (kind::HOST_ACTION, action.to_string(), Some((env_name.clone(), stage_name.clone())), None)
+            }
+            Command::ResetFailedV1 { env_name, stage_name, .. } => {
+                (kind::HOST_ACTION, "RESET_FAILED".into(), Some((env_name.clone(), stage_name.clone())), None)
+            }
+            Command::StopHostsV1 { env_name, stage_name, .. } => {
+                (kind::HOST_ACTION, "STOP".into(), Some((env_name.clone(), stage_name.clone())), None)
+            }
+            Command::OverrideScheduleV1 { env_name, stage_name, .. } => {
+                (kind::ACTION, "OVERRIDE_SCHEDULE".into(), Some((env_name.clone(), stage_name.clone())), None)
+            }
+            Command::UpdateDeployV1 { deploy_id, .. } => (kind::ACTION, "UPDATE_DEPLOY".into(), None, Some(deploy_id)),
+        };
+    let row = match (&env, stage) {
+        (Some((env, stage)), _) => {
+            c.query_opt(
+                "SELECT env_id, env_name, stage_name FROM environs WHERE env_name = $1 AND stage_name = $2",
+                &[&env.as_str(), &stage.as_str()],
+            )
+            .await?
+        }
+        (None, Some(deploy)) => {
+            c.query_opt(
+                "SELECT e.env_id, e.env_name, e.stage_name FROM deploys d JOIN environs e ON e.env_id = d.env_id
+                 WHERE d.deploy_id = $1",
+                &[&deploy.as_str()],
+            )
+            .await?
+        }
+        (None, None) => None,
+    };
+    let asked = history::json(&envelope.command)?;
+    let after = serde_json::json!({ "command": asked, "result": result });
+    let change = Change { kind: what, action: &action, before: None, after: Some(after) };
+    let (id, env_name, stage_name): (Option<String>, Option<EnvName>, Option<StageName>) = match &row {
+        Some(r) => (Some(get(r, "env_id")?), Some(get_id(r, "env_name")?), Some(get_id(r, "stage_name")?)),
+        None => (None, None, None),
+    };
+    let place = match (&env_name, &stage_name) {
+        (Some(e), Some(s)) => Place::Names(id.as_deref(), e, s),
+        _ => Place::System,
+    };
+    history::record(c, place, &envelope.operator, Some(&envelope.id), change, now).await
+}
+
 async fn apply(c: &impl GenericClient, envelope: &CommandEnvelope, now: EpochMs) -> Result<Value> {
     let operator = envelope.operator.as_str();
     match &envelope.command {
         Command::CreateDeployV1 { env_name, stage_name, build_id, description } => {
             let e = lock_stage(c, env_name, stage_name).await?;
-            promotes::person_took_over(c, &e.id, operator, now).await?;
+            promotes::person_took_over(c, &e, operator, now).await?;
             let new = NewDeploy {
                 build_id,
                 deploy_type: DeployType::Regular,
@@ -89,7 +150,7 @@ async fn apply(c: &impl GenericClient, envelope: &CommandEnvelope, now: EpochMs)
             let e = lock_stage(c, env_name, stage_name).await?;
             match action {
                 DeployAction::Promote | DeployAction::Restart | DeployAction::Rollback => {
-                    promotes::person_took_over(c, &e.id, operator, now).await?;
+                    promotes::person_took_over(c, &e, operator, now).await?;
                 }
                 DeployAction::Pause | DeployAction::Resume => {}
             }

@@ -4,6 +4,7 @@ use schema::model::Build;
 use schema::*;
 use tokio_postgres::Row;
 
+use crate::history::{self, Change, Place};
 use crate::rows::*;
 use crate::{Error, Result, Store};
 
@@ -34,9 +35,9 @@ pub(crate) fn build_from_row(r: &Row, prefix: &str) -> Result<Build> {
 impl Store {
     /// Stores a published build.
     pub async fn insert_build(&self, b: &Build) -> Result<()> {
-        let client = self.client().await?;
-        client
-            .execute(
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        tx.execute(
                 &format!("INSERT INTO builds ({BUILD_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"),
                 &[
                     &b.id.as_str(),
@@ -57,6 +58,10 @@ impl Store {
             )
             .await
             .map_err(|e| if is_unique_violation(&e) { Error::Conflict(format!("build {} exists", b.id)) } else { e.into() })?;
+        let change =
+            Change { kind: history::kind::BUILD, action: "publish", before: None, after: Some(history::json(b)?) };
+        history::record(&*tx, Place::System, &b.publisher, None, change, b.publish_date).await?;
+        tx.commit().await?;
         Ok(())
     }
 

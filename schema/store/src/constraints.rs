@@ -6,9 +6,12 @@ use schema::time::EpochMs;
 use schema::*;
 use tokio_postgres::GenericClient;
 
+use crate::history::{self, Change, Place, json, kind};
 use crate::rows::*;
 use crate::stages::lock_stage;
 use crate::{Error, Result, Store};
+
+const BEAN_COLUMNS: &str = "constraint_id, constraint_key, max_parallel, constraint_type, start_date, last_update";
 
 fn bean_of(r: &tokio_postgres::Row) -> Result<ConstraintBean> {
     Ok(ConstraintBean {
@@ -41,6 +44,14 @@ pub(crate) async fn load(c: &impl GenericClient, env_id: &EnvId) -> Result<Optio
     .transpose()
 }
 
+/// The constraint as it was, for the history.
+async fn before(c: &impl GenericClient, env_id: &EnvId) -> Result<Option<serde_json::Value>> {
+    let row = c
+        .query_opt(&format!("SELECT {BEAN_COLUMNS} FROM deploy_constraints WHERE env_id = $1"), &[&env_id.as_str()])
+        .await?;
+    row.as_ref().map(|r| json(&bean_of(r)?)).transpose()
+}
+
 impl Store {
     /// Creates or replaces a stage's constraint.
     pub async fn set_constraint(
@@ -48,6 +59,7 @@ impl Store {
         env: &EnvName,
         stage: &StageName,
         input: ConstraintInput,
+        operator: &str,
         now: EpochMs,
     ) -> Result<ConstraintBean> {
         let c = Constraint::new(
@@ -58,15 +70,18 @@ impl Store {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         let e = lock_stage(&*tx, env, stage).await?;
+        let before = before(&*tx, &e.id).await?;
         let row = tx
             .query_one(
-                "INSERT INTO deploy_constraints (env_id, constraint_id, constraint_key, max_parallel, constraint_type,
+                &format!(
+                    "INSERT INTO deploy_constraints (env_id, constraint_id, constraint_key, max_parallel, constraint_type,
                      start_date, last_update)
                  VALUES ($1, $2, $3, $4, $5, $6, $6)
                  ON CONFLICT (env_id) DO UPDATE SET constraint_key = EXCLUDED.constraint_key,
                      max_parallel = EXCLUDED.max_parallel, constraint_type = EXCLUDED.constraint_type,
                      last_update = EXCLUDED.last_update
-                 RETURNING constraint_id, constraint_key, max_parallel, constraint_type, start_date, last_update",
+                 RETURNING {BEAN_COLUMNS}"
+                ),
                 &[
                     &e.id.as_str(),
                     &EnvId::generate().as_str(),
@@ -77,8 +92,12 @@ impl Store {
                 ],
             )
             .await?;
+        let bean = bean_of(&row)?;
+        let action = if before.is_some() { "update" } else { "create" };
+        let change = Change { kind: kind::CONSTRAINT, action, before, after: Some(json(&bean)?) };
+        history::record(&*tx, Place::Stage(&e), operator, None, change, now).await?;
         tx.commit().await?;
-        bean_of(&row)
+        Ok(bean)
     }
 
     /// A stage's constraint.
@@ -86,19 +105,29 @@ impl Store {
         let e = self.stage(env, stage).await?;
         let client = self.client().await?;
         let row = client
-            .query_opt(
-                "SELECT constraint_id, constraint_key, max_parallel, constraint_type, start_date, last_update
-                 FROM deploy_constraints WHERE env_id = $1",
-                &[&e.id.as_str()],
-            )
+            .query_opt(&format!("SELECT {BEAN_COLUMNS} FROM deploy_constraints WHERE env_id = $1"), &[&e.id.as_str()])
             .await?;
         row.as_ref().map(bean_of).transpose()
     }
 
     /// Removes a stage's constraint; `false` when it had none.
-    pub async fn delete_constraint(&self, env: &EnvName, stage: &StageName) -> Result<bool> {
-        let e = self.stage(env, stage).await?;
-        let client = self.client().await?;
-        Ok(client.execute("DELETE FROM deploy_constraints WHERE env_id = $1", &[&e.id.as_str()]).await? > 0)
+    pub async fn delete_constraint(
+        &self,
+        env: &EnvName,
+        stage: &StageName,
+        operator: &str,
+        now: EpochMs,
+    ) -> Result<bool> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let e = lock_stage(&*tx, env, stage).await?;
+        let before = before(&*tx, &e.id).await?;
+        let deleted = tx.execute("DELETE FROM deploy_constraints WHERE env_id = $1", &[&e.id.as_str()]).await? > 0;
+        if deleted {
+            let change = Change { kind: kind::CONSTRAINT, action: "delete", before, after: None };
+            history::record(&*tx, Place::Stage(&e), operator, None, change, now).await?;
+        }
+        tx.commit().await?;
+        Ok(deleted)
     }
 }

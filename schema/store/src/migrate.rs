@@ -12,6 +12,7 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
     (6, "webhooks", include_str!("../../migrations/0006_webhooks.sql")),
     (7, "heartbeats_for_every_host", include_str!("../../migrations/0007_heartbeats_for_every_host.sql")),
     (8, "access", include_str!("../../migrations/0008_access.sql")),
+    (9, "history", include_str!("../../migrations/0009_history.sql")),
 ];
 
 /// Arbitrary constant that names the migration lock.

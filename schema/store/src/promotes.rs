@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use schema::model::{AUTO_PROMOTER, FROM_BUILDS, Invalid, Promote, PromoteInput};
+use schema::model::{AUTO_PROMOTER, Environ, FROM_BUILDS, Invalid, Promote, PromoteInput};
 use schema::rules::build_tag;
 use schema::rules::promote::{self, Candidate, Current, Gate, Source};
 use schema::time::EpochMs;
@@ -16,6 +16,7 @@ use tokio_postgres::{GenericClient, Row};
 use crate::actions::{ActionRequest, deploy_action};
 use crate::builds::build_from_row;
 use crate::deploys::{DEPLOY_COLUMNS_OF_D, NewDeploy, create, deploy_from_row};
+use crate::history::{self, Change, Place, json, kind};
 use crate::rows::{get, get_ms, get_opt_parsed, get_parsed, ts};
 use crate::stages::{lock_stage, lock_stage_by_id};
 use crate::tags::{build_tags, facts};
@@ -84,12 +85,8 @@ async fn save(c: &impl GenericClient, p: &Promote) -> Result<()> {
 /// When a person deploys, promotes, rolls back or restarts a stage on AUTO whose disable
 /// policy is AUTO, the stage goes MANUAL: a person took over. The auto-promoter's own deploys
 /// do not count.
-pub(crate) async fn person_took_over(
-    c: &impl GenericClient,
-    env_id: &EnvId,
-    operator: &str,
-    now: EpochMs,
-) -> Result<()> {
+pub(crate) async fn person_took_over(c: &impl GenericClient, e: &Environ, operator: &str, now: EpochMs) -> Result<()> {
+    let env_id = &e.id;
     if operator == AUTO_PROMOTER {
         return Ok(());
     }
@@ -102,17 +99,30 @@ pub(crate) async fn person_took_over(
         .await?;
     if n > 0 {
         tracing::info!(env_id = %env_id, operator, "auto-promotion switched off: a person deployed");
+        let change = Change {
+            kind: kind::PROMOTE,
+            action: "switched to MANUAL: a person deployed",
+            before: Some(serde_json::json!({"type": "AUTO"})),
+            after: Some(serde_json::json!({"type": "MANUAL"})),
+        };
+        history::record(c, Place::Stage(e), operator, None, change, now).await?;
     }
     Ok(())
 }
 
-async fn switch_to_manual(c: &impl GenericClient, env_id: &EnvId, now: EpochMs) -> Result<()> {
+async fn switch_to_manual(c: &impl GenericClient, e: &Environ, why: &str, now: EpochMs) -> Result<()> {
     c.execute(
         "UPDATE promotes SET promote_type = 'MANUAL', last_operator = $2, last_update = $3 WHERE env_id = $1",
-        &[&env_id.as_str(), &AUTO_PROMOTER, &ts(now)],
+        &[&e.id.as_str(), &AUTO_PROMOTER, &ts(now)],
     )
     .await?;
-    Ok(())
+    let change = Change {
+        kind: kind::PROMOTE,
+        action: why,
+        before: Some(serde_json::json!({"type": "AUTO"})),
+        after: Some(serde_json::json!({"type": "MANUAL"})),
+    };
+    history::record(c, Place::Stage(e), AUTO_PROMOTER, None, change, now).await
 }
 
 /// The stage's newest SUCCEEDED deploy whose build is not marked bad (the target of a
@@ -198,6 +208,7 @@ impl Store {
         }
         let e = lock_stage(&*tx, env, stage).await?;
         let mut p = load(&*tx, &e.id).await?;
+        let before = json(&p)?;
         p.apply(input, operator, now)?;
         if let Some(pred) = p.pred_stage.as_deref().filter(|p| *p != FROM_BUILDS) {
             if !preds.contains_key(pred) {
@@ -215,6 +226,8 @@ impl Store {
             }
         }
         save(&*tx, &p).await?;
+        let change = Change { kind: kind::PROMOTE, action: "update", before: Some(before), after: Some(json(&p)?) };
+        history::record(&*tx, Place::Stage(&e), operator, None, change, now).await?;
         tx.commit().await?;
         Ok(p)
     }
@@ -281,7 +294,7 @@ impl Store {
             Gate::Wait => return Ok(PromoteOutcome::Waiting),
             Gate::Skip => return Ok(PromoteOutcome::Skipped),
             Gate::Disable => {
-                switch_to_manual(&*tx, env_id, now).await?;
+                switch_to_manual(&*tx, &e, "switched to MANUAL: the deploy failed (fail policy DISABLE)", now).await?;
                 tx.commit().await?;
                 tracing::warn!(env_id = %env_id, "current deploy failed: auto-promotion switched off");
                 return Ok(PromoteOutcome::Disabled);
@@ -300,7 +313,7 @@ impl Store {
                 let deploy = match target {
                     // Nothing good succeeded before: there is nothing to go back to.
                     None => None,
-                    Some(_) => match deploy_action(&*tx, e, DeployAction::Rollback, request, now).await {
+                    Some(_) => match deploy_action(&*tx, e.clone(), DeployAction::Rollback, request, now).await {
                         Ok(v) => v.get("id").and_then(|v| v.as_str()).and_then(|s| DeployId::parse(s).ok()),
                         Err(Error::NotFound(_) | Error::Conflict(_)) => {
                             tx.batch_execute("ROLLBACK TO SAVEPOINT rollback").await?;
@@ -309,7 +322,13 @@ impl Store {
                         Err(other) => return Err(other),
                     },
                 };
-                switch_to_manual(&*tx, env_id, now).await?;
+                let why = "switched to MANUAL: the deploy failed and was rolled back (fail policy ROLLBACK)";
+                switch_to_manual(&*tx, &e, why, now).await?;
+                if let Some(d) = &deploy {
+                    let after = Some(serde_json::json!({"deployId": d.as_str()}));
+                    let change = Change { kind: kind::ACTION, action: "ROLLBACK", before: None, after };
+                    history::record(&*tx, Place::Stage(&e), AUTO_PROMOTER, None, change, now).await?;
+                }
                 tx.commit().await?;
                 tracing::warn!(env_id = %env_id, rollback = ?deploy, "current deploy failed: rolled back, auto-promotion switched off");
                 return Ok(PromoteOutcome::RolledBack(deploy));
@@ -376,7 +395,10 @@ impl Store {
             alias: None,
             from_deploy,
         };
+        let place = e.clone();
         let deploy = create(&*tx, e, new, now).await?;
+        let change = Change { kind: kind::ACTION, action: "AUTO_PROMOTE", before: None, after: Some(json(&deploy)?) };
+        history::record(&*tx, Place::Stage(&place), AUTO_PROMOTER, None, change, now).await?;
         tx.commit().await?;
         tracing::info!(env_id = %env_id, deploy.id = %deploy.id, build.id = %build.id, "auto-promoted");
         Ok(PromoteOutcome::Promoted(deploy.id))

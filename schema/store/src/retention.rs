@@ -135,20 +135,22 @@ impl Store {
     }
 
     /// Deletes finished commands and settled webhook deliveries older than `command_days`, job
-    /// runs older than
-    /// `job_run_days`, and the last errors of records that no longer exist, at most `batch`
-    /// rows per statement. Returns how many rows went.
+    /// runs older than `job_run_days`, history rows older than `history_days`, and the last
+    /// errors of records that no longer exist, at most `batch` rows per statement. Returns how
+    /// many rows went.
     pub async fn purge_records(
         &self,
         now: EpochMs,
         command_days: i64,
         job_run_days: i64,
+        history_days: i64,
         batch: i64,
         stop: impl Fn() -> bool,
     ) -> Result<u64> {
         let commands = ts(now - secs(command_days.saturating_mul(86_400)));
         let runs = ts(now - secs(job_run_days.saturating_mul(86_400)));
-        let statements: [(&str, Option<std::time::SystemTime>); 4] = [
+        let history = ts(now - secs(history_days.saturating_mul(86_400)));
+        let statements: [(&str, Option<std::time::SystemTime>); 5] = [
             (
                 "DELETE FROM commands WHERE command_id IN (SELECT command_id FROM commands
                      WHERE status <> 'PENDING' AND finished_at < $1 LIMIT $2)",
@@ -164,6 +166,7 @@ impl Store {
                      WHERE started_at < $1 LIMIT $2)",
                 Some(runs),
             ),
+            ("DELETE FROM history WHERE id IN (SELECT id FROM history WHERE at < $1 LIMIT $2)", Some(history)),
             (
                 "DELETE FROM agent_errors WHERE (host_id, env_id) IN (SELECT e.host_id, e.env_id FROM agent_errors e
                      WHERE NOT EXISTS (SELECT 1 FROM agents a WHERE a.host_id = e.host_id AND a.env_id = e.env_id)

@@ -7,6 +7,7 @@ use schema::time::EpochMs;
 use schema::*;
 use tokio_postgres::GenericClient;
 
+use crate::history::{self, Change, Place, json, kind};
 use crate::rows::*;
 use crate::stages::lock_stage;
 use crate::{Error, Result, Store};
@@ -78,14 +79,21 @@ impl Store {
         env: &EnvName,
         stage: &StageName,
         input: ScheduleInput,
+        operator: &str,
         now: EpochMs,
     ) -> Result<Option<ScheduleBean>> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         let e = lock_stage(&*tx, env, stage).await?;
+        let before = load(&*tx, &e.id).await?.map(|s| s.bean());
+        let before = before.as_ref().map(json).transpose()?;
         let total = input.total_sessions.unwrap_or(0);
         if total <= 0 {
             tx.execute("DELETE FROM schedules WHERE env_id = $1", &[&e.id.as_str()]).await?;
+            if before.is_some() {
+                let change = Change { kind: kind::SCHEDULE, action: "delete", before, after: None };
+                history::record(&*tx, Place::Stage(&e), operator, None, change, now).await?;
+            }
             tx.commit().await?;
             return Ok(None);
         }
@@ -119,8 +127,12 @@ impl Store {
             ],
         )
         .await?;
+        let bean = StoredSchedule { id, config, progress }.bean();
+        let action = if before.is_some() { "update" } else { "create" };
+        let change = Change { kind: kind::SCHEDULE, action, before, after: Some(json(&bean)?) };
+        history::record(&*tx, Place::Stage(&e), operator, None, change, now).await?;
         tx.commit().await?;
-        Ok(Some(StoredSchedule { id, config, progress }.bean()))
+        Ok(Some(bean))
     }
 
     /// A stage's schedule.

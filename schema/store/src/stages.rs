@@ -10,6 +10,7 @@ use schema::*;
 use tokio_postgres::{GenericClient, Row};
 
 use crate::builds::build_from_row;
+use crate::history::{self, Change, Place, json, kind};
 use crate::outbox::{Exchange, enqueue};
 use crate::rows::*;
 use crate::{Error, Result, Store};
@@ -292,6 +293,8 @@ impl Store {
         }
         write_config(&*tx, e).await?;
         announce_stage(&*tx, &e.id).await?;
+        let change = Change { kind: kind::STAGE, action: "create", before: None, after: Some(json(e)?) };
+        history::record(&*tx, Place::Stage(e), &e.last_operator, None, change, e.last_update).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -354,15 +357,18 @@ impl Store {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         let mut e = lock_stage(&*tx, env, stage).await?;
+        let before = json(&e)?;
         e.apply(input, operator, now)?;
         write_config(&*tx, &e).await?;
         announce_stage(&*tx, &e.id).await?;
+        let change = Change { kind: kind::STAGE, action: "update", before: Some(before), after: Some(json(&e)?) };
+        history::record(&*tx, Place::Stage(&e), operator, None, change, now).await?;
         tx.commit().await?;
         Ok(e)
     }
 
     /// Deletes a stage that has no capacity and no agent records left.
-    pub async fn delete_stage(&self, env: &EnvName, stage: &StageName) -> Result<()> {
+    pub async fn delete_stage(&self, env: &EnvName, stage: &StageName, operator: &str, now: EpochMs) -> Result<()> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         let e = lock_stage(&*tx, env, stage).await?;
@@ -384,6 +390,8 @@ impl Store {
             tx.query_one("DELETE FROM environs WHERE env_id = $1 RETURNING version", &[&e.id.as_str()]).await?.get(0);
         let msg = ChangeMessage::StageV1 { env_id: e.id.clone(), version: version + 1, stage: None };
         enqueue(&*tx, Exchange::Changes, "stage", &msg).await?;
+        let change = Change { kind: kind::STAGE, action: "delete", before: Some(json(&e)?), after: None };
+        history::record(&*tx, Place::Stage(&e), operator, None, change, now).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -413,6 +421,12 @@ impl Store {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         let e = lock_stage(&*tx, env, stage).await?;
+        let before: Vec<String> = tx
+            .query(&format!("SELECT {column} FROM {table} WHERE env_id = $1 ORDER BY {column}"), &[&e.id.as_str()])
+            .await?
+            .iter()
+            .map(|r| get(r, column))
+            .collect::<Result<_>>()?;
         tx.execute(
             &format!("DELETE FROM {table} WHERE env_id = $1 AND NOT ({column} = ANY($2))"),
             &[&e.id.as_str(), &names],
@@ -429,6 +443,12 @@ impl Store {
         )
         .await?;
         announce_stage(&*tx, &e.id).await?;
+        let what = match kind {
+            CapacityType::Group => kind::GROUP_CAPACITY,
+            CapacityType::Host => kind::HOST_CAPACITY,
+        };
+        let change = Change { kind: what, action: "update", before: Some(json(&before)?), after: Some(json(&names)?) };
+        history::record(&*tx, Place::Stage(&e), operator, None, change, now).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -460,6 +480,10 @@ impl Store {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         let e = lock_stage(&*tx, env, stage).await?;
+        let before: serde_json::Value = tx
+            .query_one(&format!("SELECT {} FROM environs WHERE env_id = $1", which.column()), &[&e.id.as_str()])
+            .await?
+            .get(0);
         tx.execute(
             &format!(
                 "UPDATE environs SET {} = $2, last_operator = $3, last_update = $4 WHERE env_id = $1",
@@ -469,6 +493,12 @@ impl Store {
         )
         .await?;
         announce_stage(&*tx, &e.id).await?;
+        let what = match which {
+            StageMap::ScriptConfigs => kind::SCRIPT,
+            StageMap::AgentConfigs => kind::AGENT,
+        };
+        let change = Change { kind: what, action: "update", before: Some(before), after: Some(value) };
+        history::record(&*tx, Place::Stage(&e), operator, None, change, now).await?;
         tx.commit().await?;
         Ok(())
     }

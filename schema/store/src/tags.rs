@@ -9,6 +9,7 @@ use schema::{BuildId, BuildName, TagTargetType, TagValue};
 use tokio_postgres::{GenericClient, Row};
 
 use crate::builds::build_from_row;
+use crate::history::{self, Change, Place};
 use crate::rows::{get, get_ms, get_opt_ms, get_parsed, ts};
 use crate::{Error, Result, Store};
 
@@ -93,58 +94,66 @@ pub(crate) async fn build_tags(c: &impl GenericClient, name: &BuildName) -> Resu
     .collect()
 }
 
+/// Stores a tag inside the caller's transaction (see [`Store::insert_tag`]).
+async fn insert(client: &impl GenericClient, tag: &NewTag, operator: &str, now: EpochMs) -> Result<Tag> {
+    match tag.target_type {
+        TagTargetType::Build => {
+            let id = BuildId::parse(tag.target_id.as_str())
+                .map_err(|e| Error::Invalid(schema::model::Invalid { field: "targetId", message: e.to_string() }))?;
+            let row = client
+                .query_opt(
+                    "SELECT build_id, build_name, artifact_url, artifact_sha256, scm, scm_repo, scm_branch,
+                             scm_commit, scm_commit_7, commit_info, commit_date, publish_info, publisher, publish_date
+                         FROM builds WHERE build_id = $1",
+                    &[&id.as_str()],
+                )
+                .await?
+                .ok_or_else(|| Error::NotFound(format!("Build {id} does not exist.")))?;
+            let build = build_from_row(&row, "")?;
+            tag_build(client, &build, tag.value, tag.comments.as_deref(), operator, now).await
+        }
+        TagTargetType::Environment | TagTargetType::Teletraan => {
+            if tag.target_type == TagTargetType::Environment {
+                let exists =
+                    client.query_opt("SELECT 1 FROM environs WHERE env_id = $1", &[&tag.target_id]).await?.is_some();
+                if !exists {
+                    return Err(Error::NotFound(format!("Stage {} does not exist.", tag.target_id)));
+                }
+            }
+            let row = client
+                .query_one(
+                    &format!(
+                        "INSERT INTO tags (tag_id, value, target_type, target_id, operator, created_date, comments)
+                             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {TAG_COLUMNS}"
+                    ),
+                    &[
+                        &uuid::Uuid::new_v4().simple().to_string(),
+                        &tag.value.as_str(),
+                        &tag.target_type.as_str(),
+                        &tag.target_id,
+                        &operator,
+                        &ts(now),
+                        &tag.comments,
+                    ],
+                )
+                .await?;
+            tag_from_row(&row)
+        }
+    }
+}
+
 impl Store {
     /// Stores a tag. A BUILD tag's target is a build id: it is stored against the build's
     /// name with its facts; a stage tag needs an existing stage id.
     pub async fn insert_tag(&self, tag: &NewTag, operator: &str, now: EpochMs) -> Result<Tag> {
-        let client = self.client().await?;
-        match tag.target_type {
-            TagTargetType::Build => {
-                let id = BuildId::parse(tag.target_id.as_str()).map_err(|e| {
-                    Error::Invalid(schema::model::Invalid { field: "targetId", message: e.to_string() })
-                })?;
-                let row = client
-                    .query_opt(
-                        "SELECT build_id, build_name, artifact_url, artifact_sha256, scm, scm_repo, scm_branch,
-                             scm_commit, scm_commit_7, commit_info, commit_date, publish_info, publisher, publish_date
-                         FROM builds WHERE build_id = $1",
-                        &[&id.as_str()],
-                    )
-                    .await?
-                    .ok_or_else(|| Error::NotFound(format!("Build {id} does not exist.")))?;
-                let build = build_from_row(&row, "")?;
-                tag_build(&**client, &build, tag.value, tag.comments.as_deref(), operator, now).await
-            }
-            TagTargetType::Environment | TagTargetType::Teletraan => {
-                if tag.target_type == TagTargetType::Environment {
-                    let exists = client
-                        .query_opt("SELECT 1 FROM environs WHERE env_id = $1", &[&tag.target_id])
-                        .await?
-                        .is_some();
-                    if !exists {
-                        return Err(Error::NotFound(format!("Stage {} does not exist.", tag.target_id)));
-                    }
-                }
-                let row = client
-                    .query_one(
-                        &format!(
-                            "INSERT INTO tags (tag_id, value, target_type, target_id, operator, created_date, comments)
-                             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {TAG_COLUMNS}"
-                        ),
-                        &[
-                            &uuid::Uuid::new_v4().simple().to_string(),
-                            &tag.value.as_str(),
-                            &tag.target_type.as_str(),
-                            &tag.target_id,
-                            &operator,
-                            &ts(now),
-                            &tag.comments,
-                        ],
-                    )
-                    .await?;
-                tag_from_row(&row)
-            }
-        }
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let made = insert(&*tx, tag, operator, now).await?;
+        let change =
+            Change { kind: history::kind::TAG, action: "create", before: None, after: Some(history::json(&made)?) };
+        history::record(&*tx, Place::System, operator, None, change, now).await?;
+        tx.commit().await?;
+        Ok(made)
     }
 
     /// One tag.
@@ -158,11 +167,18 @@ impl Store {
     }
 
     /// Deletes a tag.
-    pub async fn delete_tag(&self, id: &str) -> Result<()> {
-        let client = self.client().await?;
-        if client.execute("DELETE FROM tags WHERE tag_id = $1", &[&id]).await? == 0 {
-            return Err(Error::NotFound(format!("Tag {id} does not exist.")));
-        }
+    pub async fn delete_tag(&self, id: &str, operator: &str, now: EpochMs) -> Result<()> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let row = tx
+            .query_opt(&format!("DELETE FROM tags WHERE tag_id = $1 RETURNING {TAG_COLUMNS}"), &[&id])
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("Tag {id} does not exist.")))?;
+        let gone = tag_from_row(&row)?;
+        let change =
+            Change { kind: history::kind::TAG, action: "delete", before: Some(history::json(&gone)?), after: None };
+        history::record(&*tx, Place::System, operator, None, change, now).await?;
+        tx.commit().await?;
         Ok(())
     }
 

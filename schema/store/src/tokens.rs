@@ -6,6 +6,7 @@ use schema::time::EpochMs;
 use sha2::{Digest, Sha256};
 use tokio_postgres::{GenericClient, Row};
 
+use crate::history::{self, Change, Place};
 use crate::rows::*;
 use crate::{Error, Result, Store};
 
@@ -231,6 +232,9 @@ impl Store {
             Some(_) => TokenKind::Api,
         };
         let made = insert_token(&*tx, principal, kind, description, expires_at, created_by, now).await?;
+        let change =
+            Change { kind: history::kind::TOKEN, action: "create", before: None, after: Some(history::json(&made.0)?) };
+        history::record(&*tx, Place::System, created_by, None, change, now).await?;
         tx.commit().await?;
         Ok(made)
     }
@@ -263,9 +267,10 @@ impl Store {
     }
 
     /// Revokes a token: refused from now on (gateways drop agent tokens at their next check).
-    pub async fn revoke_token(&self, id: &str, now: EpochMs) -> Result<TokenInfo> {
-        let client = self.client().await?;
-        let row = client
+    pub async fn revoke_token(&self, id: &str, operator: &str, now: EpochMs) -> Result<TokenInfo> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let row = tx
             .query_opt(
                 &format!(
                     "UPDATE tokens SET revoked_at = COALESCE(revoked_at, $2) WHERE name = $1 RETURNING {TOKEN_COLUMNS}"
@@ -274,7 +279,12 @@ impl Store {
             )
             .await?
             .ok_or_else(|| Error::NotFound(format!("Token {id} does not exist.")))?;
-        info_from_row(&row)
+        let info = info_from_row(&row)?;
+        let change =
+            Change { kind: history::kind::TOKEN, action: "revoke", before: None, after: Some(history::json(&info)?) };
+        history::record(&*tx, Place::System, operator, None, change, now).await?;
+        tx.commit().await?;
+        Ok(info)
     }
 
     /// Every valid token hash with its kind (gateways keep them in memory).

@@ -15,6 +15,7 @@ use schema::time::EpochMs;
 use schema::{EnvName, StageName, base64_id};
 use tokio_postgres::{GenericClient, Row};
 
+use crate::history::{self, Change, Place};
 use crate::outbox::{Exchange, enqueue};
 use crate::rows::{get, get_id, get_ms, get_opt_ms, ts};
 use crate::stages::lock_stage;
@@ -236,6 +237,20 @@ impl Store {
         let tx = client.transaction().await?;
         // The stage lock orders this write with the deploys that read the hooks.
         let e = lock_stage(&*tx, env, stage).await?;
+        let before = tx
+            .query_opt(
+                "SELECT pre_hooks, post_hooks, secret IS NOT NULL AS has_secret FROM webhooks WHERE env_id = $1",
+                &[&e.id.as_str()],
+            )
+            .await?
+            .map(|r| -> Result<EnvWebHooks> {
+                Ok(EnvWebHooks {
+                    pre_deploy_hooks: hooks_of(&r, "pre_hooks")?,
+                    post_deploy_hooks: hooks_of(&r, "post_hooks")?,
+                    has_secret: get(&r, "has_secret")?,
+                })
+            })
+            .transpose()?;
         let row = tx
             .query_one(
                 "INSERT INTO webhooks (env_id, pre_hooks, post_hooks, secret, last_operator, last_update)
@@ -255,12 +270,21 @@ impl Store {
                 ],
             )
             .await?;
-        tx.commit().await?;
-        Ok(EnvWebHooks {
+        let after = EnvWebHooks {
             pre_deploy_hooks: hooks_of(&row, "pre_hooks")?,
             post_deploy_hooks: hooks_of(&row, "post_hooks")?,
             has_secret: get(&row, "has_secret")?,
-        })
+        };
+        // The secret itself is never recorded: only whether there is one.
+        let change = Change {
+            kind: history::kind::WEBHOOK,
+            action: "update",
+            before: before.as_ref().map(history::json).transpose()?,
+            after: Some(history::json(&after)?),
+        };
+        history::record(&*tx, Place::Stage(&e), operator, None, change, now).await?;
+        tx.commit().await?;
+        Ok(after)
     }
 
     /// A stage's deliveries, newest first, optionally of one status; `page_index` from 1.
@@ -321,6 +345,7 @@ impl Store {
         env: &EnvName,
         stage: &StageName,
         id: &str,
+        operator: &str,
         now: EpochMs,
     ) -> Result<WebHookDelivery> {
         let e = self.stage(env, stage).await?;
@@ -359,6 +384,9 @@ impl Store {
             .await?;
         enqueue(&*tx, Exchange::Webhooks, ROUTING_KEY, &WebhookMessage::DeliverV1 { delivery_id: id.to_string() })
             .await?;
+        let after = Some(serde_json::json!({ "delivery": id }));
+        let change = Change { kind: history::kind::WEBHOOK, action: "retry delivery", before: None, after };
+        history::record(&*tx, Place::Stage(&e), operator, None, change, now).await?;
         tx.commit().await?;
         delivery_from_row(&row)
     }

@@ -34,7 +34,7 @@ async fn tokens_are_found_by_their_hash_and_stop_when_revoked_or_expired() {
     let listed = s.tokens(Some("admin")).await.unwrap();
     assert_eq!(listed.len(), 2);
     assert!(listed.iter().any(|t| t.id == info.id && t.description.as_deref() == Some("laptop")));
-    s.revoke_token(&info.id, NOW + 1).await.unwrap();
+    s.revoke_token(&info.id, "root", NOW + 1).await.unwrap();
     assert_eq!(s.authenticate(&secret, NOW + 2).await.unwrap(), None, "revoked");
     assert!(s.token_info(&info.id).await.unwrap().revoked_at.is_some());
     assert!(matches!(s.create_token("nobody", None, None, "admin", NOW).await, Err(store::Error::NotFound(_))));
@@ -62,8 +62,11 @@ async fn grants_come_directly_or_through_groups() {
     s.set_grant(Subject::Principal, "alice", &web, AccessRole::Admin, "admin", NOW).await.unwrap();
     assert_eq!(s.grant(Subject::Principal, "alice", &web).await.unwrap().role, AccessRole::Admin, "changed, not added");
     assert_eq!(s.grants_on(Subject::Principal, &web).await.unwrap().len(), 1);
-    s.delete_grant(Subject::Principal, "alice", &web).await.unwrap();
-    assert!(matches!(s.delete_grant(Subject::Principal, "alice", &web).await, Err(store::Error::NotFound(_))));
+    s.delete_grant(Subject::Principal, "alice", &web, "root", NOW).await.unwrap();
+    assert!(matches!(
+        s.delete_grant(Subject::Principal, "alice", &web, "root", NOW).await,
+        Err(store::Error::NotFound(_))
+    ));
     assert!(s.principals().await.unwrap().iter().any(|p| p.name == "alice" && p.kind == "USER"));
 }
 
@@ -81,7 +84,7 @@ async fn a_script_is_a_principal_a_role_and_a_token() {
         s.create_script("ci@web", &web, AccessRole::Publisher, None, "admin", NOW).await,
         Err(store::Error::Conflict(_))
     ));
-    s.delete_principal("ci@web").await.unwrap();
+    s.delete_principal("ci@web", "root", NOW).await.unwrap();
     assert_eq!(s.authenticate(&secret, NOW).await.unwrap(), None, "its token went with it");
     assert!(s.grants_of("ci@web", &[]).await.unwrap().is_empty());
 }

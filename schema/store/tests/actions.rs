@@ -304,7 +304,7 @@ async fn a_schedule_admits_session_by_session() {
         host_numbers: Some("1,50%".into()),
         cooldown_times: Some("1,-1".into()),
     };
-    let bean = s.set_schedule(&e.env_name, &e.stage_name, input, NOW).await.unwrap().unwrap();
+    let bean = s.set_schedule(&e.env_name, &e.stage_name, input, "alice", NOW).await.unwrap().unwrap();
     assert_eq!(bean.state, ScheduleState::NotStarted);
 
     let d2 = deploy(s, "c2", "web", "prod", &b2.id, NOW + 10).await;
@@ -369,7 +369,7 @@ async fn a_group_by_group_constraint_rolls_one_zone_at_a_time() {
         max_parallel: Some(1),
         constraint_type: Some(DeployConstraintType::GroupByGroup),
     };
-    s.set_constraint(&e.env_name, &e.stage_name, c, NOW).await.unwrap();
+    s.set_constraint(&e.env_name, &e.stage_name, c, "alice", NOW).await.unwrap();
 
     let d2 = deploy(s, "c2", "web", "prod", &b2.id, NOW + 10).await;
     let mut order = Vec::new();

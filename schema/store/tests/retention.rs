@@ -114,14 +114,20 @@ async fn builds_beyond_count_and_age_go_unless_deployed() {
 }
 
 #[tokio::test]
-async fn finished_commands_go_after_their_days() {
+async fn finished_commands_and_history_go_after_their_days() {
     let db = TestDatabase::new().await;
     let s = &db.store;
     stage(s, "web", "prod", "{}").await;
     let b = build(s, "web").await;
     deploy(s, "old", "web", "prod", &b.id, NOW - 40 * DAY).await;
     deploy(s, "new", "web", "prod", &b.id, NOW - DAY).await;
-    assert!(s.purge_records(NOW, 30, 7, 1000, || false).await.unwrap() >= 1);
+    assert!(s.purge_records(NOW, 30, 7, 365, 1000, || false).await.unwrap() >= 1);
     assert!(s.command("old").await.unwrap().is_none());
     assert!(s.command("new").await.unwrap().is_some());
+    let actions = |h: Vec<store::HistoryEntry>| h.iter().filter(|r| r.action == "DEPLOY").count();
+    let (env, prod) = (id("web"), id("prod"));
+    let history = || s.stage_history(&env, &prod, 1, 100);
+    assert_eq!(actions(history().await.unwrap()), 2, "the audit history outlives the commands");
+    s.purge_records(NOW, 30, 7, 30, 1000, || false).await.unwrap();
+    assert_eq!(actions(history().await.unwrap()), 1, "but not its own retention");
 }

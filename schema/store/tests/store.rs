@@ -34,9 +34,12 @@ async fn stages_are_created_read_updated_and_deleted() {
     assert_eq!(s.stage(&id("web"), &id("prod")).await.unwrap(), updated);
 
     s.set_capacity(&id("web"), &id("prod"), CapacityType::Group, &["g1".into()], "bob", NOW).await.unwrap();
-    assert!(matches!(s.delete_stage(&id("web"), &id("prod")).await, Err(store::Error::Conflict(_))), "capacity left");
+    assert!(
+        matches!(s.delete_stage(&id("web"), &id("prod"), "alice", 1).await, Err(store::Error::Conflict(_))),
+        "capacity left"
+    );
     s.set_capacity(&id("web"), &id("prod"), CapacityType::Group, &[], "bob", NOW).await.unwrap();
-    s.delete_stage(&id("web"), &id("prod")).await.unwrap();
+    s.delete_stage(&id("web"), &id("prod"), "alice", 1).await.unwrap();
     assert!(matches!(s.stage(&id("web"), &id("prod")).await, Err(store::Error::NotFound(_))));
 
     // Every change was announced to the gateways, in version order, ending with the deletion.

@@ -253,7 +253,7 @@ async fn a_failed_delivery_is_retried_once_failed_only_and_on_its_own_stage() {
     let did = deliveries(s, None).await[0].id.clone();
     webhook_messages(s).await;
 
-    let conflict = s.retry_webhook_delivery(&web(), &prod(), &did, NOW).await;
+    let conflict = s.retry_webhook_delivery(&web(), &prod(), &did, "alice", NOW).await;
     assert!(matches!(conflict, Err(store::Error::Conflict(_))), "PENDING is not retried: {conflict:?}");
     s.claim_webhook_delivery(&did, "a", LEASE, NOW).await.unwrap();
     let gone = AttemptRecord { status: DeliveryStatus::Failed, status_code: Some(404), error: Some("HTTP 404".into()) };
@@ -261,12 +261,12 @@ async fn a_failed_delivery_is_retried_once_failed_only_and_on_its_own_stage() {
     assert_eq!(deliveries(s, Some(DeliveryStatus::Failed)).await.len(), 1);
     assert!(deliveries(s, Some(DeliveryStatus::Delivered)).await.is_empty());
 
-    let other = s.retry_webhook_delivery(&web(), &id("beta"), &did, NOW).await;
+    let other = s.retry_webhook_delivery(&web(), &id("beta"), &did, "alice", NOW).await;
     assert!(matches!(other, Err(store::Error::NotFound(_))), "{other:?}");
-    let unknown = s.retry_webhook_delivery(&web(), &prod(), "nope", NOW).await;
+    let unknown = s.retry_webhook_delivery(&web(), &prod(), "nope", "alice", NOW).await;
     assert!(matches!(unknown, Err(store::Error::NotFound(_))));
 
-    let retried = s.retry_webhook_delivery(&web(), &prod(), &did, NOW + 2 * SEC).await.unwrap();
+    let retried = s.retry_webhook_delivery(&web(), &prod(), &did, "alice", NOW + 2 * SEC).await.unwrap();
     assert_eq!((retried.status, retried.attempts, retried.updated_at), (DeliveryStatus::Pending, 0, NOW + 2 * SEC));
     assert_eq!(retried.last_status_code, Some(404), "the last attempt stays visible");
     assert_eq!(webhook_messages(s).await, std::slice::from_ref(&did), "a new message");
@@ -303,7 +303,7 @@ async fn a_hook_whose_substituted_headers_break_is_stored_failed_and_the_deploy_
     assert_eq!(header(bad, "X-By"), None);
     assert_eq!(good.status, DeliveryStatus::Pending);
     assert_eq!(webhook_messages(s).await, std::slice::from_ref(&good.id), "nothing to send for the broken one");
-    let refused = s.retry_webhook_delivery(&web(), &prod(), &bad.id, NOW).await;
+    let refused = s.retry_webhook_delivery(&web(), &prod(), &bad.id, "alice", NOW).await;
     assert!(matches!(refused, Err(store::Error::Conflict(_))), "{refused:?}");
 }
 

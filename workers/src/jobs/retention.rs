@@ -24,13 +24,22 @@ pub struct RetentionConfig {
     pub command_days: i64,
     /// Job runs are kept this many days.
     pub job_run_days: i64,
+    /// The audit history is kept this many days.
+    pub history_days: i64,
     /// Rows deleted per transaction.
     pub batch: i64,
 }
 
 impl Default for RetentionConfig {
     fn default() -> Self {
-        RetentionConfig { builds_per_name: 1000, build_days: 180, command_days: 30, job_run_days: 7, batch: 1000 }
+        RetentionConfig {
+            builds_per_name: 1000,
+            build_days: 180,
+            command_days: 30,
+            job_run_days: 7,
+            history_days: 365,
+            batch: 1000,
+        }
     }
 }
 
@@ -79,8 +88,10 @@ impl Job for RecordRetention {
     fn run<'a>(&'a self, ctx: &'a JobCtx) -> JobFuture<'a> {
         Box::pin(async move {
             let c = &self.0;
-            let n =
-                ctx.store.purge_records(ctx.now, c.command_days, c.job_run_days, c.batch, || ctx.stopping()).await?;
+            let n = ctx
+                .store
+                .purge_records(ctx.now, c.command_days, c.job_run_days, c.history_days, c.batch, || ctx.stopping())
+                .await?;
             Ok(format!("{n} rows deleted"))
         })
     }
