@@ -183,8 +183,10 @@ async fn identify(s: &AuthState, headers: &HeaderMap, peer: Option<IpAddr>) -> R
         let Some(owner) = s.store.authenticate(token, schema::time::now_ms()).await? else {
             return Err(ApiError::unauthorized("unknown, revoked or expired token"));
         };
-        if owner.kind == TokenKind::Agent {
-            return Err(ApiError::forbidden("agent tokens may only ping the gateway"));
+        match owner.kind {
+            TokenKind::Api => {}
+            TokenKind::Agent => return Err(ApiError::forbidden("agent tokens may only ping the gateway")),
+            TokenKind::Enroll => return Err(ApiError::forbidden("enrollment tokens may only enroll hosts")),
         }
         return Ok((owner.principal, Vec::new()));
     }

@@ -31,8 +31,8 @@ pub fn api_router(state: rest::ApiState, trusted: auth::TrustedHeaders) -> Route
 }
 
 /// The gateway listener's router: ping plus health.
-pub fn gateway_router(gw: Arc<gateway::Gateway>) -> Router {
-    gateway::router(gw.clone())
+pub fn gateway_router(gw: Arc<gateway::Gateway>, store: store::Store) -> Router {
+    gateway::router(gw.clone(), store)
         .merge(health::gateway(gw))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -214,14 +214,16 @@ async fn the_user_api_needs_a_known_user_token() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_gateway_accepts_any_known_token_and_refuses_bad_pings() {
+async fn the_gateway_accepts_agent_tokens_only_and_refuses_bad_pings() {
     let app = spawn_app().await;
     let ping_url = format!("{}/v1/system/ping", app.gateway);
     let host = Host::new("web-1", "web-g");
     let body = host.ping_body(&[]);
 
+    assert_eq!(app.ping(&body).await.expect(StatusCode::OK), json!({"opCode": "NOOP", "deployGoal": null}));
     let admin = app.call(Method::POST, &ping_url, Some(&app.admin_token), Body::Json(&body)).await;
-    assert_eq!(admin.expect(StatusCode::OK), json!({"opCode": "NOOP", "deployGoal": null}));
+    let (code, _) = admin.expect_error(StatusCode::FORBIDDEN);
+    assert_eq!(code, "forbidden");
 
     let (code, _) =
         app.call(Method::POST, &ping_url, None, Body::Json(&body)).await.expect_error(StatusCode::UNAUTHORIZED);
@@ -323,8 +325,12 @@ async fn a_method_not_allowed_answers_405_with_the_error_shape() {
 async fn an_oversized_body_answers_413_with_the_error_shape() {
     let app = spawn_app().await;
     let huge = format!("{{\"hostId\": \"{}\"}}", "x".repeat(3 * 1024 * 1024));
-    for url in [format!("{}/v1/envs", app.api), format!("{}/v1/system/ping", app.gateway)] {
-        let reply = app.call(Method::POST, &url, Some(&app.admin_token), Body::Raw(&huge)).await;
+    let cases = [
+        (format!("{}/v1/envs", app.api), &app.admin_token),
+        (format!("{}/v1/system/ping", app.gateway), &app.agent_token),
+    ];
+    for (url, token) in cases {
+        let reply = app.call(Method::POST, &url, Some(token), Body::Raw(&huge)).await;
         reply.expect_error(StatusCode::PAYLOAD_TOO_LARGE);
     }
     app.stop().await;

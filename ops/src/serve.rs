@@ -83,7 +83,7 @@ pub async fn start(settings: &Settings, roles: Roles, generate_tokens: bool) -> 
         let mut config = api::gateway::GatewayConfig::new(bus.clone());
         config.heartbeat_resolution = settings.heartbeat_resolution;
         let gw = api::gateway::start(config, store.clone(), shutdown_rx.clone(), &mut tasks);
-        tasks.spawn(serve(listener, api::gateway_router(gw), shutdown_rx.clone(), "gateway"));
+        tasks.spawn(serve(listener, api::gateway_router(gw, store.clone()), shutdown_rx.clone(), "gateway"));
     }
     if roles.worker && !roles.api && !roles.gateway {
         // A worker alone still serves /healthz, /readyz and /metrics.

@@ -285,6 +285,24 @@ pub enum ChangeMessage {
         /// The hosts.
         host_ids: Vec<HostId>,
     },
+    /// A host enrolled, or its credential was revoked: gateways refuse its older credentials
+    /// (and static tokens claiming it) from then on. Not ordered with stage changes; gateways
+    /// also read recent enrollments from Postgres every check, so a lost message costs seconds.
+    #[serde(rename = "host_credential.v1", rename_all = "camelCase")]
+    HostCredentialV1 {
+        /// The host.
+        host_id: HostId,
+        /// The name it enrolled with.
+        host_name: HostName,
+        /// Its generation after the change.
+        generation: u32,
+        /// Whether the change was a revocation.
+        revoked: bool,
+    },
+    /// Tokens were made, revoked or deleted: gateways read the valid ones again (they also do
+    /// every check, so a lost message costs seconds).
+    #[serde(rename = "tokens.v1")]
+    TokensV1 {},
 }
 
 impl ChangeMessage {
@@ -294,7 +312,9 @@ impl ChangeMessage {
             ChangeMessage::StageV1 { env_id, version, .. } | ChangeMessage::AgentsV1 { env_id, version, .. } => {
                 Some((env_id, *version))
             }
-            ChangeMessage::HostsForgottenV1 { .. } => None,
+            ChangeMessage::HostsForgottenV1 { .. }
+            | ChangeMessage::HostCredentialV1 { .. }
+            | ChangeMessage::TokensV1 {} => None,
         }
     }
 }

@@ -1,8 +1,13 @@
 //! The gateway: `POST /v1/system/ping`, wire-compatible with Teletraan's agents, answered from
 //! memory. It never queries the database on the ping path: stages, capacity and agent records
 //! are loaded at start and kept current by change events ([`sync`]); what pings change is
-//! published to the workers in confirmed batches ([`publisher`]).
+//! published to the workers in confirmed batches ([`publisher`]). Who may ping as which host
+//! is checked from memory too ([`identity`]); `POST /v1/system/enroll` ([`enroll`]) gives a
+//! host its own credential.
 
+mod enroll;
+pub mod fasthash;
+pub mod identity;
 pub mod longpoll;
 mod ping;
 pub mod publisher;
@@ -20,8 +25,9 @@ use store::Store;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
+use self::identity::Identity;
 use self::publisher::Item;
-use self::state::{Hosts, Stages, Tokens};
+use self::state::{Hosts, Stages};
 
 /// Settings of a gateway.
 #[derive(Debug, Clone)]
@@ -74,7 +80,7 @@ impl GatewayConfig {
 pub struct Gateway {
     pub(crate) stages: RwLock<Stages>,
     pub(crate) hosts: Hosts,
-    pub(crate) tokens: Tokens,
+    pub(crate) identity: Identity,
     reports: mpsc::Sender<Item>,
     ready: AtomicBool,
     pub(crate) polls: longpoll::LongPoll,
@@ -119,7 +125,7 @@ pub fn start(
     let gateway = Arc::new(Gateway {
         stages: RwLock::new(Stages::default()),
         hosts: Hosts::default(),
-        tokens: Tokens::default(),
+        identity: Identity::default(),
         reports: tx,
         ready: AtomicBool::new(false),
         polls: longpoll::LongPoll::default(),
@@ -134,7 +140,10 @@ pub fn start(
     gateway
 }
 
-/// The gateway's routes.
-pub fn router(gateway: Arc<Gateway>) -> Router {
-    Router::new().route("/v1/system/ping", post(ping::ping)).with_state(gateway)
+/// The gateway's routes: pings (answered from memory) and enrollments (which write to `store`).
+pub fn router(gateway: Arc<Gateway>, store: Store) -> Router {
+    let enrollments = Router::new()
+        .route("/v1/system/enroll", post(enroll::enroll))
+        .with_state(enroll::EnrollState { gateway: gateway.clone(), store });
+    Router::new().route("/v1/system/ping", post(ping::ping)).with_state(gateway).merge(enrollments)
 }

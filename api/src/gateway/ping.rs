@@ -1,4 +1,4 @@
-//! One ping: authenticate, parse, decide with `schema::rules::goal::plan` on the in-memory
+//! One ping: authenticate, parse, check who may ping as that host, decide with `schema::rules::goal::plan` on the in-memory
 //! state, queue what changed, answer. Synchronous after parsing; no IO.
 
 use std::sync::Arc;
@@ -10,7 +10,7 @@ use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
-use prometheus::{Histogram, IntCounter, register_histogram, register_int_counter_vec};
+use prometheus::{Histogram, IntCounter, IntCounterVec, register_histogram, register_int_counter_vec};
 use schema::bus::{AgentUpdate, HostFacts};
 use schema::ping::{MAX_WAIT_SECONDS, PingHost, PingRequest, PingResponse, ReportIn};
 use schema::rules::goal::{EnvInput, RecordChange, plan};
@@ -18,8 +18,10 @@ use schema::time::EpochMs;
 use schema::{EnvId, EnvName, StageName};
 
 use super::Gateway;
+use super::fasthash::hash_of;
+use super::identity::NotASender;
 use super::publisher::Item;
-use super::state::{AgentEntry, HostEntry, StageEntry, Stages, hash_of};
+use super::state::{AgentEntry, HostEntry, StageEntry, Stages};
 use crate::auth::bearer;
 use crate::error::ApiError;
 use crate::extract::body_error;
@@ -29,10 +31,19 @@ const RESEND_AFTER_MS: EpochMs = 30 * 60 * 1000;
 
 /// Pings answered, by outcome (the counters resolved once: a ping does not hash labels).
 struct Outcomes {
-    counters: Option<[IntCounter; 6]>,
+    counters: Option<[IntCounter; 7]>,
 }
 
-const OUTCOMES: [&str; 6] = ["unauthorized", "unavailable", "bad_request", "long_poll", "goal", "noop"];
+const OUTCOMES: [&str; 7] = ["unauthorized", "forbidden", "unavailable", "bad_request", "long_poll", "goal", "noop"];
+
+static REFUSALS: LazyLock<Option<IntCounterVec>> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "teletraan_gateway_identity_refusals_total",
+        "Pings refused because their credential may not ping as that host, by reason",
+        &["reason"]
+    )
+    .ok()
+});
 
 static PINGS: LazyLock<Outcomes> = LazyLock::new(|| {
     let counters =
@@ -66,10 +77,17 @@ pub(super) async fn ping(
         count("unauthorized");
         return ApiError::unauthorized("missing credentials: send 'Authorization: token <token>'").into_response();
     };
-    if gw.tokens.role(token).is_none() {
-        count("unauthorized");
-        return ApiError::unauthorized("unknown token").into_response();
-    }
+    let sender = match gw.identity.sender(token) {
+        Ok(s) => s,
+        Err(NotASender::Unknown) => {
+            count("unauthorized");
+            return ApiError::unauthorized("unknown, revoked or expired token or credential").into_response();
+        }
+        Err(NotASender::NotForPings(why)) => {
+            count("forbidden");
+            return ApiError::forbidden(why).into_response();
+        }
+    };
     if !gw.is_ready() {
         count("unavailable");
         return ApiError::unavailable("the gateway is loading; try again").into_response();
@@ -96,6 +114,14 @@ pub(super) async fn ping(
             return ApiError::bad_request(e.to_string()).into_response();
         }
     };
+    if let Err(refusal) = gw.identity.check(&sender, &host) {
+        count("forbidden");
+        if let Some(c) = REFUSALS.as_ref() {
+            c.with_label_values(&[refusal.reason()]).inc();
+        }
+        tracing::debug!(host.id = %host.host_id, reason = refusal.reason(), "ping refused");
+        return ApiError::forbidden(refusal.to_string()).into_response();
+    }
     // Registered before deciding, so a change that lands meanwhile wakes the wait at once.
     let registration = wait
         .map(|_| gw.polls.register(&host.host_id, gw.stage_ids_of(&host), host.host_name.clone(), host.groups.clone()));

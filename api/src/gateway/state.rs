@@ -1,24 +1,20 @@
 //! What a gateway holds in memory: every stage (with its capacity indexes), the agent records
-//! of the hosts, and the token hashes. Locks are std locks held for short, synchronous
+//! of the hosts (tokens and host bindings are in `identity.rs`). Locks are std locks held for short, synchronous
 //! sections only: never across an await.
 //!
 //! Memory per host is kept small: ids are shared text (`Arc<str>`), and the stage and deploy
 //! ids of the records point to one copy per stage and per current deploy ([`Canon`]).
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 
 use schema::bus::{AgentControl, Heartbeat, StageSnapshot};
 use schema::rules::goal::AgentRecord;
 use schema::time::EpochMs;
 use schema::{DeployId, EnvId, EnvName, GroupName, HostId, HostName, StageName};
-use store::TokenKind;
 
-/// A map keyed by what operators define (stages, capacity, tokens), looked up by pings: the
-/// fast hash is safe there. The host map, whose keys agents choose, keeps SipHash.
-type FastMap<K, V> = HashMap<K, V, FastHash>;
+use super::fasthash::{FastMap, hash_of};
 
 /// Shards of the host map: pings of different hosts rarely wait for each other.
 const SHARDS: usize = 64;
@@ -480,91 +476,9 @@ fn shard_index(host: &HostId) -> usize {
     (hash_of(&host.as_str()) as usize) % SHARDS
 }
 
-/// Token hashes and their roles, with the raw tokens recently seen, so a ping does not hash
-/// its token again.
-#[derive(Default)]
-pub struct Tokens {
-    map: RwLock<HashMap<[u8; 32], TokenKind>>,
-    recent: RwLock<FastMap<String, TokenKind>>,
-}
-
-/// Raw tokens remembered at most (a known token is remembered; unknown ones never are).
-const RECENT_TOKENS: usize = 1024;
-
-impl Tokens {
-    /// Replaces the set.
-    pub fn replace(&self, tokens: Vec<([u8; 32], TokenKind)>) {
-        let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
-        *map = tokens.into_iter().collect();
-        self.recent.write().unwrap_or_else(|p| p.into_inner()).clear();
-    }
-
-    /// The role of a raw token.
-    pub fn role(&self, token: &str) -> Option<TokenKind> {
-        if let Some(r) = self.recent.read().unwrap_or_else(|p| p.into_inner()).get(token) {
-            return Some(*r);
-        }
-        let role = self.map.read().unwrap_or_else(|p| p.into_inner()).get(&store::hash_token(token)).copied()?;
-        let mut recent = self.recent.write().unwrap_or_else(|p| p.into_inner());
-        if recent.len() >= RECENT_TOKENS {
-            recent.clear();
-        }
-        recent.insert(token.to_string(), role);
-        Some(role)
-    }
-}
-
-/// A fast, non-cryptographic hash for change detection and sharding (FxHash's
-/// multiply-rotate over 8 bytes at a time); not exposed to untrusted keys in a table.
-#[derive(Default, Clone, Copy)]
-pub struct FastHasher(u64);
-
-const SEED: u64 = 0x51_7c_c1_b7_27_22_0a_95;
-
-impl Hasher for FastHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        let mut chunks = bytes.chunks_exact(8);
-        for c in &mut chunks {
-            let v = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
-            self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(SEED);
-        }
-        for b in chunks.remainder() {
-            self.0 = (self.0.rotate_left(5) ^ u64::from(*b)).wrapping_mul(SEED);
-        }
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
-/// Builds [`FastHasher`]s.
-#[derive(Default, Clone, Copy)]
-pub struct FastHash;
-
-impl BuildHasher for FastHash {
-    type Hasher = FastHasher;
-    fn build_hasher(&self) -> FastHasher {
-        FastHasher::default()
-    }
-}
-
-/// A hash of a value for "did it change" checks (never 0, which means "never").
-pub fn hash_of(v: &impl Hash) -> u64 {
-    FastHash.hash_one(v).max(1)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn hashes_tell_values_apart() {
-        assert_ne!(hash_of(&("web-1", Some("10.0.0.1"))), hash_of(&("web-1", Some("10.0.0.2"))));
-        assert_ne!(hash_of(&"abcdefgh-1"), hash_of(&"abcdefgh-2"));
-        assert_eq!(hash_of(&"same"), hash_of(&"same"));
-        assert_ne!(hash_of(&""), 0);
-    }
 
     #[test]
     fn records_share_the_ids_of_the_stages() {
@@ -675,16 +589,5 @@ mod tests {
         assert_eq!(hosts.evict_idle(0, 1_000), 0);
         assert_eq!(hosts.evict_idle(1_000_000, 1_000), 100, "all without a record are idle");
         assert_eq!(hosts.len(), 1, "a host with a record is never forgotten");
-    }
-
-    #[test]
-    fn a_known_token_is_remembered_and_forgotten_on_reload() {
-        let tokens = Tokens::default();
-        tokens.replace(vec![(store::hash_token("secret-1"), TokenKind::Agent)]);
-        assert_eq!(tokens.role("secret-1"), Some(TokenKind::Agent));
-        assert_eq!(tokens.role("secret-1"), Some(TokenKind::Agent), "from the remembered tokens");
-        assert_eq!(tokens.role("nope"), None);
-        tokens.replace(vec![]);
-        assert_eq!(tokens.role("secret-1"), None, "a revoked token is not remembered");
     }
 }

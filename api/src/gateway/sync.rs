@@ -91,7 +91,16 @@ pub async fn run(gw: Arc<Gateway>, store: Store, config: GatewayConfig, mut shut
 async fn load_all(gw: &Arc<Gateway>, store: &Store, shutdown: &mut watch::Receiver<bool>) {
     let mut delays = backoff();
     loop {
-        let failure = match store.gateway_load(schema::time::now_ms()).await {
+        let now = schema::time::now_ms();
+        let loaded = match store.signing_key(store::HOST_CREDENTIAL_KEY, now).await {
+            Ok(key) => {
+                gw.identity.set_key(key);
+                gw.identity.synced_at.store(now, std::sync::atomic::Ordering::Release);
+                store.gateway_load(now).await
+            }
+            Err(e) => Err(e),
+        };
+        let failure = match loaded {
             Ok(load) => {
                 // Building a million records takes a while: off the runtime's threads.
                 let gw2 = gw.clone();
@@ -121,7 +130,8 @@ async fn load_all(gw: &Arc<Gateway>, store: &Store, shutdown: &mut watch::Receiv
 /// stages and records are then swapped under the stages lock, which pings take first, so no
 /// ping sees the new stages with the old records.
 fn install(gw: &Gateway, load: store::GatewayLoad) {
-    gw.tokens.replace(load.tokens);
+    gw.identity.replace_tokens(load.tokens);
+    gw.identity.merge_bindings(&load.credentials);
     let mut aside = Stages::default();
     aside.replace_all(load.stages.clone());
     let mut fresh = gw.hosts.begin_load();
@@ -167,8 +177,16 @@ pub async fn check(gw: Arc<Gateway>, store: Store, config: GatewayConfig, mut sh
 
 async fn apply(gw: &Gateway, store: &Store, msg: ChangeMessage) {
     let Some((env_id, version)) = msg.stage_version() else {
-        if let ChangeMessage::HostsForgottenV1 { host_ids } = &msg {
-            gw.hosts.unpublish(host_ids);
+        match &msg {
+            ChangeMessage::HostsForgottenV1 { host_ids } => gw.hosts.unpublish(host_ids),
+            ChangeMessage::HostCredentialV1 { host_id, host_name, generation, revoked } => {
+                gw.identity.apply_binding(host_id, host_name, *generation, *revoked);
+            }
+            ChangeMessage::TokensV1 {} => match store.token_hashes(schema::time::now_ms()).await {
+                Ok(tokens) => gw.identity.replace_tokens(tokens),
+                Err(e) => tracing::warn!(error = %e, "could not reload tokens"),
+            },
+            ChangeMessage::StageV1 { .. } | ChangeMessage::AgentsV1 { .. } => {}
         }
         return;
     };
@@ -192,7 +210,11 @@ async fn apply(gw: &Gateway, store: &Store, msg: ChangeMessage) {
             gw.stages.read().unwrap_or_else(|p| p.into_inner()).set_version(&env_id, version);
             gw.polls.wake_hosts(agents.iter().map(|a| &a.host_id));
         }
-        ChangeMessage::StageV1 { .. } | ChangeMessage::AgentsV1 { .. } | ChangeMessage::HostsForgottenV1 { .. } => {
+        ChangeMessage::StageV1 { .. }
+        | ChangeMessage::AgentsV1 { .. }
+        | ChangeMessage::HostsForgottenV1 { .. }
+        | ChangeMessage::HostCredentialV1 { .. }
+        | ChangeMessage::TokensV1 {} => {
             tracing::debug!(env_id = %env_id, have = current, got = version, "change out of order; reloading the stage");
             reload_stage(gw, store, &env_id).await;
         }
@@ -221,8 +243,17 @@ async fn reload_stage(gw: &Gateway, store: &Store, env_id: &EnvId) {
 
 async fn check_versions(gw: &Gateway, store: &Store) {
     match store.token_hashes(schema::time::now_ms()).await {
-        Ok(tokens) => gw.tokens.replace(tokens),
+        Ok(tokens) => gw.identity.replace_tokens(tokens),
         Err(e) => tracing::warn!(error = %e, "could not reload tokens"),
+    }
+    let since = gw.identity.sync_from(schema::time::now_ms());
+    match store.host_credentials_since(since).await {
+        Ok(credentials) => gw.identity.merge_bindings(&credentials),
+        Err(e) => {
+            // Read again from where this read started.
+            gw.identity.synced_at.store(since + 60_000, std::sync::atomic::Ordering::Release);
+            tracing::warn!(error = %e, "could not read recent enrollments");
+        }
     }
     let db = match store.stage_versions().await {
         Ok(v) => v,

@@ -9,9 +9,9 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use schema::rules::access::{Grant, GrantScope, Target};
 use schema::time::{EpochMs, now_ms};
-use schema::{AccessRole, EnvName};
+use schema::{AccessRole, EnvName, GroupName};
 use serde::{Deserialize, Serialize};
-use store::{GrantRow, PrincipalRow, Subject, TokenInfo};
+use store::{GrantRow, NewToken, PrincipalRow, Subject, TokenInfo, TokenKind};
 
 use super::ApiState;
 use crate::auth::Principal;
@@ -451,6 +451,13 @@ pub(super) struct TokenInput {
     description: Option<String>,
     /// Epoch ms when the token stops working (none: never).
     expires_at: Option<EpochMs>,
+    /// API, AGENT or ENROLL (default: AGENT for agent principals, else API).
+    kind: Option<String>,
+    /// For AGENT and ENROLL tokens: the host groups they may claim (absent: any).
+    groups: Option<Vec<String>>,
+    /// For ENROLL tokens: may replace the credential of a host that already enrolled.
+    #[serde(default)]
+    reenroll: bool,
 }
 
 /// The answer to a token's creation: the only time its secret is shown.
@@ -462,8 +469,10 @@ pub(super) struct CreatedToken {
     info: TokenInfo,
 }
 
-/// `POST /v1/tokens` with `{"principal", "description"?, "expiresAt"?}`: a token for an
-/// existing principal, its secret shown once.
+/// `POST /v1/tokens` with `{"principal", "description"?, "expiresAt"?, "kind"?, "groups"?,
+/// "reenroll"?}`: a token for an existing principal, its secret shown once. Agent principals
+/// hold AGENT tokens (static, for pings) and ENROLL tokens (hosts enroll with them for a
+/// credential of their own); `groups` scopes either to host groups.
 pub(super) async fn create_token(
     State(s): State<ApiState>,
     Extension(p): Extension<Principal>,
@@ -477,8 +486,34 @@ pub(super) async fn create_token(
     if input.expires_at.is_some_and(|e| e <= now) {
         return Err(ApiError::bad_request("expiresAt must be in the future"));
     }
-    let (info, token) =
-        s.store.create_token(&principal, input.description.as_deref(), input.expires_at, &p.name, now).await?;
+    let kind = match input.kind.as_deref().map(str::to_ascii_uppercase) {
+        None => None,
+        Some(k) => Some(
+            TokenKind::parse(&k)
+                .ok_or_else(|| ApiError::bad_request(format!("kind: {k:?} is not API, AGENT or ENROLL")))?,
+        ),
+    };
+    let groups = match input.groups {
+        None => None,
+        Some(g) if g.is_empty() || g.len() > 256 => {
+            return Err(ApiError::bad_request("groups: between 1 and 256 group names (absent: any group)"));
+        }
+        Some(g) => Some(
+            g.into_iter()
+                .map(GroupName::parse)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| ApiError::bad_request(format!("groups: {e}")))?,
+        ),
+    };
+    let spec = NewToken {
+        principal: &principal,
+        kind,
+        description: input.description.as_deref(),
+        expires_at: input.expires_at,
+        groups,
+        reenroll: input.reenroll,
+    };
+    let (info, token) = s.store.create_token(&spec, &p.name, now).await?;
     tracing::info!(by = %p.name, principal = %info.principal, token.id = %info.id, "token created");
     let location = format!("/v1/tokens/{}", info.id);
     Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(CreatedToken { token, info })).into_response())

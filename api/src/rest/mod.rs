@@ -8,6 +8,7 @@ mod commands;
 mod deploys;
 mod envs;
 mod history;
+mod identity;
 mod pipelines;
 mod rollout;
 mod webhooks;
@@ -156,6 +157,9 @@ routes! {
     PUT "/v1/deploys/{id}" => actions::update_deploy, Need::Role(AccessRole::Operator, From::DeployPath);
     GET "/v1/commands/{id}" => deploys::command, READ;
     GET "/v1/history" => history::search, READ;
+    GET "/v1/host_credentials" => identity::list, READ;
+    GET "/v1/host_credentials/{host}" => identity::get, READ;
+    DELETE "/v1/host_credentials/{host}" => identity::revoke, ADMINISTER;
 }
 
 /// The `/v1` routes, behind authentication and authorization (see [`route_specs`]).

@@ -82,7 +82,7 @@ pub async fn spawn_app_trusting(tune: impl FnOnce(&mut WorkerConfig), trusted: T
     let gateway = format!("http://{}", listener.local_addr().expect("gateway address"));
     let gw =
         api::gateway::start(GatewayConfig::new(bus.config.clone()), store.clone(), shutdown_rx.clone(), &mut tasks);
-    tasks.spawn(serve(listener, api::gateway_router(gw), shutdown_rx.clone()));
+    tasks.spawn(serve(listener, api::gateway_router(gw, store.clone()), shutdown_rx.clone()));
 
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind the api");
     let api = format!("http://{}", listener.local_addr().expect("api address"));
@@ -122,7 +122,7 @@ impl App {
         let shutdown = self.shutdown.subscribe();
         let config = GatewayConfig::new(self.bus.config.clone());
         let gw = api::gateway::start(config, self.store.clone(), shutdown.clone(), &mut self.tasks);
-        self.tasks.spawn(serve(listener, api::gateway_router(gw), shutdown));
+        self.tasks.spawn(serve(listener, api::gateway_router(gw, self.store.clone()), shutdown));
         let ready = format!("{url}/readyz");
         eventually("the other gateway to be ready", || {
             let (http, ready) = (&self.http, &ready);

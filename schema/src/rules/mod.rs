@@ -10,6 +10,7 @@ pub mod constraint;
 pub mod cron;
 pub mod deploy_state;
 pub mod goal;
+pub mod identity;
 pub mod promote;
 pub mod schedule;
 pub mod stage_seq;

@@ -9,7 +9,7 @@ use tokio_postgres::Row;
 
 use crate::history::{self, Change, Place};
 use crate::rows::{get, get_ms, get_parsed, ts};
-use crate::tokens::{TokenInfo, TokenKind, insert_token};
+use crate::tokens::{NewToken, TokenInfo, TokenKind, insert_token};
 use crate::{Error, Result, Store};
 
 /// Who holds a grant.
@@ -290,8 +290,14 @@ impl Store {
                 &[&name, &scope.as_str(), &role.as_str(), &created_by, &ts(now)],
             )
             .await?;
-        let (token, secret) =
-            insert_token(&*tx, name, TokenKind::Api, Some("script token"), expires_at, created_by, now).await?;
+        let (token, secret) = insert_token(
+            &*tx,
+            &NewToken { description: Some("script token"), expires_at, ..NewToken::of(name) },
+            TokenKind::Api,
+            created_by,
+            now,
+        )
+        .await?;
         let granted = grant_from_row(&row)?;
         let after =
             serde_json::json!({"script": name, "grant": history::json(&granted)?, "token": history::json(&token)?});
@@ -307,6 +313,7 @@ impl Store {
         let tx = client.transaction().await?;
         tx.execute("DELETE FROM grants WHERE subject_kind = 'PRINCIPAL' AND subject = $1", &[&name]).await?;
         tx.execute("DELETE FROM tokens WHERE principal = $1", &[&name]).await?;
+        crate::tokens::announce_tokens(&*tx).await?;
         let n = tx.execute("DELETE FROM principals WHERE name = $1", &[&name]).await?;
         if n == 0 {
             return Err(Error::NotFound(format!("Principal {name} does not exist.")));

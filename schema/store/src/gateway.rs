@@ -8,19 +8,22 @@ use schema::*;
 use tokio_postgres::IsolationLevel;
 
 use crate::agents::{AgentRow, all_rows, stage_rows};
+use crate::identity::{HostCredential, credentials_since};
 use crate::stages::{all_snapshots, snapshot};
-use crate::tokens::{TokenKind, token_hashes};
+use crate::tokens::{GatewayToken, token_hashes};
 use crate::{Result, Store};
 
 /// Everything a gateway holds, as of one instant.
 #[derive(Debug, Clone, Default)]
 pub struct GatewayLoad {
-    /// Token hashes and roles.
-    pub tokens: Vec<([u8; 32], TokenKind)>,
+    /// Valid tokens.
+    pub tokens: Vec<GatewayToken>,
     /// Every stage with its version.
     pub stages: Vec<(i64, StageSnapshot)>,
     /// Every agent record.
     pub agents: Vec<AgentRow>,
+    /// Every host enrollment.
+    pub credentials: Vec<HostCredential>,
 }
 
 impl Store {
@@ -33,6 +36,7 @@ impl Store {
             tokens: token_hashes(&*tx, now).await?,
             stages: all_snapshots(&*tx).await?,
             agents: all_rows(&*tx).await?,
+            credentials: credentials_since(&*tx, 0).await?,
         };
         tx.commit().await?;
         Ok(load)

@@ -46,6 +46,8 @@ pub mod kind {
     pub const PRINCIPAL: &str = "Principal";
     /// A token made or revoked.
     pub const TOKEN: &str = "Token";
+    /// A host enrolled, or its credential revoked.
+    pub const HOST_CREDENTIAL: &str = "Host Credential";
 }
 
 /// One change to record.

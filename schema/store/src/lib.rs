@@ -18,6 +18,7 @@ mod deploys;
 mod gateway;
 mod history;
 mod hosts;
+mod identity;
 mod janitor;
 mod jobs;
 mod migrate;
@@ -45,6 +46,7 @@ pub use agents::{AgentRow, AppliedBatch};
 pub use commands::NewCommand;
 pub use gateway::GatewayLoad;
 pub use history::{HistoryEntry, HistoryQuery, kind as history_kind};
+pub use identity::{Enrolled, Enrollment, HOST_CREDENTIAL_KEY, HostCredential};
 pub use janitor::{Forgotten, JANITOR};
 pub use jobs::{JobClaim, JobRun, JobStatus, MAX_ATTEMPTS as JOB_ATTEMPTS};
 pub use migrate::MIGRATIONS;
@@ -52,7 +54,7 @@ pub use outbox::{Exchange, OutboxMessage};
 pub use promotes::PromoteOutcome;
 pub use reads::{AgentCount, DeployPage, DeployProgress, DeploySearch, HostSummary};
 pub use stages::{StageKey, StageMap};
-pub use tokens::{TokenInfo, TokenKind, TokenOwner, hash_token, new_secret};
+pub use tokens::{GatewayToken, NewToken, TokenInfo, TokenKind, TokenOwner, hash_token, new_secret};
 pub use webhooks::{AttemptRecord, ClaimedDelivery, DeliveryClaim};
 
 /// What can go wrong in the store.

@@ -13,6 +13,7 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
     (7, "heartbeats_for_every_host", include_str!("../../migrations/0007_heartbeats_for_every_host.sql")),
     (8, "access", include_str!("../../migrations/0008_access.sql")),
     (9, "history", include_str!("../../migrations/0009_history.sql")),
+    (10, "host_identity", include_str!("../../migrations/0010_host_identity.sql")),
 ];
 
 /// Arbitrary constant that names the migration lock.

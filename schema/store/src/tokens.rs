@@ -1,14 +1,19 @@
 //! Tokens: secrets that stand for a principal, stored as SHA-256 hashes (a database leak does
 //! not leak usable tokens), shown once when made. An API token acts with its principal's
-//! grants; an agent token may only ping the gateway.
+//! grants; an agent token may only ping the gateway (within its groups, when scoped); an
+//! enrollment token may only enroll hosts (within its groups), each of which then pings with
+//! a credential of its own (`identity.rs`).
 
+use schema::GroupName;
 use schema::time::EpochMs;
 use sha2::{Digest, Sha256};
 use tokio_postgres::{GenericClient, Row};
 
 use crate::history::{self, Change, Place};
+use crate::outbox::{Exchange, enqueue};
 use crate::rows::*;
 use crate::{Error, Result, Store};
+use schema::bus::ChangeMessage;
 
 /// What a token is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -17,6 +22,8 @@ pub enum TokenKind {
     Api,
     /// Only pinging the gateway (deploy agents).
     Agent,
+    /// Only enrolling hosts at the gateway, each of which receives its own credential.
+    Enroll,
 }
 
 impl TokenKind {
@@ -25,16 +32,23 @@ impl TokenKind {
         match self {
             TokenKind::Api => "API",
             TokenKind::Agent => "AGENT",
+            TokenKind::Enroll => "ENROLL",
         }
     }
 
-    fn parse(s: &str) -> Result<TokenKind> {
+    /// Reads a stored or requested kind (`ADMIN` is how tokens made before principals were
+    /// stored).
+    pub fn parse(s: &str) -> Option<TokenKind> {
         match s {
-            // Tokens made before principals existed.
-            "API" | "ADMIN" => Ok(TokenKind::Api),
-            "AGENT" => Ok(TokenKind::Agent),
-            other => Err(Error::Corrupt(format!("token kind {other:?}"))),
+            "API" | "ADMIN" => Some(TokenKind::Api),
+            "AGENT" => Some(TokenKind::Agent),
+            "ENROLL" => Some(TokenKind::Enroll),
+            _ => None,
         }
+    }
+
+    fn read(s: &str) -> Result<TokenKind> {
+        TokenKind::parse(s).ok_or_else(|| Error::Corrupt(format!("token kind {s:?}")))
     }
 }
 
@@ -57,8 +71,12 @@ pub struct TokenInfo {
     pub id: String,
     /// Who it stands for.
     pub principal: String,
-    /// API or AGENT.
+    /// API, AGENT or ENROLL.
     pub kind: String,
+    /// The host groups an AGENT or ENROLL token may claim (`None`: any).
+    pub groups: Option<Vec<String>>,
+    /// Whether an ENROLL token may replace the credential of a host that already enrolled.
+    pub reenroll: bool,
     /// Why it exists.
     pub description: Option<String>,
     /// Made when, by whom.
@@ -73,14 +91,16 @@ pub struct TokenInfo {
     pub last_used_at: Option<EpochMs>,
 }
 
-const TOKEN_COLUMNS: &str =
-    "name, principal, role, description, created_at, created_by, expires_at, revoked_at, last_used_at";
+const TOKEN_COLUMNS: &str = "name, principal, role, description, created_at, created_by, expires_at, revoked_at, \
+     last_used_at, groups, reenroll";
 
 fn info_from_row(r: &Row) -> Result<TokenInfo> {
     Ok(TokenInfo {
         id: get(r, "name")?,
         principal: get(r, "principal")?,
-        kind: TokenKind::parse(get(r, "role")?)?.as_str().to_string(),
+        kind: TokenKind::read(get(r, "role")?)?.as_str().to_string(),
+        groups: get(r, "groups")?,
+        reenroll: get(r, "reenroll")?,
         description: get(r, "description")?,
         created_at: get_ms(r, "created_at")?,
         created_by: get(r, "created_by")?,
@@ -112,35 +132,101 @@ fn new_token_id() -> String {
     format!("tok_{}", &uuid::Uuid::new_v4().simple().to_string()[..16])
 }
 
+/// Tells gateways to read the tokens again (in the caller's transaction).
+pub(crate) async fn announce_tokens(c: &impl GenericClient) -> Result<()> {
+    enqueue(c, Exchange::Changes, "tokens", &ChangeMessage::TokensV1 {}).await
+}
+
+/// A token to make.
+#[derive(Debug, Clone)]
+pub struct NewToken<'a> {
+    /// Who it stands for (must exist).
+    pub principal: &'a str,
+    /// Its kind; `None`: what the principal's kind implies (AGENT for agents, else API).
+    pub kind: Option<TokenKind>,
+    /// Why it exists.
+    pub description: Option<&'a str>,
+    /// Refused from then on.
+    pub expires_at: Option<EpochMs>,
+    /// For AGENT and ENROLL tokens: the host groups they may claim (`None`: any).
+    pub groups: Option<Vec<GroupName>>,
+    /// For ENROLL tokens: may replace the credential of a host that already enrolled.
+    pub reenroll: bool,
+}
+
+impl<'a> NewToken<'a> {
+    /// A token of `principal` with nothing else said.
+    pub fn of(principal: &'a str) -> Self {
+        NewToken { principal, kind: None, description: None, expires_at: None, groups: None, reenroll: false }
+    }
+}
+
 pub(crate) async fn insert_token(
     c: &impl GenericClient,
-    principal: &str,
+    t: &NewToken<'_>,
     kind: TokenKind,
-    description: Option<&str>,
-    expires_at: Option<EpochMs>,
     created_by: &str,
     now: EpochMs,
 ) -> Result<(TokenInfo, String)> {
     let secret = new_secret();
+    let groups: Option<Vec<&str>> = t.groups.as_ref().map(|g| g.iter().map(GroupName::as_str).collect());
     let row = c
         .query_one(
             &format!(
-                "INSERT INTO tokens (token_hash, name, role, principal, description, created_at, created_by, expires_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING {TOKEN_COLUMNS}"
+                "INSERT INTO tokens (token_hash, name, role, principal, description, created_at, created_by, expires_at,
+                     groups, reenroll)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING {TOKEN_COLUMNS}"
             ),
             &[
                 &hash_token(&secret).to_vec(),
                 &new_token_id(),
                 &kind.as_str(),
-                &principal,
-                &description,
+                &t.principal,
+                &t.description,
                 &ts(now),
                 &created_by,
-                &expires_at.map(ts),
+                &t.expires_at.map(ts),
+                &groups,
+                &t.reenroll,
             ],
         )
         .await?;
+    announce_tokens(c).await?;
     Ok((info_from_row(&row)?, secret))
+}
+
+/// The kind a new token gets: what was asked, if the principal's kind allows it.
+fn kind_for(principal_kind: &str, asked: Option<TokenKind>, t: &NewToken<'_>) -> Result<TokenKind> {
+    let refuse = |m: String| Err(Error::Invalid(schema::model::Invalid { field: "kind", message: m }));
+    let kind = match (principal_kind, asked) {
+        ("AGENT", None) => TokenKind::Agent,
+        ("AGENT", Some(k @ (TokenKind::Agent | TokenKind::Enroll))) => k,
+        ("AGENT", Some(TokenKind::Api)) => return refuse("an agent principal holds AGENT or ENROLL tokens".into()),
+        (_, None | Some(TokenKind::Api)) => TokenKind::Api,
+        (other, Some(k)) => {
+            return refuse(format!("a {other} principal holds API tokens, not {}", k.as_str()));
+        }
+    };
+    if kind == TokenKind::Api && t.groups.is_some() {
+        let message = "only AGENT and ENROLL tokens are scoped to host groups".into();
+        return Err(Error::Invalid(schema::model::Invalid { field: "groups", message }));
+    }
+    if kind != TokenKind::Enroll && t.reenroll {
+        let message = "only ENROLL tokens may re-enroll hosts".into();
+        return Err(Error::Invalid(schema::model::Invalid { field: "reenroll", message }));
+    }
+    Ok(kind)
+}
+
+/// A token as gateways hold it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewayToken {
+    /// SHA-256 of the secret.
+    pub hash: [u8; 32],
+    /// Its kind.
+    pub kind: TokenKind,
+    /// The host groups it may claim (`None`: any).
+    pub groups: Option<Vec<GroupName>>,
 }
 
 impl Store {
@@ -153,7 +239,7 @@ impl Store {
         let tx = client.transaction().await?;
         let principal_kind = match kind {
             TokenKind::Api => "USER",
-            TokenKind::Agent => "AGENT",
+            TokenKind::Agent | TokenKind::Enroll => "AGENT",
         };
         tx.execute(
             "INSERT INTO principals (name, kind, created_at, created_by) VALUES ($1, $2, $3, 'configuration')
@@ -168,6 +254,7 @@ impl Store {
             &[&hash, &name, &kind.as_str(), &ts(now)],
         )
         .await?;
+        announce_tokens(&*tx).await?;
         if kind == TokenKind::Api {
             tx.execute(
                 "INSERT INTO grants (subject_kind, subject, scope, role, granted_by, granted_at)
@@ -200,7 +287,7 @@ impl Store {
         }
         let owner = TokenOwner {
             principal: get(&row, "principal")?,
-            kind: TokenKind::parse(get(&row, "role")?)?,
+            kind: TokenKind::read(get(&row, "role")?)?,
             token_id: get(&row, "name")?,
         };
         client
@@ -213,25 +300,19 @@ impl Store {
         Ok(Some(owner))
     }
 
-    /// Makes a token for `principal` (which must exist); the secret is returned once.
-    pub async fn create_token(
-        &self,
-        principal: &str,
-        description: Option<&str>,
-        expires_at: Option<EpochMs>,
-        created_by: &str,
-        now: EpochMs,
-    ) -> Result<(TokenInfo, String)> {
+    /// Makes a token (its principal must exist, and its kind suit the principal: agent
+    /// principals hold AGENT and ENROLL tokens, others API tokens); the secret is returned once.
+    pub async fn create_token(&self, t: &NewToken<'_>, created_by: &str, now: EpochMs) -> Result<(TokenInfo, String)> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
-        let kind: Option<String> =
+        let principal = t.principal;
+        let principal_kind: Option<String> =
             tx.query_opt("SELECT kind FROM principals WHERE name = $1", &[&principal]).await?.map(|r| r.get(0));
-        let kind = match kind.as_deref() {
-            None => return Err(Error::NotFound(format!("Principal {principal} does not exist."))),
-            Some("AGENT") => TokenKind::Agent,
-            Some(_) => TokenKind::Api,
+        let Some(principal_kind) = principal_kind else {
+            return Err(Error::NotFound(format!("Principal {principal} does not exist.")));
         };
-        let made = insert_token(&*tx, principal, kind, description, expires_at, created_by, now).await?;
+        let kind = kind_for(&principal_kind, t.kind, t)?;
+        let made = insert_token(&*tx, t, kind, created_by, now).await?;
         let change =
             Change { kind: history::kind::TOKEN, action: "create", before: None, after: Some(history::json(&made.0)?) };
         history::record(&*tx, Place::System, created_by, None, change, now).await?;
@@ -280,6 +361,7 @@ impl Store {
             .await?
             .ok_or_else(|| Error::NotFound(format!("Token {id} does not exist.")))?;
         let info = info_from_row(&row)?;
+        announce_tokens(&*tx).await?;
         let change =
             Change { kind: history::kind::TOKEN, action: "revoke", before: None, after: Some(history::json(&info)?) };
         history::record(&*tx, Place::System, operator, None, change, now).await?;
@@ -287,17 +369,18 @@ impl Store {
         Ok(info)
     }
 
-    /// Every valid token hash with its kind (gateways keep them in memory).
-    pub async fn token_hashes(&self, now: EpochMs) -> Result<Vec<([u8; 32], TokenKind)>> {
+    /// Every valid token as gateways hold it.
+    pub async fn token_hashes(&self, now: EpochMs) -> Result<Vec<GatewayToken>> {
         let client = self.client().await?;
         token_hashes(&**client, now).await
     }
 }
 
-pub(crate) async fn token_hashes(c: &impl GenericClient, now: EpochMs) -> Result<Vec<([u8; 32], TokenKind)>> {
+pub(crate) async fn token_hashes(c: &impl GenericClient, now: EpochMs) -> Result<Vec<GatewayToken>> {
     let rows = c
         .query(
-            "SELECT token_hash, role FROM tokens WHERE revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $1)",
+            "SELECT token_hash, role, groups FROM tokens
+             WHERE revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $1)",
             &[&ts(now)],
         )
         .await?;
@@ -305,7 +388,12 @@ pub(crate) async fn token_hashes(c: &impl GenericClient, now: EpochMs) -> Result
         .map(|r| {
             let hash: Vec<u8> = get(r, "token_hash")?;
             let hash: [u8; 32] = hash.try_into().map_err(|_| Error::Corrupt("token hash length".into()))?;
-            Ok((hash, TokenKind::parse(get(r, "role")?)?))
+            let groups: Option<Vec<String>> = get(r, "groups")?;
+            let groups = groups
+                .map(|g| g.into_iter().map(GroupName::parse).collect::<std::result::Result<Vec<_>, _>>())
+                .transpose()
+                .map_err(|e| Error::Corrupt(format!("token groups: {e}")))?;
+            Ok(GatewayToken { hash, kind: TokenKind::read(get(r, "role")?)?, groups })
         })
         .collect()
 }

@@ -8,7 +8,7 @@ use common::{NOW, id};
 use schema::AccessRole;
 use schema::rules::access::{Grant, GrantScope};
 use store::testing::TestDatabase;
-use store::{Subject, TokenKind};
+use store::{NewToken, Subject, TokenKind};
 
 const DAY: i64 = 86_400_000;
 
@@ -27,7 +27,14 @@ async fn tokens_are_found_by_their_hash_and_stop_when_revoked_or_expired() {
         [Grant { scope: GrantScope::System, role: AccessRole::Admin }]
     );
 
-    let (info, secret) = s.create_token("admin", Some("laptop"), Some(NOW + DAY), "admin", NOW).await.unwrap();
+    let (info, secret) = s
+        .create_token(
+            &NewToken { description: Some("laptop"), expires_at: Some(NOW + DAY), ..NewToken::of("admin") },
+            "admin",
+            NOW,
+        )
+        .await
+        .unwrap();
     assert!(secret.starts_with("tlt_"));
     assert_eq!(s.authenticate(&secret, NOW).await.unwrap().map(|o| o.token_id), Some(info.id.clone()));
     assert_eq!(s.authenticate(&secret, NOW + DAY).await.unwrap(), None, "expired");
@@ -37,7 +44,7 @@ async fn tokens_are_found_by_their_hash_and_stop_when_revoked_or_expired() {
     s.revoke_token(&info.id, "root", NOW + 1).await.unwrap();
     assert_eq!(s.authenticate(&secret, NOW + 2).await.unwrap(), None, "revoked");
     assert!(s.token_info(&info.id).await.unwrap().revoked_at.is_some());
-    assert!(matches!(s.create_token("nobody", None, None, "admin", NOW).await, Err(store::Error::NotFound(_))));
+    assert!(matches!(s.create_token(&NewToken::of("nobody"), "admin", NOW).await, Err(store::Error::NotFound(_))));
     let hashes = s.token_hashes(NOW).await.unwrap();
     assert_eq!(hashes.len(), 1, "only the live bootstrap token");
 }

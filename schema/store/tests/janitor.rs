@@ -55,7 +55,10 @@ fn records_of<'a>(changes: &'a [ChangeMessage], host: &str) -> Vec<&'a Option<Ag
         .iter()
         .flat_map(|c| match c {
             ChangeMessage::AgentsV1 { agents, .. } => agents.iter().collect::<Vec<_>>(),
-            ChangeMessage::StageV1 { .. } | ChangeMessage::HostsForgottenV1 { .. } => Vec::new(),
+            ChangeMessage::StageV1 { .. }
+            | ChangeMessage::HostsForgottenV1 { .. }
+            | ChangeMessage::HostCredentialV1 { .. }
+            | ChangeMessage::TokensV1 {} => Vec::new(),
         })
         .filter(|a| a.host_id.as_str() == host)
         .map(|a| &a.record)
