@@ -82,8 +82,9 @@ impl PingResponse {
     }
 }
 
-/// The step a host must run now for one environment.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// The step a host must run now for one environment. Its `Debug` hides the values of the
+/// script variables (some are secrets).
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 #[allow(missing_docs)]
 pub struct DeployGoal {
@@ -108,6 +109,26 @@ pub struct DeployGoal {
     pub first_deploy: bool,
     #[serde(default)]
     pub is_docker: bool,
+}
+
+impl std::fmt::Debug for DeployGoal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeployGoal")
+            .field("deploy_id", &self.deploy_id)
+            .field("deploy_type", &self.deploy_type)
+            .field("env_id", &self.env_id)
+            .field("env_name", &self.env_name)
+            .field("stage_name", &self.stage_name)
+            .field("stage_type", &self.stage_type)
+            .field("deploy_stage", &self.deploy_stage)
+            .field("build", &self.build)
+            .field("deploy_alias", &self.deploy_alias)
+            .field("agent_configs", &self.agent_configs)
+            .field("script_variables", &self.script_variables.as_ref().map(crate::model::KeysOnly))
+            .field("first_deploy", &self.first_deploy)
+            .field("is_docker", &self.is_docker)
+            .finish()
+    }
 }
 
 /// Who is pinging, normalised.

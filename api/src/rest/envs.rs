@@ -128,6 +128,25 @@ pub(super) async fn put_capacity(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// A key of script variables or agent configs, trimmed: no spaces, `=` or control characters.
+pub(super) fn map_key(k: &str) -> ApiResult<String> {
+    let k = k.trim();
+    if k.is_empty() || k.len() > 256 || k.chars().any(|c| c.is_control() || c == '=' || c.is_whitespace()) {
+        return Err(ApiError::bad_request(format!(
+            "invalid key {k:?}: no spaces, '=' or control characters, at most 256 bytes"
+        )));
+    }
+    Ok(k.to_string())
+}
+
+/// A value of script variables or agent configs: at most 16 KiB, no NUL.
+pub(super) fn check_value(k: &str, v: &str) -> ApiResult<()> {
+    if v.len() > 16 * 1024 || v.contains('\0') {
+        return Err(ApiError::bad_request(format!("value of {k:?} is too long or contains NUL")));
+    }
+    Ok(())
+}
+
 async fn get_map(s: &ApiState, env: String, stage: String, which: StageMap) -> ApiResult<Json<StringMap>> {
     let (env, stage) = stage_key(env, stage)?;
     Ok(Json(s.store.stage_map(&env, &stage, which).await?))
@@ -147,15 +166,8 @@ async fn put_map(
     }
     let mut clean = StringMap::new();
     for (k, v) in map {
-        let k = k.trim().to_string();
-        if k.is_empty() || k.len() > 256 || k.chars().any(|c| c.is_control() || c == '=' || c.is_whitespace()) {
-            return Err(ApiError::bad_request(format!(
-                "invalid key {k:?}: no spaces, '=' or control characters, at most 256 bytes"
-            )));
-        }
-        if v.len() > 16 * 1024 || v.contains('\0') {
-            return Err(ApiError::bad_request(format!("value of {k:?} is too long or contains NUL")));
-        }
+        let k = map_key(&k)?;
+        check_value(&k, &v)?;
         // Teletraan trims agent config values; script variables are passed as given.
         let v = match which {
             StageMap::AgentConfigs => v.trim().to_string(),

@@ -11,6 +11,7 @@ mod history;
 mod identity;
 mod pipelines;
 mod rollout;
+mod secrets;
 mod webhooks;
 
 use std::sync::Arc;
@@ -83,6 +84,8 @@ routes! {
     PUT "/v1/envs/{env}/{stage}/capacity" => envs::put_capacity, OPERATE;
     GET "/v1/envs/{env}/{stage}/script_configs" => envs::get_script_configs, READ;
     PUT "/v1/envs/{env}/{stage}/script_configs" => envs::put_script_configs, OPERATE;
+    GET "/v1/envs/{env}/{stage}/script_secrets" => secrets::names, READ;
+    PUT "/v1/envs/{env}/{stage}/script_secrets" => secrets::put, OPERATE;
     GET "/v1/envs/{env}/{stage}/agent_configs" => envs::get_agent_configs, READ;
     PUT "/v1/envs/{env}/{stage}/agent_configs" => envs::put_agent_configs, OPERATE;
     POST "/v1/envs/{env}/{stage}/deploys" => deploys::create, OPERATE;

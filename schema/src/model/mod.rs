@@ -75,6 +75,16 @@ pub(crate) fn check_chars(
 /// A string→string map (script variables, agent configs).
 pub type StringMap = BTreeMap<String, String>;
 
+/// Shows a map's keys and hides its values, for `Debug` of what carries script variables
+/// (some are secrets: they must never reach a log).
+pub struct KeysOnly<'a>(pub &'a StringMap);
+
+impl std::fmt::Debug for KeysOnly<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map().entries(self.0.keys().map(|k| (k, "<hidden>"))).finish()
+    }
+}
+
 pub(crate) fn required(field: &'static str, v: Option<String>, max: usize) -> Result<String, Invalid> {
     let v = v.map(|s| s.trim().to_string()).unwrap_or_default();
     if v.is_empty() {

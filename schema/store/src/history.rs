@@ -22,6 +22,8 @@ pub mod kind {
     pub const HOST_CAPACITY: &str = "Env Host Capacity Config";
     /// Its script variables.
     pub const SCRIPT: &str = "Env Script Config";
+    /// Its secret script variables (names only).
+    pub const SCRIPT_SECRETS: &str = "Env Script Secrets";
     /// Its agent settings.
     pub const AGENT: &str = "Env Advanced Config";
     /// Its pipeline.

@@ -28,6 +28,7 @@ mod reads;
 mod retention;
 mod rows;
 mod schedules;
+mod secrets;
 mod stages;
 mod tags;
 #[cfg(feature = "testing")]

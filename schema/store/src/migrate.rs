@@ -14,6 +14,7 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
     (8, "access", include_str!("../../migrations/0008_access.sql")),
     (9, "history", include_str!("../../migrations/0009_history.sql")),
     (10, "host_identity", include_str!("../../migrations/0010_host_identity.sql")),
+    (11, "script_secrets", include_str!("../../migrations/0011_script_secrets.sql")),
 ];
 
 /// Arbitrary constant that names the migration lock.

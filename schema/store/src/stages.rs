@@ -60,7 +60,7 @@ pub(crate) fn environ_from_row(r: &Row) -> Result<Environ> {
     })
 }
 
-fn map_from_json(v: serde_json::Value, col: &str) -> Result<StringMap> {
+pub(crate) fn map_from_json(v: serde_json::Value, col: &str) -> Result<StringMap> {
     serde_json::from_value(v).map_err(|e| Error::Corrupt(format!("{col}: {e}")))
 }
 
@@ -160,7 +160,7 @@ pub(crate) async fn announce_with(
 }
 
 const SNAPSHOT_QUERY: &str = "SELECT e.env_id, e.env_name, e.stage_name, e.stage_type, e.env_state, e.priority,
-        e.system_priority, e.is_docker, e.agent_configs, e.script_configs, e.deploy_id, e.version,
+        e.system_priority, e.is_docker, e.agent_configs, e.script_configs, e.script_secrets, e.deploy_id, e.version,
         d.deploy_type AS d_type, d.alias AS d_alias,
         b.build_id AS b_build_id, b.build_name AS b_build_name, b.artifact_url AS b_artifact_url,
         b.artifact_sha256 AS b_artifact_sha256, b.scm AS b_scm, b.scm_repo AS b_scm_repo, b.scm_branch AS b_scm_branch,
@@ -189,7 +189,11 @@ fn goal_from_row(r: &Row) -> Result<(i64, StageGoal)> {
         system_priority: get(r, "system_priority")?,
         is_docker: get(r, "is_docker")?,
         agent_configs: map_from_json(get(r, "agent_configs")?, "agent_configs")?,
-        script_variables: map_from_json(get(r, "script_configs")?, "script_configs")?,
+        script_variables: {
+            let mut vars = map_from_json(get(r, "script_configs")?, "script_configs")?;
+            vars.extend(map_from_json(get(r, "script_secrets")?, "script_secrets")?);
+            vars
+        },
         deploy,
     };
     Ok((get(r, "version")?, goal))

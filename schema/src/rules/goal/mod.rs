@@ -16,8 +16,9 @@ use crate::rules::agent_state;
 use crate::rules::stage_seq::next_stage;
 use crate::*;
 
-/// What a host needs to know of a stage to be given goals.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// What a host needs to know of a stage to be given goals. Its `Debug` hides the values of
+/// the script variables (some are secrets).
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct StageGoal {
     /// Stage id.
@@ -42,6 +43,24 @@ pub struct StageGoal {
     pub script_variables: StringMap,
     /// The current deploy, if any.
     pub deploy: Option<CurrentDeploy>,
+}
+
+impl std::fmt::Debug for StageGoal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StageGoal")
+            .field("env_id", &self.env_id)
+            .field("env_name", &self.env_name)
+            .field("stage_name", &self.stage_name)
+            .field("stage_type", &self.stage_type)
+            .field("env_state", &self.env_state)
+            .field("priority", &self.priority)
+            .field("system_priority", &self.system_priority)
+            .field("is_docker", &self.is_docker)
+            .field("agent_configs", &self.agent_configs)
+            .field("script_variables", &crate::model::KeysOnly(&self.script_variables))
+            .field("deploy", &self.deploy)
+            .finish()
+    }
 }
 
 /// The current deploy of a stage, with what goals carry.

@@ -92,6 +92,18 @@ fn new_host_starts_its_first_deploy_at_once() {
 }
 
 #[test]
+fn script_variables_reach_the_goal_but_never_a_debug_print() {
+    let mut s = stage("d1");
+    s.script_variables.insert("DB_PASSWORD".into(), "hunter2-s3cret".into());
+    let p = run(Some(&s), None, None);
+    let goal = p.response.deploy_goal.as_ref().unwrap();
+    assert_eq!(goal.script_variables.as_ref().unwrap()["DB_PASSWORD"], "hunter2-s3cret", "the host gets it");
+    for shown in [format!("{s:?}"), format!("{goal:?}"), format!("{:?}", p.response), format!("{p:?}")] {
+        assert!(shown.contains("DB_PASSWORD") && !shown.contains("hunter2"), "{shown}");
+    }
+}
+
+#[test]
 fn serving_host_waits_for_admission() {
     let s = stage("d2");
     let r = report("d1", ServingBuild, AgentStatus::Succeeded);
