@@ -64,7 +64,7 @@ pub async fn start(settings: &Settings, roles: Roles, generate_tokens: bool) -> 
         store.seed_token("agent", TokenKind::Agent, t, now).await.context("cannot store the agent token")?;
     }
 
-    let bus = BusConfig { url: settings.amqp_url.clone(), namespace: settings.namespace.clone() };
+    let bus = BusConfig::new(settings.amqp_url.clone(), settings.namespace.clone());
     let (shutdown, shutdown_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
     if roles.worker {
