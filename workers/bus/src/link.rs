@@ -93,8 +93,8 @@ mod tests {
         }
     }
 
-    fn opener(counter: &AtomicUsize) -> impl Future<Output = Result<Fake, BusError>> + '_ {
-        async move { Ok(Fake { id: counter.fetch_add(1, Ordering::AcqRel), up: AtomicBool::new(true) }) }
+    async fn opener(counter: &AtomicUsize) -> Result<Fake, BusError> {
+        Ok(Fake { id: counter.fetch_add(1, Ordering::AcqRel), up: AtomicBool::new(true) })
     }
 
     const WAIT: Duration = Duration::from_secs(5);
