@@ -93,6 +93,7 @@ pub async fn spawn_app_trusting(tune: impl FnOnce(&mut WorkerConfig), trusted: T
         // Generous: a deploy answered 202 because a loaded machine was slow is not what these
         // tests are about.
         command_wait: Duration::from_secs(20),
+        request_timeout: Duration::from_secs(120),
     };
     tasks.spawn(serve(listener, api::api_router(state, trusted), shutdown_rx));
 
@@ -172,6 +173,8 @@ pub struct Reply {
     pub status: StatusCode,
     /// `Location` header.
     pub location: Option<String>,
+    /// `Retry-After` header.
+    pub retry_after: Option<String>,
     /// The body as text.
     pub text: String,
     /// The body as JSON (`Value::Null` when it is not JSON).
@@ -213,10 +216,11 @@ impl App {
         };
         let resp = req.send().await.unwrap_or_else(|e| panic!("request to {url} failed: {e}"));
         let status = resp.status();
-        let location = resp.headers().get("location").and_then(|v| v.to_str().ok()).map(str::to_string);
+        let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let (location, retry_after) = (header("location"), header("retry-after"));
         let text = resp.text().await.unwrap_or_else(|e| panic!("body of {url} unreadable: {e}"));
         let body = serde_json::from_str(&text).unwrap_or(Value::Null);
-        Reply { status, location, text, body }
+        Reply { status, location, retry_after, text, body }
     }
 
     /// A request to the API with the admin token; `path` starts with `/`.
