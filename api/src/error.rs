@@ -1,8 +1,9 @@
 //! API errors: a stable JSON shape `{"code": "...", "message": "..."}` with the right status.
-//! A 500 is a bug; its detail goes to the log, never to the client.
+//! A 500 is a bug; its detail goes to the log, never to the client. A dependency that cannot
+//! be reached (Postgres, RabbitMQ) is a 503 with `Retry-After`, never a 500.
 
 use axum::Json;
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
@@ -61,9 +62,16 @@ impl ApiError {
     }
 }
 
+/// Seconds a client is asked to wait before trying again after a 503 (`Retry-After`).
+pub const RETRY_AFTER_SECONDS: u32 = 5;
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(Body { code: self.code, message: &self.message })).into_response()
+        let mut response = (self.status, Json(Body { code: self.code, message: &self.message })).into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
+        }
+        response
     }
 }
 
@@ -78,7 +86,8 @@ impl From<store::Error> for ApiError {
                 tracing::warn!(error = %m, "database unavailable");
                 ApiError::unavailable("the database is unavailable; try again")
             }
-            // A database going away mid-query (restart, failover, admin shutdown) is not a bug.
+            // The database going away mid-query (restart, failover, admin shutdown), busy or
+            // read-only, or a lost deadlock: not a bug, and it passes.
             e @ store::Error::Db(_) if e.is_transient() => {
                 tracing::warn!(error = %e, "database unavailable");
                 ApiError::unavailable("the database is unavailable; try again")

@@ -16,18 +16,43 @@ pub mod health;
 pub mod rest;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
+use axum::extract::{Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
 
-/// The API listener's router: REST plus health. Serve it with connection info
+/// The API listener's router: REST plus health, every request within the state's
+/// `request_timeout`. Serve it with connection info
 /// (`into_make_service_with_connect_info::<SocketAddr>`) for trusted-header mode to see
 /// where requests come from.
 pub fn api_router(state: rest::ApiState, trusted: auth::TrustedHeaders) -> Router {
     let store = state.store.clone();
+    let limit = state.request_timeout;
     rest::router(state, trusted)
         .merge(health::api(store))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(limit, within_deadline))
+}
+
+/// Answers 503 for a request still running after `limit` (its handler is dropped: an open
+/// transaction rolls back). Every dependency call has a bound of its own; this one catches a
+/// server that accepted a query or a message and then said nothing.
+async fn within_deadline(State(limit): State<Duration>, request: Request, next: Next) -> Response {
+    let (method, path) = (request.method().clone(), request.uri().path().to_string());
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            tracing::warn!(%method, %path, limit_ms = limit.as_millis() as u64, "request timed out");
+            error::ApiError::unavailable(format!(
+                "no answer within {} s: a dependency is slow or unreachable; try again",
+                limit.as_secs()
+            ))
+            .into_response()
+        }
+    }
 }
 
 /// The gateway listener's router: ping plus health.

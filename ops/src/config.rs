@@ -50,6 +50,21 @@ pub struct ServerArgs {
     /// Postgres connections per process.
     #[arg(long, env = "TELETRAAN_DATABASE_POOL", global = true)]
     pub database_pool: Option<usize>,
+    /// Seconds the opening of one Postgres connection may take.
+    #[arg(long, env = "TELETRAAN_DATABASE_CONNECT_TIMEOUT", global = true)]
+    pub database_connect_timeout: Option<u64>,
+    /// Seconds a request waits for a free Postgres connection before it answers 503.
+    #[arg(long, env = "TELETRAAN_DATABASE_POOL_TIMEOUT", global = true)]
+    pub database_pool_timeout: Option<u64>,
+    /// Seconds a statement may run before Postgres cancels it (0: no limit).
+    #[arg(long, env = "TELETRAAN_STATEMENT_TIMEOUT", global = true)]
+    pub statement_timeout: Option<u64>,
+    /// Seconds RabbitMQ may take to answer: a connection opened, a publish confirmed.
+    #[arg(long, env = "TELETRAAN_AMQP_TIMEOUT", global = true)]
+    pub amqp_timeout: Option<u64>,
+    /// Seconds an API request may take before it answers 503.
+    #[arg(long, env = "TELETRAAN_REQUEST_TIMEOUT", global = true)]
+    pub request_timeout: Option<u64>,
     /// Periods of the workers' jobs, `name=30s,other=off` (see README: jobs).
     #[arg(long, env = "TELETRAAN_JOBS", global = true)]
     pub jobs: Option<String>,
@@ -112,6 +127,11 @@ struct FileConfig {
     command_wait: Option<u64>,
     artifact_url_prefixes: Option<Vec<String>>,
     database_pool: Option<usize>,
+    database_connect_timeout: Option<u64>,
+    database_pool_timeout: Option<u64>,
+    statement_timeout: Option<u64>,
+    amqp_timeout: Option<u64>,
+    request_timeout: Option<u64>,
     jobs: Option<std::collections::BTreeMap<String, String>>,
     job_lease: Option<String>,
     min_stale_host_seconds: Option<u64>,
@@ -143,11 +163,34 @@ pub struct Settings {
     pub command_wait: Duration,
     pub artifact_url_prefixes: Vec<String>,
     pub database_pool: usize,
+    /// Longest the opening of one Postgres connection may take.
+    pub database_connect_timeout: Duration,
+    /// Longest a caller waits for a free Postgres connection.
+    pub database_pool_timeout: Duration,
+    /// Longest a statement may run (zero: no limit).
+    pub statement_timeout: Duration,
+    /// Longest RabbitMQ may take to answer one exchange.
+    pub amqp_timeout: Duration,
+    /// Longest an API request may take.
+    pub request_timeout: Duration,
     pub jobs: JobsConfig,
     pub heartbeat_resolution: Duration,
     pub webhook_timeout: Duration,
     pub webhook_attempts: u32,
     pub trusted: TrustedHeaders,
+}
+
+impl Settings {
+    /// How this process's Postgres connections behave.
+    pub fn store_options(&self) -> store::StoreOptions {
+        store::StoreOptions {
+            max_connections: self.database_pool,
+            host_silence: self.jobs.janitor.min_stale,
+            statement_timeout: self.statement_timeout,
+            connect_timeout: self.database_connect_timeout,
+            pool_timeout: self.database_pool_timeout,
+        }
+    }
 }
 
 fn check_token(name: &str, t: Option<String>) -> anyhow::Result<Option<String>> {
@@ -188,6 +231,33 @@ impl ServerArgs {
         if pool == 0 {
             bail!("database_pool must be at least 1");
         }
+        let seconds = |name: &str, v: Option<u64>, default: u64, min: u64| -> anyhow::Result<Duration> {
+            let v = v.unwrap_or(default);
+            if !(min..=3600).contains(&v) {
+                bail!("{name} must be between {min} and 3600 seconds");
+            }
+            Ok(Duration::from_secs(v))
+        };
+        let database_connect_timeout =
+            seconds("database_connect_timeout", self.database_connect_timeout.or(file.database_connect_timeout), 5, 1)?;
+        let database_pool_timeout =
+            seconds("database_pool_timeout", self.database_pool_timeout.or(file.database_pool_timeout), 10, 1)?;
+        let statement_timeout =
+            seconds("statement_timeout", self.statement_timeout.or(file.statement_timeout), 120, 0)?;
+        let amqp_timeout = seconds("amqp_timeout", self.amqp_timeout.or(file.amqp_timeout), 10, 1)?;
+        let request_timeout = seconds("request_timeout", self.request_timeout.or(file.request_timeout), 60, 1)?;
+        let command_wait = Duration::from_secs(self.command_wait.or(file.command_wait).unwrap_or(10));
+        // A deploy request may wait for the broker four times (connection, channel, publish,
+        // confirm), then for a worker.
+        let deploy_wait = command_wait + 4 * amqp_timeout;
+        if request_timeout <= deploy_wait {
+            bail!(
+                "request_timeout ({} s) must be longer than command_wait plus four times amqp_timeout ({} s), \
+                 the longest a deploy request may wait for the broker and a worker",
+                request_timeout.as_secs(),
+                deploy_wait.as_secs()
+            );
+        }
         let heartbeat = self.heartbeat_seconds.or(file.heartbeat_seconds).unwrap_or(60);
         if heartbeat == 0 || heartbeat * 2 > jobs.janitor.min_stale.as_secs() {
             bail!(
@@ -221,9 +291,14 @@ impl ServerArgs {
             worker_listen: addr("worker_listen", self.worker_listen.clone(), file.worker_listen, "127.0.0.1:8082")?,
             admin_token: check_token("admin_token", self.admin_token.clone().or(file.admin_token))?,
             agent_token: check_token("agent_token", self.agent_token.clone().or(file.agent_token))?,
-            command_wait: Duration::from_secs(self.command_wait.or(file.command_wait).unwrap_or(10)),
+            command_wait,
             artifact_url_prefixes: prefixes,
             database_pool: pool,
+            database_connect_timeout,
+            database_pool_timeout,
+            statement_timeout,
+            amqp_timeout,
+            request_timeout,
             jobs,
             heartbeat_resolution: Duration::from_secs(heartbeat),
             webhook_timeout: Duration::from_secs(webhook_timeout),
@@ -349,6 +424,24 @@ mod tests {
         assert_eq!((s.webhook_timeout, s.webhook_attempts), (Duration::from_secs(3), 2));
         let err = ServerArgs { webhook_attempts: Some(0), ..Default::default() }.resolve().unwrap_err();
         assert!(err.to_string().contains("webhook_attempts"));
+
+        std::fs::write(&file, "amqp_timeout = 3\nstatement_timeout = 0\n").unwrap();
+        let s = ServerArgs { config: Some(file.clone()), database_pool_timeout: Some(2), ..Default::default() }
+            .resolve()
+            .unwrap();
+        assert_eq!((s.amqp_timeout, s.statement_timeout), (Duration::from_secs(3), Duration::ZERO));
+        assert_eq!(
+            (s.database_pool_timeout, s.database_connect_timeout),
+            (Duration::from_secs(2), Duration::from_secs(5))
+        );
+        let err = ServerArgs { amqp_timeout: Some(0), ..Default::default() }.resolve().unwrap_err();
+        assert!(err.to_string().contains("amqp_timeout"), "{err}");
+        let err = ServerArgs { database_connect_timeout: Some(0), ..Default::default() }.resolve().unwrap_err();
+        assert!(err.to_string().contains("database_connect_timeout"), "{err}");
+        let err = ServerArgs { request_timeout: Some(50), ..Default::default() }.resolve().unwrap_err();
+        assert!(err.to_string().contains("request_timeout"), "a deploy would not fit: {err}");
+        let s = ServerArgs { request_timeout: Some(51), ..Default::default() }.resolve().unwrap();
+        assert_eq!(s.request_timeout, Duration::from_secs(51));
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -75,7 +75,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let roles = match cli.command {
         Cmd::Migrate => {
             store::Store::ensure_database(&settings.database_url).await?;
-            let store = store::Store::connect(&settings.database_url, 1)?;
+            let options = store::StoreOptions { max_connections: 1, ..settings.store_options() };
+            let store = store::Store::connect_with(&settings.database_url, &options)?;
             let applied = store.migrate().await?;
             println!("teletraan: database ready ({} migration(s) applied)", applied.len());
             return Ok(());

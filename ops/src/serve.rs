@@ -43,12 +43,7 @@ pub async fn start(settings: &Settings, roles: Roles, generate_tokens: bool) -> 
     Store::ensure_database(&settings.database_url)
         .await
         .with_context(|| format!("cannot prepare the database at {}", redact(&settings.database_url)))?;
-    let options = store::StoreOptions {
-        max_connections: settings.database_pool,
-        host_silence: settings.jobs.janitor.min_stale,
-        ..store::StoreOptions::default()
-    };
-    let store = Store::connect_with(&settings.database_url, &options)?;
+    let store = Store::connect_with(&settings.database_url, &settings.store_options())?;
     let applied = store.migrate().await.context("cannot apply the database migrations")?;
     if !applied.is_empty() {
         tracing::info!(?applied, "database migrated");
@@ -64,7 +59,10 @@ pub async fn start(settings: &Settings, roles: Roles, generate_tokens: bool) -> 
         store.seed_token("agent", TokenKind::Agent, t, now).await.context("cannot store the agent token")?;
     }
 
-    let bus = BusConfig { url: settings.amqp_url.clone(), namespace: settings.namespace.clone() };
+    let bus = BusConfig {
+        timeout: settings.amqp_timeout,
+        ..BusConfig::new(settings.amqp_url.clone(), settings.namespace.clone())
+    };
     let (shutdown, shutdown_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
     if roles.worker {
@@ -103,6 +101,7 @@ pub async fn start(settings: &Settings, roles: Roles, generate_tokens: bool) -> 
             commands: Arc::new(bus::rpc::CommandClient::new(bus.clone())),
             artifacts: Arc::new(ArtifactPolicy { allowed_prefixes: settings.artifact_url_prefixes.clone() }),
             command_wait: settings.command_wait,
+            request_timeout: settings.request_timeout,
         };
         tasks.spawn(serve(listener, api::api_router(state, settings.trusted.clone()), shutdown_rx.clone(), "api"));
     }

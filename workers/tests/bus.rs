@@ -213,3 +213,58 @@ async fn relay_publishes_the_outbox_and_empties_it() {
     let change: schema::bus::ChangeMessage = serde_json::from_slice(&got.delivery.data).unwrap();
     assert_eq!(change.stage_version().map(|(env, _)| env), Some(&e.id));
 }
+
+#[tokio::test]
+async fn concurrent_publishes_share_one_publisher_and_all_arrive() {
+    let tb = TestBus::new();
+    let cfg = tb.config.clone();
+    let publisher = Publisher::new(cfg.clone());
+    let batches: Vec<[Outgoing; 1]> = (0..40).map(|i| [work(&cfg, format!("message {i}").as_bytes())]).collect();
+    let publishes = batches.iter().map(|batch| publisher.publish(batch));
+    for outcome in futures_util::future::join_all(publishes).await {
+        outcome.expect("a concurrent publish");
+    }
+    wait_for("every message in the queue", || async { queue_len(&cfg, "reports").await == 40 }).await;
+}
+
+/// Accepts connections on a port of its own and never says a word (a broker or a network
+/// that swallows packets).
+async fn silent_server() -> (u16, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    (port, task)
+}
+
+#[tokio::test]
+async fn a_broker_that_never_answers_is_unavailable_once_the_timeout_passed() {
+    let (port, silent) = silent_server().await;
+    let cfg = bus::BusConfig {
+        timeout: Duration::from_millis(200),
+        ..bus::BusConfig::new(format!("amqp://guest:guest@127.0.0.1:{port}/%2f"), "silent")
+    };
+    let e = Publisher::new(cfg.clone()).publish(&[work(&cfg, b"lost")]).await.unwrap_err();
+    assert!(matches!(e, bus::BusError::Unavailable(_)), "{e:?}");
+    assert!(e.to_string().contains("no answer"), "the cause is named: {e}");
+
+    let envelope = CommandEnvelope {
+        id: "cmd-silent".into(),
+        attempt: 1,
+        issued_at: 1,
+        operator: "alice".into(),
+        command: Command::CreateDeployV1 {
+            env_name: EnvName::parse("web").unwrap(),
+            stage_name: StageName::parse("prod").unwrap(),
+            build_id: schema::BuildId::parse("b1").unwrap(),
+            description: None,
+        },
+    };
+    let e = CommandClient::new(cfg).send(&envelope, Duration::from_secs(20)).await.unwrap_err();
+    assert!(matches!(e, bus::BusError::Unavailable(_)), "{e:?}");
+    silent.abort();
+}

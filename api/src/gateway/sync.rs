@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bus::{backoff, connect_with_retry, declare_topology};
+use bus::{backoff, connect_with_retry, declare_topology, within};
 use futures_util::StreamExt;
 use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
@@ -25,34 +25,38 @@ use super::{Gateway, GatewayConfig};
 pub async fn run(gw: Arc<Gateway>, store: Store, config: GatewayConfig, mut shutdown: watch::Receiver<bool>) {
     while let Some(conn) = connect_with_retry(&config.bus, &mut shutdown).await {
         let session = async {
-            let ch = conn.create_channel().await?;
-            declare_topology(&ch, &config.bus).await?;
-            // Exclusive, server-named and deleted with the connection: one per gateway.
-            let q = ch
-                .queue_declare(
+            let limit = config.bus.timeout;
+            let (ch, q) = within(limit, "binding the change queue", async {
+                let ch = conn.create_channel().await?;
+                declare_topology(&ch, &config.bus).await?;
+                // Exclusive, server-named and deleted with the connection: one per gateway.
+                let q = ch
+                    .queue_declare(
+                        "".into(),
+                        QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() },
+                        FieldTable::default(),
+                    )
+                    .await?;
+                ch.queue_bind(
+                    q.name().clone(),
+                    config.bus.changes_exchange().as_str().into(),
                     "".into(),
-                    QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() },
+                    QueueBindOptions::default(),
                     FieldTable::default(),
                 )
                 .await?;
-            ch.queue_bind(
-                q.name().clone(),
-                config.bus.changes_exchange().as_str().into(),
-                "".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
+                Ok::<_, bus::BusError>((ch, q))
+            })
             .await?;
             // Bound before loading: no change can fall between the load and the stream.
             load_all(&gw, &store, &mut shutdown).await;
-            let mut changes = ch
-                .basic_consume(
-                    q.name().clone(),
-                    "".into(),
-                    BasicConsumeOptions { no_ack: true, ..Default::default() },
-                    FieldTable::default(),
-                )
-                .await?;
+            let consume = ch.basic_consume(
+                q.name().clone(),
+                "".into(),
+                BasicConsumeOptions { no_ack: true, ..Default::default() },
+                FieldTable::default(),
+            );
+            let mut changes = within(limit, "consuming changes", consume).await?;
             gw.set_ready(true);
             tracing::info!(
                 stages = gw.stages.read().map(|s| s.by_id.len()).unwrap_or(0),
@@ -76,7 +80,7 @@ pub async fn run(gw: Arc<Gateway>, store: Store, config: GatewayConfig, mut shut
             }
         }
         .await;
-        let _ = conn.close(200, "bye".into()).await;
+        let _ = within(config.bus.timeout, "closing", conn.close(200, "bye".into())).await;
         if *shutdown.borrow() {
             return;
         }

@@ -41,6 +41,10 @@ pub struct ApiState {
     pub artifacts: Arc<ArtifactPolicy>,
     /// How long a deploy request waits for the worker before answering 202.
     pub command_wait: Duration,
+    /// Longest any request may take before it answers 503: the bound of last resort on a
+    /// dependency that accepted a query or a message and never answered. Longer than
+    /// `command_wait` and the broker's confirms, so that a deploy is never cut short.
+    pub request_timeout: Duration,
 }
 
 impl FromRef<ApiState> for Store {

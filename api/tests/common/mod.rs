@@ -4,20 +4,24 @@
 
 #![allow(dead_code)]
 
+pub mod proxy;
+
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use api::auth::TrustedHeaders;
 use api::gateway::GatewayConfig;
 use api::rest::ApiState;
+use bus::BusConfig;
 use bus::rpc::CommandClient;
 use bus::testing::TestBus;
 use reqwest::{Method, StatusCode};
 use schema::model::ArtifactPolicy;
 use serde_json::{Value, json};
 use store::testing::TestDatabase;
-use store::{Store, TokenKind};
+use store::{Store, StoreOptions, TokenKind};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -63,6 +67,30 @@ pub async fn spawn_app_with(tune: impl FnOnce(&mut WorkerConfig)) -> App {
 
 /// Like [`spawn_app_with`], the API trusting an SSO proxy's headers as `trusted` says.
 pub async fn spawn_app_trusting(tune: impl FnOnce(&mut WorkerConfig), trusted: TrustedHeaders) -> App {
+    start(tune, trusted, None).await
+}
+
+/// Where the API and the gateway reach Postgres and RabbitMQ instead of directly (the
+/// addresses of a test's [`proxy::Proxy`]s), and how long they wait for them.
+pub struct Detour {
+    /// Stands for the Postgres server.
+    pub database: SocketAddr,
+    /// Stands for the RabbitMQ server.
+    pub broker: SocketAddr,
+    /// Connect, pool and broker timeouts of the API and the gateway (short, so that a test
+    /// of an outage does not wait for the production defaults).
+    pub timeout: Duration,
+    /// The API's request timeout; a deploy waits for its worker half of it.
+    pub request_timeout: Duration,
+}
+
+/// Like [`spawn_app`], with the API and the gateway reaching Postgres and RabbitMQ through
+/// `detour` (the workers and the test's own store connect directly).
+pub async fn spawn_app_through(detour: &Detour) -> App {
+    start(|_| {}, TrustedHeaders::default(), Some(detour)).await
+}
+
+async fn start(tune: impl FnOnce(&mut WorkerConfig), trusted: TrustedHeaders, detour: Option<&Detour>) -> App {
     let db = TestDatabase::new().await;
     let bus = TestBus::new();
     let store = db.store.clone();
@@ -78,21 +106,45 @@ pub async fn spawn_app_trusting(tune: impl FnOnce(&mut WorkerConfig), trusted: T
     tune(&mut worker_config);
     workers::spawn(worker_config, store.clone(), shutdown_rx.clone(), &mut tasks);
 
+    // What the API and the gateway use: the test's store and namespace, or the same through
+    // the detour.
+    let (role_store, role_bus) = match detour {
+        None => (store.clone(), bus.config.clone()),
+        Some(d) => {
+            let options = StoreOptions {
+                max_connections: 8,
+                connect_timeout: d.timeout,
+                pool_timeout: d.timeout,
+                ..StoreOptions::default()
+            };
+            let detoured =
+                Store::connect_with(&proxy::through(&db.url, d.database), &options).expect("a store through the proxy");
+            let bus =
+                BusConfig { url: proxy::through(&bus.config.url, d.broker), timeout: d.timeout, ..bus.config.clone() };
+            (detoured, bus)
+        }
+    };
+
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind the gateway");
     let gateway = format!("http://{}", listener.local_addr().expect("gateway address"));
     let gw =
-        api::gateway::start(GatewayConfig::new(bus.config.clone()), store.clone(), shutdown_rx.clone(), &mut tasks);
-    tasks.spawn(serve(listener, api::gateway_router(gw, store.clone()), shutdown_rx.clone()));
+        api::gateway::start(GatewayConfig::new(role_bus.clone()), role_store.clone(), shutdown_rx.clone(), &mut tasks);
+    tasks.spawn(serve(listener, api::gateway_router(gw, role_store.clone()), shutdown_rx.clone()));
 
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind the api");
     let api = format!("http://{}", listener.local_addr().expect("api address"));
+    // Generous: a deploy answered 202 because a loaded machine was slow is not what these
+    // tests are about.
+    let (command_wait, request_timeout) = match detour {
+        None => (Duration::from_secs(20), Duration::from_secs(120)),
+        Some(d) => (d.request_timeout / 2, d.request_timeout),
+    };
     let state = ApiState {
-        store: store.clone(),
-        commands: Arc::new(CommandClient::new(bus.config.clone())),
+        store: role_store,
+        commands: Arc::new(CommandClient::new(role_bus)),
         artifacts: Arc::new(ArtifactPolicy::default()),
-        // Generous: a deploy answered 202 because a loaded machine was slow is not what these
-        // tests are about.
-        command_wait: Duration::from_secs(20),
+        command_wait,
+        request_timeout,
     };
     tasks.spawn(serve(listener, api::api_router(state, trusted), shutdown_rx));
 
@@ -172,6 +224,8 @@ pub struct Reply {
     pub status: StatusCode,
     /// `Location` header.
     pub location: Option<String>,
+    /// `Retry-After` header.
+    pub retry_after: Option<String>,
     /// The body as text.
     pub text: String,
     /// The body as JSON (`Value::Null` when it is not JSON).
@@ -213,10 +267,11 @@ impl App {
         };
         let resp = req.send().await.unwrap_or_else(|e| panic!("request to {url} failed: {e}"));
         let status = resp.status();
-        let location = resp.headers().get("location").and_then(|v| v.to_str().ok()).map(str::to_string);
+        let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let (location, retry_after) = (header("location"), header("retry-after"));
         let text = resp.text().await.unwrap_or_else(|e| panic!("body of {url} unreadable: {e}"));
         let body = serde_json::from_str(&text).unwrap_or(Value::Null);
-        Reply { status, location, text, body }
+        Reply { status, location, retry_after, text, body }
     }
 
     /// A request to the API with the admin token; `path` starts with `/`.

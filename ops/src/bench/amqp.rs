@@ -31,7 +31,7 @@ pub struct AmqpArgs {
 
 /// Runs the calibration and prints messages/s (`result: key=value …` last).
 pub async fn run(args: AmqpArgs) -> anyhow::Result<()> {
-    let bus = BusConfig { url: args.amqp_url.clone(), namespace: args.namespace.clone() };
+    let bus = BusConfig::new(args.amqp_url.clone(), args.namespace.clone());
     let publisher = Publisher::new(bus.clone());
     let exchange = bus.exchange(WorkQueue::Reports);
     let message = |n: u32| {

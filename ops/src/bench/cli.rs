@@ -111,7 +111,7 @@ pub async fn run(args: BenchArgs, g: Globals) -> anyhow::Result<()> {
             amqp::run(a).await
         }
         BenchCmd::DropNamespace => {
-            let bus = bus::BusConfig { url: g.amqp_url.clone(), namespace: bench_namespace(&g) };
+            let bus = bus::BusConfig::new(g.amqp_url.clone(), bench_namespace(&g));
             bus::delete_topology(&bus).await?;
             Ok(())
         }

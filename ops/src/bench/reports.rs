@@ -142,7 +142,7 @@ fn batches(args: &ReportsArgs, base_ms: i64) -> anyhow::Result<(Vec<Vec<u8>>, us
 
 /// Runs the benchmark and prints its figures (`result: key=value …` last).
 pub async fn run(args: ReportsArgs) -> anyhow::Result<()> {
-    let bus = BusConfig { url: args.amqp_url.clone(), namespace: args.namespace.clone() };
+    let bus = BusConfig::new(args.amqp_url.clone(), args.namespace.clone());
     let base_ms = schema::time::now_ms();
     let (payloads, distinct) = batches(&args, base_ms)?;
     let bytes: usize = payloads.iter().map(Vec::len).sum();

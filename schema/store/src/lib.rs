@@ -41,6 +41,7 @@ use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::NoTls;
+use tokio_postgres::config::TargetSessionAttrs;
 
 pub use access::{GrantRow, PrincipalRow, Subject};
 pub use agents::{AgentRow, AppliedBatch};
@@ -87,19 +88,47 @@ pub enum Error {
 
 impl Error {
     /// Whether trying again later may succeed without any change: the database is away,
-    /// shutting down, out of resources, or the transaction lost a deadlock or serialization
-    /// race.
+    /// shutting down, out of resources, read-only (a failover in progress), or the
+    /// transaction lost a deadlock or serialization race.
     pub fn is_transient(&self) -> bool {
         match self {
             Error::Unavailable(_) => true,
-            Error::Db(e) => {
-                e.code().is_some_and(|c| ["08", "40", "53", "57"].iter().any(|class| c.code().starts_with(class)))
-            }
+            Error::Db(e) => e.code().is_some_and(|c| is_transient_state(c.code())),
             Error::NotFound(_) | Error::Conflict(_) | Error::Invalid(_) | Error::Corrupt(_) | Error::BadData(_) => {
                 false
             }
         }
     }
+}
+
+/// SQLSTATEs that say the database, not the request, is the problem: connection exceptions
+/// (08), transaction rollbacks (40: serialization failures, deadlocks), insufficient resources
+/// (53: too many connections, out of memory or disk), operator intervention (57: admin or crash
+/// shutdown, cannot connect now, a statement timeout), and a read-only transaction (25006: the
+/// server is a standby, as during a failover).
+fn is_transient_state(code: &str) -> bool {
+    ["08", "40", "53", "57"].iter().any(|class| code.starts_with(class)) || code == "25006"
+}
+
+/// Whether a client error means that Postgres could not be reached or the connection broke
+/// (as opposed to an error in the request): closed, reset, refused, timed out while connecting.
+fn is_connection_error(e: &tokio_postgres::Error) -> bool {
+    if e.is_closed() {
+        return true;
+    }
+    if e.as_db_error().is_some() {
+        return false;
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(inner) = source {
+        if inner.is::<std::io::Error>() {
+            return true;
+        }
+        source = inner.source();
+    }
+    // The client's own kinds without a source: a connect or startup timeout.
+    let text = e.to_string();
+    text.starts_with("timeout") || text.starts_with("error connecting") || text.starts_with("error communicating")
 }
 
 impl From<tokio_postgres::Error> for Error {
@@ -109,18 +138,36 @@ impl From<tokio_postgres::Error> for Error {
         {
             return Error::BadData(db.message().to_string());
         }
-        if e.is_closed() || e.as_db_error().is_none() && e.to_string().contains("connection") {
-            Error::Unavailable(e.to_string())
-        } else {
-            Error::Db(e)
-        }
+        if is_connection_error(&e) { Error::Unavailable(describe(&e)) } else { Error::Db(e) }
     }
 }
 
 impl From<deadpool_postgres::PoolError> for Error {
     fn from(e: deadpool_postgres::PoolError) -> Self {
-        Error::Unavailable(e.to_string())
+        use deadpool_postgres::{PoolError, TimeoutType};
+        Error::Unavailable(match e {
+            PoolError::Timeout(TimeoutType::Wait) => "no free database connection in time (the pool is busy)".into(),
+            PoolError::Timeout(TimeoutType::Create) => "connecting to the database timed out".into(),
+            PoolError::Timeout(TimeoutType::Recycle) => "checking a database connection timed out".into(),
+            PoolError::Backend(e) => format!("cannot connect to the database: {}", describe(&e)),
+            other => other.to_string(),
+        })
     }
+}
+
+/// A client error with its causes (`error connecting to server: Connection refused`).
+fn describe(e: &tokio_postgres::Error) -> String {
+    let mut text = e.to_string();
+    if let Some(db) = e.as_db_error() {
+        return format!("{} ({})", db.message(), db.code().code());
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(inner) = source {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    text
 }
 
 /// Result of store operations.
@@ -141,6 +188,11 @@ pub struct StoreOptions {
     pub host_silence: Duration,
     /// Longest a statement may run before Postgres cancels it (0: no limit).
     pub statement_timeout: Duration,
+    /// Longest the opening of one connection may take (TCP connect, TLS, authentication and
+    /// the session settings).
+    pub connect_timeout: Duration,
+    /// Longest a caller waits for a free connection when all of them are in use.
+    pub pool_timeout: Duration,
 }
 
 impl Default for StoreOptions {
@@ -149,8 +201,49 @@ impl Default for StoreOptions {
             max_connections: 32,
             host_silence: Duration::from_secs(150),
             statement_timeout: Duration::from_secs(120),
+            connect_timeout: Duration::from_secs(5),
+            pool_timeout: Duration::from_secs(10),
         }
     }
+}
+
+/// TCP keepalive probes start after this much silence on a connection...
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
+/// ...are sent this often...
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// ...and this many unanswered ones close it: a server that vanished without closing its
+/// connections (a host lost, a network partition) is noticed within about a minute, even by a
+/// connection waiting for a long statement.
+const KEEPALIVE_RETRIES: u32 = 3;
+/// Data sent and not acknowledged by the server for this long closes the connection.
+const TCP_USER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The client configuration of `url` with the timeouts every connection of this crate has:
+/// `connect_timeout` per connection attempt, keepalives and a TCP user timeout that detect a
+/// vanished server, and a writable server required (a standby left over from a failover is
+/// refused at connect rather than answering every write with an error). Settings of the URL
+/// win where it sets them.
+pub(crate) fn client_config(url: &str, connect_timeout: Duration) -> Result<tokio_postgres::Config> {
+    let mut config =
+        tokio_postgres::Config::from_str(url).map_err(|e| Error::Unavailable(format!("bad database URL: {e}")))?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(connect_timeout);
+    }
+    if config.get_tcp_user_timeout().is_none() {
+        config.tcp_user_timeout(TCP_USER_TIMEOUT);
+    }
+    // tokio-postgres' own default idle time is two hours.
+    if config.get_keepalives_idle() >= Duration::from_secs(7200) {
+        config.keepalives_idle(KEEPALIVE_IDLE);
+    }
+    if config.get_keepalives_interval().is_none() {
+        config.keepalives_interval(KEEPALIVE_INTERVAL);
+    }
+    if config.get_keepalives_retries().is_none() {
+        config.keepalives_retries(KEEPALIVE_RETRIES);
+    }
+    config.target_session_attrs(TargetSessionAttrs::ReadWrite);
+    Ok(config)
 }
 
 impl Store {
@@ -162,10 +255,15 @@ impl Store {
 
     /// Connects a pool to `url` with `options`; every connection carries them as session
     /// settings.
+    ///
+    /// Every wait is bounded: for a free connection (`pool_timeout`), for a new one
+    /// (`connect_timeout`), for a statement (`statement_timeout`, enforced by Postgres), and
+    /// for a server that vanished (TCP keepalives). A connection that broke is noticed when it
+    /// is next taken from the pool (the client knows its connection closed) and replaced, so
+    /// the store recovers by itself when the database comes back.
     pub fn connect_with(url: &str, options: &StoreOptions) -> Result<Store> {
         let max_connections = options.max_connections;
-        let mut config =
-            tokio_postgres::Config::from_str(url).map_err(|e| Error::Unavailable(format!("bad database URL: {e}")))?;
+        let mut config = client_config(url, options.connect_timeout)?;
         let mut settings = config.get_options().map(str::to_string).unwrap_or_default();
         settings.push_str(&format!(
             " -c statement_timeout={} -c teletraan.host_silence_secs={}",
@@ -173,11 +271,14 @@ impl Store {
             options.host_silence.as_secs_f64()
         ));
         config.options(settings.trim());
+        // Fast: a connection is checked without a round trip, by whether the client saw it
+        // close; every connection error closes it, so a broken one is never handed out twice.
         let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let pool = Pool::builder(manager)
             .max_size(max_connections)
-            .wait_timeout(Some(Duration::from_secs(10)))
-            .create_timeout(Some(Duration::from_secs(5)))
+            .wait_timeout(Some(options.pool_timeout))
+            .create_timeout(Some(options.connect_timeout))
+            .recycle_timeout(Some(options.connect_timeout))
             .runtime(deadpool_postgres::Runtime::Tokio1)
             .build()
             .map_err(|e| Error::Unavailable(e.to_string()))?;
@@ -187,8 +288,7 @@ impl Store {
     /// Creates the database named in `url` when it does not exist (connecting to the server's
     /// `postgres` database to do so).
     pub async fn ensure_database(url: &str) -> Result<()> {
-        let config =
-            tokio_postgres::Config::from_str(url).map_err(|e| Error::Unavailable(format!("bad database URL: {e}")))?;
+        let config = client_config(url, StoreOptions::default().connect_timeout)?;
         let name = config.get_dbname().unwrap_or("postgres").to_string();
         if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
             return Err(Error::Invalid(schema::model::Invalid {
@@ -229,5 +329,55 @@ impl Store {
 
     async fn client(&self) -> Result<deadpool_postgres::Object> {
         Ok(self.pool.get().await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outages_and_failovers_are_transient_and_request_errors_are_not() {
+        for code in ["57P01", "57P02", "57P03", "57014", "25006", "40001", "40P01", "08006", "08001", "53300"] {
+            assert!(is_transient_state(code), "{code} should be transient");
+        }
+        for code in ["23505", "23503", "42P01", "42703", "25001", "P0001"] {
+            assert!(!is_transient_state(code), "{code} should not be transient");
+        }
+    }
+
+    /// A port nothing listens on (bound, then released).
+    fn closed_port() -> u16 {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a port");
+        listener.local_addr().expect("its address").port()
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_is_unavailable() {
+        let store = Store::connect(&format!("postgres://teletraan@127.0.0.1:{}/x", closed_port()), 1).unwrap();
+        let e = store.ping().await.unwrap_err();
+        assert!(matches!(e, Error::Unavailable(_)) && e.is_transient(), "{e:?}");
+        assert!(e.to_string().contains("refused"), "the cause is named: {e}");
+    }
+
+    #[tokio::test]
+    async fn a_server_that_never_answers_is_unavailable_once_the_connect_timeout_passed() {
+        // Accepts connections and never says a word.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let silent = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        let options =
+            StoreOptions { max_connections: 1, connect_timeout: Duration::from_millis(200), ..StoreOptions::default() };
+        let store = Store::connect_with(&format!("postgres://teletraan@127.0.0.1:{port}/x"), &options).unwrap();
+        let e = store.ping().await.unwrap_err();
+        assert!(matches!(e, Error::Unavailable(_)), "{e:?}");
+        let text = e.to_string();
+        assert!(text.contains("timed out") || text.contains("timeout"), "the cause is named: {text}");
+        silent.abort();
     }
 }

@@ -125,11 +125,8 @@ impl Store {
     /// connection is lost.
     pub async fn listen_outbox(url: &str) -> Result<tokio::sync::mpsc::Receiver<()>> {
         use futures_util::StreamExt;
-        use std::str::FromStr;
-        let config =
-            tokio_postgres::Config::from_str(url).map_err(|e| Error::Unavailable(format!("bad database URL: {e}")))?;
-        let (client, mut conn) =
-            config.connect(tokio_postgres::NoTls).await.map_err(|e| Error::Unavailable(e.to_string()))?;
+        let config = crate::client_config(url, crate::StoreOptions::default().connect_timeout)?;
+        let (client, mut conn) = config.connect(tokio_postgres::NoTls).await?;
         let (tx, rx) = tokio::sync::mpsc::channel(1);
         let client = std::sync::Arc::new(client);
         let held = client.clone();

@@ -1,5 +1,7 @@
-//! Connections to the broker: one attempt, or attempts with backoff until one works.
+//! Connections to the broker: one attempt, or attempts with backoff until one works; and the
+//! bound on every exchange with the broker ([`within`]).
 
+use std::future::Future;
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
@@ -25,11 +27,28 @@ impl From<lapin::Error> for BusError {
     }
 }
 
-/// Opens a connection.
+/// Runs one exchange with the broker (a connect, a channel opened, a publish, a confirm),
+/// bounded by `limit`: its own outcome, or [`BusError::Unavailable`] naming `what` when the
+/// broker did not answer in time.
+pub async fn within<T, E>(
+    limit: Duration,
+    what: &str,
+    exchange: impl Future<Output = Result<T, E>>,
+) -> Result<T, BusError>
+where
+    E: Into<BusError>,
+{
+    match tokio::time::timeout(limit, exchange).await {
+        Ok(outcome) => outcome.map_err(Into::into),
+        Err(_) => Err(BusError::Unavailable(format!("{what}: no answer from the broker within {limit:?}"))),
+    }
+}
+
+/// Opens a connection (at most `cfg.timeout`).
 pub async fn connect(cfg: &BusConfig) -> Result<Connection, BusError> {
     let props =
         ConnectionProperties::default().with_connection_name(format!("teletraan-{}", std::process::id()).into());
-    Ok(Connection::connect(&cfg.url, props).await?)
+    within(cfg.timeout, "connecting", Connection::connect(&cfg.url, props)).await
 }
 
 /// Opens a connection, retrying with exponential backoff and jitter until it works or

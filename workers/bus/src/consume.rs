@@ -12,7 +12,7 @@ use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, Bas
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use tokio::sync::watch;
 
-use crate::connection::{BusError, connect_with_retry};
+use crate::connection::{BusError, connect_with_retry, within};
 use crate::publish::confirmed;
 use crate::topology::{BusConfig, WorkQueue, declare_topology};
 
@@ -80,19 +80,23 @@ pub async fn consume<H: Handler>(
     let queue_name = cfg.name(queue.as_str());
     while let Some(conn) = connect_with_retry(&cfg, &mut shutdown).await {
         let session = async {
-            let ch = conn.create_channel().await?;
-            declare_topology(&ch, &cfg).await?;
-            ch.confirm_select(ConfirmSelectOptions::default()).await?;
-            // Bounded prefetch: never more unacknowledged messages than we process at once.
-            ch.basic_qos(prefetch, BasicQosOptions::default()).await?;
-            let consumer = ch
-                .basic_consume(
-                    queue_name.as_str().into(),
-                    "".into(),
-                    BasicConsumeOptions::default(),
-                    FieldTable::default(),
-                )
-                .await?;
+            let (ch, consumer) = within(cfg.timeout, "opening a consumer", async {
+                let ch = conn.create_channel().await?;
+                declare_topology(&ch, &cfg).await?;
+                ch.confirm_select(ConfirmSelectOptions::default()).await?;
+                // Bounded prefetch: never more unacknowledged messages than we process at once.
+                ch.basic_qos(prefetch, BasicQosOptions::default()).await?;
+                let consumer = ch
+                    .basic_consume(
+                        queue_name.as_str().into(),
+                        "".into(),
+                        BasicConsumeOptions::default(),
+                        FieldTable::default(),
+                    )
+                    .await?;
+                Ok::<_, BusError>((ch, consumer))
+            })
+            .await?;
             tracing::info!(queue = %queue_name, prefetch, "consuming");
             let mut stop = shutdown.clone();
             let deliveries = consumer.take_until(async move {
@@ -112,7 +116,7 @@ pub async fn consume<H: Handler>(
             Ok::<_, BusError>(())
         }
         .await;
-        let _ = conn.close(200, "bye".into()).await;
+        let _ = within(cfg.timeout, "closing", conn.close(200, "bye".into())).await;
         match session {
             Ok(()) if *shutdown.borrow() => return,
             Ok(()) => tracing::warn!(queue = %queue_name, "consumer stopped; reconnecting"),
@@ -149,7 +153,7 @@ async fn settle<H: Handler>(ch: &Channel, cfg: &BusConfig, queue: WorkQueue, han
         let mut headers = d.properties.headers().clone().unwrap_or_default();
         headers.insert(ATTEMPT_HEADER.into(), AMQPValue::LongInt(next_attempt as i32));
         let props = d.properties.clone().with_headers(headers);
-        if let Err(e) = confirmed(ch, &exchange, queue.as_str(), &d.data, props).await {
+        if let Err(e) = confirmed(ch, &exchange, queue.as_str(), &d.data, props, cfg.timeout).await {
             // Keep the message: put it back on the queue rather than lose it.
             tracing::warn!(error = %e, "could not forward a failed message; requeueing it");
             let _ = d.acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;

@@ -1,16 +1,18 @@
 //! `bus`: everything that talks to RabbitMQ, shared by the API, the gateway and the workers.
 //!
 //! The topology of DESIGN §4 under a namespace prefix ([`topology`]), connections that come
-//! back with backoff ([`connection`]), a publisher that waits for publisher confirms
-//! ([`publish`]), the consumer loop of a work queue with manual acks, delayed retries and
-//! dead-lettering ([`consume`]), and commands with replies on RabbitMQ's direct reply-to
-//! ([`rpc`]).
+//! back with backoff and a timeout on every exchange with the broker ([`connection`]), a
+//! publisher that waits for publisher confirms and lets concurrent publishes share its
+//! connection without a lock around them ([`publish`]), the consumer loop of a work queue
+//! with manual acks, delayed retries and dead-lettering ([`consume`]), and commands with
+//! replies on RabbitMQ's direct reply-to ([`rpc`]).
 //!
 //! This crate must never touch Postgres and never hold domain rules: it moves bytes with the
 //! guarantees the design asks for; what they mean is for `schema` and the handlers.
 
 pub mod connection;
 pub mod consume;
+mod link;
 mod metrics;
 pub mod publish;
 pub mod rpc;
@@ -18,7 +20,7 @@ pub mod rpc;
 pub mod testing;
 pub mod topology;
 
-pub use connection::{BusError, backoff, connect, connect_with_retry};
+pub use connection::{BusError, backoff, connect, connect_with_retry, within};
 pub use consume::{DeliveryCtx, Disposition, Handler, MAX_ATTEMPTS, RETRY_DELAY, consume};
 pub use publish::{Outgoing, Publisher, json_props};
 pub use topology::{BusConfig, WorkQueue, declare_topology, delete_topology};

@@ -1,10 +1,12 @@
 //! Publishing with publisher confirms.
 
+use std::time::Duration;
+
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Channel, Confirmation, Connection};
-use tokio::sync::Mutex;
 
-use crate::connection::{BusError, connect};
+use crate::connection::{BusError, connect, within};
+use crate::link::{Healthy, Shared};
 use crate::topology::{BusConfig, declare_topology};
 
 /// Persistent JSON message properties.
@@ -12,24 +14,20 @@ pub fn json_props() -> BasicProperties {
     BasicProperties::default().with_content_type("application/json".into()).with_delivery_mode(2)
 }
 
+/// Publishes one message with `mandatory` and waits for its confirm, each step bounded by
+/// `limit`.
 pub(crate) async fn confirmed(
     ch: &Channel,
     exchange: &str,
     key: &str,
     payload: &[u8],
     props: BasicProperties,
+    limit: Duration,
 ) -> Result<(), BusError> {
-    let confirm = ch
-        .basic_publish(
-            exchange.into(),
-            key.into(),
-            BasicPublishOptions { mandatory: true, ..Default::default() },
-            payload,
-            props,
-        )
-        .await?
-        .await?;
-    check(confirm)
+    let opts = BasicPublishOptions { mandatory: true, ..Default::default() };
+    let confirm =
+        within(limit, "publishing", ch.basic_publish(exchange.into(), key.into(), opts, payload, props)).await?;
+    check(within(limit, "waiting for the broker's confirm", confirm).await?)
 }
 
 fn check(confirm: Confirmation) -> Result<(), BusError> {
@@ -51,16 +49,42 @@ pub struct Outgoing {
     pub payload: Vec<u8>,
 }
 
-/// A publisher with confirms on a connection of its own, reconnected on demand.
+/// A connection and its channel in confirm mode, with the topology declared.
+/// Dropping it closes both.
+struct Link {
+    ch: Channel,
+    conn: Connection,
+}
+
+impl Healthy for Link {
+    fn healthy(&self) -> bool {
+        self.conn.status().connected() && self.ch.status().connected()
+    }
+}
+
+async fn open(cfg: &BusConfig) -> Result<Link, BusError> {
+    let conn = connect(cfg).await?;
+    let ch = within(cfg.timeout, "opening a channel", async {
+        let ch = conn.create_channel().await?;
+        ch.confirm_select(ConfirmSelectOptions::default()).await?;
+        declare_topology(&ch, cfg).await?;
+        Ok::<_, BusError>(ch)
+    })
+    .await?;
+    Ok(Link { ch, conn })
+}
+
+/// A publisher with confirms on a connection of its own, reconnected on demand. Concurrent
+/// publishes share the connection and run in parallel; none waits for another's confirms.
 pub struct Publisher {
     cfg: BusConfig,
-    state: Mutex<Option<(Connection, Channel)>>,
+    link: Shared<Link>,
 }
 
 impl Publisher {
     /// A publisher; it connects on first use.
     pub fn new(cfg: BusConfig) -> Self {
-        Publisher { cfg, state: Mutex::new(None) }
+        Publisher { cfg, link: Shared::new() }
     }
 
     /// The configuration.
@@ -68,45 +92,40 @@ impl Publisher {
         &self.cfg
     }
 
-    /// Publishes messages and returns once the broker confirmed every one. On any error the
-    /// connection is dropped (the next call reconnects) and the error returned: the caller
-    /// still holds the messages and decides when to try again. Unroutable messages (no queue
-    /// bound, e.g. no gateway running) are not an error for fanout and topic exchanges.
+    /// Publishes messages and returns once the broker confirmed every one, each step within
+    /// the configured timeout. When the broker cannot be reached or does not answer in time,
+    /// the connection is dropped (the next call opens another) and the error returned: the
+    /// caller still holds the messages and decides when to try again. Unroutable messages (no
+    /// queue bound, e.g. no gateway running) are not an error for fanout and topic exchanges.
     pub async fn publish(&self, messages: &[Outgoing]) -> Result<(), BusError> {
-        let mut state = self.state.lock().await;
-        if state.as_ref().is_none_or(|(c, ch)| !c.status().connected() || !ch.status().connected()) {
-            let conn = connect(&self.cfg).await?;
-            let ch = conn.create_channel().await?;
-            ch.confirm_select(ConfirmSelectOptions::default()).await?;
-            declare_topology(&ch, &self.cfg).await?;
-            *state = Some((conn, ch));
-        }
-        let Some((_, ch)) = state.as_ref() else { return Err(BusError::Unavailable("no channel".into())) };
+        let limit = self.cfg.timeout;
+        let link = self.link.get(limit, || open(&self.cfg)).await?;
         let result = async {
             let mut pending = Vec::with_capacity(messages.len());
             for m in messages {
-                let confirm = ch
-                    .basic_publish(
-                        m.exchange.as_str().into(),
-                        m.routing_key.as_str().into(),
-                        BasicPublishOptions::default(),
-                        &m.payload,
-                        json_props(),
-                    )
-                    .await?;
-                pending.push(confirm);
+                let publish = link.ch.basic_publish(
+                    m.exchange.as_str().into(),
+                    m.routing_key.as_str().into(),
+                    BasicPublishOptions::default(),
+                    &m.payload,
+                    json_props(),
+                );
+                pending.push(within(limit, "publishing", publish).await?);
             }
-            for p in pending {
-                match p.await? {
-                    Confirmation::Nack(_) => return Err(BusError::Refused("nack".into())),
-                    Confirmation::Ack(_) | Confirmation::NotRequested => {}
+            // One deadline for the confirms of the whole batch.
+            let confirms = async {
+                for p in pending {
+                    if let Confirmation::Nack(_) = p.await? {
+                        return Err(BusError::Refused("nack".into()));
+                    }
                 }
-            }
-            Ok(())
+                Ok(())
+            };
+            within(limit, "waiting for the broker's confirms", confirms).await
         }
         .await;
-        if result.is_err() {
-            *state = None;
+        if let Err(BusError::Unavailable(_)) = &result {
+            self.link.discard(&link);
         }
         result
     }

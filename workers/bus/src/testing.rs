@@ -16,9 +16,7 @@ pub struct TestBus {
 impl TestBus {
     /// A fresh namespace (nothing is declared until something connects).
     pub fn new() -> TestBus {
-        TestBus {
-            config: BusConfig { url: broker_url(), namespace: format!("test-{}", uuid::Uuid::new_v4().simple()) },
-        }
+        TestBus { config: BusConfig::new(broker_url(), format!("test-{}", uuid::Uuid::new_v4().simple())) }
     }
 }
 

@@ -2,6 +2,8 @@
 //! delay queue for retries and a dead queue), the fanout of goal changes and the topic of
 //! domain events. Every process declares it at start; declaring is idempotent.
 
+use std::time::Duration;
+
 use lapin::options::{
     ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
@@ -11,13 +13,18 @@ use lapin::{Channel, ExchangeKind};
 use crate::connection::{BusError, connect};
 use crate::consume::RETRY_DELAY;
 
-/// Where the broker is and which namespace of names this deployment uses.
+/// Where the broker is, which namespace of names this deployment uses, and how long the
+/// broker may take to answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BusConfig {
     /// `amqp://user:pass@host:port/vhost`.
     pub url: String,
     /// Prefix of every exchange and queue (`teletraan` by default; tests use their own).
     pub namespace: String,
+    /// Longest one exchange with the broker may take: connecting (with the channel and the
+    /// topology of a publisher), a publish, the confirms of a batch. Past it the broker counts
+    /// as unavailable and the connection is replaced.
+    pub timeout: Duration,
 }
 
 /// The work queues.
@@ -43,6 +50,14 @@ impl WorkQueue {
 }
 
 impl BusConfig {
+    /// [`BusConfig::timeout`] unless set otherwise.
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+    /// The broker at `url` under `namespace`, with the default timeout.
+    pub fn new(url: impl Into<String>, namespace: impl Into<String>) -> Self {
+        BusConfig { url: url.into(), namespace: namespace.into(), timeout: Self::DEFAULT_TIMEOUT }
+    }
+
     /// A namespaced name.
     pub fn name(&self, suffix: &str) -> String {
         format!("{}.{}", self.namespace, suffix)
