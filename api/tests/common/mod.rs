@@ -24,6 +24,9 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use workers::WorkerConfig;
 
+/// A well-formed SHA-256 for builds that no agent downloads in these tests.
+pub const SOME_SHA256: &str = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+
 /// Longest a test waits for something asynchronous (a worker, a change event) to happen.
 pub const PATIENCE: Duration = Duration::from_secs(30);
 /// Longest the roles may take to stop once asked.
@@ -63,6 +66,16 @@ pub async fn spawn_app_with(tune: impl FnOnce(&mut WorkerConfig)) -> App {
 
 /// Like [`spawn_app_with`], the API trusting an SSO proxy's headers as `trusted` says.
 pub async fn spawn_app_trusting(tune: impl FnOnce(&mut WorkerConfig), trusted: TrustedHeaders) -> App {
+    spawn(tune, trusted, ArtifactPolicy::default()).await
+}
+
+/// Like [`spawn_app`], the API applying `artifacts` to published builds instead of the
+/// production default (no allow-list, no `file://`, `artifactSha256` required).
+pub async fn spawn_app_with_artifacts(artifacts: ArtifactPolicy) -> App {
+    spawn(|_| {}, TrustedHeaders::default(), artifacts).await
+}
+
+async fn spawn(tune: impl FnOnce(&mut WorkerConfig), trusted: TrustedHeaders, artifacts: ArtifactPolicy) -> App {
     let db = TestDatabase::new().await;
     let bus = TestBus::new();
     let store = db.store.clone();
@@ -89,7 +102,7 @@ pub async fn spawn_app_trusting(tune: impl FnOnce(&mut WorkerConfig), trusted: T
     let state = ApiState {
         store: store.clone(),
         commands: Arc::new(CommandClient::new(bus.config.clone())),
-        artifacts: Arc::new(ArtifactPolicy::default()),
+        artifacts: Arc::new(artifacts),
         // Generous: a deploy answered 202 because a loaded machine was slow is not what these
         // tests are about.
         command_wait: Duration::from_secs(20),
@@ -261,11 +274,12 @@ impl App {
         self.put(&path, &json!(names)).await.expect(StatusCode::NO_CONTENT);
     }
 
-    /// Publishes a build; returns it.
+    /// Publishes a build (with an `artifactSha256`, as the default policy requires); returns it.
     pub async fn publish_build(&self, name: &str, commit: &str) -> Value {
         let build = json!({
             "name": name,
             "artifactUrl": format!("https://artifacts.example.com/{name}/{commit}.tar.gz"),
+            "artifactSha256": SOME_SHA256,
             "type": "GitHub",
             "repo": format!("org/{name}"),
             "branch": "main",
