@@ -141,8 +141,16 @@ impl Fetcher {
             let mut path = path.into_os_string();
             path.push(".sha256");
             let path = PathBuf::from(path);
-            match tokio::fs::read(&path).await {
-                Ok(bytes) => Some(bytes),
+            match tokio::fs::File::open(&path).await {
+                Ok(file) => {
+                    let mut bytes = Vec::new();
+                    let limit = u64::try_from(MAX_SIDECAR_BYTES + 1).unwrap_or(u64::MAX);
+                    file.take(limit)
+                        .read_to_end(&mut bytes)
+                        .await
+                        .map_err(|e| Error::io("cannot read the checksum file", &path, e))?;
+                    Some(bytes)
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
                 Err(e) => return Err(Error::io("cannot read the checksum file", &path, e)),
             }
@@ -150,8 +158,11 @@ impl Fetcher {
             self.sidecar_http(&sidecar).await?
         };
         match text {
+            Some(bytes) if bytes.len() > MAX_SIDECAR_BYTES => {
+                Err(Error::BadDigest(format!("{sidecar} is larger than {MAX_SIDECAR_BYTES} bytes")))
+            }
             Some(bytes) => {
-                let text = String::from_utf8_lossy(&bytes[..bytes.len().min(MAX_SIDECAR_BYTES)]).into_owned();
+                let text = String::from_utf8_lossy(&bytes).into_owned();
                 let word = text.split_whitespace().next().unwrap_or("");
                 check_digest(word, &sidecar).map(Some)
             }
@@ -391,6 +402,10 @@ mod tests {
         std::fs::write(dir.path().join("a.tar.sha256"), "not-a-digest\n").unwrap();
         let err = fetcher().fetch(&url, &dir.path().join("out3.tar"), None, MAX).await.unwrap_err();
         assert!(matches!(err, Error::BadDigest(_)), "{err}");
+        let long = format!("{}  {}\n", sha256_hex(b"hello"), "a".repeat(MAX_SIDECAR_BYTES));
+        std::fs::write(dir.path().join("a.tar.sha256"), long).unwrap();
+        let err = fetcher().fetch(&url, &dir.path().join("out4.tar"), None, MAX).await.unwrap_err();
+        assert!(matches!(err, Error::BadDigest(_)) && err.to_string().contains("larger than"), "{err}");
     }
 
     #[tokio::test]

@@ -204,6 +204,11 @@ async fn without_a_digest_the_published_sidecar_is_required() {
     s.answer("/without.tgz.sha256", Answer::Bytes(b"<html>not found</html>".to_vec()));
     let err = f.fetch(&s.url("/without.tgz"), &dest, None, MAX).await.unwrap_err();
     assert!(matches!(err, Error::BadDigest(_)), "{err}");
+    // Nor a large page that starts with one.
+    let long = format!("{}\n{}", sha256_hex(&bytes), "x".repeat(1 << 20));
+    s.answer("/without.tgz.sha256", Answer::Bytes(long.into_bytes()));
+    let err = f.fetch(&s.url("/without.tgz"), &dest, None, MAX).await.unwrap_err();
+    assert!(matches!(err, Error::BadDigest(_)) && err.to_string().contains("larger than"), "{err}");
     nothing_left(&dest);
 }
 
