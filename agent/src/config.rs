@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use schema::DeployStage;
+use schema::artifact::AllowedLocation;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
@@ -126,6 +127,23 @@ pub struct Options {
     /// Most entries (files, directories, links) in one archive [default: 1000000].
     #[arg(long, global = true, env = "TELETRAAN_AGENT_ARCHIVE_MAX_ENTRIES", value_name = "N")]
     pub archive_max_entries: Option<u64>,
+    /// Locations artifacts and their redirects must be under, comma separated
+    /// (`https://artifacts.example.com/web/`) [default: none, any http(s) or file URL].
+    #[arg(long, global = true, env = "TELETRAAN_AGENT_ARTIFACT_ALLOWED", value_name = "URL,...")]
+    pub artifact_allowed: Option<String>,
+    /// Use artifacts that have neither `artifactSha256` nor a published `.sha256`, with a
+    /// warning, instead of failing the download. For local development only [default: false].
+    #[arg(
+        long,
+        global = true,
+        env = "TELETRAAN_AGENT_ALLOW_UNVERIFIED_ARTIFACTS",
+        value_name = "BOOL",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub allow_unverified_artifacts: Option<bool>,
 }
 
 /// A list given either as a TOML array or as one comma separated string.
@@ -166,6 +184,8 @@ struct FileConfig {
     retry_delay: Option<u64>,
     archive_max_bytes: Option<u64>,
     archive_max_entries: Option<u64>,
+    artifact_allowed: Option<ListValue>,
+    allow_unverified_artifacts: Option<bool>,
 }
 
 /// The effective configuration.
@@ -207,6 +227,11 @@ pub struct Config {
     pub retry_delay: Duration,
     /// Archive limits (`archive_max_bytes` also bounds the download).
     pub limits: Limits,
+    /// Locations artifact URLs and redirects must be under (empty: any http(s) or file URL).
+    pub artifact_allowed: Vec<AllowedLocation>,
+    /// Whether an artifact without any checksum is used (with a warning) instead of failing
+    /// its download: for local development only.
+    pub allow_unverified_artifacts: bool,
 }
 
 impl Config {
@@ -232,6 +257,8 @@ impl Config {
             termination_timeout: Duration::from_secs(30),
             retry_delay: Duration::from_secs(2),
             limits: Limits::default(),
+            artifact_allowed: Vec::new(),
+            allow_unverified_artifacts: false,
         }
     }
 
@@ -311,6 +338,16 @@ impl Config {
         if c.limits.max_bytes == 0 || c.limits.max_entries == 0 {
             return Err(Error::Config("archive_max_bytes and archive_max_entries must be at least 1".into()));
         }
+        let allowed = match o.artifact_allowed.map(ListValue::Text).or(f.artifact_allowed) {
+            Some(ListValue::Text(t)) => split_list(&t),
+            Some(ListValue::List(l)) => l.iter().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
+            None => Vec::new(),
+        };
+        c.artifact_allowed = allowed
+            .iter()
+            .map(|s| AllowedLocation::parse(s).map_err(|e| Error::Config(format!("artifact_allowed: {e}"))))
+            .collect::<Result<_>>()?;
+        c.allow_unverified_artifacts = o.allow_unverified_artifacts.or(f.allow_unverified_artifacts).unwrap_or(false);
         Ok(c)
     }
 }
@@ -343,7 +380,10 @@ impl fmt::Display for Config {
         writeln!(f, "termination_timeout = {}", self.termination_timeout.as_secs())?;
         writeln!(f, "retry_delay = {}", self.retry_delay.as_secs())?;
         writeln!(f, "archive_max_bytes = {}", self.limits.max_bytes)?;
-        write!(f, "archive_max_entries = {}", self.limits.max_entries)
+        writeln!(f, "archive_max_entries = {}", self.limits.max_entries)?;
+        let allowed: Vec<String> = self.artifact_allowed.iter().map(ToString::to_string).collect();
+        writeln!(f, "artifact_allowed = {}", allowed.join(","))?;
+        write!(f, "allow_unverified_artifacts = {}", self.allow_unverified_artifacts)
     }
 }
 
@@ -421,10 +461,43 @@ mod tests {
         let f = file("archive_max_bytes = 1000\narchive_max_entries = 10");
         let c = Config::resolve(parse(&["--archive-max-entries", "20"]), f, Some("h".into())).unwrap();
         assert_eq!((c.limits.max_bytes, c.limits.max_entries), (1000, 20));
-        assert!(c.to_string().contains("archive_max_bytes = 1000\narchive_max_entries = 20"), "{c}");
+        assert!(c.to_string().contains("archive_max_bytes = 1000\narchive_max_entries = 20\n"), "{c}");
         let err = Config::resolve(parse(&["--archive-max-bytes", "0"]), file(""), Some("h".into())).unwrap_err();
         assert!(err.to_string().contains("archive_max_bytes"), "{err}");
         assert!(Cli::try_parse_from(["teletraan-agent", "--archive-max-bytes", "20G"]).is_err());
+    }
+
+    #[test]
+    fn the_artifact_policy_comes_from_flags_and_file_and_is_strict_by_default() {
+        let c = Config::resolve(Options::default(), FileConfig::default(), Some("h".into())).unwrap();
+        assert!(c.artifact_allowed.is_empty());
+        assert!(!c.allow_unverified_artifacts, "unverified artifacts are refused unless asked for");
+
+        let f = file("artifact_allowed = [\"https://a.example.com/web\"]\nallow_unverified_artifacts = true");
+        let c = Config::resolve(parse(&[]), f, Some("h".into())).unwrap();
+        assert_eq!(c.artifact_allowed, [AllowedLocation::parse("https://a.example.com/web/").unwrap()]);
+        assert!(c.allow_unverified_artifacts);
+        assert!(
+            c.to_string().contains("artifact_allowed = https://a.example.com/web/\nallow_unverified_artifacts = true")
+        );
+
+        let flags = parse(&[
+            "--artifact-allowed",
+            "https://b.example.com/, file:///srv/a",
+            "--allow-unverified-artifacts=false",
+        ]);
+        let c = Config::resolve(flags, file("allow_unverified_artifacts = true"), Some("h".into())).unwrap();
+        assert_eq!(c.artifact_allowed.len(), 2);
+        assert!(!c.allow_unverified_artifacts, "the flag beats the file");
+        // A bare flag means true, and does not swallow the subcommand after it.
+        let cli = Cli::try_parse_from(["teletraan-agent", "--allow-unverified-artifacts", "once"]).unwrap();
+        assert_eq!((cli.options.allow_unverified_artifacts, cli.command), (Some(true), Some(Command::Once)));
+        assert!(Cli::try_parse_from(["teletraan-agent", "--allow-unverified-artifacts=perhaps"]).is_err());
+
+        let err =
+            Config::resolve(parse(&["--artifact-allowed", "artifacts.example.com/web"]), file(""), Some("h".into()))
+                .unwrap_err();
+        assert!(err.to_string().contains("artifact_allowed"), "{err}");
     }
 
     #[test]

@@ -21,15 +21,16 @@ use crate::status::StepResult;
 pub struct Downloader<'a> {
     /// Where builds go.
     pub layout: &'a Layout,
-    /// The artifact HTTP client.
-    pub http: &'a reqwest::Client,
+    /// Fetches artifacts under the agent's artifact policy.
+    pub fetcher: &'a download::Fetcher,
     /// Archive limits (the download is held to `max_bytes` too).
     pub limits: Limits,
 }
 
 impl Downloader<'_> {
-    /// Runs the step: up to `max_retries` attempts; a permanent error (unsupported URL,
-    /// checksum, refused entry, a limit) fails at once with AGENT_FAILED; the last transient
+    /// Runs the step: up to `max_retries` attempts; a permanent error (unsupported or refused
+    /// URL, no checksum, a checksum mismatch, refused entry, a limit) fails at once with
+    /// AGENT_FAILED; the last transient
     /// error gives TOO_MANY_RETRY.
     pub async fn run<P: Progress>(
         &self,
@@ -92,7 +93,7 @@ impl Downloader<'_> {
         }
         let archive = self.layout.archive(env, &id, &download::archive_extension(&build.artifact_url));
         let sha = build.artifact_sha256.as_deref();
-        let fetch = download::fetch(self.http, &build.artifact_url, &archive, sha, self.limits.max_bytes);
+        let fetch = self.fetcher.fetch(&build.artifact_url, &archive, sha, self.limits.max_bytes);
         match watch(fetch, ticker, progress).await {
             Watched::Done(Ok(())) => {}
             Watched::Done(Err(e)) => return Watched::Done(Err(e)),

@@ -36,6 +36,22 @@ pub enum Error {
     /// The artifact URL cannot be handled (not worth retrying).
     #[error("artifact URL {0:?} is not supported (use http://, https:// or file://)")]
     UnsupportedUrl(String),
+    /// The artifact URL, or a redirect, is outside what the agent may fetch (not worth retrying).
+    #[error("artifact URL {url} refused: {reason}")]
+    Refused {
+        /// The artifact URL.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// No digest to verify the artifact with, and unverified artifacts are not allowed.
+    #[error("artifact {url} cannot be verified: {reason}")]
+    Unverified {
+        /// The artifact URL.
+        url: String,
+        /// Why.
+        reason: String,
+    },
     /// The artifact does not have the published digest.
     #[error("checksum mismatch for {url}: expected sha256 {expected}, got sha256 {actual}")]
     Checksum {
@@ -95,6 +111,8 @@ impl Error {
     pub fn is_permanent(&self) -> bool {
         match self {
             Error::UnsupportedUrl(_)
+            | Error::Refused { .. }
+            | Error::Unverified { .. }
             | Error::Checksum { .. }
             | Error::BadDigest(_)
             | Error::UnsafeEntry { .. }

@@ -13,6 +13,7 @@ use schema::{DeployStage, OpCode};
 
 use crate::client::Gateway;
 use crate::config::Config;
+use crate::download::{FetchPolicy, Fetcher};
 use crate::downloading::Downloader;
 use crate::error::{Error, Result};
 use crate::exec::{HookSettings, Outcome, run_hook};
@@ -44,7 +45,7 @@ pub struct Agent {
     config: Config,
     layout: Layout,
     gateway: Gateway,
-    http: reqwest::Client,
+    fetcher: Fetcher,
     settings: HookSettings,
     envs: Envs,
     _lock: DirLock,
@@ -57,13 +58,22 @@ impl Agent {
         let layout = Layout::new(&config.dir);
         layout.create_dirs()?;
         let lock = DirLock::acquire(&layout)?;
+        if config.allow_unverified_artifacts {
+            tracing::warn!(
+                "allow_unverified_artifacts is on: artifacts without a checksum are used unverified \
+                 (local development only)"
+            );
+        }
         let loaded = status::load(&layout.status_file());
         for p in &loaded.problems {
             tracing::error!("{p}");
         }
         Ok(Agent {
             gateway: Gateway::new(&config)?,
-            http: crate::download::http_client()?,
+            fetcher: Fetcher::new(FetchPolicy {
+                allowed: config.artifact_allowed.clone(),
+                allow_unverified: config.allow_unverified_artifacts,
+            })?,
             settings: HookSettings::from_config(&config),
             layout,
             envs: loaded.envs,
@@ -257,7 +267,8 @@ impl Agent {
                 let Some(build) = &goal.build else {
                     return Outcome::Done(StepResult::agent_failed("the DOWNLOADING goal carries no build"));
                 };
-                let downloader = Downloader { layout: &self.layout, http: &self.http, limits: self.config.limits };
+                let downloader =
+                    Downloader { layout: &self.layout, fetcher: &self.fetcher, limits: self.config.limits };
                 downloader.run(env, build, &settings, &mut ticker, &mut watch).await
             }
             DeployStage::Staging => Outcome::Done(self.staging(env, goal)),

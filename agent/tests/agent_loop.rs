@@ -1,5 +1,6 @@
 //! The agent loop against a fake gateway: a full deploy over HTTP, a second deploy (the old
-//! build's hooks run before the switch), DELETE, checksum mismatch and truncated downloads.
+//! build's hooks run before the switch), DELETE, checksum mismatch, truncated downloads, and an
+//! artifact without any checksum (refused unless the development flag allows it).
 
 mod common;
 
@@ -194,7 +195,10 @@ async fn truncated_download_is_an_error_and_leaves_no_partial_build() {
             let n = s.read(&mut buf).unwrap_or(0);
             let req = String::from_utf8_lossy(&buf[..n]);
             if req.contains(".sha256") {
-                let _ = s.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                let digest = format!("{}\n", sha256_hex(b"whatever: the body never arrives"));
+                let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", digest.len());
+                let _ = s.write_all(head.as_bytes());
+                let _ = s.write_all(digest.as_bytes());
             } else {
                 let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\nConnection: close\r\n\r\n");
                 let _ = s.write_all(&[0x1f; 100]);
@@ -262,4 +266,30 @@ async fn two_environments_deploy_one_after_the_other_with_their_own_files() {
         assert_eq!(r.agent_status, Some(schema::AgentStatus::Succeeded), "{id}");
     }
     assert_eq!(agent.envs().keys().collect::<Vec<_>>(), ["api", "web"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_artifact_without_any_checksum_fails_the_download_unless_the_development_flag_is_set() {
+    let t = TempDir::new("loop-unverified");
+    let fake = Fake::start().await;
+    let record = t.path().join("record");
+    fake.serve_only("one.tar.gz", build_archive("one", &[]));
+    deploy(&fake, "DeployOne", B1, "one.tar.gz", None, &record);
+
+    let mut agent = Agent::open(config(&t.path().join("strict"), &fake.url())).unwrap();
+    let layout = agent.layout().clone();
+    agent.round().await.unwrap();
+    assert_eq!(fake.report_trail().last().map(String::as_str), Some("DOWNLOADING AGENT_FAILED"));
+    let last = fake.pings().last().cloned().unwrap();
+    let msg = common::env_report(&last).unwrap().error_message.clone().unwrap();
+    assert!(msg.contains("cannot be verified") && msg.contains("one.tar.gz.sha256"), "{msg}");
+    assert!(!fake.requested().contains(&"one.tar.gz".to_string()), "nothing was downloaded");
+    assert!(layout.live_build("web").is_none());
+
+    let mut c = config(&t.path().join("dev"), &fake.url());
+    c.allow_unverified_artifacts = true;
+    let mut agent = Agent::open(c).unwrap();
+    agent.round().await.unwrap();
+    assert_eq!(fake.report_trail().last().map(String::as_str), Some("SERVING_BUILD SUCCEEDED"));
+    assert_eq!(agent.layout().live_build_id("web").as_deref(), Some(B1));
 }

@@ -113,7 +113,7 @@ async fn every_route_refuses_every_principal_without_its_role() {
             ("POST", "/v1/envs") => Some(json!({"envName": "web", "stageName": "prod"}).to_string()),
             ("POST", "/v1/builds") => Some(
                 json!({"name": "web", "artifactUrl": "https://a.example.com/w.tgz", "repo": "o/w", "branch": "main",
-                       "commit": "bbbbbbb2222"})
+                       "commit": "bbbbbbb2222", "artifactSha256": common::SOME_SHA256})
                 .to_string(),
             ),
             ("POST", "/v1/tags") => Some(
@@ -265,7 +265,10 @@ async fn a_script_token_publishes_for_its_environment_and_nothing_more() {
         let url = format!("{}{path}", app.api);
         async move { app.call(method, &url, Some(token), Body::Json(&body)).await }
     };
-    let build = |name: &str| json!({"name": name, "artifactUrl": "https://a.example.com/x.tgz", "repo": "o/x", "branch": "main", "commit": "abcdef123"});
+    let build = |name: &str| {
+        json!({"name": name, "artifactUrl": "https://a.example.com/x.tgz", "repo": "o/x", "branch": "main", "commit": "abcdef123",
+        "artifactSha256": common::SOME_SHA256})
+    };
     let published = as_ci(Method::POST, "/v1/builds", build("web")).await.expect(StatusCode::CREATED);
     assert_eq!(published["publisher"], "ci@web", "what it does is recorded as the script");
     as_ci(Method::POST, "/v1/builds", build("api")).await.expect_error(StatusCode::FORBIDDEN);

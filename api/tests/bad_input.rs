@@ -277,7 +277,7 @@ async fn text_with_a_nul_character_is_400_not_500() {
     let nul = "a\u{0}b";
     let env = json!({"envName": "api", "stageName": "p", "emailRecipients": nul});
     let build_info = json!({"name": "web", "artifactUrl": "https://a", "repo": "r", "branch": "b", "commit": "abc1234",
-        "commitInfo": nul});
+        "artifactSha256": common::SOME_SHA256, "commitInfo": nul});
     let cases = [
         (Method::PUT, "/v1/envs/web/prod".to_string(), Some(json!({"description": nul}))),
         (Method::POST, "/v1/envs".to_string(), Some(env)),

@@ -41,7 +41,7 @@ async fn audit_rows_of_a_rollout_name_the_principals_that_acted() {
     // CI publishes; the automation deploys it on beta; a person deploys it on canary.
     let build = json!({
         "name": "web", "artifactUrl": "https://artifacts.example.com/web/1.tar.gz",
-        "repo": "org/web", "branch": "main", "commit": "abcdef12345",
+        "repo": "org/web", "branch": "main", "commit": "abcdef12345", "artifactSha256": common::SOME_SHA256,
     });
     let url = format!("{}/v1/builds", app.api);
     let build = app.call(Method::POST, &url, Some(&ci_token), Body::Json(&build)).await.expect(StatusCode::CREATED);

@@ -155,6 +155,7 @@ async fn a_published_build_gets_an_id_ending_in_its_short_commit_and_the_token_n
         "repo": "org/web",
         "branch": "main",
         "commit": "fabe9af6ac4c0123456789",
+        "artifactSha256": common::SOME_SHA256,
     });
     let reply = app.post("/v1/builds", &input).await;
     let location = reply.location.clone();

@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use api::auth::{Cidr, TrustedHeaders};
 use clap::Args;
+use schema::artifact::{AllowedLocation, ArtifactPolicy, ChecksumPolicy};
 use serde::Deserialize;
 use workers::jobs::{JobsConfig, parse_duration};
 
@@ -44,9 +45,20 @@ pub struct ServerArgs {
     /// Seconds a deploy request waits for the worker before answering 202.
     #[arg(long, env = "TELETRAAN_COMMAND_WAIT", global = true)]
     pub command_wait: Option<u64>,
-    /// Comma list of URL prefixes artifacts must start with (empty: any http, https or file URL).
-    #[arg(long, env = "TELETRAAN_ARTIFACT_URL_PREFIXES", global = true)]
+    /// Comma list of locations artifact URLs must be under (`https://artifacts.example.com/web/`),
+    /// compared by scheme, host, port and whole path segments (empty: any http or https URL).
+    #[arg(long, env = "TELETRAAN_ARTIFACT_ALLOWED", global = true)]
+    pub artifact_allowed: Option<String>,
+    /// Deprecated name of `artifact_allowed`, parsed the same way (never as string prefixes).
+    #[arg(long, env = "TELETRAAN_ARTIFACT_URL_PREFIXES", global = true, hide = true)]
     pub artifact_url_prefixes: Option<String>,
+    /// Whether builds may name `file://` artifacts: `true` or `false` (default false).
+    #[arg(long, env = "TELETRAAN_ARTIFACT_ALLOW_FILE", global = true)]
+    pub artifact_allow_file: Option<String>,
+    /// `required` (default): builds must carry `artifactSha256`; `sidecar`: they may omit it, and
+    /// the agent then needs the published `<artifactUrl>.sha256`.
+    #[arg(long, env = "TELETRAAN_ARTIFACT_CHECKSUM", global = true)]
+    pub artifact_checksum: Option<String>,
     /// Postgres connections per process.
     #[arg(long, env = "TELETRAAN_DATABASE_POOL", global = true)]
     pub database_pool: Option<usize>,
@@ -125,7 +137,10 @@ struct FileConfig {
     admin_token: Option<String>,
     agent_token: Option<String>,
     command_wait: Option<u64>,
+    artifact_allowed: Option<Vec<String>>,
     artifact_url_prefixes: Option<Vec<String>>,
+    artifact_allow_file: Option<bool>,
+    artifact_checksum: Option<String>,
     database_pool: Option<usize>,
     database_connect_timeout: Option<u64>,
     database_pool_timeout: Option<u64>,
@@ -161,7 +176,7 @@ pub struct Settings {
     pub admin_token: Option<String>,
     pub agent_token: Option<String>,
     pub command_wait: Duration,
-    pub artifact_url_prefixes: Vec<String>,
+    pub artifacts: ArtifactPolicy,
     pub database_pool: usize,
     /// Longest the opening of one Postgres connection may take.
     pub database_connect_timeout: Duration,
@@ -193,6 +208,15 @@ impl Settings {
     }
 }
 
+/// `true` or `false` (also `1`/`0`, `yes`/`no`, `on`/`off`, any case).
+fn parse_bool(text: &str) -> anyhow::Result<bool> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        _ => bail!("expected true or false"),
+    }
+}
+
 fn check_token(name: &str, t: Option<String>) -> anyhow::Result<Option<String>> {
     match t {
         Some(t) if t.trim().len() < 8 => bail!("{name} must be at least 8 characters"),
@@ -217,14 +241,11 @@ impl ServerArgs {
         };
         let jobs = self.jobs_config(&file)?;
         let trusted = self.trusted(&file)?;
+        let artifacts = self.artifacts(&file)?;
         let namespace = self.namespace.clone().or(file.namespace).unwrap_or_else(|| "teletraan".into());
         if namespace.is_empty() || !namespace.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
             bail!("namespace {namespace:?} may only contain letters, digits, '-', '_' and '.'");
         }
-        let prefixes = match &self.artifact_url_prefixes {
-            Some(list) => list.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
-            None => file.artifact_url_prefixes.unwrap_or_default(),
-        };
         // Enough for every consumer slot of a worker (16 commands, 8 report batches), the relay
         // and the sweep, plus the API's requests.
         let pool = self.database_pool.or(file.database_pool).unwrap_or(32);
@@ -292,7 +313,7 @@ impl ServerArgs {
             admin_token: check_token("admin_token", self.admin_token.clone().or(file.admin_token))?,
             agent_token: check_token("agent_token", self.agent_token.clone().or(file.agent_token))?,
             command_wait,
-            artifact_url_prefixes: prefixes,
+            artifacts,
             database_pool: pool,
             database_connect_timeout,
             database_pool_timeout,
@@ -305,6 +326,56 @@ impl ServerArgs {
             webhook_attempts,
             trusted,
         })
+    }
+
+    /// The artifact policy: `artifact_allowed` (or its deprecated name `artifact_url_prefixes`,
+    /// not both), `artifact_allow_file`, `artifact_checksum`.
+    fn artifacts(&self, file: &FileConfig) -> anyhow::Result<ArtifactPolicy> {
+        let list = |flag: &Option<String>, from_file: &Option<Vec<String>>| -> Option<Vec<String>> {
+            match flag {
+                Some(text) => Some(text.split(',').map(str::to_string).collect()),
+                None => from_file.clone(),
+            }
+        };
+        let current = list(&self.artifact_allowed, &file.artifact_allowed);
+        let deprecated = list(&self.artifact_url_prefixes, &file.artifact_url_prefixes);
+        let (name, entries) = match (current, deprecated) {
+            (Some(_), Some(_)) => bail!(
+                "artifact_allowed (TELETRAAN_ARTIFACT_ALLOWED) and its deprecated name artifact_url_prefixes \
+                 (TELETRAAN_ARTIFACT_URL_PREFIXES) are both set; keep artifact_allowed only"
+            ),
+            (Some(l), None) => ("artifact_allowed (TELETRAAN_ARTIFACT_ALLOWED)", l),
+            (None, Some(l)) => {
+                tracing::warn!(
+                    "artifact_url_prefixes (TELETRAAN_ARTIFACT_URL_PREFIXES) is deprecated: use artifact_allowed \
+                     (TELETRAAN_ARTIFACT_ALLOWED); its entries are read as locations, not string prefixes"
+                );
+                ("artifact_url_prefixes (TELETRAAN_ARTIFACT_URL_PREFIXES)", l)
+            }
+            (None, None) => ("artifact_allowed (TELETRAAN_ARTIFACT_ALLOWED)", Vec::new()),
+        };
+        let allowed = entries
+            .iter()
+            .map(|e| e.trim())
+            .filter(|e| !e.is_empty())
+            .map(|e| AllowedLocation::parse(e).map_err(|err| anyhow::anyhow!("{name}: {err}")))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let allow_file = match (&self.artifact_allow_file, file.artifact_allow_file) {
+            (Some(text), _) => parse_bool(text)
+                .with_context(|| format!("artifact_allow_file (TELETRAAN_ARTIFACT_ALLOW_FILE): {text:?}"))?,
+            (None, from_file) => from_file.unwrap_or(false),
+        };
+        let checksum = match self.artifact_checksum.as_ref().or(file.artifact_checksum.as_ref()) {
+            Some(text) => text
+                .parse::<ChecksumPolicy>()
+                .map_err(|e| anyhow::anyhow!("artifact_checksum (TELETRAAN_ARTIFACT_CHECKSUM): {e}"))?,
+            None => ChecksumPolicy::Required,
+        };
+        let policy = ArtifactPolicy { allowed, allow_file, checksum };
+        policy.validate().map_err(|e| {
+            anyhow::anyhow!("{name}: {e}; set artifact_allow_file (TELETRAAN_ARTIFACT_ALLOW_FILE) to true")
+        })?;
+        Ok(policy)
     }
 
     fn trusted(&self, file: &FileConfig) -> anyhow::Result<TrustedHeaders> {
@@ -396,6 +467,85 @@ mod tests {
         assert_eq!(s.gateway_listen.to_string(), "127.0.0.1:8081");
         assert_eq!(s.namespace, "teletraan");
         assert_eq!(s.database_url, "postgres://localhost:5432/teletraan");
+        assert_eq!(s.artifacts, ArtifactPolicy::default(), "the strict policy: sha256 required, no file://");
+        assert_eq!(s.artifacts.checksum, ChecksumPolicy::Required);
+    }
+
+    #[test]
+    fn the_artifact_policy_is_read_strictly_and_bad_values_name_their_setting() {
+        let args = ServerArgs {
+            artifact_allowed: Some("https://artifacts.example.com/web/, file:///srv/a".into()),
+            artifact_allow_file: Some("true".into()),
+            artifact_checksum: Some("sidecar".into()),
+            ..Default::default()
+        };
+        let p = args.resolve().unwrap().artifacts;
+        let shown: Vec<String> = p.allowed.iter().map(ToString::to_string).collect();
+        assert_eq!(shown, ["https://artifacts.example.com/web/", "file:///srv/a/"]);
+        assert!(p.allow_file);
+        assert_eq!(p.checksum, ChecksumPolicy::Sidecar);
+
+        // The deprecated name is parsed the same strict way: a location, not a string prefix.
+        let old = ServerArgs { artifact_url_prefixes: Some("https://artifacts/".into()), ..Default::default() };
+        let p = old.resolve().unwrap().artifacts;
+        assert!(p.check_url("https://artifacts/x.tgz").is_ok());
+        assert!(p.check_url("https://artifacts.evil.org/x.tgz").is_err());
+
+        let cases = [
+            (
+                ServerArgs { artifact_allowed: Some("artifacts.example.com".into()), ..Default::default() },
+                "TELETRAAN_ARTIFACT_ALLOWED",
+            ),
+            (
+                ServerArgs { artifact_url_prefixes: Some("ftp://x/".into()), ..Default::default() },
+                "TELETRAAN_ARTIFACT_URL_PREFIXES",
+            ),
+            (
+                ServerArgs {
+                    artifact_allowed: Some("https://a/".into()),
+                    artifact_url_prefixes: Some("https://b/".into()),
+                    ..Default::default()
+                },
+                "TELETRAAN_ARTIFACT_URL_PREFIXES",
+            ),
+            (
+                ServerArgs { artifact_allow_file: Some("maybe".into()), ..Default::default() },
+                "TELETRAAN_ARTIFACT_ALLOW_FILE",
+            ),
+            (
+                ServerArgs { artifact_checksum: Some("optional".into()), ..Default::default() },
+                "TELETRAAN_ARTIFACT_CHECKSUM",
+            ),
+            (
+                ServerArgs { artifact_allowed: Some("file:///srv/".into()), ..Default::default() },
+                "TELETRAAN_ARTIFACT_ALLOW_FILE",
+            ),
+        ];
+        for (args, setting) in cases {
+            let err = format!("{:#}", args.resolve().unwrap_err());
+            assert!(err.contains(setting), "{setting}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_artifact_policy_comes_from_the_file_too() {
+        let dir = std::env::temp_dir().join(format!("teletraan-config-art-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("t.toml");
+        std::fs::write(
+            &file,
+            "artifact_allowed = [\"https://a.example.com/x/\"]\nartifact_allow_file = true\nartifact_checksum = \"sidecar\"\n",
+        )
+        .unwrap();
+        let p = ServerArgs { config: Some(file.clone()), ..Default::default() }.resolve().unwrap().artifacts;
+        assert_eq!((p.allowed.len(), p.allow_file, p.checksum), (1, true, ChecksumPolicy::Sidecar));
+        let p =
+            ServerArgs { config: Some(file.clone()), artifact_checksum: Some("required".into()), ..Default::default() }
+                .resolve()
+                .unwrap()
+                .artifacts;
+        assert_eq!(p.checksum, ChecksumPolicy::Required, "the environment beats the file");
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

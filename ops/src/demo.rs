@@ -1,13 +1,22 @@
 //! `teletraan up --demo`: three local agents and two sample builds, so a newcomer watches a
 //! real rollout: build v1 reaches every host at once (first deploys are not capped), then v2
 //! rolls one host at a time (`maxParallel: 1`). A line is printed whenever a host moves.
+//!
+//! The sample builds are served over HTTP on loopback, as an artifact store would serve them,
+//! and published with their SHA-256: the demo runs under the production artifact policy.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use axum::extract::Path as UrlPath;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use schema::artifact::{AllowedLocation, ArtifactPolicy};
 use schema::model::{Agent, Build, Deploy};
 use serde_json::json;
 use tokio::process::{Child, Command};
@@ -20,17 +29,81 @@ const ENV: &str = "demo";
 const STAGE: &str = "prod";
 const HOSTS: [&str; 3] = ["demo-1", "demo-2", "demo-3"];
 
+/// The versions the demo publishes.
+const VERSIONS: [&str; 2] = ["v1", "v2"];
+
+/// The demo's sample builds, served at `http://127.0.0.1:<port>/demo/<version>.tar.gz`.
+pub struct Artifacts {
+    base: String,
+    files: Arc<HashMap<String, Vec<u8>>>,
+    server: JoinHandle<()>,
+}
+
+impl Artifacts {
+    /// Builds the sample artifacts and serves them on a free loopback port.
+    pub async fn serve() -> anyhow::Result<Artifacts> {
+        let mut files = HashMap::new();
+        for version in VERSIONS {
+            let bytes = sample::artifact(version, &sample::demo_hooks(version))?;
+            files.insert(format!("{version}.tar.gz"), bytes);
+        }
+        let files = Arc::new(files);
+        let listener =
+            tokio::net::TcpListener::bind("127.0.0.1:0").await.context("cannot serve the demo's artifacts")?;
+        let base = format!("http://{}/demo", listener.local_addr()?);
+        let served = files.clone();
+        let app = axum::Router::new().route(
+            "/demo/{file}",
+            get(move |UrlPath(file): UrlPath<String>| {
+                let served = served.clone();
+                async move {
+                    match served.get(&file) {
+                        Some(bytes) => bytes.clone().into_response(),
+                        None => StatusCode::NOT_FOUND.into_response(),
+                    }
+                }
+            }),
+        );
+        let server = tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                eprintln!("demo: the artifact server stopped: {e}");
+            }
+        });
+        Ok(Artifacts { base, files, server })
+    }
+
+    /// Lets the server's policy take the demo's builds: with an allow-list configured, the
+    /// demo's own location is added to it (without one, any http URL is accepted already).
+    pub fn allow_in(&self, policy: &mut ArtifactPolicy) -> anyhow::Result<()> {
+        if !policy.allowed.is_empty() {
+            policy.allowed.push(AllowedLocation::parse(&format!("{}/", self.base))?);
+        }
+        Ok(())
+    }
+
+    fn url(&self, version: &str) -> String {
+        format!("{}/{version}.tar.gz", self.base)
+    }
+
+    fn bytes(&self, version: &str) -> &[u8] {
+        self.files.get(&format!("{version}.tar.gz")).map(Vec::as_slice).unwrap_or_default()
+    }
+}
+
 /// The running demo.
 pub struct Demo {
     agents: Vec<Child>,
     watcher: JoinHandle<()>,
+    artifacts: Artifacts,
     home: PathBuf,
 }
 
 impl Demo {
-    /// Stops the agents and the progress printer, and removes the demo's files.
+    /// Stops the agents, the progress printer and the artifact server, and removes the demo's
+    /// files.
     pub async fn stop(mut self) {
         self.watcher.abort();
+        self.artifacts.server.abort();
         for a in &mut self.agents {
             let _ = a.kill().await;
         }
@@ -62,7 +135,7 @@ impl Api {
 
 /// Sets up the demo stage and builds, starts the agents and the first deploy, and prints the
 /// rollout as it happens.
-pub async fn start(running: &Running) -> anyhow::Result<Demo> {
+pub async fn start(running: &Running, artifacts: Artifacts) -> anyhow::Result<Demo> {
     let (Some(api_addr), Some(gateway_addr), Some(admin), Some(agent_token)) =
         (running.api_addr, running.gateway_addr, running.admin_token.clone(), running.agent_token.clone())
     else {
@@ -92,8 +165,8 @@ pub async fn start(running: &Running) -> anyhow::Result<Demo> {
     )
     .await?;
 
-    let v1 = publish(&api, &home, "v1").await?;
-    let v2 = publish(&api, &home, "v2").await?;
+    let v1 = publish(&api, &artifacts, "v1").await?;
+    let v2 = publish(&api, &artifacts, "v2").await?;
 
     let mut agents = Vec::new();
     for host in HOSTS {
@@ -137,7 +210,7 @@ pub async fn start(running: &Running) -> anyhow::Result<Demo> {
             eprintln!("demo: {e:#}");
         }
     });
-    Ok(Demo { agents, watcher, home })
+    Ok(Demo { agents, watcher, artifacts, home })
 }
 
 fn agent_binary() -> anyhow::Result<PathBuf> {
@@ -149,14 +222,11 @@ fn agent_binary() -> anyhow::Result<PathBuf> {
     bail!("teletraan-agent not found next to {}; build it with `cargo build --bins`", exe.display())
 }
 
-async fn publish(api: &Api, home: &Path, version: &str) -> anyhow::Result<Build> {
-    let bytes = sample::artifact(version, &sample::demo_hooks(version))?;
-    let path = home.join(format!("demo-{version}.tar.gz"));
-    std::fs::write(&path, &bytes)?;
+async fn publish(api: &Api, artifacts: &Artifacts, version: &str) -> anyhow::Result<Build> {
     let build = json!({
         "name": ENV,
-        "artifactUrl": format!("file://{}", path.display()),
-        "artifactSha256": sample::sha256_hex(&bytes),
+        "artifactUrl": artifacts.url(version),
+        "artifactSha256": sample::sha256_hex(artifacts.bytes(version)),
         "repo": "example/demo",
         "branch": "main",
         "commit": format!("{:0<40}", if version == "v1" { "1111111" } else { "2222222" }),

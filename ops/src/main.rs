@@ -82,10 +82,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             return Ok(());
         }
         Cmd::Up { demo } => {
+            let mut settings = settings;
+            // The demo's artifacts are served before the API starts, so its policy can take them.
+            let artifacts = if demo {
+                let artifacts = demo::Artifacts::serve().await?;
+                artifacts.allow_in(&mut settings.artifacts)?;
+                Some(artifacts)
+            } else {
+                None
+            };
             let running = serve::start(&settings, Roles { api: true, gateway: true, worker: true }, true).await?;
             announce(&running, &settings);
-            if demo {
-                let demo = demo::start(&running).await?;
+            if let Some(artifacts) = artifacts {
+                let demo = demo::start(&running, artifacts).await?;
                 teletraan::interrupted().await;
                 demo.stop().await;
             } else {

@@ -26,6 +26,10 @@ pub fn artifact(version: &str, hooks: &[(&str, String)]) -> std::io::Result<Vec<
     Ok(bytes)
 }
 
+/// A well-formed SHA-256 (that of no bytes at all) for builds no agent ever downloads, those of
+/// simulated fleets and benchmarks: the server requires a digest on every build by default.
+pub const UNDOWNLOADED_SHA256: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
 /// Hex SHA-256 of some bytes.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
@@ -69,5 +73,6 @@ mod tests {
         }
         assert!(names.contains(&"teletraan/RESTARTING".to_string()));
         assert_eq!(sha256_hex(b"abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(sha256_hex(b""), UNDOWNLOADED_SHA256);
     }
 }

@@ -4,7 +4,6 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use bus::BusConfig;
-use schema::model::ArtifactPolicy;
 use store::{Store, TokenKind};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -99,7 +98,7 @@ pub async fn start(settings: &Settings, roles: Roles, generate_tokens: bool) -> 
         let state = api::rest::ApiState {
             store: store.clone(),
             commands: Arc::new(bus::rpc::CommandClient::new(bus.clone())),
-            artifacts: Arc::new(ArtifactPolicy { allowed_prefixes: settings.artifact_url_prefixes.clone() }),
+            artifacts: Arc::new(settings.artifacts.clone()),
             command_wait: settings.command_wait,
             request_timeout: settings.request_timeout,
         };

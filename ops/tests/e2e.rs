@@ -78,11 +78,14 @@ fn hook_runs(dir: &Path) -> Vec<HookRun> {
         .collect()
 }
 
-/// Serves artifacts over HTTP: `/<name>` answers its bytes.
+/// Serves artifacts over HTTP as CI publishes them: `/<name>` answers its bytes and
+/// `/<name>.sha256` its digest, as `sha256sum` writes it.
 async fn serve_artifacts(files: Vec<(&'static str, Vec<u8>)>) -> String {
     let mut app = Router::new();
     for (name, bytes) in files {
+        let sidecar = format!("{}  {name}\n", sample::sha256_hex(&bytes));
         app = app.route(&format!("/{name}"), get(move || async move { bytes }));
+        app = app.route(&format!("/{name}.sha256"), get(move || async move { sidecar }));
     }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -245,10 +248,11 @@ async fn failing_hosts_make_the_deploy_failing_and_a_reset_retries_them() {
     let tmp = std::env::temp_dir().join(format!("teletraan-e2e-{}", uuid::Uuid::new_v4().simple()));
     let a_bytes = sample::artifact("A", &failing_hooks("A")).unwrap();
     let b_bytes = sample::artifact("B", &failing_hooks("B")).unwrap();
+    let (a_sha, b_sha) = (sample::sha256_hex(&a_bytes), sample::sha256_hex(&b_bytes));
     let artifacts = serve_artifacts(vec![("a.tar.gz", a_bytes), ("b.tar.gz", b_bytes)]).await;
     api.stage("e2e", "prod", "e2e", json!({"maxParallelPct": 100, "stuckThreshold": 3600})).await;
-    let a = api.publish("e2e", &format!("{artifacts}/a.tar.gz"), "aaaaaaa111", None).await;
-    let b = api.publish("e2e", &format!("{artifacts}/b.tar.gz"), "bbbbbbb222", None).await;
+    let a = api.publish("e2e", &format!("{artifacts}/a.tar.gz"), "aaaaaaa111", Some(&a_sha)).await;
+    let b = api.publish("e2e", &format!("{artifacts}/b.tar.gz"), "bbbbbbb222", Some(&b_sha)).await;
     let dirs: Vec<PathBuf> = HOSTS.iter().map(|h| tmp.join(h)).collect();
     let mut agents: Vec<Child> = HOSTS.iter().zip(&dirs).map(|(h, d)| start_agent(&server.gateway, h, d)).collect();
     let deploy_a = api.deploy("e2e", "prod", &a).await;
@@ -288,8 +292,10 @@ async fn failing_hosts_make_the_deploy_failing_and_a_reset_retries_them() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn long_polling_agents_get_rollouts_without_polling_again() {
     // An hour between pings: without long-poll no host would ping again during this test, so
-    // every goal after the first ping reaches the agents through held pings.
-    let server = Server::start().await;
+    // every goal after the first ping reaches the agents through held pings. The server runs in
+    // sidecar mode: the builds carry no digest, and the agents verify them with the published
+    // `.sha256` files.
+    let server = Server::start_with(&[("TELETRAAN_ARTIFACT_CHECKSUM", "sidecar")]).await;
     let api = &server.api;
     let tmp = std::env::temp_dir().join(format!("teletraan-e2e-{}", uuid::Uuid::new_v4().simple()));
     let a_bytes = sample::artifact("A", &hooks("A")).unwrap();

@@ -13,6 +13,7 @@ use schema::model::Agent;
 use schema::{AgentState, DeployStage};
 use serde_json::json;
 use support::{AGENT, DEADLINE, Server, wait_for};
+use teletraan::sample::UNDOWNLOADED_SHA256;
 use teletraan::sim::{EventKind, Fleet, SimConfig, numbered_hosts};
 
 const MIN_STALE: Duration = Duration::from_secs(3);
@@ -42,8 +43,10 @@ async fn a_host_that_goes_silent_mid_rollout_is_passed_over_then_forgotten_then_
     }
     .stage_duration(DeployStage::Restarting, Duration::from_millis(1500));
     let fleet = Fleet::start(config).expect("a fleet");
-    let b1 = api.publish("web", "https://artifacts.example.com/web-1.tgz", "1111111abc", None).await;
-    let b2 = api.publish("web", "https://artifacts.example.com/web-2.tgz", "2222222abc", None).await;
+    let b1 =
+        api.publish("web", "https://artifacts.example.com/web-1.tgz", "1111111abc", Some(UNDOWNLOADED_SHA256)).await;
+    let b2 =
+        api.publish("web", "https://artifacts.example.com/web-2.tgz", "2222222abc", Some(UNDOWNLOADED_SHA256)).await;
     let serving = |f: &Fleet, b: &str, host: &str| {
         f.host(host).is_some_and(|h| h.envs.iter().any(|e| e.serving.as_deref() == Some(b)))
     };
@@ -169,8 +172,10 @@ async fn a_deploy_without_progress_turns_failing_though_no_report_arrives() {
     }
     .stage_duration(DeployStage::Restarting, Duration::from_millis(800));
     let fleet = Fleet::start(config).expect("a fleet");
-    let b1 = api.publish("web", "https://artifacts.example.com/web-1.tgz", "1111111abc", None).await;
-    let b2 = api.publish("web", "https://artifacts.example.com/web-2.tgz", "2222222abc", None).await;
+    let b1 =
+        api.publish("web", "https://artifacts.example.com/web-1.tgz", "1111111abc", Some(UNDOWNLOADED_SHA256)).await;
+    let b2 =
+        api.publish("web", "https://artifacts.example.com/web-2.tgz", "2222222abc", Some(UNDOWNLOADED_SHA256)).await;
     let d1 = api.deploy("web", "prod", &b1).await;
     api.wait_state(d1.id.as_str(), "SUCCEEDING").await;
     let d2 = api.deploy("web", "prod", &b2).await;

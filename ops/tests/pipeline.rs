@@ -11,6 +11,7 @@ use schema::DeployStage;
 use schema::model::{AUTO_PROMOTER, Build, Deploy};
 use serde_json::json;
 use support::{AGENT, Api, DEADLINE, Server, wait_for};
+use teletraan::sample::UNDOWNLOADED_SHA256;
 use teletraan::sim::{Fleet, SimConfig, numbered_hosts};
 
 const STAGES: [&str; 3] = ["beta", "canary", "prod"];
@@ -67,7 +68,8 @@ async fn one_publish_flows_through_every_stage_and_a_bad_build_stops_where_it_is
     let fleet = Fleet::start(config).expect("a fleet");
 
     // One publish, and nothing else: every stage ends up serving it, deployed by the automation.
-    let b1 = api.publish("web", "https://artifacts.example.com/web-1.tgz", "1111111abc", None).await;
+    let b1 =
+        api.publish("web", "https://artifacts.example.com/web-1.tgz", "1111111abc", Some(UNDOWNLOADED_SHA256)).await;
     assert!(fleet.wait_until(|f| STAGES.iter().all(|s| serving(f, s, &b1)), DEADLINE).await, "{:?}", fleet.hosts());
     let mut previous = None;
     for stage in STAGES {
@@ -79,7 +81,8 @@ async fn one_publish_flows_through_every_stage_and_a_bad_build_stops_where_it_is
     }
 
     // The next build reaches beta and is marked bad while it rolls out there.
-    let b2 = api.publish("web", "https://artifacts.example.com/web-2.tgz", "2222222abc", None).await;
+    let b2 =
+        api.publish("web", "https://artifacts.example.com/web-2.tgz", "2222222abc", Some(UNDOWNLOADED_SHA256)).await;
     wait_for("beta to take b2", || async { current(api, "beta").await.is_some_and(|d| d.build_id == b2.id) }).await;
     api.call(
         reqwest::Method::POST,

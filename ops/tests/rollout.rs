@@ -10,6 +10,7 @@ use schema::DeployStage;
 use schema::model::Build;
 use serde_json::json;
 use support::{AGENT, Api, DEADLINE, Server};
+use teletraan::sample::UNDOWNLOADED_SHA256;
 use teletraan::sim::{EventKind, Fleet, SimConfig, numbered_hosts};
 
 /// A stage `web/prod` on group `g` and a fleet of `n` simulated hosts (tag `zone` dealt over
@@ -38,7 +39,7 @@ async fn publish(api: &Api, n: u32) -> Build {
         "web",
         &format!("https://artifacts.example.com/web-{n}.tar.gz"),
         &format!("{n}{n}{n}{n}{n}{n}{n}abc"),
-        None,
+        Some(UNDOWNLOADED_SHA256),
     )
     .await
 }

@@ -19,6 +19,7 @@ use schema::ping::{PingRequest, PingResponse};
 use schema::{AgentState, AgentStatus, DeployStage};
 use serde_json::json;
 use support::{AGENT, DEADLINE, Server};
+use teletraan::sample::UNDOWNLOADED_SHA256;
 use teletraan::sim::{Fleet, SimConfig, numbered_hosts};
 use tokio::process::Command;
 
@@ -270,8 +271,10 @@ async fn twenty_simulated_hosts_roll_out_within_a_percentage_cap() {
     let api = &server.api;
     let gateway_url = server.gateway.clone();
     api.stage("sim", "prod", "sim", json!({})).await;
-    let b1 = api.publish("sim", "https://artifacts.example.com/sim-1.tar.gz", "1111111abc", None).await;
-    let b2 = api.publish("sim", "https://artifacts.example.com/sim-2.tar.gz", "2222222abc", None).await;
+    let b1 =
+        api.publish("sim", "https://artifacts.example.com/sim-1.tar.gz", "1111111abc", Some(UNDOWNLOADED_SHA256)).await;
+    let b2 =
+        api.publish("sim", "https://artifacts.example.com/sim-2.tar.gz", "2222222abc", Some(UNDOWNLOADED_SHA256)).await;
 
     let zones = vec![("zone".to_string(), vec!["a".to_string(), "b".into(), "c".into()])];
     let config = SimConfig {

@@ -11,6 +11,7 @@
 //! their callers, and are kept out of the rules). A test in
 //! `ops` reads `cargo metadata` and fails if this crate gains such a dependency.
 
+pub mod artifact;
 pub mod bus;
 pub mod enums;
 pub mod ids;

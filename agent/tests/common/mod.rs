@@ -1,5 +1,6 @@
 //! A small fake gateway for the loop tests: it walks one deploy through Teletraan's stage
-//! sequence from the agent's reports, serves artifacts, and records every ping. It can also
+//! sequence from the agent's reports, serves artifacts (with their `.sha256`, unless told
+//! otherwise), and records every ping. It can also
 //! stall an artifact (no answer until released) and hold the answer to a ping that reports a
 //! given stage and status, so a test can kill the agent at that point.
 
@@ -123,7 +124,18 @@ impl Fake {
         self.change(|s| s.mode = mode);
     }
 
+    /// Serves `name`, and its digest at `<name>.sha256` (as `sha256sum` writes it), as CI
+    /// publishes artifacts; a `.sha256` name is served as given.
     pub fn serve(&self, name: &str, bytes: Vec<u8>) {
+        if !name.ends_with(".sha256") {
+            let digest = agent::download::sha256_hex(&bytes);
+            self.serve_only(&format!("{name}.sha256"), format!("{digest}  {name}\n").into_bytes());
+        }
+        self.serve_only(name, bytes);
+    }
+
+    /// Serves `name` alone (no sidecar).
+    pub fn serve_only(&self, name: &str, bytes: Vec<u8>) {
         self.change(|s| {
             s.artifacts.insert(name.to_string(), bytes);
         });

@@ -28,6 +28,9 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use workers::WorkerConfig;
 
+/// A well-formed SHA-256 for builds that no agent downloads in these tests.
+pub const SOME_SHA256: &str = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+
 /// Longest a test waits for something asynchronous (a worker, a change event) to happen.
 pub const PATIENCE: Duration = Duration::from_secs(30);
 /// Longest the roles may take to stop once asked.
@@ -67,7 +70,13 @@ pub async fn spawn_app_with(tune: impl FnOnce(&mut WorkerConfig)) -> App {
 
 /// Like [`spawn_app_with`], the API trusting an SSO proxy's headers as `trusted` says.
 pub async fn spawn_app_trusting(tune: impl FnOnce(&mut WorkerConfig), trusted: TrustedHeaders) -> App {
-    start(tune, trusted, None).await
+    start(tune, trusted, None, ArtifactPolicy::default()).await
+}
+
+/// Like [`spawn_app`], the API applying `artifacts` to published builds instead of the
+/// production default (no allow-list, no `file://`, `artifactSha256` required).
+pub async fn spawn_app_with_artifacts(artifacts: ArtifactPolicy) -> App {
+    start(|_| {}, TrustedHeaders::default(), None, artifacts).await
 }
 
 /// Where the API and the gateway reach Postgres and RabbitMQ instead of directly (the
@@ -87,10 +96,15 @@ pub struct Detour {
 /// Like [`spawn_app`], with the API and the gateway reaching Postgres and RabbitMQ through
 /// `detour` (the workers and the test's own store connect directly).
 pub async fn spawn_app_through(detour: &Detour) -> App {
-    start(|_| {}, TrustedHeaders::default(), Some(detour)).await
+    start(|_| {}, TrustedHeaders::default(), Some(detour), ArtifactPolicy::default()).await
 }
 
-async fn start(tune: impl FnOnce(&mut WorkerConfig), trusted: TrustedHeaders, detour: Option<&Detour>) -> App {
+async fn start(
+    tune: impl FnOnce(&mut WorkerConfig),
+    trusted: TrustedHeaders,
+    detour: Option<&Detour>,
+    artifacts: ArtifactPolicy,
+) -> App {
     let db = TestDatabase::new().await;
     let bus = TestBus::new();
     let store = db.store.clone();
@@ -142,7 +156,7 @@ async fn start(tune: impl FnOnce(&mut WorkerConfig), trusted: TrustedHeaders, de
     let state = ApiState {
         store: role_store,
         commands: Arc::new(CommandClient::new(role_bus)),
-        artifacts: Arc::new(ArtifactPolicy::default()),
+        artifacts: Arc::new(artifacts),
         command_wait,
         request_timeout,
     };
@@ -316,11 +330,12 @@ impl App {
         self.put(&path, &json!(names)).await.expect(StatusCode::NO_CONTENT);
     }
 
-    /// Publishes a build; returns it.
+    /// Publishes a build (with an `artifactSha256`, as the default policy requires); returns it.
     pub async fn publish_build(&self, name: &str, commit: &str) -> Value {
         let build = json!({
             "name": name,
             "artifactUrl": format!("https://artifacts.example.com/{name}/{commit}.tar.gz"),
+            "artifactSha256": SOME_SHA256,
             "type": "GitHub",
             "repo": format!("org/{name}"),
             "branch": "main",

@@ -52,6 +52,7 @@ impl Admin {
     /// Publishes build number `n` of `name`; its id.
     pub async fn publish(&self, name: &str, n: u32) -> anyhow::Result<String> {
         let body = json!({"name": name, "artifactUrl": format!("https://artifacts.example.com/{name}-{n}.tar.gz"),
+            "artifactSha256": crate::sample::UNDOWNLOADED_SHA256,
             "repo": format!("org/{name}"), "branch": "main", "commit": format!("{n:08}abcdef0123456789")});
         let (_, build) = self.call(reqwest::Method::POST, "/v1/builds", Some(body)).await?;
         build["id"].as_str().map(String::from).context("the build has no id")

@@ -160,7 +160,8 @@ impl Api {
         self.call(reqwest::Method::PUT, &format!("/v1/envs/{env}/{stage}"), Some(settings)).await;
     }
 
-    /// Publishes a build of `name` at `url` (checksum optional).
+    /// Publishes a build of `name` at `url`; without `sha256` only a server in sidecar mode
+    /// (`TELETRAAN_ARTIFACT_CHECKSUM=sidecar`) takes it.
     pub async fn publish(&self, name: &str, url: &str, commit: &str, sha256: Option<&str>) -> Build {
         let mut body = json!({"name": name, "artifactUrl": url, "repo": format!("org/{name}"), "branch": "main", "commit": commit});
         if let Some(s) = sha256 {

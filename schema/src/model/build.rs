@@ -1,8 +1,9 @@
-//! Builds (Teletraan's `BuildBean`): what CI publishes, and the artifact policy.
+//! Builds (Teletraan's `BuildBean`): what CI publishes, checked against the artifact policy.
 
 use serde::{Deserialize, Serialize};
 
 use super::{Invalid, invalid, optional_text, required};
+use crate::artifact::{ArtifactPolicy, ChecksumPolicy, parse_sha256};
 use crate::time::EpochMs;
 use crate::{BuildId, BuildName};
 
@@ -14,7 +15,7 @@ pub struct Build {
     pub id: BuildId,
     /// Build name; must equal a stage's `buildName` to deploy there.
     pub name: BuildName,
-    /// Where the agent downloads the artifact (http, https or file).
+    /// Where the agent downloads the artifact (http or https; file when the server allows it).
     pub artifact_url: String,
     /// SCM type.
     #[serde(rename = "type")]
@@ -60,15 +61,10 @@ pub struct BuildInput {
     pub artifact_sha256: Option<String>,
 }
 
-/// Where artifacts may come from.
-#[derive(Debug, Clone, Default)]
-pub struct ArtifactPolicy {
-    /// When non-empty, an artifact URL must start with one of these.
-    pub allowed_prefixes: Vec<String>,
-}
-
 impl Build {
-    /// Validates a publish request and fills Teletraan's defaults.
+    /// Validates a publish request and fills Teletraan's defaults. The artifact URL must pass
+    /// `policy` (see [`ArtifactPolicy::check_url`]); `artifactSha256` must be 64 hex digits,
+    /// and is required unless the policy takes a published sidecar instead.
     pub fn publish(
         input: BuildInput,
         policy: &ArtifactPolicy,
@@ -77,15 +73,7 @@ impl Build {
     ) -> Result<Build, Invalid> {
         let name = BuildName::parse(input.name.unwrap_or_default()).map_err(|e| invalid("name", e.to_string()))?;
         let artifact_url = required("artifactUrl", input.artifact_url, 2048)?;
-        let scheme_ok = ["http://", "https://", "file://"].iter().any(|p| artifact_url.starts_with(p));
-        if !scheme_ok {
-            return Err(invalid("artifactUrl", "must be an http://, https:// or file:// URL"));
-        }
-        if !policy.allowed_prefixes.is_empty()
-            && !policy.allowed_prefixes.iter().any(|p| artifact_url.starts_with(p.as_str()))
-        {
-            return Err(invalid("artifactUrl", "is not under an allowed artifact location"));
-        }
+        policy.check_url(&artifact_url).map_err(|e| invalid("artifactUrl", e.to_string()))?;
         let repo = required("repo", input.repo, 256)?;
         let branch = required("branch", input.branch, 256)?;
         let commit = required("commit", input.commit, 64)?;
@@ -101,15 +89,17 @@ impl Build {
             }
             _ => commit.chars().take(7).collect(),
         };
-        let artifact_sha256 = match input.artifact_sha256 {
-            Some(s) => {
-                let s = s.trim().to_ascii_lowercase();
-                if s.len() != 64 || !s.chars().all(|c| c.is_ascii_hexdigit()) {
-                    return Err(invalid("artifactSha256", "must be 64 hexadecimal characters"));
-                }
-                Some(s)
+        let artifact_sha256 = match (input.artifact_sha256, policy.checksum) {
+            (Some(s), _) => {
+                Some(parse_sha256(&s).ok_or_else(|| invalid("artifactSha256", "must be 64 hexadecimal characters"))?)
             }
-            None => None,
+            (None, ChecksumPolicy::Required) => {
+                return Err(invalid(
+                    "artifactSha256",
+                    "is required: the SHA-256 of the artifact, 64 hexadecimal characters",
+                ));
+            }
+            (None, ChecksumPolicy::Sidecar) => None,
         };
         // Year 3000: far enough, and well inside what Postgres and every client can represent.
         const LATEST: EpochMs = 32_503_680_000_000;
@@ -143,9 +133,16 @@ impl Build {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::artifact::AllowedLocation;
+
+    const SHA: &str = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+
+    fn publish(json: &str, policy: &ArtifactPolicy) -> Result<Build, Invalid> {
+        Build::publish(serde_json::from_str(json).unwrap(), policy, "ci", 7)
+    }
 
     fn build(json: &str) -> Result<Build, Invalid> {
-        Build::publish(serde_json::from_str(json).unwrap(), &ArtifactPolicy::default(), "ci", 7)
+        publish(json, &ArtifactPolicy::permissive())
     }
 
     #[test]
@@ -155,6 +152,7 @@ mod tests {
         assert!(b.id.as_str().ends_with("_fabe9af"));
         assert_eq!((b.commit_date, b.publish_date), (7, 7));
         assert_eq!(b.publisher, "ci");
+        assert_eq!(b.artifact_sha256, None);
     }
 
     #[test]
@@ -176,9 +174,60 @@ mod tests {
                 .field,
             "commitDate"
         );
-        let policy = ArtifactPolicy { allowed_prefixes: vec!["https://artifacts/".into()] };
-        let input: BuildInput =
-            serde_json::from_str(&format!(r#"{{{base},"artifactUrl":"https://elsewhere/a.tgz"}}"#)).unwrap();
-        assert_eq!(Build::publish(input, &policy, "ci", 0).unwrap_err().field, "artifactUrl");
+    }
+
+    #[test]
+    fn the_default_policy_requires_a_valid_sha256() {
+        let strict = ArtifactPolicy::default();
+        let base = r#""name":"web","repo":"r","branch":"b","commit":"abc","artifactUrl":"https://a.example.com/w.tgz""#;
+        let err = publish(&format!("{{{base}}}"), &strict).unwrap_err();
+        assert_eq!(err.field, "artifactSha256");
+        assert!(err.message.contains("required"), "{err}");
+        for bad in ["", "xyz", &SHA[1..], &format!("{SHA}0"), &"g".repeat(64)] {
+            let err = publish(&format!(r#"{{{base},"artifactSha256":"{bad}"}}"#), &strict).unwrap_err();
+            assert_eq!(err.field, "artifactSha256", "{bad:?}");
+        }
+        let b = publish(&format!(r#"{{{base},"artifactSha256":" {} "}}"#, SHA.to_uppercase()), &strict).unwrap();
+        assert_eq!(b.artifact_sha256.as_deref(), Some(SHA), "trimmed and lower-cased");
+    }
+
+    #[test]
+    fn the_sidecar_policy_lets_the_sha256_be_omitted_but_still_checks_one_given() {
+        let sidecar = ArtifactPolicy { checksum: ChecksumPolicy::Sidecar, ..ArtifactPolicy::default() };
+        let base = r#""name":"web","repo":"r","branch":"b","commit":"abc","artifactUrl":"https://a.example.com/w.tgz""#;
+        assert_eq!(publish(&format!("{{{base}}}"), &sidecar).unwrap().artifact_sha256, None);
+        let err = publish(&format!(r#"{{{base},"artifactSha256":"nope"}}"#), &sidecar).unwrap_err();
+        assert_eq!(err.field, "artifactSha256");
+        // file:// stays refused: the sidecar setting changes nothing else.
+        let file = r#""name":"web","repo":"r","branch":"b","commit":"abc","artifactUrl":"file:///a.tgz""#;
+        assert_eq!(publish(&format!("{{{file}}}"), &sidecar).unwrap_err().field, "artifactUrl");
+    }
+
+    #[test]
+    fn the_url_is_checked_against_the_allow_list_before_anything_else() {
+        let policy = ArtifactPolicy {
+            allowed: vec![AllowedLocation::parse("https://artifacts.example.com/web/").unwrap()],
+            ..ArtifactPolicy::default()
+        };
+        let base = format!(r#""name":"web","repo":"r","branch":"b","commit":"abc","artifactSha256":"{SHA}""#);
+        for url in [
+            "https://artifacts.example.com/webby/a.tgz",
+            "https://artifacts.example.com.evil.org/web/a.tgz",
+            "https://artifacts.example.com@evil.org/web/a.tgz",
+            "http://artifacts.example.com/web/a.tgz",
+            "file:///web/a.tgz",
+        ] {
+            let err = publish(&format!(r#"{{{base},"artifactUrl":"{url}"}}"#), &policy).unwrap_err();
+            assert_eq!(err.field, "artifactUrl", "{url}");
+        }
+        let ok = publish(&format!(r#"{{{base},"artifactUrl":"https://artifacts.example.com/web/a.tgz"}}"#), &policy);
+        assert_eq!(ok.unwrap().artifact_url, "https://artifacts.example.com/web/a.tgz");
+        // Without the sha256 but off the list: the URL is named first.
+        let err = publish(
+            r#"{"name":"web","repo":"r","branch":"b","commit":"abc","artifactUrl":"https://x.org/a"}"#,
+            &policy,
+        )
+        .unwrap_err();
+        assert_eq!(err.field, "artifactUrl");
     }
 }

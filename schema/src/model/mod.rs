@@ -12,7 +12,8 @@ mod webhook;
 
 use std::collections::BTreeMap;
 
-pub use build::{ArtifactPolicy, Build, BuildInput};
+pub use crate::artifact::ArtifactPolicy;
+pub use build::{Build, BuildInput};
 pub use deploy::{Agent, CommandStatus, Deploy};
 pub use promote::{AUTO_PROMOTER, FROM_BUILDS, Promote, PromoteInput};
 pub use rollout::{ConstraintBean, ConstraintInput, ScheduleBean, ScheduleInput};

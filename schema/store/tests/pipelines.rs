@@ -26,7 +26,7 @@ async fn build_at(store: &Store, commit: &str, at: i64) -> Build {
         "commitDate": at
     }))
     .unwrap();
-    let b = Build::publish(input, &ArtifactPolicy::default(), "ci", at).unwrap();
+    let b = Build::publish(input, &ArtifactPolicy::permissive(), "ci", at).unwrap();
     store.insert_build(&b).await.unwrap();
     b
 }
