@@ -9,7 +9,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use common::proxy::{Proxy, authority, through};
-use common::{App, Body, Detour, Host, PATIENCE, Reply, eventually, report_on, spawn_app_through, str_of};
+use common::{App, Body, Detour, Host, PATIENCE, Reply, SOME_SHA256, eventually, report_on, spawn_app_through, str_of};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -74,6 +74,7 @@ fn build(commit: &str) -> Value {
     json!({
         "name": "web",
         "artifactUrl": format!("https://artifacts.example.com/web/{commit}.tar.gz"),
+        "artifactSha256": SOME_SHA256,
         "repo": "org/web",
         "branch": "main",
         "commit": commit,
