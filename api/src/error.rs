@@ -103,6 +103,12 @@ impl From<schema::model::Invalid> for ApiError {
     }
 }
 
+impl From<schema::model::LinkInvalid> for ApiError {
+    fn from(e: schema::model::LinkInvalid) -> Self {
+        ApiError::bad_request(e.to_string())
+    }
+}
+
 impl From<schema::IdError> for ApiError {
     fn from(e: schema::IdError) -> Self {
         ApiError::bad_request(e.to_string())

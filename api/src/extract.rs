@@ -20,7 +20,18 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Err(ApiError::bad_request("the request body is empty; JSON expected"));
         }
-        serde_json::from_slice(&bytes).map(ApiJson).map_err(|e| ApiError::bad_request(format!("malformed JSON: {e}")))
+        let mut json = serde_json::Deserializer::from_slice(&bytes);
+        // The error names the field at fault (`maxParallel: invalid value…`).
+        let value = serde_path_to_error::deserialize(&mut json).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            match inner.classify() {
+                serde_json::error::Category::Data if path != "." => ApiError::bad_request(format!("{path}: {inner}")),
+                _ => ApiError::bad_request(format!("malformed JSON: {inner}")),
+            }
+        })?;
+        json.end().map_err(|e| ApiError::bad_request(format!("malformed JSON: {e}")))?;
+        Ok(ApiJson(value))
     }
 }
 

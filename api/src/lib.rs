@@ -13,6 +13,7 @@ pub mod error;
 pub mod extract;
 pub mod gateway;
 pub mod health;
+pub mod paths;
 pub mod rest;
 
 use std::sync::Arc;
@@ -24,17 +25,18 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 
 /// The API listener's router: REST plus health, every request within the state's
-/// `request_timeout`. Serve it with connection info
+/// `request_timeout`, a trailing slash on any path accepted. Serve it with connection info
 /// (`into_make_service_with_connect_info::<SocketAddr>`) for trusted-header mode to see
 /// where requests come from.
 pub fn api_router(state: rest::ApiState, trusted: auth::TrustedHeaders) -> Router {
     let store = state.store.clone();
     let limit = state.request_timeout;
-    rest::router(state, trusted)
+    let router = rest::router(state, trusted)
         .merge(health::api(store))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(middleware::from_fn_with_state(limit, within_deadline))
+        .layer(middleware::from_fn_with_state(limit, within_deadline));
+    paths::trimming_trailing_slashes(router)
 }
 
 /// Answers 503 for a request still running after `limit` (its handler is dropped: an open
@@ -55,12 +57,13 @@ async fn within_deadline(State(limit): State<Duration>, request: Request, next: 
     }
 }
 
-/// The gateway listener's router: ping plus health.
+/// The gateway listener's router: ping plus health, a trailing slash on any path accepted.
 pub fn gateway_router(gw: Arc<gateway::Gateway>, store: store::Store) -> Router {
-    gateway::router(gw.clone(), store)
+    let router = gateway::router(gw.clone(), store)
         .merge(health::gateway(gw))
         .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
+        .method_not_allowed_fallback(method_not_allowed);
+    paths::trimming_trailing_slashes(router)
 }
 
 async fn not_found() -> error::ApiError {

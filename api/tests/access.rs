@@ -93,6 +93,7 @@ async fn every_route_refuses_every_principal_without_its_role() {
             ("target", "web".to_string()),
             ("value", "BAD_BUILD".to_string()),
             ("id", "none".to_string()),
+            ("group", "web".to_string()),
         ]
         .into_iter()
         .collect();
@@ -125,9 +126,11 @@ async fn every_route_refuses_every_principal_without_its_role() {
             _ => None,
         };
         let target = match (method, path) {
-            ("POST", "/v1/envs") | ("POST", "/v1/builds") | ("POST", "/v1/tags") | ("DELETE", "/v1/tags/{id}") => {
-                Some(Target::Env(web))
-            }
+            ("POST", "/v1/envs")
+            | ("POST", "/v1/builds")
+            | ("DELETE", "/v1/builds/{id}")
+            | ("POST", "/v1/tags")
+            | ("DELETE", "/v1/tags/{id}") => Some(Target::Env(web)),
             _ => None,
         };
         Sample { params, body, target }

@@ -272,8 +272,19 @@ str_enum!(
     EnvironState {
         /// Enabled.
         Normal = "NORMAL",
-        /// Disabled: no automatic promotion into it.
+        /// Disabled: no new build is deployed on it, by anyone (rollbacks and restarts are).
         Disabled = "DISABLED",
+    }
+);
+
+str_enum!(
+    /// What `POST /v1/envs/{env}/{stage}/actions` and `POST /v1/envs/actions` (the change
+    /// freeze) do (`actionType`).
+    EnvironAction {
+        /// Enable: new builds may be deployed again.
+        Enable = "ENABLE",
+        /// Disable: no new build is deployed (rollbacks and restarts still are).
+        Disable = "DISABLE",
     }
 );
 

@@ -1,6 +1,7 @@
 //! `workers`: everything that runs behind the queues.
 //!
-//! Consumers apply deploy commands (replying to the API) and gateway reports (then
+//! Consumers apply deploy commands (replying to the API; a command dead-lettered ends FAILED,
+//! [`dead_letters`]) and gateway reports (then
 //! re-evaluating the stages they touched: deploy state and admission); the outbox relay
 //! publishes what transactions announced; periodic jobs ([`jobs`]) do what the clock decides
 //! (stuck deploys, silent hosts, retention). Any number of worker processes may run: they
@@ -11,6 +12,7 @@
 //! functions of `schema::rules`, applied inside `store` transactions.
 
 pub mod commands;
+pub mod dead_letters;
 pub mod jobs;
 mod metrics;
 pub mod refresh;
@@ -65,6 +67,12 @@ pub fn spawn(config: WorkerConfig, store: Store, shutdown: watch::Receiver<bool>
         WorkQueue::Commands,
         config.command_prefetch,
         Arc::new(commands::CommandHandler::new(store.clone())),
+        shutdown.clone(),
+    ));
+    tasks.spawn(bus::watch_dead_letters(
+        config.bus.clone(),
+        WorkQueue::Commands,
+        Arc::new(dead_letters::DeadCommands::new(store.clone())),
         shutdown.clone(),
     ));
     let refresher = Arc::new(refresh::Refresher::default());

@@ -268,3 +268,90 @@ async fn a_broker_that_never_answers_is_unavailable_once_the_timeout_passed() {
     assert!(matches!(e, bus::BusError::Unavailable(_)), "{e:?}");
     silent.abort();
 }
+
+/// Gives up on every message, as a handler with a bug would after its retries.
+struct GiveUp;
+
+impl Handler for GiveUp {
+    async fn handle(&self, _ctx: &DeliveryCtx<'_>) -> Disposition {
+        Disposition::Dead("apply failed: boom".into())
+    }
+}
+
+#[tokio::test]
+async fn a_dead_lettered_command_ends_failed_and_stays_for_operators() {
+    let tb = TestBus::new();
+    let db = TestDatabase::new().await;
+    let cfg = tb.config.clone();
+    let now = schema::time::now_ms();
+    let envelope = |id: &str| CommandEnvelope {
+        id: id.into(),
+        attempt: 1,
+        issued_at: now,
+        operator: "alice".into(),
+        command: Command::DeployActionV1 {
+            env_name: EnvName::parse("web").unwrap(),
+            stage_name: StageName::parse("prod").unwrap(),
+            action: schema::DeployAction::Pause,
+            from_deploy_id: None,
+            to_deploy_id: None,
+            description: None,
+            mark_bad: false,
+        },
+    };
+    // The API recorded this one as PENDING before publishing it; the other it never did.
+    let recorded = envelope("cmd-recorded");
+    db.store
+        .insert_command(store::NewCommand {
+            id: &recorded.id,
+            kind: recorded.command.kind(),
+            operator: "alice",
+            payload: serde_json::to_value(&recorded).unwrap(),
+            now,
+        })
+        .await
+        .unwrap();
+    let (stop, shutdown) = watch::channel(false);
+    let consumer = tokio::spawn(bus::consume(cfg.clone(), WorkQueue::Commands, 4, Arc::new(GiveUp), shutdown.clone()));
+    let watcher = tokio::spawn(bus::watch_dead_letters(
+        cfg.clone(),
+        WorkQueue::Commands,
+        Arc::new(workers::dead_letters::DeadCommands::new(db.store.clone())),
+        shutdown,
+    ));
+    let publisher = Publisher::new(cfg.clone());
+    let out = |body: Vec<u8>| Outgoing {
+        exchange: cfg.exchange(WorkQueue::Commands),
+        routing_key: "commands".into(),
+        payload: body,
+    };
+    publisher
+        .publish(&[
+            out(serde_json::to_vec(&recorded).unwrap()),
+            out(serde_json::to_vec(&envelope("cmd-unrecorded")).unwrap()),
+            out(b"{nope".to_vec()),
+        ])
+        .await
+        .unwrap();
+
+    for id in ["cmd-recorded", "cmd-unrecorded"] {
+        wait_for("the command to end FAILED", || async {
+            db.store.command(id).await.unwrap().is_some_and(|c| c.status == "FAILED")
+        })
+        .await;
+        let status = db.store.command(id).await.unwrap().unwrap();
+        let error = status.error.unwrap();
+        assert_eq!((error.status, error.code.as_str()), (500, "dead_lettered"));
+        assert!(error.message.contains("apply failed: boom"), "{}", error.message);
+        assert_eq!(status.kind, "deploy_action", "{id}");
+        assert!(status.finished_at.is_some());
+    }
+    // Every dead letter stays for operators; the watcher's copies are consumed.
+    // (Each dead letter reaches both queues in one routing: once the dead queue holds all three,
+    // the watch queue got its copies.)
+    wait_for("the three dead letters", || async { queue_len(&cfg, "commands.dead").await == 3 }).await;
+    wait_for("the watch queue to drain", || async { queue_len(&cfg, "commands.dead.watch").await == 0 }).await;
+    stop.send(true).unwrap();
+    consumer.await.unwrap();
+    watcher.await.unwrap();
+}

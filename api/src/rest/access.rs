@@ -85,6 +85,7 @@ pub(super) struct RoleInput {
     name: Option<String>,
     role: Option<String>,
     /// Token roles: epoch ms when the token stops working.
+    #[serde(default, deserialize_with = "schema::model::lenient::opt_i64")]
     expire_date: Option<EpochMs>,
 }
 
@@ -450,6 +451,7 @@ pub(super) struct TokenInput {
     principal: Option<String>,
     description: Option<String>,
     /// Epoch ms when the token stops working (none: never).
+    #[serde(default, deserialize_with = "schema::model::lenient::opt_i64")]
     expires_at: Option<EpochMs>,
     /// API, AGENT or ENROLL (default: AGENT for agent principals, else API).
     kind: Option<String>,

@@ -209,6 +209,7 @@ pub(super) async fn update_deploy(
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub(super) struct OverrideQuery {
+    #[serde(default, deserialize_with = "schema::model::lenient::opt_u32")]
     session_number: Option<u32>,
 }
 

@@ -64,6 +64,13 @@ pub(super) async fn current(
     Ok(Json(s.store.current_deploy(&env, &stage).await?))
 }
 
+/// `GET /v1/deploys/dailycount`: how many deploys started today (since midnight UTC; Teletraan
+/// counts from the server's local midnight).
+pub(super) async fn daily_count(State(s): State<ApiState>) -> ApiResult<Json<i64>> {
+    let midnight = schema::time::start_of_day_utc(schema::time::now_ms());
+    Ok(Json(s.store.deploys_started_since(midnight).await?))
+}
+
 /// `GET /v1/deploys/{id}`.
 pub(super) async fn get(State(s): State<ApiState>, ApiPath(id): ApiPath<String>) -> ApiResult<Json<Deploy>> {
     let id = DeployId::parse(id)?;

@@ -2,14 +2,16 @@
 
 use axum::Extension;
 use axum::Json;
+use axum::body::Bytes;
 use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use schema::model::{Environ, EnvironInput, StringMap};
 use schema::rules::access::{GrantScope, Target};
-use schema::{AccessRole, CapacityType, EnvId, EnvName, GroupName, HostName, UnknownValue};
+use schema::{AccessRole, CapacityType, EnvId, EnvName, EnvType, GroupName, HostName, UnknownValue};
 use serde::Deserialize;
-use store::{StageMap, Subject};
+use store::{StageFilter, StageMap, Subject};
 
 use super::{ApiState, stage_key};
 use crate::auth::Principal;
@@ -17,15 +19,55 @@ use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
 
 #[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub(super) struct ListQuery {
     env_name: Option<String>,
+    group_name: Option<String>,
+    stage_type: Option<String>,
 }
 
-/// `GET /v1/envs?envName=`: the stages of an environment, or every stage.
+/// `GET /v1/envs?envName=&groupName=&stageType=`: the stages that pass every filter given
+/// (every stage without one). An unknown filter is a 400, never ignored.
 pub(super) async fn list(State(s): State<ApiState>, ApiQuery(q): ApiQuery<ListQuery>) -> ApiResult<Json<Vec<Environ>>> {
-    let env = q.env_name.filter(|n| !n.is_empty()).map(EnvName::parse).transpose()?;
-    Ok(Json(s.store.stages(env.as_ref()).await?))
+    let given = |v: Option<String>| v.map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
+    let filter = StageFilter {
+        env_name: given(q.env_name).map(EnvName::parse).transpose()?,
+        group_name: given(q.group_name).map(GroupName::parse).transpose()?,
+        stage_type: given(q.stage_type)
+            .map(|t| t.to_ascii_uppercase().parse::<EnvType>())
+            .transpose()
+            .map_err(|e| ApiError::bad_request(format!("stageType: {e}")))?,
+    };
+    Ok(Json(s.store.search_stages(&filter).await?))
+}
+
+/// `GET /v1/envs/{id}`: a stage by its id.
+pub(super) async fn get_by_id(State(s): State<ApiState>, ApiPath(id): ApiPath<String>) -> ApiResult<Json<Environ>> {
+    Ok(Json(s.store.stage_by_id(&EnvId::parse(id)?).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct NamesQuery {
+    name_filter: Option<String>,
+    #[serde(default, deserialize_with = "schema::model::lenient::opt_i64")]
+    page_index: Option<i64>,
+    #[serde(default, deserialize_with = "schema::model::lenient::opt_i64")]
+    page_size: Option<i64>,
+}
+
+/// `GET /v1/envs/names?nameFilter=&pageIndex=&pageSize=`: environment names containing
+/// `nameFilter`, in order (30 a page by default).
+pub(super) async fn names(
+    State(s): State<ApiState>,
+    ApiQuery(q): ApiQuery<NamesQuery>,
+) -> ApiResult<Json<Vec<String>>> {
+    let (index, size) = super::page(q.page_index, q.page_size, 1000)?;
+    let filter = q.name_filter.filter(|f| !f.is_empty());
+    if let Some(f) = &filter {
+        schema::model::check_text("nameFilter", f, 64)?;
+    }
+    Ok(Json(s.store.env_names(filter.as_deref(), index, size).await?))
 }
 
 /// `POST /v1/envs`: creates a stage.
@@ -81,7 +123,7 @@ pub(super) async fn delete(
 }
 
 #[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub(super) struct CapacityQuery {
     capacity_type: Option<String>,
 }
@@ -125,6 +167,56 @@ pub(super) async fn put_capacity(
     clean.sort();
     clean.dedup();
     s.store.set_capacity(&env, &stage, kind, &clean, &p.name, schema::time::now_ms()).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// One capacity name from a body: a JSON string (`"web"`), or the bare name (`web`), as
+/// Teletraan takes it; validated for its kind.
+fn one_name(kind: CapacityType, body: &[u8]) -> ApiResult<String> {
+    let text = std::str::from_utf8(body).map_err(|_| ApiError::bad_request("the body must be UTF-8"))?.trim();
+    let name = if text.starts_with('"') {
+        serde_json::from_str::<String>(text)
+            .map_err(|e| ApiError::bad_request(format!("the body must be one name, a JSON string: {e}")))?
+    } else {
+        text.to_string()
+    };
+    let name = name.trim().to_string();
+    match kind {
+        CapacityType::Group => GroupName::parse(name.as_str()).map(|_| ())?,
+        CapacityType::Host => HostName::parse(name.as_str()).map(|_| ())?,
+    }
+    Ok(name)
+}
+
+/// `POST …/capacity?capacityType=GROUP|HOST` with one name: attaches it (nothing happens when
+/// it is attached already).
+pub(super) async fn add_capacity(
+    State(s): State<ApiState>,
+    Extension(p): Extension<Principal>,
+    ApiPath((env, stage)): ApiPath<(String, String)>,
+    ApiQuery(q): ApiQuery<CapacityQuery>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<StatusCode> {
+    let (env, stage) = stage_key(env, stage)?;
+    let kind = capacity_type(&q)?;
+    let name = one_name(kind, &body.map_err(crate::extract::body_error)?)?;
+    s.store.add_capacity(&env, &stage, kind, &name, &p.name, schema::time::now_ms()).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `DELETE …/capacity?capacityType=GROUP|HOST` with one name: detaches it (nothing happens when
+/// it is not attached).
+pub(super) async fn remove_capacity(
+    State(s): State<ApiState>,
+    Extension(p): Extension<Principal>,
+    ApiPath((env, stage)): ApiPath<(String, String)>,
+    ApiQuery(q): ApiQuery<CapacityQuery>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<StatusCode> {
+    let (env, stage) = stage_key(env, stage)?;
+    let kind = capacity_type(&q)?;
+    let name = one_name(kind, &body.map_err(crate::extract::body_error)?)?;
+    s.store.remove_capacity(&env, &stage, kind, &name, &p.name, schema::time::now_ms()).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

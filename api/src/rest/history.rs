@@ -16,7 +16,9 @@ const MAX_PAGE_SIZE: i64 = 500;
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub(super) struct PageQuery {
+    #[serde(default, deserialize_with = "schema::model::lenient::opt_i64")]
     page_index: Option<i64>,
+    #[serde(default, deserialize_with = "schema::model::lenient::opt_i64")]
     page_size: Option<i64>,
 }
 
@@ -38,7 +40,9 @@ pub(super) struct SearchQuery {
     operator: Option<String>,
     #[serde(rename = "type")]
     kind: Option<String>,
+    #[serde(default, deserialize_with = "schema::model::lenient::opt_i64")]
     page_index: Option<i64>,
+    #[serde(default, deserialize_with = "schema::model::lenient::opt_i64")]
     page_size: Option<i64>,
 }
 

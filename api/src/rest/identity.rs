@@ -14,7 +14,9 @@ use crate::extract::{ApiPath, ApiQuery};
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub(super) struct PageQuery {
+    #[serde(default, deserialize_with = "schema::model::lenient::opt_i64")]
     page_index: Option<i64>,
+    #[serde(default, deserialize_with = "schema::model::lenient::opt_i64")]
     page_size: Option<i64>,
 }
 

@@ -70,12 +70,16 @@ pub(super) async fn delete_constraint(
 }
 
 /// `GET /v1/deploys?envId=&operator=&deployType=&deployState=&acceptanceStatus=` (each may
-/// repeat) `&commit=&repo=&branch=&before=&after=&pageIndex=&pageSize=&oldestFirst=`.
+/// repeat) `&commit=&commitDate=&repo=&branch=&before=&after=&pageIndex=&pageSize=&oldestFirst=`.
+/// An unknown parameter is a 400.
 pub(super) async fn search(State(s): State<ApiState>, RawQuery(query): RawQuery) -> ApiResult<Json<DeployPage>> {
     let (mut page_index, mut page_size) = (None, None);
     let mut q = DeploySearch::default();
     for (k, v) in form_pairs(query.as_deref().unwrap_or_default())? {
-        let number = |v: &str| v.parse::<i64>().map_err(|_| ApiError::bad_request(format!("{k} must be a number")));
+        let number = |v: &str| {
+            schema::model::lenient::parse_integer(v)
+                .ok_or_else(|| ApiError::bad_request(format!("{k} must be an integer, not {v:?}")))
+        };
         match k.as_str() {
             "envId" => q.env_ids.push(EnvId::parse(v.as_str())?.into_string()),
             "operator" => q.operators.push(v),
@@ -86,21 +90,33 @@ pub(super) async fn search(State(s): State<ApiState>, RawQuery(query): RawQuery)
             "acceptanceStatus" => {
                 q.acceptance_statuses.push(v.to_ascii_uppercase().parse::<AcceptanceStatus>().map_err(bad)?.to_string())
             }
-            "commit" => q.commit = Some(v).filter(|c| c.chars().all(|c| c.is_ascii_alphanumeric()) && c.len() <= 64),
+            "commit" => {
+                if v.is_empty() || v.len() > 64 || !v.chars().all(|c| c.is_ascii_alphanumeric()) {
+                    return Err(ApiError::bad_request("commit may only contain letters and digits (1 to 64)"));
+                }
+                q.commit = Some(v);
+            }
+            "commitDate" => q.commit_date = Some(number(&v)?),
             "repo" => q.repo = Some(v),
             "branch" => q.branch = Some(v),
             "before" => q.before = Some(number(&v)?),
             "after" => q.after = Some(number(&v)?),
             "pageIndex" => page_index = Some(number(&v)?),
             "pageSize" => page_size = Some(number(&v)?),
-            "oldestFirst" => q.oldest_first = v.eq_ignore_ascii_case("true"),
+            "oldestFirst" => {
+                q.oldest_first = match v.to_ascii_lowercase().as_str() {
+                    "true" => true,
+                    "false" => false,
+                    _ => return Err(ApiError::bad_request("oldestFirst must be true or false")),
+                }
+            }
             other => return Err(ApiError::bad_request(format!("unknown parameter {other:?}"))),
         }
     }
     (q.page_index, q.page_size) = super::page(page_index, page_size, 1000)?;
-    let dates = [q.before, q.after];
+    let dates = [q.before, q.after, q.commit_date];
     if dates.iter().flatten().any(|d| !(0..=32_503_680_000_000).contains(d)) {
-        return Err(ApiError::bad_request("before and after are epoch milliseconds between 1970 and 3000"));
+        return Err(ApiError::bad_request("before, after and commitDate are epoch milliseconds between 1970 and 3000"));
     }
     if [&q.repo, &q.branch].iter().any(|v| v.as_deref().is_some_and(|v| v.contains('\0'))) {
         return Err(ApiError::bad_request("repo and branch must not contain NUL"));
@@ -155,6 +171,16 @@ pub(super) async fn progress(
 ) -> ApiResult<Json<DeployProgress>> {
     let (env, stage) = stage_key(env, stage)?;
     Ok(Json(s.store.stage_progress(&env, &stage).await?))
+}
+
+/// `GET /v1/envs/{env}/{stage}/deploys/current/missing-hosts`: the host-capacity names no
+/// agent reported (or that were forgotten).
+pub(super) async fn missing_hosts(
+    State(s): State<ApiState>,
+    ApiPath((env, stage)): ApiPath<(String, String)>,
+) -> ApiResult<Json<Vec<String>>> {
+    let (env, stage) = stage_key(env, stage)?;
+    Ok(Json(s.store.missing_hosts(&env, &stage).await?))
 }
 
 #[derive(Deserialize)]

@@ -44,7 +44,9 @@ pub(super) async fn put(
 #[serde(rename_all = "camelCase")]
 pub(super) struct DeliveriesQuery {
     status: Option<String>,
+    #[serde(default, deserialize_with = "schema::model::lenient::opt_i64")]
     page_index: Option<i64>,
+    #[serde(default, deserialize_with = "schema::model::lenient::opt_i64")]
     page_size: Option<i64>,
 }
 

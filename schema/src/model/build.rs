@@ -56,6 +56,7 @@ pub struct BuildInput {
     pub commit: Option<String>,
     pub commit_short: Option<String>,
     pub commit_info: Option<String>,
+    #[serde(default, deserialize_with = "crate::model::lenient::opt_i64")]
     pub commit_date: Option<EpochMs>,
     pub publish_info: Option<String>,
     pub artifact_sha256: Option<String>,

@@ -45,6 +45,10 @@ pub struct Deploy {
     pub acceptance_status: AcceptanceStatus,
     /// For promotions: the source deploy.
     pub from_deploy_id: Option<DeployId>,
+    /// A verdict that came before the deploy succeeded, applied when it first does (absent
+    /// when none waits).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_verdict: Option<AcceptanceStatus>,
 }
 
 /// The server's view of one host for one stage (Teletraan's `AgentBean`).

@@ -4,6 +4,9 @@
 
 mod build;
 mod deploy;
+mod host;
+pub mod lenient;
+mod links;
 mod promote;
 mod rollout;
 mod stage;
@@ -15,10 +18,15 @@ use std::collections::BTreeMap;
 pub use crate::artifact::ArtifactPolicy;
 pub use build::{Build, BuildInput};
 pub use deploy::{Agent, CommandStatus, Deploy};
+pub use host::{Host, HostInput, NewHost};
+pub use links::{
+    Alarm, AlarmInput, LinkInvalid, MAX_LINKS, MAX_SPECS, MetricsConfig, MetricsConfigInput, MetricsSpec,
+    MetricsSpecInput, check_alarms, check_metrics,
+};
 pub use promote::{AUTO_PROMOTER, FROM_BUILDS, Promote, PromoteInput};
 pub use rollout::{ConstraintBean, ConstraintInput, ScheduleBean, ScheduleInput};
 pub use stage::{Environ, EnvironInput};
-pub use tag::{NewTag, Tag, TagInput};
+pub use tag::{BuildWithTag, NewTag, Tag, TagInput};
 pub use webhook::{
     DeliveryStatus, EnvWebHooks, EnvWebHooksInput, HookHeader, HookMethod, HookPhase, HookRequest, SecretChange,
     WebHook, WebHookConfig, WebHookDelivery, WebHookInput, WebHookInvalid,

@@ -49,8 +49,10 @@ pub struct PromoteInput {
     #[serde(rename = "type")]
     pub promote_type: Option<PromoteType>,
     pub pred_stage: Option<String>,
+    #[serde(default, deserialize_with = "crate::model::lenient::opt_i32")]
     pub queue_size: Option<i32>,
     pub schedule: Option<String>,
+    #[serde(default, deserialize_with = "crate::model::lenient::opt_i32")]
     pub delay: Option<i32>,
     pub disable_policy: Option<PromoteDisablePolicy>,
     pub fail_policy: Option<PromoteFailPolicy>,

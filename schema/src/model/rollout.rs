@@ -30,6 +30,7 @@ pub struct ScheduleBean {
 #[serde(rename_all = "camelCase")]
 #[allow(missing_docs)]
 pub struct ScheduleInput {
+    #[serde(default, deserialize_with = "crate::model::lenient::opt_i32")]
     pub total_sessions: Option<i32>,
     pub cooldown_times: Option<String>,
     pub host_numbers: Option<String>,
@@ -61,6 +62,7 @@ pub struct ConstraintBean {
 #[allow(missing_docs)]
 pub struct ConstraintInput {
     pub constraint_key: Option<String>,
+    #[serde(default, deserialize_with = "crate::model::lenient::opt_i64")]
     pub max_parallel: Option<i64>,
     pub constraint_type: Option<DeployConstraintType>,
 }

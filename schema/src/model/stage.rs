@@ -42,6 +42,7 @@ pub struct Environ {
     /// Order among stages sharing a host.
     pub priority: DeployPriority,
     /// Overrides `priority`; set for sidecar stages.
+    #[serde(default, deserialize_with = "crate::model::lenient::opt_i32")]
     pub system_priority: Option<i32>,
     /// Seconds without progress before a deploy is FAILING.
     pub stuck_threshold: i32,
@@ -77,6 +78,12 @@ pub struct Environ {
     pub last_operator: String,
     /// When it was changed last.
     pub last_update: EpochMs,
+    /// Its deploy schedule's id (`PUT /v1/schedules/{env}/{stage}/schedules` sets it).
+    #[serde(default)]
+    pub schedule_id: Option<String>,
+    /// Its deploy constraint's id (`POST …/deploy_constraint` sets it).
+    #[serde(default)]
+    pub deploy_constraint_id: Option<String>,
 }
 
 /// Stage names that are paths of the environment's own (`/v1/envs/{env}/user_roles`…).
@@ -97,18 +104,26 @@ pub struct EnvironInput {
     pub build_name: Option<String>,
     pub branch: Option<String>,
     pub chatroom: Option<String>,
+    #[serde(default, deserialize_with = "crate::model::lenient::opt_i32")]
     pub max_parallel: Option<i32>,
+    #[serde(default, deserialize_with = "crate::model::lenient::opt_i32")]
     pub max_parallel_pct: Option<i32>,
     pub priority: Option<DeployPriority>,
+    #[serde(default, deserialize_with = "crate::model::lenient::opt_i32")]
     pub system_priority: Option<i32>,
+    #[serde(default, deserialize_with = "crate::model::lenient::opt_i32")]
     pub stuck_threshold: Option<i32>,
+    #[serde(default, deserialize_with = "crate::model::lenient::opt_i32")]
     pub success_threshold: Option<i32>,
     pub acceptance_type: Option<AcceptanceType>,
+    #[serde(default, deserialize_with = "crate::model::lenient::opt_i32")]
     pub acceptance_timeout: Option<i32>,
     pub email_recipients: Option<String>,
     pub notify_authors: Option<bool>,
     pub watch_recipients: Option<String>,
+    #[serde(default, deserialize_with = "crate::model::lenient::opt_i32")]
     pub max_deploy_num: Option<i32>,
+    #[serde(default, deserialize_with = "crate::model::lenient::opt_i32")]
     pub max_deploy_day: Option<i32>,
     pub is_docker: Option<bool>,
     pub override_policy: Option<OverridePolicy>,
@@ -172,6 +187,8 @@ impl Environ {
             },
             last_operator: String::new(),
             last_update: now,
+            schedule_id: None,
+            deploy_constraint_id: None,
         };
         env.apply(input, operator, now)?;
         Ok(env)

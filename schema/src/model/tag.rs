@@ -32,6 +32,16 @@ pub struct Tag {
     pub meta_info: Option<String>,
 }
 
+/// A build with its effective tag (Teletraan's `BuildTagBean`): the mark that applies to it,
+/// maybe made on an earlier build of its branch; `null` when none does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BuildWithTag {
+    /// The build.
+    pub build: super::Build,
+    /// Its effective tag.
+    pub tag: Option<Tag>,
+}
+
 /// A tag as users send it. For a BUILD tag, `targetId` is the build's id.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase")]

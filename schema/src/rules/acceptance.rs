@@ -2,6 +2,10 @@
 //! first succeeds, then ACCEPTED at once (AUTO stages) or OUTSTANDING until an outside system
 //! gives a verdict through `PUT /v1/deploys/{id}` (MANUAL stages); TERMINATED when the deploy
 //! is replaced before a verdict. Auto-promotion only takes ACCEPTED deploys.
+//!
+//! A verdict that comes before the deploy succeeded (a test system that started on the first
+//! hosts) is not refused: it is kept ([`keep_early`]) and applied right after the first
+//! success, where the table takes it ([`on_first_success`]).
 
 use crate::time::{EpochMs, secs};
 use crate::{AcceptanceStatus, AcceptanceType};
@@ -48,6 +52,19 @@ impl AcceptanceEvent {
         }
     }
 
+    /// The `acceptanceStatus` a user sends for this verdict (the inverse of [`Self::verdict`]).
+    pub const fn as_status(self) -> Option<AcceptanceStatus> {
+        match self {
+            AcceptanceEvent::Testing => Some(AcceptanceStatus::PendingAccept),
+            AcceptanceEvent::Accept => Some(AcceptanceStatus::Accepted),
+            AcceptanceEvent::Reject => Some(AcceptanceStatus::Rejected),
+            AcceptanceEvent::SucceededAuto
+            | AcceptanceEvent::SucceededManual
+            | AcceptanceEvent::Retired
+            | AcceptanceEvent::TimedOut => None,
+        }
+    }
+
     /// The event of a first success on a stage with this acceptance type.
     pub const fn succeeded(kind: AcceptanceType) -> AcceptanceEvent {
         match kind {
@@ -85,6 +102,33 @@ pub const TRANSITIONS: &[(AcceptanceStatus, AcceptanceEvent, AcceptanceStatus)] 
 /// Where `event` leads from `status`; `None` when the event is refused there.
 pub fn transition(status: AcceptanceStatus, event: AcceptanceEvent) -> Option<AcceptanceStatus> {
     TRANSITIONS.iter().find(|(from, e, _)| *from == status && *e == event).map(|(_, _, to)| *to)
+}
+
+/// Whether a verdict on a deploy in `status` comes early: the deploy has not succeeded yet, so
+/// the verdict is kept for when it does.
+pub const fn is_early(status: AcceptanceStatus) -> bool {
+    matches!(status, A::PendingDeploy)
+}
+
+/// The early verdict to keep when `new` comes after `kept`: the latest, except that a
+/// decision (accept, reject) is not undone by a later "testing".
+pub fn keep_early(kept: Option<AcceptanceEvent>, new: AcceptanceEvent) -> AcceptanceEvent {
+    match (kept, new) {
+        (Some(decided @ (E::Accept | E::Reject)), E::Testing) => decided,
+        _ => new,
+    }
+}
+
+/// A deploy's acceptance when it first succeeds on a stage of `kind`: the success, then the
+/// early verdict when the status it reached takes one (on MANUAL stages; an AUTO stage
+/// accepts by itself and the verdict is dropped).
+pub fn on_first_success(
+    status: AcceptanceStatus,
+    kind: AcceptanceType,
+    early: Option<AcceptanceEvent>,
+) -> AcceptanceStatus {
+    let succeeded = transition(status, AcceptanceEvent::succeeded(kind)).unwrap_or(status);
+    early.and_then(|e| transition(succeeded, e)).unwrap_or(succeeded)
 }
 
 /// Whether a deploy awaiting a verdict has waited past the stage's acceptance timeout
@@ -190,6 +234,12 @@ mod tests {
         assert_eq!(AcceptanceEvent::verdict(A::PendingAccept), Some(E::Testing));
         assert_eq!(AcceptanceEvent::verdict(A::Terminated), None);
         assert_eq!(AcceptanceEvent::succeeded(AcceptanceType::Manual), E::SucceededManual);
+        for status in AcceptanceStatus::ALL {
+            if let Some(e) = AcceptanceEvent::verdict(*status) {
+                assert_eq!(e.as_status(), Some(*status));
+            }
+        }
+        assert_eq!(E::Retired.as_status(), None);
     }
 
     #[test]
@@ -200,6 +250,23 @@ mod tests {
         assert!(timed_out(A::PendingAccept, Some(0), 60, 60_000));
         assert!(!timed_out(A::Accepted, Some(0), 60, 60_000), "a verdict was given");
         assert!(!timed_out(A::PendingDeploy, None, 60, 60_000), "not succeeding yet");
+    }
+
+    #[test]
+    fn an_early_verdict_is_kept_and_applied_at_the_first_success_where_it_counts() {
+        assert!(is_early(A::PendingDeploy));
+        assert!(AcceptanceStatus::ALL.iter().filter(|s| is_early(**s)).eq([&A::PendingDeploy]));
+        assert_eq!(keep_early(None, E::Testing), E::Testing);
+        assert_eq!(keep_early(Some(E::Testing), E::Accept), E::Accept);
+        assert_eq!(keep_early(Some(E::Accept), E::Testing), E::Accept, "testing does not undo a decision");
+        assert_eq!(keep_early(Some(E::Accept), E::Reject), E::Reject, "a later decision wins");
+        let manual = AcceptanceType::Manual;
+        assert_eq!(on_first_success(A::PendingDeploy, manual, None), A::Outstanding);
+        assert_eq!(on_first_success(A::PendingDeploy, manual, Some(E::Accept)), A::Accepted);
+        assert_eq!(on_first_success(A::PendingDeploy, manual, Some(E::Reject)), A::Rejected);
+        assert_eq!(on_first_success(A::PendingDeploy, manual, Some(E::Testing)), A::PendingAccept);
+        assert_eq!(on_first_success(A::PendingDeploy, AcceptanceType::Auto, Some(E::Reject)), A::Accepted);
+        assert_eq!(on_first_success(A::Terminated, manual, Some(E::Accept)), A::Terminated, "retired: nothing counts");
     }
 
     #[test]

@@ -523,7 +523,7 @@ fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
 
 /// The date (year, month 1-12, day 1-31) of a day counted from 1970-01-01; the inverse of
 /// [`days_from_civil`].
-fn civil_from_days(day: i64) -> (i64, u32, u32) {
+pub(crate) fn civil_from_days(day: i64) -> (i64, u32, u32) {
     let day = day + 719_468;
     let cycle = day.div_euclid(146_097);
     let day_of_cycle = day - cycle * 146_097;

@@ -9,6 +9,7 @@ pub mod build_tag;
 pub mod constraint;
 pub mod cron;
 pub mod deploy_state;
+pub mod freeze;
 pub mod goal;
 pub mod identity;
 pub mod promote;

@@ -281,12 +281,6 @@ pub(crate) async fn deploy_action(
                     message: "is required to promote".into(),
                 }));
             };
-            if e.state == EnvironState::Disabled {
-                return Err(Error::Conflict(format!(
-                    "Environment {}/{} is disabled; enable it to promote.",
-                    e.env_name, e.stage_name
-                )));
-            }
             let source = deploy_of(c, from).await?;
             let deploy =
                 create(c, e, new(&source.build_id, DeployType::Regular, None, Some(source.id.clone())), now).await?;
@@ -517,13 +511,19 @@ async fn update_deploy(
                 message: format!("{wanted} is not a verdict; send PENDING_ACCEPT, ACCEPTED or REJECTED"),
             }));
         };
-        let Some(next) = acceptance::transition(deploy.acceptance_status, event) else {
-            return Err(Error::Conflict(format!(
-                "deploy {id} is {}: it cannot become {wanted}",
-                deploy.acceptance_status
-            )));
-        };
-        deploy.acceptance_status = next;
+        if acceptance::is_early(deploy.acceptance_status) {
+            // The deploy has not succeeded yet: the verdict is kept, and applied when it does.
+            let kept = deploy.pending_verdict.and_then(AcceptanceEvent::verdict);
+            deploy.pending_verdict = acceptance::keep_early(kept, event).as_status();
+        } else {
+            let Some(next) = acceptance::transition(deploy.acceptance_status, event) else {
+                return Err(Error::Conflict(format!(
+                    "deploy {id} is {}: it cannot become {wanted}",
+                    deploy.acceptance_status
+                )));
+            };
+            deploy.acceptance_status = next;
+        }
     }
     if let Some(d) = description {
         check_text("description", d, 2048)?;
@@ -533,8 +533,13 @@ async fn update_deploy(
     // which a verdict does not change.
     let _ = now;
     c.execute(
-        "UPDATE deploys SET acc_status = $2, description = $3 WHERE deploy_id = $1",
-        &[&id.as_str(), &deploy.acceptance_status.as_str(), &deploy.description],
+        "UPDATE deploys SET acc_status = $2, description = $3, pending_verdict = $4 WHERE deploy_id = $1",
+        &[
+            &id.as_str(),
+            &deploy.acceptance_status.as_str(),
+            &deploy.description,
+            &deploy.pending_verdict.map(AcceptanceStatus::as_str),
+        ],
     )
     .await?;
     to_json(&deploy)

@@ -432,6 +432,24 @@ impl Store {
         rows.iter().map(agent_from_row).collect()
     }
 
+    /// Every stage's record of the hosts of this name (`GET /v1/agents/{hostName}`), or of the
+    /// host of this id (`GET /v1/agents/id/{hostId}`).
+    pub async fn agents_of_host(&self, name: Option<&HostName>, id: Option<&HostId>) -> Result<Vec<Agent>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT {AGENT_COLUMNS} FROM agents
+                     WHERE ($1::text IS NULL OR host_name = $1) AND ($2::text IS NULL OR host_id = $2)
+                       AND ($1::text IS NOT NULL OR $2::text IS NOT NULL)
+                     ORDER BY host_name, host_id, env_id"
+                ),
+                &[&name.map(HostName::as_str), &id.map(HostId::as_str)],
+            )
+            .await?;
+        rows.iter().map(agent_from_row).collect()
+    }
+
     /// The last error a host reported for a stage.
     pub async fn agent_error(&self, env_id: &EnvId, host_name: &HostName) -> Result<Option<(HostId, String)>> {
         let client = self.client().await?;

@@ -98,6 +98,55 @@ impl Store {
         Ok(())
     }
 
+    /// Marks FAILED a command whose message was dead-lettered (its worker gave up on it, or the
+    /// broker did): it will never be applied, so its status must say so. `envelope` is the
+    /// message when it could be read (a command the API never recorded is then recorded);
+    /// without it only a recorded command is marked. A command already DONE or FAILED keeps
+    /// its outcome. Returns whether the command was marked.
+    pub async fn fail_dead_command(
+        &self,
+        id: &str,
+        envelope: Option<&CommandEnvelope>,
+        reason: &str,
+        now: EpochMs,
+    ) -> Result<bool> {
+        let error = CommandError {
+            status: 500,
+            code: "dead_lettered".into(),
+            message: format!(
+                "the command could not be applied and was given up ({reason}); nothing was changed, and its \
+                 message is kept in the dead-letter queue for operators"
+            ),
+        };
+        let error = serde_json::to_value(&error).map_err(|e| Error::Corrupt(e.to_string()))?;
+        let client = self.client().await?;
+        let marked = match envelope {
+            Some(env) => {
+                let payload = serde_json::to_value(env).map_err(|e| Error::Corrupt(e.to_string()))?;
+                client
+                    .execute(
+                        "INSERT INTO commands (command_id, kind, operator, payload, status, error, created_at, finished_at)
+                         VALUES ($1, $2, $3, $4, 'FAILED', $5, $6, $7)
+                         ON CONFLICT (command_id) DO UPDATE SET status = 'FAILED', error = EXCLUDED.error,
+                             finished_at = EXCLUDED.finished_at
+                         WHERE commands.status = 'PENDING'",
+                        &[&id, &env.command.kind(), &env.operator, &payload, &error, &ts(env.issued_at), &ts(now)],
+                    )
+                    .await?
+            }
+            None => {
+                client
+                    .execute(
+                        "UPDATE commands SET status = 'FAILED', error = $2, finished_at = $3
+                         WHERE command_id = $1 AND status = 'PENDING'",
+                        &[&id, &error, &ts(now)],
+                    )
+                    .await?
+            }
+        };
+        Ok(marked == 1)
+    }
+
     /// A command's progress.
     pub async fn command(&self, id: &str) -> Result<Option<CommandStatus>> {
         let client = self.client().await?;

@@ -16,11 +16,12 @@ use crate::stages::{announce_stage, lock_stage_by_id};
 use crate::{Error, Result, Store, agents, schedules};
 
 pub(crate) const DEPLOY_COLUMNS: &str = "deploy_id, env_id, build_id, deploy_type, alias, state, start_date, operator, last_update, \
-     description, suc_total, fail_total, total, suc_date, acc_status, from_deploy";
+     description, suc_total, fail_total, total, suc_date, acc_status, from_deploy, pending_verdict";
 
 /// The same columns of `deploys d` (for joins).
 pub(crate) const DEPLOY_COLUMNS_OF_D: &str = "d.deploy_id, d.env_id, d.build_id, d.deploy_type, d.alias, d.state, d.start_date, \
-     d.operator, d.last_update, d.description, d.suc_total, d.fail_total, d.total, d.suc_date, d.acc_status, d.from_deploy";
+     d.operator, d.last_update, d.description, d.suc_total, d.fail_total, d.total, d.suc_date, d.acc_status, d.from_deploy, \
+     d.pending_verdict";
 
 pub(crate) fn deploy_from_row(r: &Row) -> Result<Deploy> {
     Ok(Deploy {
@@ -40,6 +41,7 @@ pub(crate) fn deploy_from_row(r: &Row) -> Result<Deploy> {
         success_date: get_opt_ms(r, "suc_date")?,
         acceptance_status: get_parsed(r, "acc_status")?,
         from_deploy_id: get_opt_id(r, "from_deploy")?,
+        pending_verdict: get_opt_parsed(r, "pending_verdict")?,
     })
 }
 
@@ -80,8 +82,12 @@ pub(crate) struct NewDeploy<'a> {
 /// Creates a deploy on a locked stage: inserts it, retires the previous one, makes it current,
 /// announces it and admits the first hosts. Validation happens before any write.
 pub(crate) async fn create(c: &impl GenericClient, mut e: Environ, new: NewDeploy<'_>, now: EpochMs) -> Result<Deploy> {
+    // A disabled stage or a frozen system takes no new build, whoever asks (people, the
+    // auto-promoter): checked here, where every deploy is made, under the stage's lock.
+    crate::freeze::check_deploy(c, &e, new.deploy_type).await?;
     let build_name: Option<String> = c
-        .query_opt("SELECT build_name FROM builds WHERE build_id = $1", &[&new.build_id.as_str()])
+        // FOR KEY SHARE: the build cannot be deleted before this deploy commits.
+        .query_opt("SELECT build_name FROM builds WHERE build_id = $1 FOR KEY SHARE", &[&new.build_id.as_str()])
         .await?
         .map(|r| r.get(0));
     let Some(build_name) = build_name else {
@@ -117,9 +123,10 @@ pub(crate) async fn create(c: &impl GenericClient, mut e: Environ, new: NewDeplo
         success_date: None,
         acceptance_status: AcceptanceStatus::PendingDeploy,
         from_deploy_id: new.from_deploy,
+        pending_verdict: None,
     };
     c.execute(
-        &format!("INSERT INTO deploys ({DEPLOY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"),
+        &format!("INSERT INTO deploys ({DEPLOY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"),
         &[
             &deploy.id.as_str(),
             &deploy.env_id.as_str(),
@@ -137,6 +144,7 @@ pub(crate) async fn create(c: &impl GenericClient, mut e: Environ, new: NewDeplo
             &deploy.success_date.map(ts),
             &deploy.acceptance_status.as_str(),
             &deploy.from_deploy_id.as_ref().map(|d| d.as_str()),
+            &deploy.pending_verdict.map(AcceptanceStatus::as_str),
         ],
     )
     .await?;
@@ -256,13 +264,13 @@ pub(crate) async fn evaluate_current(c: &impl GenericClient, e: &Environ, now: E
     }
     if eval.first_success {
         deploy.success_date = Some(now);
-        deploy.acceptance_status =
-            acceptance::transition(deploy.acceptance_status, AcceptanceEvent::succeeded(e.acceptance_type))
-                .unwrap_or(deploy.acceptance_status);
+        // A verdict that came early counts now (on a MANUAL stage); either way it is done.
+        let early = deploy.pending_verdict.take().and_then(AcceptanceEvent::verdict);
+        deploy.acceptance_status = acceptance::on_first_success(deploy.acceptance_status, e.acceptance_type, early);
     }
     c.execute(
         "UPDATE deploys SET state = $2, total = $3, suc_total = $4, fail_total = $5, last_update = $6, suc_date = $7,
-             acc_status = $8
+             acc_status = $8, pending_verdict = $9
          WHERE deploy_id = $1",
         &[
             &deploy.id.as_str(),
@@ -273,6 +281,7 @@ pub(crate) async fn evaluate_current(c: &impl GenericClient, e: &Environ, now: E
             &ts(deploy.last_update_date),
             &deploy.success_date.map(ts),
             &deploy.acceptance_status.as_str(),
+            &deploy.pending_verdict.map(AcceptanceStatus::as_str),
         ],
     )
     .await?;

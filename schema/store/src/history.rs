@@ -30,6 +30,10 @@ pub mod kind {
     pub const PROMOTE: &str = "Env Promote Config";
     /// Its webhooks.
     pub const WEBHOOK: &str = "Env Webhook Config";
+    /// Its dashboard graphs.
+    pub const METRICS: &str = "Env Metrics Config";
+    /// Its alarms.
+    pub const ALARMS: &str = "Env Alarm Config";
     /// Its deploy schedule.
     pub const SCHEDULE: &str = "Env Schedule Config";
     /// Its deploy constraint.
@@ -50,6 +54,8 @@ pub mod kind {
     pub const TOKEN: &str = "Token";
     /// A host enrolled, or its credential revoked.
     pub const HOST_CREDENTIAL: &str = "Host Credential";
+    /// A host pre-registered by a provisioner.
+    pub const HOST: &str = "Host";
 }
 
 /// One change to record.

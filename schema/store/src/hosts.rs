@@ -1,11 +1,169 @@
-//! Hosts: identity and groups as agents report them, and heartbeats.
+//! Hosts: identity and groups as agents report them (or a provisioner pre-registers them),
+//! heartbeats, and the host reads of the API (Teletraan's `HostBean`: one row per host and
+//! group).
 
 use std::time::SystemTime;
 
 use schema::bus::{Heartbeat, HostFacts};
+use schema::model::{Host, NewHost};
+use schema::time::EpochMs;
+use schema::{EnvId, GroupName, HostId, HostName, HostState};
+use tokio_postgres::Row;
+use tokio_postgres::types::ToSql;
 
-use crate::rows::*;
-use crate::{Result, Store};
+use crate::history::{self, Change, Place, kind};
+use crate::rows::{get, get_id, get_ms, get_opt_id, get_opt_ms, get_parsed, ts};
+use crate::{Error, Result, Store};
+
+/// The columns of a host row joined with one of its groups (`g`) and its heartbeat (`hb`).
+const HOST_COLUMNS: &str = "h.host_id, h.host_name, h.ip, h.agent_version, h.autoscaling_group, h.availability_zone, \
+     h.state, h.create_date, h.last_update, g.group_name, hb.last_seen";
+
+fn host_from_row(r: &Row) -> Result<Host> {
+    Ok(Host {
+        host_name: get_id(r, "host_name")?,
+        group_name: get_opt_id(r, "group_name")?,
+        ip: get(r, "ip")?,
+        host_id: get_id(r, "host_id")?,
+        account_id: None,
+        create_date: get_ms(r, "create_date")?,
+        last_update_date: get_ms(r, "last_update")?,
+        state: get_parsed(r, "state")?,
+        can_retire: 0,
+        agent_version: get(r, "agent_version")?,
+        autoscaling_group: get(r, "autoscaling_group")?,
+        availability_zone: get(r, "availability_zone")?,
+        last_ping_date: get_opt_ms(r, "last_seen")?,
+    })
+}
+
+/// Which hosts a read wants.
+enum Hosts<'a> {
+    /// Hosts of this name, every group.
+    Named(&'a HostName),
+    /// The host of this id, every group.
+    WithId(&'a HostId),
+    /// Hosts of a group that are not on their way out, that group only.
+    InGroup(&'a GroupName),
+    /// Hosts reachable through a stage's capacity: the rows of its groups, and every row of the
+    /// hosts it names (optionally only those of one name).
+    OfStage(&'a EnvId, Option<&'a HostName>),
+}
+
+impl Store {
+    async fn host_rows(&self, which: Hosts<'_>) -> Result<Vec<Host>> {
+        const BASE: &str = "FROM hosts h LEFT JOIN host_groups g ON g.host_id = h.host_id \
+             LEFT JOIN host_heartbeats hb ON hb.host_id = h.host_id";
+        const ORDER: &str = "ORDER BY h.host_name, h.host_id, g.group_name";
+        let client = self.client().await?;
+        let (key, name): (&str, Option<&str>) = match &which {
+            Hosts::Named(n) => (n.as_str(), None),
+            Hosts::WithId(id) => (id.as_str(), None),
+            Hosts::InGroup(g) => (g.as_str(), None),
+            Hosts::OfStage(env_id, name) => (env_id.as_str(), name.map(HostName::as_str)),
+        };
+        let (sql, params): (String, Vec<&(dyn ToSql + Sync)>) = match &which {
+            Hosts::Named(_) => (format!("SELECT {HOST_COLUMNS} {BASE} WHERE h.host_name = $1 {ORDER}"), vec![&key]),
+            Hosts::WithId(_) => (format!("SELECT {HOST_COLUMNS} {BASE} WHERE h.host_id = $1 {ORDER}"), vec![&key]),
+            Hosts::InGroup(_) => (
+                format!(
+                    "SELECT {HOST_COLUMNS} FROM hosts h JOIN host_groups g ON g.host_id = h.host_id
+                     LEFT JOIN host_heartbeats hb ON hb.host_id = h.host_id
+                     WHERE g.group_name = $1 AND h.state IN ('PROVISIONED', 'ACTIVE') {ORDER}"
+                ),
+                vec![&key],
+            ),
+            Hosts::OfStage(..) => (
+                format!(
+                    "SELECT {HOST_COLUMNS} {BASE}
+                     WHERE ($2::text IS NULL OR h.host_name = $2)
+                       AND (EXISTS (SELECT 1 FROM stage_groups sg WHERE sg.env_id = $1 AND sg.group_name = g.group_name)
+                            OR EXISTS (SELECT 1 FROM stage_hosts sh WHERE sh.env_id = $1 AND sh.host_name = h.host_name))
+                     {ORDER}"
+                ),
+                vec![&key, &name],
+            ),
+        };
+        let rows = client.query(&sql, &params).await?;
+        rows.iter().map(host_from_row).collect()
+    }
+
+    /// Hosts of this name, one row per group (`GET /v1/hosts/{hostName}`).
+    pub async fn hosts_named(&self, name: &HostName) -> Result<Vec<Host>> {
+        self.host_rows(Hosts::Named(name)).await
+    }
+
+    /// The host of this id, one row per group (`GET /v1/hosts/id/{hostId}`).
+    pub async fn host_with_id(&self, id: &HostId) -> Result<Vec<Host>> {
+        self.host_rows(Hosts::WithId(id)).await
+    }
+
+    /// Hosts of a group that are PROVISIONED or ACTIVE (`GET /v1/groups/{group}/instances`).
+    pub async fn hosts_in_group(&self, group: &GroupName) -> Result<Vec<Host>> {
+        self.host_rows(Hosts::InGroup(group)).await
+    }
+
+    /// Hosts reachable through a stage's capacity, optionally of one name: the rows of its
+    /// groups, and every row of the hosts it names (`GET …/{stage}/hosts[/{hostName}]`).
+    pub async fn hosts_of_stage(&self, env_id: &EnvId, name: Option<&HostName>) -> Result<Vec<Host>> {
+        self.host_rows(Hosts::OfStage(env_id, name)).await
+    }
+
+    /// Pre-registers a host before its agent pings (`POST /v1/hosts`): PROVISIONED, in its
+    /// group, with a heartbeat at `now` so that the janitor forgets it if it never pings. A
+    /// host known already keeps its state and facts and only joins the group; an id known
+    /// under another name is a conflict. Returns whether the host is new.
+    pub async fn register_host(&self, host: &NewHost, operator: &str, now: EpochMs) -> Result<bool> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let inserted = tx
+            .execute(
+                "INSERT INTO hosts (host_id, host_name, ip, state, create_date, last_update)
+                 VALUES ($1, $2, $3, $4, $5, $5) ON CONFLICT (host_id) DO NOTHING",
+                &[
+                    &host.host_id.as_str(),
+                    &host.host_name.as_str(),
+                    &host.ip,
+                    &HostState::Provisioned.as_str(),
+                    &ts(now),
+                ],
+            )
+            .await?
+            == 1;
+        if !inserted {
+            let row = tx
+                .query_one("SELECT host_name FROM hosts WHERE host_id = $1 FOR UPDATE", &[&host.host_id.as_str()])
+                .await?;
+            let known: String = get(&row, "host_name")?;
+            if known != host.host_name.as_str() {
+                return Err(Error::Conflict(format!(
+                    "host {} is known as {known}, not {}",
+                    host.host_id, host.host_name
+                )));
+            }
+        }
+        if let Some(group) = &host.group_name {
+            tx.execute(
+                "INSERT INTO host_groups (group_name, host_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                &[&group.as_str(), &host.host_id.as_str()],
+            )
+            .await?;
+        }
+        tx.execute(
+            "INSERT INTO host_heartbeats (host_id, last_seen) VALUES ($1, $2) ON CONFLICT (host_id) DO NOTHING",
+            &[&host.host_id.as_str(), &ts(now)],
+        )
+        .await?;
+        let after = serde_json::json!({
+            "hostId": host.host_id, "hostName": host.host_name, "groupName": host.group_name, "ip": host.ip,
+            "new": inserted,
+        });
+        let change = Change { kind: kind::HOST, action: "register", before: None, after: Some(after) };
+        history::record(&*tx, Place::System, operator, None, change, now).await?;
+        tx.commit().await?;
+        Ok(inserted)
+    }
+}
 
 impl Store {
     /// Stores host identities and replaces their group memberships and tags.

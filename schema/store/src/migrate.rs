@@ -15,6 +15,9 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
     (9, "history", include_str!("../../migrations/0009_history.sql")),
     (10, "host_identity", include_str!("../../migrations/0010_host_identity.sql")),
     (11, "script_secrets", include_str!("../../migrations/0011_script_secrets.sql")),
+    (12, "change_freeze", include_str!("../../migrations/0012_change_freeze.sql")),
+    (13, "deploy_verdicts_and_start", include_str!("../../migrations/0013_deploy_verdicts_and_start.sql")),
+    (14, "stage_links", include_str!("../../migrations/0014_stage_links.sql")),
 ];
 
 /// Arbitrary constant that names the migration lock.

@@ -8,9 +8,7 @@ use schema::model::{AUTO_PROMOTER, Environ, FROM_BUILDS, Invalid, Promote, Promo
 use schema::rules::build_tag;
 use schema::rules::promote::{self, Candidate, Current, Gate, Source};
 use schema::time::EpochMs;
-use schema::{
-    DeployAction, DeployId, EnvId, EnvName, EnvState, EnvironState, PromoteDisablePolicy, PromoteType, StageName,
-};
+use schema::{DeployAction, DeployId, EnvId, EnvName, EnvState, PromoteDisablePolicy, PromoteType, StageName};
 use tokio_postgres::{GenericClient, Row};
 
 use crate::actions::{ActionRequest, deploy_action};
@@ -254,7 +252,11 @@ impl Store {
         };
         let p = load(&*tx, env_id).await?;
         let Some(pred) = p.pred_stage.clone() else { return Ok(PromoteOutcome::Skipped) };
-        if p.promote_type != PromoteType::Auto || e.env_state != EnvState::Normal || e.state == EnvironState::Disabled {
+        let frozen = crate::freeze::frozen(&*tx).await?.is_some();
+        if p.promote_type != PromoteType::Auto
+            || e.env_state != EnvState::Normal
+            || !schema::rules::freeze::takes_new_builds(e.state, frozen)
+        {
             return Ok(PromoteOutcome::Skipped);
         }
         let source = if pred == FROM_BUILDS { Source::Builds } else { Source::Stage };

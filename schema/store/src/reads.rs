@@ -22,11 +22,15 @@ pub struct DeploySearch {
     pub deploy_states: Vec<String>,
     /// Acceptance statuses.
     pub acceptance_statuses: Vec<String>,
-    /// Deploys of builds of this commit or later ("deploys containing this commit").
+    /// Deploys of builds of this commit or later ("deploys containing this commit"): builds
+    /// committed at or after the commit's date.
     pub commit: Option<String>,
-    /// With `commit`: the repository.
+    /// Deploys of builds committed at or after this time (ms); given with `commit`, it is
+    /// the date used instead of the commit's.
+    pub commit_date: Option<EpochMs>,
+    /// Deploys of builds of this repository.
     pub repo: Option<String>,
-    /// With `commit`: the branch.
+    /// Deploys of builds of this branch.
     pub branch: Option<String>,
     /// Started before (ms).
     pub before: Option<EpochMs>,
@@ -115,10 +119,11 @@ impl Store {
                        AND ($5::text[] IS NULL OR d.acc_status = ANY($5))
                        AND ($6::timestamptz IS NULL OR d.start_date < $6)
                        AND ($7::timestamptz IS NULL OR d.start_date > $7)
-                       AND ($8::text IS NULL OR (
-                            b.commit_date >= (SELECT min(commit_date) FROM builds WHERE starts_with(scm_commit, $8))
-                            AND ($9::text IS NULL OR b.scm_repo = $9)
-                            AND ($10::text IS NULL OR b.scm_branch = $10)))
+                       AND ($13::timestamptz IS NOT NULL OR $8::text IS NULL
+                            OR b.commit_date >= (SELECT min(commit_date) FROM builds WHERE starts_with(scm_commit, $8)))
+                       AND ($13::timestamptz IS NULL OR b.commit_date >= $13)
+                       AND ($9::text IS NULL OR b.scm_repo = $9)
+                       AND ($10::text IS NULL OR b.scm_branch = $10)
                      ORDER BY d.start_date {order}, d.deploy_id
                      LIMIT $11 OFFSET $12"
                 ),
@@ -135,6 +140,7 @@ impl Store {
                     &q.branch,
                     &q.page_size,
                     &offset,
+                    &q.commit_date.map(ts),
                 ],
             )
             .await?;
@@ -147,22 +153,19 @@ impl Store {
         Ok(DeployPage { deploys, deploy_tags: serde_json::Map::new(), total, truncated })
     }
 
+    /// How many deploys started at or after `since` (`GET /v1/deploys/dailycount` passes the
+    /// day's midnight, UTC).
+    pub async fn deploys_started_since(&self, since: EpochMs) -> Result<i64> {
+        let client = self.client().await?;
+        Ok(client.query_one("SELECT count(*) FROM deploys WHERE start_date >= $1", &[&ts(since)]).await?.get(0))
+    }
+
     /// A stage's progress: its records, missing and provisioning hosts.
     pub async fn stage_progress(&self, env: &EnvName, stage: &StageName) -> Result<DeployProgress> {
         let e = self.stage(env, stage).await?;
         let agents = self.agents_of_stage(&e.id).await?;
+        let missing_hosts = self.missing_hosts_of(&e.id).await?;
         let client = self.client().await?;
-        let missing_hosts = client
-            .query(
-                "SELECT s.host_name FROM stage_hosts s
-                 WHERE s.env_id = $1 AND NOT EXISTS (SELECT 1 FROM hosts h WHERE h.host_name = s.host_name)
-                 ORDER BY s.host_name",
-                &[&e.id.as_str()],
-            )
-            .await?
-            .iter()
-            .map(|r| get(r, "host_name"))
-            .collect::<Result<_>>()?;
         let rows = client
             .query(
                 "SELECT h.host_id, h.host_name, h.ip, h.state, h.create_date, h.last_update FROM hosts h
@@ -188,6 +191,28 @@ impl Store {
             })
             .collect::<Result<_>>()?;
         Ok(DeployProgress { agents, missing_hosts, provisioning_hosts })
+    }
+
+    /// Host names of a stage's HOST capacity that no agent ever reported
+    /// (`GET …/deploys/current/missing-hosts`).
+    pub async fn missing_hosts(&self, env: &EnvName, stage: &StageName) -> Result<Vec<String>> {
+        let e = self.stage(env, stage).await?;
+        self.missing_hosts_of(&e.id).await
+    }
+
+    async fn missing_hosts_of(&self, env_id: &EnvId) -> Result<Vec<String>> {
+        let client = self.client().await?;
+        client
+            .query(
+                "SELECT s.host_name FROM stage_hosts s
+                 WHERE s.env_id = $1 AND NOT EXISTS (SELECT 1 FROM hosts h WHERE h.host_name = s.host_name)
+                 ORDER BY s.host_name",
+                &[&env_id.as_str()],
+            )
+            .await?
+            .iter()
+            .map(|r| get(r, "host_name"))
+            .collect()
     }
 
     /// Counts records of a stage.

@@ -18,11 +18,24 @@ use crate::{Error, Result, Store};
 /// Addresses a stage by names, as the REST paths do.
 pub type StageKey<'a> = (&'a EnvName, &'a StageName);
 
+/// Which stages `GET /v1/envs` lists: every filter given must hold.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StageFilter {
+    /// Stages of this environment.
+    pub env_name: Option<EnvName>,
+    /// Stages whose group capacity holds this group.
+    pub group_name: Option<GroupName>,
+    /// Stages of this type.
+    pub stage_type: Option<EnvType>,
+}
+
 const ENVIRON_COLUMNS: &str = "e.env_id, e.env_name, e.stage_name, e.env_state, e.state, e.description, e.build_name, \
      e.branch, e.chatroom, e.deploy_id, e.deploy_type, e.max_parallel, e.max_parallel_pct, e.priority, e.system_priority, \
      e.stuck_th, e.success_th, e.accept_type, e.accept_timeout, e.email_recipients, e.notify_authors, e.watch_recipients, e.max_deploy_num, \
      e.max_deploy_day, e.is_docker, e.override_policy, e.allow_private_build, e.ensure_trusted_build, e.stage_type, \
-     e.agent_configs, e.script_configs, e.last_operator, e.last_update, e.version";
+     e.agent_configs, e.script_configs, e.last_operator, e.last_update, e.version, \
+     (SELECT s.schedule_id FROM schedules s WHERE s.env_id = e.env_id) AS schedule_id, \
+     (SELECT c.constraint_id FROM deploy_constraints c WHERE c.env_id = e.env_id) AS deploy_constraint_id";
 
 pub(crate) fn environ_from_row(r: &Row) -> Result<Environ> {
     Ok(Environ {
@@ -57,6 +70,8 @@ pub(crate) fn environ_from_row(r: &Row) -> Result<Environ> {
         stage_type: get_parsed(r, "stage_type")?,
         last_operator: get(r, "last_operator")?,
         last_update: get_ms(r, "last_update")?,
+        schedule_id: get(r, "schedule_id")?,
+        deploy_constraint_id: get(r, "deploy_constraint_id")?,
     })
 }
 
@@ -247,14 +262,6 @@ pub(crate) async fn all_snapshots(c: &impl GenericClient) -> Result<Vec<(i64, St
         .collect()
 }
 
-/// What `PUT …/capacity` addresses.
-fn capacity_table(kind: CapacityType) -> (&'static str, &'static str) {
-    match kind {
-        CapacityType::Group => ("stage_groups", "group_name"),
-        CapacityType::Host => ("stage_hosts", "host_name"),
-    }
-}
-
 /// Which string map of a stage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StageMap {
@@ -349,6 +356,44 @@ impl Store {
         rows.iter().map(environ_from_row).collect()
     }
 
+    /// The stages that pass every filter given, by environment and stage name.
+    pub async fn search_stages(&self, f: &StageFilter) -> Result<Vec<Environ>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT {ENVIRON_COLUMNS} FROM environs e
+                     WHERE ($1::text IS NULL OR e.env_name = $1) AND ($3::text IS NULL OR e.stage_type = $3)
+                       AND ($2::text IS NULL OR EXISTS
+                            (SELECT 1 FROM stage_groups g WHERE g.env_id = e.env_id AND g.group_name = $2))
+                     ORDER BY e.env_name, e.stage_name"
+                ),
+                &[
+                    &f.env_name.as_ref().map(EnvName::as_str),
+                    &f.group_name.as_ref().map(GroupName::as_str),
+                    &f.stage_type.map(EnvType::as_str),
+                ],
+            )
+            .await?;
+        rows.iter().map(environ_from_row).collect()
+    }
+
+    /// Distinct environment names containing `filter` (any when `None`), in order, one page.
+    pub async fn env_names(&self, filter: Option<&str>, page_index: i64, page_size: i64) -> Result<Vec<String>> {
+        let client = self.client().await?;
+        let offset = (page_index.max(1) - 1).saturating_mul(page_size);
+        client
+            .query(
+                "SELECT DISTINCT env_name FROM environs WHERE ($1::text IS NULL OR strpos(env_name, $1) > 0)
+                 ORDER BY env_name LIMIT $2 OFFSET $3",
+                &[&filter, &page_size, &offset],
+            )
+            .await?
+            .iter()
+            .map(|r| get(r, "env_name"))
+            .collect()
+    }
+
     /// Applies a partial update to a stage's configuration.
     pub async fn update_stage(
         &self,
@@ -395,63 +440,6 @@ impl Store {
         let msg = ChangeMessage::StageV1 { env_id: e.id.clone(), version: version + 1, stage: None };
         enqueue(&*tx, Exchange::Changes, "stage", &msg).await?;
         let change = Change { kind: kind::STAGE, action: "delete", before: Some(json(&e)?), after: None };
-        history::record(&*tx, Place::Stage(&e), operator, None, change, now).await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    /// The groups or hosts attached to a stage.
-    pub async fn capacity(&self, env: &EnvName, stage: &StageName, kind: CapacityType) -> Result<Vec<String>> {
-        let e = self.stage(env, stage).await?;
-        let (table, column) = capacity_table(kind);
-        let client = self.client().await?;
-        let rows = client
-            .query(&format!("SELECT {column} FROM {table} WHERE env_id = $1 ORDER BY {column}"), &[&e.id.as_str()])
-            .await?;
-        rows.iter().map(|r| get(r, column)).collect()
-    }
-
-    /// Replaces the groups or hosts attached to a stage (names already validated).
-    pub async fn set_capacity(
-        &self,
-        env: &EnvName,
-        stage: &StageName,
-        kind: CapacityType,
-        names: &[String],
-        operator: &str,
-        now: EpochMs,
-    ) -> Result<()> {
-        let (table, column) = capacity_table(kind);
-        let mut client = self.client().await?;
-        let tx = client.transaction().await?;
-        let e = lock_stage(&*tx, env, stage).await?;
-        let before: Vec<String> = tx
-            .query(&format!("SELECT {column} FROM {table} WHERE env_id = $1 ORDER BY {column}"), &[&e.id.as_str()])
-            .await?
-            .iter()
-            .map(|r| get(r, column))
-            .collect::<Result<_>>()?;
-        tx.execute(
-            &format!("DELETE FROM {table} WHERE env_id = $1 AND NOT ({column} = ANY($2))"),
-            &[&e.id.as_str(), &names],
-        )
-        .await?;
-        tx.execute(
-            &format!("INSERT INTO {table} (env_id, {column}) SELECT $1, unnest($2::text[]) ON CONFLICT DO NOTHING"),
-            &[&e.id.as_str(), &names],
-        )
-        .await?;
-        tx.execute(
-            "UPDATE environs SET last_operator = $2, last_update = $3 WHERE env_id = $1",
-            &[&e.id.as_str(), &operator, &ts(now)],
-        )
-        .await?;
-        announce_stage(&*tx, &e.id).await?;
-        let what = match kind {
-            CapacityType::Group => kind::GROUP_CAPACITY,
-            CapacityType::Host => kind::HOST_CAPACITY,
-        };
-        let change = Change { kind: what, action: "update", before: Some(json(&before)?), after: Some(json(&names)?) };
         history::record(&*tx, Place::Stage(&e), operator, None, change, now).await?;
         tx.commit().await?;
         Ok(())

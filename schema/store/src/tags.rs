@@ -2,7 +2,9 @@
 //! name with the tagged build's facts (commit, repository, branch, commit date), which is what
 //! the effective-tag rule (`schema::rules::build_tag`) walks.
 
-use schema::model::{Build, NewTag, Tag};
+use std::collections::BTreeMap;
+
+use schema::model::{Build, BuildWithTag, NewTag, Tag};
 use schema::rules::build_tag::{self, BuildFacts, BuildTag};
 use schema::time::EpochMs;
 use schema::{BuildId, BuildName, TagTargetType, TagValue};
@@ -95,7 +97,7 @@ pub(crate) async fn build_tags(c: &impl GenericClient, name: &BuildName) -> Resu
 }
 
 /// Stores a tag inside the caller's transaction (see [`Store::insert_tag`]).
-async fn insert(client: &impl GenericClient, tag: &NewTag, operator: &str, now: EpochMs) -> Result<Tag> {
+pub(crate) async fn insert(client: &impl GenericClient, tag: &NewTag, operator: &str, now: EpochMs) -> Result<Tag> {
     match tag.target_type {
         TagTargetType::Build => {
             let id = BuildId::parse(tag.target_id.as_str())
@@ -210,6 +212,32 @@ impl Store {
             .iter()
             .map(tag_from_row)
             .collect()
+    }
+
+    /// Builds with their effective tags: the tags of each build name are read once.
+    pub async fn with_effective_tags(&self, builds: Vec<Build>) -> Result<Vec<BuildWithTag>> {
+        let client = self.client().await?;
+        let mut by_name: BTreeMap<BuildName, Vec<BuildTag>> = BTreeMap::new();
+        for b in &builds {
+            if !by_name.contains_key(&b.name) {
+                by_name.insert(b.name.clone(), build_tags(&**client, &b.name).await?);
+            }
+        }
+        let mut out = Vec::with_capacity(builds.len());
+        for build in builds {
+            let tags = by_name.get(&build.name).map(Vec::as_slice).unwrap_or_default();
+            let tag = match build_tag::effective(&facts(&build), tags) {
+                Some(t) => {
+                    let row = client
+                        .query_opt(&format!("SELECT {TAG_COLUMNS} FROM tags WHERE tag_id = $1"), &[&t.id])
+                        .await?;
+                    row.as_ref().map(tag_from_row).transpose()?
+                }
+                None => None,
+            };
+            out.push(BuildWithTag { build, tag });
+        }
+        Ok(out)
     }
 
     /// The effective tag of a build (`None` when no tag reaches it).

@@ -275,8 +275,6 @@ async fn verdicts_follow_the_acceptance_machine() {
             Command::UpdateDeployV1 { deploy_id: d1.id.clone(), acceptance_status: Some(status), description: None },
         )
     };
-    let (c, cmd) = verdict(AcceptanceStatus::Accepted, "v1");
-    assert_eq!(run(s, &c, cmd, NOW).await.unwrap_err().status, 409, "not succeeding yet");
     serve(s, &e, &d1.id, &["h1"], NOW + 1).await;
     s.refresh_stage(&e.id, NOW + 2).await.unwrap();
     assert_eq!(s.deploy(&d1.id).await.unwrap().acceptance_status, AcceptanceStatus::Outstanding);
@@ -287,6 +285,57 @@ async fn verdicts_follow_the_acceptance_machine() {
     assert_eq!(run(s, &c, cmd, NOW + 4).await.unwrap_err().status, 409, "a verdict is final");
     let (c, cmd) = verdict(AcceptanceStatus::Terminated, "v4");
     assert_eq!(run(s, &c, cmd, NOW + 4).await.unwrap_err().status, 400, "not a verdict");
+}
+
+#[tokio::test]
+async fn a_verdict_that_comes_early_is_kept_and_applied_when_the_deploy_succeeds() {
+    let db = TestDatabase::new().await;
+    let s = &db.store;
+    let e = stage(s, "web", "prod", r#"{"acceptanceType":"MANUAL"}"#).await;
+    let b1 = build(s, "web").await;
+    let b2 = build(s, "web").await;
+    let verdict = |deploy: &DeployId, status| Command::UpdateDeployV1 {
+        deploy_id: deploy.clone(),
+        acceptance_status: Some(status),
+        description: None,
+    };
+    // The test system accepts before the deploy succeeded: kept, not refused.
+    let d1 = deploy(s, "c1", "web", "prod", &b1.id, NOW).await;
+    let kept: Deploy =
+        serde_json::from_value(run(s, "v1", verdict(&d1.id, AcceptanceStatus::Accepted), NOW).await.unwrap()).unwrap();
+    assert_eq!(
+        (kept.acceptance_status, kept.pending_verdict),
+        (AcceptanceStatus::PendingDeploy, Some(AcceptanceStatus::Accepted))
+    );
+    // A later "testing" does not undo the decision.
+    run(s, "v2", verdict(&d1.id, AcceptanceStatus::PendingAccept), NOW).await.unwrap();
+    assert_eq!(s.deploy(&d1.id).await.unwrap().pending_verdict, Some(AcceptanceStatus::Accepted));
+    serve(s, &e, &d1.id, &["h1"], NOW + 1).await;
+    s.refresh_stage(&e.id, NOW + 2).await.unwrap();
+    let d = s.deploy(&d1.id).await.unwrap();
+    assert_eq!(
+        (d.acceptance_status, d.pending_verdict),
+        (AcceptanceStatus::Accepted, None),
+        "applied at the first success"
+    );
+
+    // An early rejection counts the same way; a deploy retired before it succeeds never takes it.
+    let d2 = deploy(s, "c2", "web", "prod", &b2.id, NOW + 3).await;
+    run(s, "v3", verdict(&d2.id, AcceptanceStatus::Rejected), NOW + 3).await.unwrap();
+    let d3 = deploy(s, "c3", "web", "prod", &b1.id, NOW + 4).await;
+    let retired = s.deploy(&d2.id).await.unwrap();
+    assert_eq!(retired.acceptance_status, AcceptanceStatus::Terminated);
+    assert_eq!(
+        run(s, "v4", verdict(&d2.id, AcceptanceStatus::Accepted), NOW + 5).await.unwrap_err().status,
+        409,
+        "too late"
+    );
+    run(s, "v5", verdict(&d3.id, AcceptanceStatus::Rejected), NOW + 5).await.unwrap();
+    // h1 finishes what it was on (d2), is admitted to d3, and finishes it.
+    finish(s, &e, "h1", NOW + 6).await;
+    finish(s, &e, "h1", NOW + 7).await;
+    assert_eq!(agent(s, &e, "h1").await.deploy_id, d3.id);
+    assert_eq!(s.deploy(&d3.id).await.unwrap().acceptance_status, AcceptanceStatus::Rejected);
 }
 
 #[tokio::test]
@@ -391,4 +440,35 @@ async fn a_group_by_group_constraint_rolls_one_zone_at_a_time() {
     }
     assert_eq!(order, ["a", "a", "b", "b", "c"]);
     assert_eq!(on(&agents(s, &e).await, &d2.id), 5);
+}
+
+#[tokio::test]
+async fn a_dead_lettered_command_fails_only_while_pending() {
+    let db = TestDatabase::new().await;
+    let s = &db.store;
+    stage(s, "web", "prod", "{}").await;
+    let b1 = build(s, "web").await;
+    let done = deploy_command("c1", "web", "prod", &b1.id);
+    s.apply_command(&done, NOW).await.unwrap();
+    assert!(
+        !s.fail_dead_command("c1", Some(&done), "late", NOW + 1).await.unwrap(),
+        "an applied command keeps its outcome"
+    );
+    assert_eq!(s.command("c1").await.unwrap().unwrap().status, "DONE");
+    assert!(
+        !s.fail_dead_command("nobody", None, "lost", NOW).await.unwrap(),
+        "no envelope, no record: nothing to mark"
+    );
+    assert!(s.command("nobody").await.unwrap().is_none());
+
+    let lost = deploy_command("c2", "web", "prod", &b1.id);
+    assert!(s.fail_dead_command("c2", Some(&lost), "boom", NOW + 2).await.unwrap());
+    let status = s.command("c2").await.unwrap().unwrap();
+    assert_eq!((status.status.as_str(), status.error.unwrap().code.as_str()), ("FAILED", "dead_lettered"));
+    // Delivered again later (an operator replays the dead queue): its stored outcome stands.
+    match s.apply_command(&lost, NOW + 3).await.unwrap() {
+        CommandOutcome::Err { error } => assert_eq!(error.code, "dead_lettered"),
+        CommandOutcome::Ok { result } => panic!("a failed command must not be applied: {result}"),
+    }
+    assert_eq!(s.deploys_of_stage(&s.stage(&id("web"), &id("prod")).await.unwrap().id, 10).await.unwrap().len(), 1);
 }

@@ -248,3 +248,42 @@ async fn every_host_a_report_mentions_gets_a_heartbeat() {
     assert_eq!(db.last_seen("known").await, Some(NOW + 5));
     assert_eq!(db.last_seen("reporting").await, Some(NOW + 7), "the janitor finds silent hosts from heartbeats only");
 }
+
+#[tokio::test]
+async fn a_pre_registered_host_becomes_active_when_it_pings_or_is_forgotten_if_it_never_does() {
+    let db = TestDatabase::new().await;
+    let s = &db.store;
+    let new = |host: &str, group: &str| schema::model::NewHost {
+        host_id: id(host),
+        host_name: id(host),
+        group_name: Some(id(group)),
+        ip: None,
+    };
+    assert!(s.register_host(&new("p1", "g"), "provisioner", NOW).await.unwrap());
+    assert!(s.register_host(&new("p2", "g"), "provisioner", NOW).await.unwrap());
+    assert!(!s.register_host(&new("p1", "h"), "provisioner", NOW).await.unwrap(), "known: only the group is added");
+    let other = schema::model::NewHost { host_name: id("p9"), ..new("p1", "g") };
+    assert!(matches!(s.register_host(&other, "provisioner", NOW).await, Err(store::Error::Conflict(_))));
+    let groups: Vec<_> = s.host_with_id(&id("p1")).await.unwrap().into_iter().map(|h| h.group_name).collect();
+    assert_eq!(groups, [Some(id("g")), Some(id("h"))]);
+
+    // p1 pings: ACTIVE, in the groups it reports.
+    let batch = ReportBatch {
+        hosts: vec![facts("p1", NOW + SEC)],
+        heartbeats: vec![beat("p1", NOW + SEC)],
+        ..Default::default()
+    };
+    s.apply_report_batch(&batch).await.unwrap();
+    let p1 = s.host_with_id(&id("p1")).await.unwrap();
+    assert_eq!(
+        p1.iter().map(|h| (h.state, h.group_name.clone())).collect::<Vec<_>>(),
+        [(schema::HostState::Active, Some(id("g")))]
+    );
+
+    // p2 never pings: forgotten once silent for the second threshold since it was registered
+    // (The janitor passes `now - MAX_STALE`: here a time between the registration and p1's ping.)
+    let f = s.remove_silent_hosts(NOW + SEC / 2, 1000).await.unwrap();
+    assert_eq!(f.hosts, 1);
+    assert!(s.host_with_id(&id("p2")).await.unwrap().is_empty());
+    assert_eq!(s.host_with_id(&id("p1")).await.unwrap().len(), 1, "p1 pinged after");
+}

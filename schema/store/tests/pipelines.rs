@@ -277,6 +277,18 @@ async fn a_paused_or_disabled_stage_is_not_promoted_into() {
 }
 
 #[tokio::test]
+async fn a_frozen_system_is_not_promoted_into_until_the_freeze_is_lifted() {
+    let db = TestDatabase::new().await;
+    let s = &db.store;
+    let beta = beta_from_builds(s, serde_json::json!({})).await;
+    build_at(s, "1111111aaa", NOW - 30 * MIN).await;
+    s.switch_freeze(schema::EnvironAction::Disable, Some("holidays"), "rm", NOW).await.unwrap();
+    assert_eq!(s.auto_promote(&beta, NOW, BUFFER).await.unwrap(), PromoteOutcome::Skipped);
+    s.switch_freeze(schema::EnvironAction::Enable, None, "rm", NOW).await.unwrap();
+    assert!(matches!(s.auto_promote(&beta, NOW, BUFFER).await.unwrap(), PromoteOutcome::Promoted(_)));
+}
+
+#[tokio::test]
 async fn a_rollback_can_mark_the_build_it_leaves_bad() {
     let db = TestDatabase::new().await;
     let s = &db.store;

@@ -22,6 +22,11 @@ pub const RETRY_DELAY: Duration = Duration::from_secs(5);
 pub const MAX_ATTEMPTS: u32 = 5;
 /// Header carrying the delivery attempt.
 const ATTEMPT_HEADER: &str = "x-attempt";
+/// Header of a dead-lettered message: why its handler gave up on it (at most
+/// [`MAX_REASON_BYTES`]).
+pub const DEAD_REASON_HEADER: &str = "x-dead-reason";
+/// Longest reason kept in [`DEAD_REASON_HEADER`].
+const MAX_REASON_BYTES: usize = 1000;
 
 /// What a handler decided about a delivery.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -138,20 +143,28 @@ async fn settle<H: Handler>(ch: &Channel, cfg: &BusConfig, queue: WorkQueue, han
         Disposition::Ack => None,
         Disposition::RetryLater(reason) => {
             tracing::warn!(queue = queue.as_str(), attempt, reason, "message failed on a dependency; will retry");
-            Some((cfg.name("retry"), attempt))
+            Some((cfg.name("retry"), attempt, None))
         }
         Disposition::Retry(reason) if attempt < MAX_ATTEMPTS => {
             tracing::warn!(queue = queue.as_str(), attempt, reason, "message failed; will retry");
-            Some((cfg.name("retry"), attempt + 1))
+            Some((cfg.name("retry"), attempt + 1, None))
         }
         Disposition::Retry(reason) | Disposition::Dead(reason) => {
             tracing::error!(queue = queue.as_str(), attempt, reason, "message dead-lettered");
-            Some((cfg.name("dead"), attempt))
+            Some((cfg.name("dead"), attempt, Some(reason.as_str())))
         }
     };
-    if let Some((exchange, next_attempt)) = forward {
+    if let Some((exchange, next_attempt, dead_reason)) = forward {
         let mut headers = d.properties.headers().clone().unwrap_or_default();
         headers.insert(ATTEMPT_HEADER.into(), AMQPValue::LongInt(next_attempt as i32));
+        if let Some(reason) = dead_reason {
+            // Whoever watches the dead letters (a command's status) can say why.
+            let mut end = reason.len().min(MAX_REASON_BYTES);
+            while !reason.is_char_boundary(end) {
+                end -= 1;
+            }
+            headers.insert(DEAD_REASON_HEADER.into(), AMQPValue::LongString(reason[..end].into()));
+        }
         let props = d.properties.clone().with_headers(headers);
         if let Err(e) = confirmed(ch, &exchange, queue.as_str(), &d.data, props, cfg.timeout).await {
             // Keep the message: put it back on the queue rather than lose it.

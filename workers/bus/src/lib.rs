@@ -4,7 +4,8 @@
 //! back with backoff and a timeout on every exchange with the broker ([`connection`]), a
 //! publisher that waits for publisher confirms and lets concurrent publishes share its
 //! connection without a lock around them ([`publish`]), the consumer loop of a work queue
-//! with manual acks, delayed retries and dead-lettering ([`consume`]), and commands with
+//! with manual acks, delayed retries and dead-lettering ([`consume`]), a watcher of dead
+//! letters so what they stood for ends in a final state ([`dead`]), and commands with
 //! replies on RabbitMQ's direct reply-to ([`rpc`]).
 //!
 //! This crate must never touch Postgres and never hold domain rules: it moves bytes with the
@@ -12,6 +13,7 @@
 
 pub mod connection;
 pub mod consume;
+pub mod dead;
 mod link;
 mod metrics;
 pub mod publish;
@@ -21,6 +23,7 @@ pub mod testing;
 pub mod topology;
 
 pub use connection::{BusError, backoff, connect, connect_with_retry, within};
-pub use consume::{DeliveryCtx, Disposition, Handler, MAX_ATTEMPTS, RETRY_DELAY, consume};
+pub use consume::{DEAD_REASON_HEADER, DeliveryCtx, Disposition, Handler, MAX_ATTEMPTS, RETRY_DELAY, consume};
+pub use dead::{DeadLetterHandler, watch_dead_letters};
 pub use publish::{Outgoing, Publisher, json_props};
-pub use topology::{BusConfig, WorkQueue, declare_topology, delete_topology};
+pub use topology::{BusConfig, WATCHED_DEAD_LETTERS, WorkQueue, declare_topology, delete_topology};

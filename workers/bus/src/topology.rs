@@ -77,7 +77,16 @@ impl BusConfig {
     pub fn events_exchange(&self) -> String {
         self.name("events")
     }
+
+    /// Queue that receives a copy of each of `q`'s dead letters, for a worker to record what
+    /// became of them (the dead queue itself is kept for operators).
+    pub fn dead_watch_queue(&self, q: WorkQueue) -> String {
+        self.name(&format!("{}.dead.watch", q.as_str()))
+    }
 }
+
+/// Work queues whose dead letters are watched: a dead command must end in a final status.
+pub const WATCHED_DEAD_LETTERS: [WorkQueue; 1] = [WorkQueue::Commands];
 
 fn quorum_args(extra: &[(&str, AMQPValue)]) -> FieldTable {
     let mut t = FieldTable::default();
@@ -146,6 +155,20 @@ pub async fn declare_topology(ch: &Channel, cfg: &BusConfig) -> Result<(), BusEr
             FieldTable::default(),
         )
         .await?;
+        if WATCHED_DEAD_LETTERS.contains(&q) {
+            // A second queue on the dead exchange with the same key: each dead letter is copied
+            // there for its watcher, and stays in the dead queue for operators.
+            let watch = cfg.dead_watch_queue(q);
+            ch.queue_declare(watch.as_str().into(), opts, quorum_args(&[])).await?;
+            ch.queue_bind(
+                watch.as_str().into(),
+                dead.as_str().into(),
+                q.as_str().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        }
     }
     ch.exchange_declare(cfg.changes_exchange().as_str().into(), ExchangeKind::Fanout, durable(), FieldTable::default())
         .await?;
@@ -161,6 +184,9 @@ pub async fn delete_topology(cfg: &BusConfig) -> Result<(), BusError> {
     for q in [WorkQueue::Commands, WorkQueue::Reports, WorkQueue::Webhooks] {
         for queue in [q.as_str().to_string(), format!("{}.retry", q.as_str()), format!("{}.dead", q.as_str())] {
             ch.queue_delete(cfg.name(&queue).as_str().into(), QueueDeleteOptions::default()).await?;
+        }
+        if WATCHED_DEAD_LETTERS.contains(&q) {
+            ch.queue_delete(cfg.dead_watch_queue(q).as_str().into(), QueueDeleteOptions::default()).await?;
         }
         ch.exchange_delete(cfg.exchange(q).as_str().into(), ExchangeDeleteOptions::default()).await?;
     }
