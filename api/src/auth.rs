@@ -72,6 +72,9 @@ pub enum Need {
     InHandler(AccessRole, &'static str),
     /// Any authenticated principal, whatever it holds (its own identity, its own tokens).
     Authenticated,
+    /// A host of the fleet: an agent token or a host credential, which the gateway checks
+    /// itself (the ping and the enrollment; no REST route needs it).
+    Fleet(&'static str),
 }
 
 impl Need {
@@ -84,6 +87,7 @@ impl Need {
             Need::Role(role, From::EnvPath) => format!("{role} on `{{env}}`"),
             Need::Role(role, From::DeployPath) => format!("{role} on the deploy's environment"),
             Need::InHandler(role, on) => format!("{role} {on}"),
+            Need::Fleet(what) => (*what).into(),
         }
     }
 }
@@ -227,6 +231,7 @@ pub async fn authorize(State(s): State<AuthState>, mut req: Request, next: Next)
     }
     match need {
         Need::Read | Need::Authenticated => {}
+        Need::Fleet(_) => return Err(ApiError::forbidden("a fleet route is served by the gateway")),
         Need::InHandler(role, _) => {
             if !access::allows_somewhere(&principal.grants, role) {
                 return Err(ApiError::forbidden(format!("{} needs the {role} role", principal.name)));

@@ -9,10 +9,12 @@
 //! or 503 when a dependency is down. The gateway never touches the database on the ping path.
 
 pub mod auth;
+pub mod created;
 pub mod error;
 pub mod extract;
 pub mod gateway;
 pub mod health;
+pub mod openapi;
 pub mod paths;
 pub mod rest;
 
@@ -33,10 +35,24 @@ pub fn api_router(state: rest::ApiState, trusted: auth::TrustedHeaders) -> Route
     let limit = state.request_timeout;
     let router = rest::router(state, trusted)
         .merge(health::api(store))
+        .route("/openapi.json", axum::routing::get(openapi_json))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(limit, within_deadline));
     paths::trimming_trailing_slashes(router)
+}
+
+/// The API contract: every REST route and the gateway's ping and enrollment (see [`openapi`]).
+pub fn contract() -> serde_json::Value {
+    let mut operations = rest::operations();
+    operations.extend(gateway::operations());
+    openapi::document(&operations)
+}
+
+/// `GET /openapi.json`, without credentials: the contract is public.
+async fn openapi_json() -> Response {
+    static DOCUMENT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| contract().to_string());
+    ([(axum::http::header::CONTENT_TYPE, "application/json")], DOCUMENT.as_str()).into_response()
 }
 
 /// Answers 503 for a request still running after `limit` (its handler is dropped: an open
@@ -75,5 +91,21 @@ async fn method_not_allowed() -> error::ApiError {
         status: axum::http::StatusCode::METHOD_NOT_ALLOWED,
         code: "method_not_allowed",
         message: "this path does not take that method".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// `docs/openapi.json` is the contract as the code generates it, for clients generated
+    /// without a running server.
+    #[test]
+    fn openapi_doc_is_current() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/openapi.json");
+        let want = serde_json::to_string_pretty(&super::contract()).unwrap() + "\n";
+        if std::env::var_os("UPDATE_DOCS").is_some() {
+            std::fs::write(&path, &want).unwrap();
+        }
+        let have = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(have == want, "docs/openapi.json is out of date: run UPDATE_DOCS=1 cargo test -p api openapi_doc");
     }
 }

@@ -148,6 +148,8 @@ async fn every_route_refuses_every_principal_without_its_role() {
         let allowed = |who: &Who| -> bool {
             match route.need {
                 Need::Authenticated => true,
+                // No REST route is a fleet route (the gateway serves those).
+                Need::Fleet(_) => false,
                 Need::Read => access::may_read(&who.grants),
                 Need::Role(role, From::System) => access::allows(&who.grants, role, Target::System),
                 Need::Role(role, From::EnvPath | From::DeployPath) => {
@@ -236,6 +238,12 @@ async fn tokens_are_shown_once_listed_without_secrets_and_revoked() {
     assert!(revoked.expect(StatusCode::OK)["revokedAt"].is_number());
     let after = app.call(Method::GET, &format!("{}/v1/me", app.api), Some(&secret), Body::None).await;
     after.expect_error(StatusCode::UNAUTHORIZED);
+
+    // The configuration's token cannot be revoked through the API (start-up would restore it):
+    // 409, and it keeps working.
+    let (_, message) = app.delete("/v1/tokens/admin").await.expect_error(StatusCode::CONFLICT);
+    assert!(message.contains("configuration"), "{message}");
+    app.get("/v1/me").await.expect(StatusCode::OK);
 
     // Bad input is a 400 naming what is wrong; an unknown principal a 404.
     let bad = app.post("/v1/tokens", &json!({"principal": "bob smith"})).await;

@@ -10,7 +10,7 @@ use crate::time::EpochMs;
 use crate::*;
 
 /// A deploy command from the API to the workers.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CommandEnvelope {
     /// Unique id; workers apply a command id once.
@@ -26,7 +26,7 @@ pub struct CommandEnvelope {
 }
 
 /// What a command asks for.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "kind")]
 pub enum Command {
     /// Deploy a build on a stage (`POST /v1/envs/{env}/{stage}/deploys`).
@@ -133,7 +133,7 @@ impl Command {
 }
 
 /// Why a command failed, with the HTTP status the API answers.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[error("{code}: {message}")]
 pub struct CommandError {
@@ -146,7 +146,7 @@ pub struct CommandError {
 }
 
 /// The worker's answer to a command (sent to the API's direct reply-to).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CommandReply {
     /// The command.
@@ -156,7 +156,7 @@ pub struct CommandReply {
 }
 
 /// Success with a JSON result (for a deploy: the deploy), or an error.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", tag = "outcome")]
 pub enum CommandOutcome {
     /// Applied.
@@ -172,7 +172,7 @@ pub enum CommandOutcome {
 }
 
 /// What gateways send workers: agent records that changed, host facts and heartbeats.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "kind")]
 pub enum ReportMessage {
     /// A batch from one gateway.
@@ -181,7 +181,7 @@ pub enum ReportMessage {
 }
 
 /// One batch of changes seen by a gateway.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ReportBatch {
     /// Which gateway sent it.
@@ -204,7 +204,7 @@ impl ReportBatch {
 }
 
 /// A host's identity as its agent reports it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[allow(missing_docs)]
 pub struct HostFacts {
@@ -222,7 +222,7 @@ pub struct HostFacts {
 }
 
 /// A host was seen at a time.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Heartbeat {
     /// The host.
@@ -232,7 +232,7 @@ pub struct Heartbeat {
 }
 
 /// An agent record computed by a gateway.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AgentUpdate {
     /// Host.
@@ -254,7 +254,7 @@ pub struct AgentUpdate {
 }
 
 /// What workers send every gateway: goal changes, in version order per stage.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "kind")]
 pub enum ChangeMessage {
     /// A stage was created or changed (or deleted: `stage` is `None`).
@@ -320,7 +320,7 @@ impl ChangeMessage {
 }
 
 /// Everything a gateway holds about a stage.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StageSnapshot {
     /// What goals are made from.
@@ -332,7 +332,7 @@ pub struct StageSnapshot {
 }
 
 /// One agent record as workers set it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AgentControl {
     /// Host.
@@ -344,7 +344,7 @@ pub struct AgentControl {
 }
 
 /// A domain event on the `events` topic exchange (routing key = `kind`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DeployEvent {
     /// `deploy.started`, `deploy.succeeding`, `deploy.failing`, …
@@ -361,7 +361,7 @@ pub struct DeployEvent {
 
 /// Work for the webhook workers: one message per delivery (the request and its attempts are
 /// in Postgres, so a redelivered message changes nothing once the delivery is settled).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "kind")]
 pub enum WebhookMessage {
     /// Send one delivery, retrying as the worker's settings say.

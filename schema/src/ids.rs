@@ -36,7 +36,7 @@ pub enum IdError {
 }
 
 macro_rules! id_type {
-    ($(#[$meta:meta])* $name:ident, $kind:literal, $max:literal, $allowed_desc:literal, $allowed:expr) => {
+    ($(#[$meta:meta])* $name:ident, $kind:literal, $max:literal, $allowed_desc:literal, $allowed:expr, $pattern:literal) => {
         $(#[$meta])*
         ///
         /// Shared text: a clone is a reference count, not a copy (ids travel through every
@@ -100,6 +100,26 @@ macro_rules! id_type {
             }
         }
 
+        impl schemars::JsonSchema for $name {
+            fn inline_schema() -> bool {
+                true
+            }
+
+            fn schema_name() -> std::borrow::Cow<'static, str> {
+                stringify!($name).into()
+            }
+
+            fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+                schemars::json_schema!({
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": $max,
+                    "pattern": $pattern,
+                    "description": concat!("A ", $kind, ": ", $allowed_desc, ", at most ", $max, " characters."),
+                })
+            }
+        }
+
         impl fmt::Debug for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 fmt::Debug::fmt(&self.0, f)
@@ -135,39 +155,39 @@ fn group_char(c: char) -> bool {
 
 id_type!(
     /// Id of one stage (Teletraan's `env_id`).
-    EnvId, "env id", 64, "letters, digits, '_' and '-'", word_char
+    EnvId, "env id", 64, "letters, digits, '_' and '-'", word_char, "^[A-Za-z0-9_-]+$"
 );
 id_type!(
     /// Id of one deploy.
-    DeployId, "deploy id", 64, "letters, digits, '_' and '-'", word_char
+    DeployId, "deploy id", 64, "letters, digits, '_' and '-'", word_char, "^[A-Za-z0-9_-]+$"
 );
 id_type!(
     /// Id of one build: `<22-char id>_<first 7 chars of the commit>`.
-    BuildId, "build id", 64, "letters, digits, '_' and '-'", word_char
+    BuildId, "build id", 64, "letters, digits, '_' and '-'", word_char, "^[A-Za-z0-9_-]+$"
 );
 id_type!(
     /// Environment name (the service), e.g. `web`.
-    EnvName, "environment name", 64, "letters, digits, '_' and '-'", word_char
+    EnvName, "environment name", 64, "letters, digits, '_' and '-'", word_char, "^[A-Za-z0-9_-]+$"
 );
 id_type!(
     /// Stage name within an environment, e.g. `prod`.
-    StageName, "stage name", 64, "letters, digits, '_' and '-'", word_char
+    StageName, "stage name", 64, "letters, digits, '_' and '-'", word_char, "^[A-Za-z0-9_-]+$"
 );
 id_type!(
     /// A host's stable id (a cloud instance id or any unique name).
-    HostId, "host id", 128, "letters, digits, '_', '-', '.' and ':'", host_char
+    HostId, "host id", 128, "letters, digits, '_', '-', '.' and ':'", host_char, "^[A-Za-z0-9_.:-]+$"
 );
 id_type!(
     /// A host's name as shown to people.
-    HostName, "host name", 128, "letters, digits, '_', '-', '.' and ':'", host_char
+    HostName, "host name", 128, "letters, digits, '_', '-', '.' and ':'", host_char, "^[A-Za-z0-9_.:-]+$"
 );
 id_type!(
     /// A host group (autoscaling group, cluster, role…): the unit of group capacity.
-    GroupName, "group name", 128, "letters, digits, '_', '-', '.', ':' and '/'", group_char
+    GroupName, "group name", 128, "letters, digits, '_', '-', '.', ':' and '/'", group_char, "^[A-Za-z0-9_.:/-]+$"
 );
 id_type!(
     /// Name of a build (`build_name`): builds deployable on a stage carry the stage's build name.
-    BuildName, "build name", 64, "letters, digits, '_', '-', '.', ':' and '/'", group_char
+    BuildName, "build name", 64, "letters, digits, '_', '-', '.', ':' and '/'", group_char, "^[A-Za-z0-9_.:/-]+$"
 );
 
 /// The group Teletraan assigns to hosts that report none.

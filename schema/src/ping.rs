@@ -19,7 +19,7 @@ pub const MAX_GROUPS: usize = 64;
 pub const MAX_ERROR_MESSAGE: usize = 8 * 1024;
 
 /// A ping as it arrives.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[allow(missing_docs)]
 pub struct PingRequest {
@@ -48,7 +48,7 @@ pub struct PingRequest {
 pub const MAX_WAIT_SECONDS: u32 = 60;
 
 /// One environment's status as the agent reports it.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[allow(missing_docs)]
 pub struct PingReport {
@@ -66,7 +66,7 @@ pub struct PingReport {
 }
 
 /// The answer to a ping.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PingResponse {
     /// What to do.
@@ -84,7 +84,7 @@ impl PingResponse {
 
 /// The step a host must run now for one environment. Its `Debug` hides the values of the
 /// script variables (some are secrets).
-#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[allow(missing_docs)]
 pub struct DeployGoal {

@@ -41,7 +41,7 @@ pub(crate) struct EnrollState {
 }
 
 /// The request: who the host is and the groups it is in now.
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub(super) struct EnrollInput {
     host_id: Option<String>,
@@ -51,7 +51,7 @@ pub(super) struct EnrollInput {
 }
 
 /// The answer: the credential (shown once; send it as `Authorization: token <credential>`).
-#[derive(Serialize)]
+#[derive(Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub(super) struct EnrollOutput {
     host_id: HostId,

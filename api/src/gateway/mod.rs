@@ -22,6 +22,9 @@ use axum::Router;
 use axum::routing::post;
 use bus::BusConfig;
 use store::Store;
+
+use crate::auth::{Need, RouteSpec};
+use crate::openapi::{Answer, Described, Operation};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
@@ -138,6 +141,33 @@ pub fn start(
     tasks.spawn(sync::check(gateway.clone(), store.clone(), config.clone(), shutdown.clone()));
     tasks.spawn(sync::run(gateway.clone(), store, config, shutdown));
     gateway
+}
+
+/// The gateway's routes as the API contract describes them (their handlers read raw bodies,
+/// to count and answer bad ones their own way, so their types are stated here).
+pub fn operations() -> Vec<Operation> {
+    let ping = Described {
+        body: Some(|g| g.subschema_for::<schema::ping::PingRequest>()),
+        query: None,
+        answers: vec![Answer::json::<schema::ping::PingResponse>(200)],
+    };
+    let enroll = Described {
+        body: Some(|g| g.subschema_for::<enroll::EnrollInput>()),
+        query: None,
+        answers: vec![Answer::json::<enroll::EnrollOutput>(201)],
+    };
+    let fleet = [
+        ("/v1/system/ping", ping, "an agent token or the host's credential (on the gateway's listener)"),
+        ("/v1/system/enroll", enroll, "an enrollment token (on the gateway's listener)"),
+    ];
+    fleet
+        .into_iter()
+        .map(|(path, described, needs)| Operation {
+            spec: RouteSpec { method: "POST", path, need: Need::Fleet(needs) },
+            described,
+            stated: Vec::new(),
+        })
+        .collect()
 }
 
 /// The gateway's routes: pings (answered from memory) and enrollments (which write to `store`).

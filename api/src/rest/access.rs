@@ -5,8 +5,7 @@
 use axum::Extension;
 use axum::Json;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::StatusCode;
 use schema::rules::access::{Grant, GrantScope, Target};
 use schema::time::{EpochMs, now_ms};
 use schema::{AccessRole, EnvName, GroupName};
@@ -15,6 +14,7 @@ use store::{GrantRow, NewToken, PrincipalRow, Subject, TokenInfo, TokenKind};
 
 use super::ApiState;
 use crate::auth::Principal;
+use crate::created::Created;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
 
@@ -44,14 +44,14 @@ fn role(field: &'static str, s: Option<&str>) -> ApiResult<AccessRole> {
 }
 
 /// Who the caller is and what it holds.
-#[derive(Serialize)]
+#[derive(Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub(super) struct Me {
     name: String,
     roles: Vec<MyRole>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 struct MyRole {
     resource: String,
@@ -79,7 +79,7 @@ pub(super) async fn me(Extension(p): Extension<Principal>) -> Json<Me> {
 
 /// A role as users send it (Teletraan's UserRolesBean / GroupRolesBean: `name`, `role`;
 /// `resource` and `type` come from the path).
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub(super) struct RoleInput {
     name: Option<String>,
@@ -99,12 +99,12 @@ async fn create(
     subject: Subject,
     scope: GrantScope,
     input: RoleInput,
-) -> ApiResult<Response> {
+) -> ApiResult<Created<GrantRow>> {
     let name = subject_name("name", input.name.as_deref().unwrap_or_default(), subject == Subject::Group)?;
     let role = role("role", input.role.as_deref())?;
     let row = s.store.set_grant(subject, &name, &scope, role, &p.name, now_ms()).await?;
     tracing::info!(principal = %p.name, subject = %name, scope = scope.as_str(), role = %role, "role granted");
-    Ok((StatusCode::CREATED, Json(row)).into_response())
+    Ok(Created::new(row))
 }
 
 async fn put(
@@ -142,7 +142,7 @@ macro_rules! role_routes {
             Extension(p): Extension<Principal>,
             ApiPath(env): ApiPath<String>,
             ApiJson(input): ApiJson<RoleInput>,
-        ) -> ApiResult<Response> {
+        ) -> ApiResult<Created<GrantRow>> {
             create(&s, &p, $subject, env_scope(env)?, input).await
         }
 
@@ -184,7 +184,7 @@ macro_rules! role_routes {
             State(s): State<ApiState>,
             Extension(p): Extension<Principal>,
             ApiJson(input): ApiJson<RoleInput>,
-        ) -> ApiResult<Response> {
+        ) -> ApiResult<Created<GrantRow>> {
             create(&s, &p, $subject, GrantScope::System, input).await
         }
 
@@ -247,7 +247,7 @@ role_routes!(
 
 /// A script of an environment (Teletraan's TokenRolesBean): its role there and its token's
 /// expiry; `token` only in the answer that created it.
-#[derive(Serialize)]
+#[derive(Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub(super) struct ScriptRole {
     name: String,
@@ -310,7 +310,7 @@ pub(super) async fn create_env_script(
     Extension(p): Extension<Principal>,
     ApiPath(env): ApiPath<String>,
     ApiJson(input): ApiJson<RoleInput>,
-) -> ApiResult<Response> {
+) -> ApiResult<Created<ScriptRole>> {
     let env = EnvName::parse(env)?;
     let name = input.name.as_deref().unwrap_or_default().trim().to_string();
     let principal = script_principal(&env, &name)?;
@@ -334,7 +334,7 @@ pub(super) async fn create_env_script(
         principal,
     };
     let location = format!("/v1/envs/{env}/token_roles/{}", body.name);
-    Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(body)).into_response())
+    Ok(Created::at(location, body))
 }
 
 /// `GET /v1/envs/{env}/token_roles/{name}` (without the token).
@@ -379,7 +379,7 @@ pub(super) async fn list_principals(State(s): State<ApiState>) -> ApiResult<Json
     Ok(Json(s.store.principals().await?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub(super) struct PrincipalInput {
     name: Option<String>,
@@ -391,7 +391,7 @@ pub(super) async fn create_principal(
     State(s): State<ApiState>,
     Extension(p): Extension<Principal>,
     ApiJson(input): ApiJson<PrincipalInput>,
-) -> ApiResult<Response> {
+) -> ApiResult<Created<PrincipalRow>> {
     let name = subject_name("name", input.name.as_deref().unwrap_or_default(), false)?;
     let kind = match input.kind.as_deref().map(str::to_ascii_uppercase).as_deref() {
         None | Some("USER") => "USER",
@@ -400,7 +400,7 @@ pub(super) async fn create_principal(
         Some(other) => return Err(ApiError::bad_request(format!("kind: {other:?} is not USER, SCRIPT or AGENT"))),
     };
     let row = s.store.create_principal(&name, kind, &p.name, now_ms()).await?;
-    Ok((StatusCode::CREATED, Json(row)).into_response())
+    Ok(Created::new(row))
 }
 
 /// `DELETE /v1/principals/{name}`: with its roles and tokens.
@@ -417,7 +417,7 @@ pub(super) async fn delete_principal(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub(super) struct TokenQuery {
     principal: Option<String>,
@@ -445,7 +445,7 @@ pub(super) async fn list_tokens(
     Ok(Json(s.store.tokens(whose.as_deref()).await?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub(super) struct TokenInput {
     principal: Option<String>,
@@ -463,7 +463,7 @@ pub(super) struct TokenInput {
 }
 
 /// The answer to a token's creation: the only time its secret is shown.
-#[derive(Serialize)]
+#[derive(Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub(super) struct CreatedToken {
     token: String,
@@ -479,7 +479,7 @@ pub(super) async fn create_token(
     State(s): State<ApiState>,
     Extension(p): Extension<Principal>,
     ApiJson(input): ApiJson<TokenInput>,
-) -> ApiResult<Response> {
+) -> ApiResult<Created<CreatedToken>> {
     let principal = subject_name("principal", input.principal.as_deref().unwrap_or_default(), false)?;
     if let Some(d) = &input.description {
         schema::model::check_text("description", d, 256)?;
@@ -518,7 +518,7 @@ pub(super) async fn create_token(
     let (info, token) = s.store.create_token(&spec, &p.name, now).await?;
     tracing::info!(by = %p.name, principal = %info.principal, token.id = %info.id, "token created");
     let location = format!("/v1/tokens/{}", info.id);
-    Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(CreatedToken { token, info })).into_response())
+    Ok(Created::at(location, CreatedToken { token, info }))
 }
 
 async fn own_token(s: &ApiState, p: &Principal, id: &str) -> ApiResult<TokenInfo> {

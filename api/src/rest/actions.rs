@@ -50,7 +50,7 @@ fn host_ids(ids: Vec<String>) -> ApiResult<Vec<HostId>> {
     Ok(out)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub(super) struct ActionQuery {
     action_type: Option<String>,
@@ -90,7 +90,7 @@ pub(super) async fn deploy_action(
     })
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub(super) struct HostActionQuery {
     action_type: Option<String>,
@@ -115,7 +115,7 @@ pub(super) async fn host_action(
 }
 
 /// The fields of an agent record a user may change.
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub(super) struct AgentPatch {
     state: Option<AgentState>,
@@ -153,7 +153,7 @@ pub(super) async fn reset_failed(
     Ok(commands::no_content(commands::send(&s, &p, command).await?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub(super) struct StopQuery {
     replace_host: Option<bool>,
@@ -179,7 +179,7 @@ pub(super) async fn stop_hosts(
 }
 
 /// What `PUT /v1/deploys/{id}` may change.
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub(super) struct DeployPatch {
     acceptance_status: Option<AcceptanceStatus>,
@@ -206,7 +206,7 @@ pub(super) async fn update_deploy(
     Ok(commands::no_content(commands::send(&s, &p, command).await?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub(super) struct OverrideQuery {
     #[serde(default, deserialize_with = "schema::model::lenient::opt_u32")]

@@ -21,7 +21,7 @@ pub(super) async fn list(
 }
 
 /// Teletraan's `AgentErrorBean`.
-#[derive(Serialize)]
+#[derive(Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub(super) struct AgentError {
     host_id: Option<HostId>,

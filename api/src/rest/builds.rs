@@ -3,8 +3,7 @@
 use axum::Extension;
 use axum::Json;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::StatusCode;
 use schema::model::{Build, BuildInput, BuildWithTag};
 use schema::{BuildId, BuildName};
 use serde::Deserialize;
@@ -12,6 +11,7 @@ use store::BuildSearch;
 
 use super::ApiState;
 use crate::auth::Principal;
+use crate::created::Created;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
 
@@ -20,16 +20,16 @@ pub(super) async fn publish(
     State(s): State<ApiState>,
     Extension(p): Extension<Principal>,
     ApiJson(input): ApiJson<BuildInput>,
-) -> ApiResult<Response> {
+) -> ApiResult<Created<Build>> {
     let build = Build::publish(input, &s.artifacts, &p.name, schema::time::now_ms())?;
     super::require_publisher(&s, &p, &build.name).await?;
     s.store.insert_build(&build).await?;
     tracing::info!(build.id = %build.id, build.name = %build.name, publisher = %p.name, "build published");
     let location = format!("/v1/builds/{}", build.id);
-    Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(build)).into_response())
+    Ok(Created::at(location, build))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub(super) struct SearchQuery {
     name: Option<String>,
@@ -125,7 +125,7 @@ pub(super) async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub(super) struct NamesQuery {
     filter: Option<String>,

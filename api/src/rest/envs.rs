@@ -5,8 +5,7 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
-use axum::http::{StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::StatusCode;
 use schema::model::{Environ, EnvironInput, StringMap};
 use schema::rules::access::{GrantScope, Target};
 use schema::{AccessRole, CapacityType, EnvId, EnvName, EnvType, GroupName, HostName, UnknownValue};
@@ -15,10 +14,11 @@ use store::{StageFilter, StageMap, Subject};
 
 use super::{ApiState, stage_key};
 use crate::auth::Principal;
+use crate::created::Created;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub(super) struct ListQuery {
     env_name: Option<String>,
@@ -46,7 +46,7 @@ pub(super) async fn get_by_id(State(s): State<ApiState>, ApiPath(id): ApiPath<St
     Ok(Json(s.store.stage_by_id(&EnvId::parse(id)?).await?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub(super) struct NamesQuery {
     name_filter: Option<String>,
@@ -75,7 +75,7 @@ pub(super) async fn create(
     State(s): State<ApiState>,
     Extension(p): Extension<Principal>,
     ApiJson(input): ApiJson<EnvironInput>,
-) -> ApiResult<Response> {
+) -> ApiResult<Created<Environ>> {
     let e = Environ::create(EnvId::generate(), input, &p.name, schema::time::now_ms())?;
     p.require(AccessRole::Operator, Target::Env(&e.env_name))?;
     let new_env = s.store.stages(Some(&e.env_name)).await?.is_empty();
@@ -87,7 +87,7 @@ pub(super) async fn create(
     }
     tracing::info!(env = %e.env_name, stage = %e.stage_name, operator = %p.name, "stage created");
     let location = format!("/v1/envs/{}/{}", e.env_name, e.stage_name);
-    Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(e)).into_response())
+    Ok(Created::at(location, e))
 }
 
 /// `GET /v1/envs/{env}/{stage}`.
@@ -122,7 +122,7 @@ pub(super) async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub(super) struct CapacityQuery {
     capacity_type: Option<String>,

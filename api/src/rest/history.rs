@@ -13,7 +13,7 @@ use crate::extract::{ApiPath, ApiQuery};
 /// Largest page of history.
 const MAX_PAGE_SIZE: i64 = 500;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub(super) struct PageQuery {
     #[serde(default, deserialize_with = "schema::model::lenient::opt_i64")]
@@ -33,7 +33,7 @@ pub(super) async fn stage(
     Ok(Json(s.store.stage_history(&env, &stage, page_index, page_size).await?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub(super) struct SearchQuery {
     env_name: Option<String>,

@@ -11,7 +11,7 @@ use crate::auth::Principal;
 use crate::error::ApiResult;
 use crate::extract::{ApiPath, ApiQuery};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub(super) struct PageQuery {
     #[serde(default, deserialize_with = "schema::model::lenient::opt_i64")]

@@ -26,12 +26,13 @@ use axum::http::Method;
 use axum::middleware;
 use axum::routing::{MethodFilter, on};
 use bus::rpc::CommandClient;
-use schema::model::ArtifactPolicy;
+use schema::model::{ArtifactPolicy, Deploy};
 use schema::{AccessRole, EnvName, StageName};
 use store::Store;
 
 use crate::auth::{self, AuthState, From, Need, RouteSpec, TrustedHeaders};
 use crate::error::ApiResult;
+use crate::openapi::{Answer, Describe, Operation, accepted};
 
 /// What handlers share.
 #[derive(Clone)]
@@ -59,11 +60,21 @@ impl FromRef<ApiState> for Store {
 /// Declares every route once: the router is built from this list, and so is the table of
 /// what each route needs (so no route can exist without declaring it).
 macro_rules! routes {
-    ($($method:ident $path:literal => $handler:expr, $need:expr;)*) => {
+    ($($method:ident $path:literal => $handler:expr, $need:expr $(, [$($answer:expr),* $(,)?])?;)*) => {
         /// Every route of the REST API and what it needs (the role matrix test and the
         /// documentation are generated from it).
         pub fn route_specs() -> Vec<RouteSpec> {
             vec![$(RouteSpec { method: stringify!($method), path: $path, need: $need }),*]
+        }
+
+        /// Every route as the API contract describes it: what its handler's signature says,
+        /// plus the answers the table states for handlers that answer a bare `Response`.
+        pub fn operations() -> Vec<Operation> {
+            vec![$(Operation {
+                spec: RouteSpec { method: stringify!($method), path: $path, need: $need },
+                described: Describe::described(&$handler),
+                stated: vec![$($($answer),*)?],
+            }),*]
         }
 
         fn add_routes(router: Router<ApiState>) -> Router<ApiState> {
@@ -102,21 +113,23 @@ routes! {
     PUT "/v1/envs/{env}/{stage}/script_secrets" => secrets::put, OPERATE;
     GET "/v1/envs/{env}/{stage}/agent_configs" => envs::get_agent_configs, READ;
     PUT "/v1/envs/{env}/{stage}/agent_configs" => envs::put_agent_configs, OPERATE;
-    POST "/v1/envs/{env}/{stage}/deploys" => deploys::create, OPERATE;
+    POST "/v1/envs/{env}/{stage}/deploys" => deploys::create, OPERATE, [Answer::json::<Deploy>(201), accepted()];
     GET "/v1/envs/{env}/{stage}/deploys/current" => deploys::current, READ;
-    POST "/v1/envs/{env}/{stage}/deploys/current/actions" => actions::deploy_action, OPERATE;
+    POST "/v1/envs/{env}/{stage}/deploys/current/actions" => actions::deploy_action, OPERATE,
+        [Answer::json::<Deploy>(201), Answer::json::<Option<Deploy>>(200), accepted()];
     GET "/v1/envs/{env}/{stage}/deploys/current/progress" => rollout::progress, READ;
     GET "/v1/envs/{env}/{stage}/deploys/current/missing-hosts" => rollout::missing_hosts, READ;
     PUT "/v1/envs/{env}/{stage}/deploys/current/progress" => rollout::progress, READ;
-    PUT "/v1/envs/{env}/{stage}/deploys/hostactions" => actions::host_action, OPERATE;
+    PUT "/v1/envs/{env}/{stage}/deploys/hostactions" => actions::host_action, OPERATE, [Answer::empty(204), accepted()];
     GET "/v1/envs/{env}/{stage}/hosts" => hosts::of_stage, READ;
-    DELETE "/v1/envs/{env}/{stage}/hosts" => actions::stop_hosts, OPERATE;
+    DELETE "/v1/envs/{env}/{stage}/hosts" => actions::stop_hosts, OPERATE, [Answer::empty(204), accepted()];
     GET "/v1/envs/{env}/{stage}/hosts/{host}" => hosts::one_of_stage, READ;
     GET "/v1/envs/{env}/{stage}/agents" => agents::list, READ;
     GET "/v1/envs/{env}/{stage}/agents/count" => rollout::count, READ;
     GET "/v1/envs/{env}/{stage}/agents/errors/{host}" => agents::error, READ;
-    PUT "/v1/envs/{env}/{stage}/agents/reset_failed_agents/{deploy}" => actions::reset_failed, OPERATE;
-    PUT "/v1/envs/{env}/{stage}/agents/{host}" => actions::update_agent, OPERATE;
+    PUT "/v1/envs/{env}/{stage}/agents/reset_failed_agents/{deploy}" => actions::reset_failed, OPERATE,
+        [Answer::empty(204), accepted()];
+    PUT "/v1/envs/{env}/{stage}/agents/{host}" => actions::update_agent, OPERATE, [Answer::empty(204), accepted()];
     GET "/v1/envs/{env}/{stage}/deploy_constraint" => rollout::get_constraint, READ;
     POST "/v1/envs/{env}/{stage}/deploy_constraint" => rollout::post_constraint, OPERATE;
     DELETE "/v1/envs/{env}/{stage}/deploy_constraint" => rollout::delete_constraint, OPERATE;
@@ -132,7 +145,7 @@ routes! {
     GET "/v1/envs/{env}/{stage}/promotes" => pipelines::get_promote, READ;
     PUT "/v1/envs/{env}/{stage}/promotes" => pipelines::put_promote, OPERATE;
     PUT "/v1/schedules/{env}/{stage}/schedules" => rollout::put_schedule, OPERATE;
-    PUT "/v1/schedules/{env}/{stage}/override" => actions::override_schedule, OPERATE;
+    PUT "/v1/schedules/{env}/{stage}/override" => actions::override_schedule, OPERATE, [Answer::empty(204), accepted()];
     GET "/v1/schedules/{env}/{stage}/{id}" => rollout::get_schedule, READ;
     GET "/v1/envs/{env}/user_roles" => access::list_env_users, READ;
     POST "/v1/envs/{env}/user_roles" => access::create_env_user, ADMINISTER_ENV;
@@ -184,7 +197,8 @@ routes! {
     GET "/v1/deploys" => rollout::search, READ;
     GET "/v1/deploys/dailycount" => deploys::daily_count, READ;
     GET "/v1/deploys/{id}" => deploys::get, READ;
-    PUT "/v1/deploys/{id}" => actions::update_deploy, Need::Role(AccessRole::Operator, From::DeployPath);
+    PUT "/v1/deploys/{id}" => actions::update_deploy, Need::Role(AccessRole::Operator, From::DeployPath),
+        [Answer::empty(204), accepted()];
     GET "/v1/commands/{id}" => deploys::command, READ;
     POST "/v1/hosts" => hosts::register, OPERATE_SYSTEM;
     GET "/v1/hosts/{host}" => hosts::named, READ;
@@ -258,6 +272,16 @@ pub fn routes_markdown() -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn every_route_documents_its_success_answers() {
+        let silent: Vec<String> = super::operations()
+            .iter()
+            .filter(|op| op.described.answers.is_empty() && op.stated.is_empty())
+            .map(|op| format!("{} {}", op.spec.method, op.spec.path))
+            .collect();
+        assert!(silent.is_empty(), "state the answers of these routes in the route table: {silent:#?}");
+    }
+
     #[test]
     fn routes_doc_is_current() {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/routes.md");

@@ -4,14 +4,14 @@
 use axum::Extension;
 use axum::Json;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::StatusCode;
 use schema::model::{Promote, PromoteInput, Tag, TagInput};
 use schema::rules::access::Target;
 use schema::{AccessRole, BuildId, BuildName, EnvId, TagTargetType, TagValue, UnknownValue};
 
 use super::{ApiState, stage_key};
 use crate::auth::Principal;
+use crate::created::Created;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, ApiPath};
 
@@ -47,7 +47,7 @@ pub(super) async fn create_tag(
     State(s): State<ApiState>,
     Extension(p): Extension<Principal>,
     ApiJson(input): ApiJson<TagInput>,
-) -> ApiResult<Response> {
+) -> ApiResult<Created<Tag>> {
     let new = input.check()?;
     match new.target_type {
         TagTargetType::Build => {
@@ -63,7 +63,7 @@ pub(super) async fn create_tag(
     let tag = s.store.insert_tag(&new, &p.name, schema::time::now_ms()).await?;
     tracing::info!(tag.id = %tag.id, value = %tag.value, target = %tag.target_id, operator = %p.name, "tagged");
     let location = format!("/v1/tags/{}", tag.id);
-    Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(tag)).into_response())
+    Ok(Created::at(location, tag))
 }
 
 fn tag_id(id: &str) -> ApiResult<&str> {

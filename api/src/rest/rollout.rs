@@ -183,7 +183,7 @@ pub(super) async fn missing_hosts(
     Ok(Json(s.store.missing_hosts(&env, &stage).await?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub(super) struct CountQuery {
     action_type: Option<String>,

@@ -40,7 +40,7 @@ pub(super) async fn put(
     Ok(Json(stored))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub(super) struct DeliveriesQuery {
     status: Option<String>,

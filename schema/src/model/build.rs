@@ -8,7 +8,7 @@ use crate::time::EpochMs;
 use crate::{BuildId, BuildName};
 
 /// An immutable artifact record published by CI (Teletraan's `BuildBean`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Build {
     /// `<22-char id>_<commit7>`.
@@ -43,7 +43,7 @@ pub struct Build {
 }
 
 /// A build as CI publishes it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[allow(missing_docs)]
 pub struct BuildInput {

@@ -9,7 +9,7 @@ use crate::{
 };
 
 /// One deploy of a build on a stage (Teletraan's `DeployBean`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Deploy {
     /// Deploy id.
@@ -52,7 +52,7 @@ pub struct Deploy {
 }
 
 /// The server's view of one host for one stage (Teletraan's `AgentBean`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[allow(missing_docs)]
 pub struct Agent {
@@ -75,7 +75,7 @@ pub struct Agent {
 }
 
 /// Progress of a command sent to the workers.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CommandStatus {
     /// Command id.

@@ -8,7 +8,7 @@ use crate::time::EpochMs;
 use crate::{GroupName, HostId, HostName, HostState};
 
 /// A host in one of its groups (Teletraan's `HostBean`, with what our agents add).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Host {
     /// Its name.
@@ -40,7 +40,7 @@ pub struct Host {
 }
 
 /// A host as a provisioner pre-registers it; unknown fields are refused.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[allow(missing_docs)]
 pub struct HostInput {

@@ -30,7 +30,7 @@ fn invalid(field: String, message: impl Into<String>) -> LinkInvalid {
 }
 
 /// A graph of the stage's dashboards.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MetricsConfig {
     /// Shown above the graph.
@@ -42,7 +42,7 @@ pub struct MetricsConfig {
 }
 
 /// A colour band of a graph's values.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MetricsSpec {
     /// From this value.
@@ -54,7 +54,7 @@ pub struct MetricsSpec {
 }
 
 /// An alarm of the stage.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Alarm {
     /// Its name.
@@ -66,7 +66,7 @@ pub struct Alarm {
 }
 
 /// A graph as users send it.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[allow(missing_docs)]
 pub struct MetricsConfigInput {
@@ -76,7 +76,7 @@ pub struct MetricsConfigInput {
 }
 
 /// A colour band as users send it; bounds may be numbers or texts holding one.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[allow(missing_docs)]
 pub struct MetricsSpecInput {
@@ -88,7 +88,7 @@ pub struct MetricsSpecInput {
 }
 
 /// An alarm as users send it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[allow(missing_docs)]
 pub struct AlarmInput {

@@ -14,7 +14,7 @@ pub const FROM_BUILDS: &str = "BUILD";
 pub const AUTO_PROMOTER: &str = "AutoPromoter";
 
 /// A stage's auto-deploy configuration.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Promote {
     /// The stage.
@@ -42,7 +42,7 @@ pub struct Promote {
 }
 
 /// Pipeline settings as users send them; absent fields keep their value.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[allow(missing_docs)]
 pub struct PromoteInput {

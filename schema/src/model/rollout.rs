@@ -6,7 +6,7 @@ use crate::time::EpochMs;
 use crate::{DeployConstraintType, ScheduleState};
 
 /// A stage's deploy schedule (Teletraan's `ScheduleBean`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ScheduleBean {
     /// Schedule id.
@@ -26,7 +26,7 @@ pub struct ScheduleBean {
 }
 
 /// A schedule as users send it; `totalSessions` of 0 or less removes the schedule.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[allow(missing_docs)]
 pub struct ScheduleInput {
@@ -37,7 +37,7 @@ pub struct ScheduleInput {
 }
 
 /// A stage's deploy constraint (Teletraan's `DeployConstraintBean`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ConstraintBean {
     /// Constraint id.
@@ -57,7 +57,7 @@ pub struct ConstraintBean {
 }
 
 /// A constraint as users send it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[allow(missing_docs)]
 pub struct ConstraintInput {

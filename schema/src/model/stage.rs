@@ -10,7 +10,7 @@ use crate::{
 };
 
 /// One stage of an environment with its configuration (Teletraan's `EnvironBean`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Environ {
     /// Stage id.
@@ -92,7 +92,7 @@ pub const RESERVED_STAGE_NAMES: [&str; 3] = ["user_roles", "group_roles", "token
 pub const RESERVED_ENV_NAMES: [&str; 4] = ["names", "actions", "ids", "sidecars"];
 
 /// A stage as a user sends it to create or update one; `null` (absent) = unchanged/default.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[allow(missing_docs)]
 pub struct EnvironInput {

@@ -9,7 +9,7 @@ use crate::time::EpochMs;
 use crate::{TagTargetType, TagValue};
 
 /// A tag.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Tag {
     /// Tag id.
@@ -34,7 +34,7 @@ pub struct Tag {
 
 /// A build with its effective tag (Teletraan's `BuildTagBean`): the mark that applies to it,
 /// maybe made on an earlier build of its branch; `null` when none does.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct BuildWithTag {
     /// The build.
     pub build: super::Build,
@@ -43,7 +43,7 @@ pub struct BuildWithTag {
 }
 
 /// A tag as users send it. For a BUILD tag, `targetId` is the build's id.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[allow(missing_docs)]
 pub struct TagInput {

@@ -40,7 +40,7 @@ fn invalid(field: impl Into<String>, message: impl Into<String>) -> WebHookInval
 }
 
 /// HTTP method of a hook.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum HookMethod {
     /// `GET`.
@@ -79,7 +79,7 @@ impl fmt::Display for HookMethod {
 }
 
 /// One hook as stored and shown: placeholders (`$TELETRAAN_DEPLOY_ID`…) are still in place.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct WebHook {
     /// HTTP method.
@@ -95,7 +95,7 @@ pub struct WebHook {
 }
 
 /// One hook as a user sends it; every field optional so that errors name what is missing.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[allow(missing_docs)]
 pub struct WebHookInput {
@@ -108,7 +108,7 @@ pub struct WebHookInput {
 
 /// `PUT …/web_hooks`: the hooks replace the stored ones (an absent list means none);
 /// `secret` is write-only: absent keeps the stored one, `""` removes it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[allow(missing_docs)]
 pub struct EnvWebHooksInput {
@@ -140,7 +140,7 @@ impl fmt::Debug for SecretChange {
 }
 
 /// A stage's hooks, validated.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct WebHookConfig {
     /// Fired when a deploy is created.
@@ -150,7 +150,7 @@ pub struct WebHookConfig {
 }
 
 /// `GET …/web_hooks`: the hooks, and whether deliveries are signed (never the secret).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EnvWebHooks {
     /// Fired when a deploy is created.
@@ -250,7 +250,7 @@ fn validate_hook(at: &str, h: WebHookInput) -> Result<WebHook, WebHookInvalid> {
 }
 
 /// When a hook fires.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum HookPhase {
     /// When a deploy is created (the deploy is RUNNING).
@@ -287,7 +287,7 @@ impl HookPhase {
 }
 
 /// Where a delivery is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum DeliveryStatus {
     /// Not delivered yet (waiting, sending, or backing off between attempts).
@@ -318,7 +318,7 @@ impl DeliveryStatus {
 }
 
 /// One header of a request.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct HookHeader {
     /// Name (an RFC 7230 token).
     pub name: String,
@@ -327,7 +327,7 @@ pub struct HookHeader {
 }
 
 /// A request with every placeholder substituted, computed once when the delivery is created.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct HookRequest {
     /// HTTP method.
@@ -341,7 +341,7 @@ pub struct HookRequest {
 }
 
 /// One delivery of one hook for one deploy, as the API shows it (never the secret).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct WebHookDelivery {
     /// Delivery id, sent as `X-Teletraan-Delivery` (receivers dedupe on it).

@@ -11,7 +11,7 @@ use crate::model::Invalid;
 use crate::*;
 
 /// A stage's constraint.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Constraint {
     /// The tag name.
     pub key: String,

@@ -471,6 +471,23 @@ impl FromStr for Cron {
     }
 }
 
+impl schemars::JsonSchema for Cron {
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Cron".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "description": "A cron expression: 6 fields (Quartz: second minute hour day-of-month month day-of-week), 7 (plus year) or 5 (Unix, without seconds).",
+        })
+    }
+}
+
 impl Serialize for Cron {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_str(&self.text)

@@ -10,7 +10,7 @@ use crate::time::EpochMs;
 use crate::*;
 
 /// How many hosts a session lets in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum HostNumber {
     /// This many more hosts than the previous session.
     Count(u32),
@@ -19,7 +19,7 @@ pub enum HostNumber {
 }
 
 /// One session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Session {
     /// Hosts it lets in.
     pub hosts: HostNumber,
@@ -28,14 +28,14 @@ pub struct Session {
 }
 
 /// A stage's schedule as configured (Teletraan's `totalSessions`, `hostNumbers`, `cooldownTimes`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ScheduleConfig {
     /// The sessions, first to last.
     pub sessions: Vec<Session>,
 }
 
 /// Where a schedule is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ScheduleProgress {
     /// State.
     pub state: ScheduleState,

@@ -31,7 +31,7 @@ impl Subject {
 }
 
 /// A grant as stored and listed.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct GrantRow {
     /// The principal or group.
@@ -62,7 +62,7 @@ fn grant_from_row(r: &Row) -> Result<GrantRow> {
 }
 
 /// A principal as listed.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PrincipalRow {
     /// Name (recorded as the operator of what it does).

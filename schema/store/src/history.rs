@@ -124,7 +124,7 @@ pub(crate) async fn record(
 }
 
 /// One history row as the API shows it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct HistoryEntry {
     /// Order of the change (Teletraan's `changeId`).

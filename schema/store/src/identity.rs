@@ -21,7 +21,7 @@ use crate::{Error, Result, Store};
 pub const HOST_CREDENTIAL_KEY: &str = "host-credentials";
 
 /// A host's enrollment, as listed (never a credential).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct HostCredential {
     /// The host.

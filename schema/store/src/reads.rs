@@ -45,7 +45,7 @@ pub struct DeploySearch {
 }
 
 /// One page of deploys.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DeployPage {
     /// The deploys.
@@ -59,7 +59,7 @@ pub struct DeployPage {
 }
 
 /// A host of a stage's capacity that has no record yet (launched, never pinged).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[allow(missing_docs)]
 pub struct HostSummary {
@@ -72,7 +72,7 @@ pub struct HostSummary {
 }
 
 /// Teletraan's `DeployProgressBean`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DeployProgress {
     /// Every record of the stage.

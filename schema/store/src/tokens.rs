@@ -64,7 +64,7 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// A token as listed (never its secret).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TokenInfo {
     /// Public id (to revoke it).
@@ -348,9 +348,17 @@ impl Store {
     }
 
     /// Revokes a token: refused from now on (gateways drop agent tokens at their next check).
+    /// The configuration's tokens are refused (409): start-up would bring them back, so a
+    /// revocation through the API would only lock their holders out until the next restart.
     pub async fn revoke_token(&self, id: &str, operator: &str, now: EpochMs) -> Result<TokenInfo> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
+        let origin = tx.query_opt("SELECT created_by FROM tokens WHERE name = $1 FOR UPDATE", &[&id]).await?;
+        if origin.is_some_and(|r| r.get::<_, String>(0) == "configuration") {
+            return Err(Error::Conflict(format!(
+                "token {id} comes from the server's configuration: replace it there and restart to retire it"
+            )));
+        }
         let row = tx
             .query_opt(
                 &format!(

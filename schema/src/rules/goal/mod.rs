@@ -18,7 +18,7 @@ use crate::*;
 
 /// What a host needs to know of a stage to be given goals. Its `Debug` hides the values of
 /// the script variables (some are secrets).
-#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StageGoal {
     /// Stage id.
@@ -64,7 +64,7 @@ impl std::fmt::Debug for StageGoal {
 }
 
 /// The current deploy of a stage, with what goals carry.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CurrentDeploy {
     /// Deploy id.
@@ -78,7 +78,7 @@ pub struct CurrentDeploy {
 }
 
 /// The server's record of one host on one stage: the fields the rules read and write.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AgentRecord {
     /// Deploy the host works on or serves.
