@@ -33,6 +33,7 @@ pub mod status;
 pub mod template;
 #[doc(hidden)]
 pub mod testutil;
+pub mod user;
 
 pub use error::Error;
 
