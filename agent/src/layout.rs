@@ -2,9 +2,10 @@
 //! atomic file write every persistent file goes through.
 //!
 //! ```text
-//! <dir>/agent.lock                 exclusive lock: one agent per base directory
-//! <dir>/env_status                 JSON status, one entry per environment
-//! <dir>/<env>_SCRIPT_CONFIG        the stage's script variables (key=value lines)
+//! <dir>/agent.lock                 exclusive lock: one agent per base directory (0600)
+//! <dir>/env_status                 JSON status, one entry per environment (0600)
+//! <dir>/credential                 the host's credential, when it enrolled (0600)
+//! <dir>/<env>_SCRIPT_CONFIG        the stage's script variables (key=value lines, 0600)
 //! <dir>/builds/<buildId>/          an extracted build
 //! <dir>/builds/<buildId>.extracted marker: the extraction is complete
 //! <dir>/builds/<env>-<buildId>.<ext> the downloaded archive
@@ -15,6 +16,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
@@ -102,6 +104,22 @@ impl Layout {
         Ok(())
     }
 
+    /// Lets other users through (not into a listing of) the directories on the way to a build,
+    /// so hooks running as the hook user reach `TARGET` and `BUILDS_DIR`: adds the search bit
+    /// for group and others to the base, `builds/` and `targets/`. Files keep their modes.
+    pub fn allow_traversal(&self) -> Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        for dir in [self.base.clone(), self.builds_dir(), self.targets_dir()] {
+            let mode = fs::metadata(&dir).map_err(|e| Error::io("cannot stat", &dir, e))?.permissions().mode();
+            let wanted = mode | 0o011;
+            if wanted != mode {
+                fs::set_permissions(&dir, fs::Permissions::from_mode(wanted & 0o7777))
+                    .map_err(|e| Error::io("cannot change the mode of", &dir, e))?;
+            }
+        }
+        Ok(())
+    }
+
     /// The build the live symlink of `env` points to, if it points to an existing directory.
     pub fn live_build(&self, env: &str) -> Option<PathBuf> {
         let link = fs::read_link(self.target(env)).ok()?;
@@ -129,6 +147,7 @@ impl DirLock {
             .create(true)
             .truncate(false)
             .write(true)
+            .mode(PRIVATE_MODE)
             .open(&path)
             .map_err(|e| Error::io("cannot open lock file", &path, e))?;
         // SAFETY: flock on a file descriptor we own; it has no memory effects.
@@ -150,11 +169,26 @@ impl DirLock {
 /// Writes `bytes` to `path` atomically: a temp file in the same directory, fsync, rename over
 /// `path`, fsync of the directory. A crash leaves either the old or the new content.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomic_with_mode(path, bytes, 0o666)
+}
+
+/// [`write_atomic`] for a file only its owner may read or write: the temp file is created
+/// with mode 0600, so the content is never readable by anyone else, not even for a moment.
+pub fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomic_with_mode(path, bytes, PRIVATE_MODE)
+}
+
+/// Mode of the agent's own files (status, script config, lock, credential): the owner only.
+pub const PRIVATE_MODE: u32 = 0o600;
+
+fn write_atomic_with_mode(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let write = || -> std::io::Result<()> {
-        let mut f = File::create(&tmp)?;
+        // A temp file left by a killed agent may have another mode: never reuse it.
+        let _ = fs::remove_file(&tmp);
+        let mut f = OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
         Ok(())

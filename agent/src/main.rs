@@ -60,7 +60,7 @@ async fn serve(config: Config, command: Command) -> ExitCode {
         }
     };
     match command {
-        Command::Once => match agent.round().await {
+        Command::Once => match agent.once().await {
             Ok(summary) => {
                 tracing::info!(steps = summary.steps, "round done");
                 ExitCode::SUCCESS

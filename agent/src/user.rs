@@ -54,6 +54,11 @@ impl HookUser {
         self.gid
     }
 
+    /// Whom the builds are given to: this user and its primary group.
+    pub fn owner(&self) -> crate::ownership::Owner {
+        crate::ownership::Owner { uid: self.uid, gid: self.gid }
+    }
+
     /// The home directory.
     pub fn home(&self) -> &std::path::Path {
         &self.home
