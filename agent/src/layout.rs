@@ -104,20 +104,16 @@ impl Layout {
         Ok(())
     }
 
-    /// Lets other users through (not into a listing of) the directories on the way to a build,
-    /// so hooks running as the hook user reach `TARGET` and `BUILDS_DIR`: adds the search bit
-    /// for group and others to the base, `builds/` and `targets/`. Files keep their modes.
-    pub fn allow_traversal(&self) -> Result<()> {
-        use std::os::unix::fs::PermissionsExt;
+    /// Prepares the directories for hooks that run as another user: the base, `builds/` and
+    /// `targets/` get the search bit for group and others, so the hook user reaches `TARGET`
+    /// and `BUILDS_DIR` (passing through the base, never listing it); `logs/` becomes the
+    /// agent's only (hooks write their output through descriptors the agent opened, and it
+    /// may hold what a hook printed). The agent's files are 0600 anyway.
+    pub fn prepare_for_hook_user(&self) -> Result<()> {
         for dir in [self.base.clone(), self.builds_dir(), self.targets_dir()] {
-            let mode = fs::metadata(&dir).map_err(|e| Error::io("cannot stat", &dir, e))?.permissions().mode();
-            let wanted = mode | 0o011;
-            if wanted != mode {
-                fs::set_permissions(&dir, fs::Permissions::from_mode(wanted & 0o7777))
-                    .map_err(|e| Error::io("cannot change the mode of", &dir, e))?;
-            }
+            set_mode(&dir, |mode| mode | 0o011)?;
         }
-        Ok(())
+        set_mode(&self.logs_dir(), |mode| mode & !0o077)
     }
 
     /// The build the live symlink of `env` points to, if it points to an existing directory.
@@ -131,6 +127,17 @@ impl Layout {
     pub fn live_build_id(&self, env: &str) -> Option<String> {
         self.live_build(env)?.file_name().map(|n| n.to_string_lossy().into_owned())
     }
+}
+
+/// Changes the permission bits of `dir` with `change`, when that changes them.
+fn set_mode(dir: &Path, change: impl Fn(u32) -> u32) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = fs::metadata(dir).map_err(|e| Error::io("cannot stat", dir, e))?.permissions().mode() & 0o7777;
+    if change(mode) != mode {
+        fs::set_permissions(dir, fs::Permissions::from_mode(change(mode)))
+            .map_err(|e| Error::io("cannot change the mode of", dir, e))?;
+    }
+    Ok(())
 }
 
 /// An exclusive `flock` on the base directory's lock file, held while the value lives.
@@ -246,6 +253,26 @@ mod tests {
         write_atomic(&p, b"two").unwrap();
         assert_eq!(fs::read(&p).unwrap(), b"two");
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn the_agent_files_are_private_and_the_way_to_builds_is_open_for_hook_users() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = crate::testutil::TempDir::new("modes");
+        let layout = Layout::new(dir.path());
+        layout.create_dirs().unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        for d in [layout.base().to_path_buf(), layout.builds_dir(), layout.targets_dir(), layout.logs_dir()] {
+            fs::set_permissions(&d, fs::Permissions::from_mode(0o750)).unwrap();
+        }
+        let _lock = DirLock::acquire(&layout).unwrap();
+        write_private(&layout.status_file(), b"{}").unwrap();
+        write_private(&layout.status_file(), b"{}").unwrap();
+        assert_eq!((mode(&layout.lock_file()), mode(&layout.status_file())), (0o600, 0o600));
+        layout.prepare_for_hook_user().unwrap();
+        assert_eq!(mode(layout.base()), 0o751);
+        assert_eq!((mode(&layout.builds_dir()), mode(&layout.targets_dir())), (0o751, 0o751));
+        assert_eq!(mode(&layout.logs_dir()), 0o700);
     }
 
     #[test]

@@ -68,7 +68,7 @@ impl Agent {
         layout.create_dirs()?;
         let lock = DirLock::acquire(&layout)?;
         if config.hook_user.is_some() {
-            layout.allow_traversal()?;
+            layout.prepare_for_hook_user()?;
         }
         let credential_file = CredentialFile::new(&config.credential_file);
         let credential = credential_file.load()?;

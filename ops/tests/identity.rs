@@ -154,6 +154,9 @@ async fn an_enrolled_agent_deploys_with_hooks_as_nobody_and_re_enrolls_after_a_r
     let first = credential_of(&dir);
     assert!(first.starts_with(&format!("thc1~1~{HOST}~{HOST}~idn~")), "{first}");
     check_probe(&dir, &[&token, &first, AGENT]);
+    let mode = |p: &str| std::fs::metadata(dir.join(p)).unwrap().permissions().mode() & 0o777;
+    assert_eq!((mode("env_status"), mode("agent.lock"), mode("logs")), (0o600, 0o600, 0o700));
+    assert_eq!(mode("") & 0o011, 0o011, "the hook user passes through the base dir");
     let enrolled: Value =
         api.call(reqwest::Method::GET, &format!("/v1/host_credentials/{HOST}"), None).await.json().await.unwrap();
     assert_eq!(enrolled["generation"], 1, "{enrolled}");
