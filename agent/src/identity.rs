@@ -419,6 +419,16 @@ mod tests {
     }
 
     #[test]
+    fn transient_failures_back_off_fast_and_refusals_slowly() {
+        let secs = |b: ExponentialBuilder| -> Vec<u64> { b.build().take(8).map(|d| d.as_secs()).collect() };
+        let fast = secs(transient_backoff());
+        assert!((1..=2).contains(&fast[0]) && fast.iter().all(|s| *s <= 120), "{fast:?}");
+        let slow = secs(rejected_backoff());
+        assert!((60..=120).contains(&slow[0]) && slow.iter().all(|s| (60..=1800).contains(s)), "{slow:?}");
+        assert!(slow[7] >= 900, "{slow:?}");
+    }
+
+    #[test]
     fn error_bodies_give_their_message() {
         assert_eq!(answer_message(r#"{"code":"conflict","message":"already enrolled"}"#), "already enrolled");
         assert_eq!(answer_message("plain text"), "plain text");
