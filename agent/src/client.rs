@@ -1,7 +1,9 @@
 //! The gateway client: `POST <server>/v1/system/ping`, Teletraan's way.
 //!
 //! Any HTTP status above 300 is a failed ping; an empty body is NOOP. One call makes up to
-//! `1 + retry_delays.len()` attempts (Teletraan: 3 attempts, 1 s then 2 s apart).
+//! `1 + retry_delays.len()` attempts (Teletraan: 3 attempts, 1 s then 2 s apart), except
+//! after a 401 or 403: the gateway refused who is asking ([`Error::Rejected`]), and asking
+//! again a second later would be refused the same way.
 
 use std::time::Duration;
 
@@ -39,12 +41,18 @@ impl Gateway {
         })
     }
 
+    /// Replaces the token pings are sent with (a new host credential).
+    pub fn set_token(&mut self, token: Option<String>) {
+        self.token = token;
+    }
+
     /// Pings, retrying failed attempts after the configured delays.
     pub async fn ping(&self, request: &PingRequest) -> Result<PingResponse> {
         let mut delays = self.retry_delays.iter();
         loop {
             match self.ping_once(request).await {
                 Ok(r) => return Ok(r),
+                Err(e @ Error::Rejected { .. }) => return Err(e),
                 Err(e) => match delays.next() {
                     Some(d) => {
                         tracing::warn!(error = %e, retry_in_ms = d.as_millis() as u64, "ping failed, retrying");
@@ -69,6 +77,10 @@ impl Gateway {
         let resp = req.send().await.map_err(|e| Error::Ping(format!("{}: {}", self.url, error_chain(&e))))?;
         let status = resp.status();
         let body = resp.bytes().await.map_err(|e| Error::Ping(format!("reading the answer: {}", error_chain(&e))))?;
+        if status.as_u16() == 401 || status.as_u16() == 403 {
+            let message = crate::identity::answer_message(&String::from_utf8_lossy(&body));
+            return Err(Error::Rejected { what: "ping", status: status.as_u16(), message });
+        }
         if status.as_u16() > 300 {
             let text = String::from_utf8_lossy(&body);
             let text: String = text.chars().take(300).collect();

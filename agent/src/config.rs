@@ -14,11 +14,14 @@ use serde::Deserialize;
 
 use crate::error::{Error, Result};
 use crate::extract::Limits;
+use crate::user::HookUser;
 
 /// Default gateway URL.
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:8081";
 /// Default base directory.
 pub const DEFAULT_DIR: &str = "/var/lib/teletraan-agent";
+/// The credential file's default name, in the base directory.
+pub const DEFAULT_CREDENTIAL_FILE: &str = "credential";
 
 /// The command line.
 #[derive(Debug, Parser)]
@@ -78,6 +81,17 @@ pub struct Options {
     /// Token sent as `Authorization: token <T>`.
     #[arg(long, global = true, env = "TELETRAAN_AGENT_TOKEN", value_name = "TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// Enrollment token: without a credential file, the agent enrolls with it for a credential
+    /// of its own (and again when that credential is revoked).
+    #[arg(long, global = true, env = "TELETRAAN_AGENT_ENROLL_TOKEN", value_name = "TOKEN", hide_env_values = true)]
+    pub enroll_token: Option<String>,
+    /// The host's own credential, written at enrollment (mode 0600) [default: <dir>/credential].
+    #[arg(long, global = true, env = "TELETRAAN_AGENT_CREDENTIAL_FILE", value_name = "FILE")]
+    pub credential_file: Option<PathBuf>,
+    /// User the hooks run as, with its own uid, gid and a minimal environment
+    /// [default: none, hooks run as the agent's user].
+    #[arg(long, global = true, env = "TELETRAAN_AGENT_HOOK_USER", value_name = "USER")]
+    pub hook_user: Option<String>,
     /// Host id [default: the host name].
     #[arg(long, global = true, env = "TELETRAAN_AGENT_HOST_ID", value_name = "ID")]
     pub host_id: Option<String>,
@@ -168,6 +182,9 @@ enum TagsValue {
 struct FileConfig {
     server: Option<String>,
     token: Option<String>,
+    enroll_token: Option<String>,
+    credential_file: Option<PathBuf>,
+    hook_user: Option<String>,
     host_id: Option<String>,
     host_name: Option<String>,
     host_ip: Option<String>,
@@ -195,6 +212,12 @@ pub struct Config {
     pub server: String,
     /// Token for `Authorization: token <T>`; never printed.
     pub token: Option<String>,
+    /// Enrollment token (`POST /v1/system/enroll`); never printed.
+    pub enroll_token: Option<String>,
+    /// Where the host's own credential is kept; when it exists it is sent instead of `token`.
+    pub credential_file: PathBuf,
+    /// The user hooks run as (`None`: the agent's own user).
+    pub hook_user: Option<HookUser>,
     /// Host id sent as `hostId`.
     pub host_id: String,
     /// Host name sent as `hostName`.
@@ -238,15 +261,19 @@ impl Config {
     /// A configuration with every default, for `dir` and `server` (used by tests and as the base
     /// of [`Config::resolve`]).
     pub fn with_defaults(dir: impl Into<PathBuf>, server: impl Into<String>, host: &str) -> Config {
+        let dir = dir.into();
         Config {
             server: server.into().trim_end_matches('/').to_string(),
             token: None,
+            enroll_token: None,
+            credential_file: dir.join(DEFAULT_CREDENTIAL_FILE),
+            hook_user: None,
             host_id: host.to_string(),
             host_name: host.to_string(),
             host_ip: None,
             groups: Vec::new(),
             tags: BTreeMap::new(),
-            dir: dir.into(),
+            dir,
             ping_interval: Duration::from_secs(30),
             long_poll: Duration::ZERO,
             ping_retry_delays: vec![Duration::from_secs(1), Duration::from_secs(2)],
@@ -269,7 +296,10 @@ impl Config {
             Some(path) => read_file(path)?,
             None => FileConfig::default(),
         };
-        Config::resolve(options, file, crate::layout::machine_hostname())
+        let config = Config::resolve(options, file, crate::layout::machine_hostname())?;
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        check_can_switch(config.hook_user.as_ref(), unsafe { libc::geteuid() })?;
+        Ok(config)
     }
 
     fn resolve(o: Options, f: FileConfig, machine_host: Option<String>) -> Result<Config> {
@@ -278,7 +308,9 @@ impl Config {
         if !(server.starts_with("http://") || server.starts_with("https://")) || server.len() <= "https://".len() {
             return Err(Error::Config(format!("server {server:?} must be an http:// or https:// URL")));
         }
-        let token = o.token.or(f.token).map(|t| t.trim().to_string()).filter(|t| !t.is_empty());
+        let token = secret(o.token.or(f.token));
+        let enroll_token = secret(o.enroll_token.or(f.enroll_token));
+        let hook_user = o.hook_user.or(f.hook_user).map(|u| HookUser::lookup(&u)).transpose()?;
         let host_name = match o.host_name.or(f.host_name) {
             Some(n) => n.trim().to_string(),
             None => machine_host.ok_or_else(|| {
@@ -308,8 +340,20 @@ impl Config {
             return Err(Error::Config("dir must not be empty".into()));
         }
         let dir = std::path::absolute(&dir).map_err(|e| Error::Config(format!("dir {}: {e}", dir.display())))?;
+        let credential_file = match o.credential_file.or(f.credential_file) {
+            Some(p) if p.as_os_str().is_empty() => {
+                return Err(Error::Config("credential_file must not be empty".into()));
+            }
+            Some(p) => {
+                std::path::absolute(&p).map_err(|e| Error::Config(format!("credential_file {}: {e}", p.display())))?
+            }
+            None => dir.join(DEFAULT_CREDENTIAL_FILE),
+        };
         let mut c = Config::with_defaults(dir, server, &host_id);
         c.token = token;
+        c.enroll_token = enroll_token;
+        c.credential_file = credential_file;
+        c.hook_user = hook_user;
         c.host_name = host_name;
         c.host_ip = host_ip;
         c.groups = groups;
@@ -361,9 +405,13 @@ impl fmt::Debug for Config {
 /// The effective configuration, one `key = value` per line, without the token's value.
 impl fmt::Display for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let token = if self.token.is_some() { "(set, not shown)" } else { "(none)" };
+        let shown = |t: &Option<String>| if t.is_some() { "(set, not shown)" } else { "(none)" };
         writeln!(f, "server = {}", self.server)?;
-        writeln!(f, "token = {token}")?;
+        writeln!(f, "token = {}", shown(&self.token))?;
+        writeln!(f, "enroll_token = {}", shown(&self.enroll_token))?;
+        writeln!(f, "credential_file = {}", self.credential_file.display())?;
+        let hook_user = self.hook_user.as_ref().map_or("(none: the agent's user)", HookUser::name);
+        writeln!(f, "hook_user = {hook_user}")?;
         writeln!(f, "host_id = {}", self.host_id)?;
         writeln!(f, "host_name = {}", self.host_name)?;
         writeln!(f, "host_ip = {}", self.host_ip.as_deref().unwrap_or("(unknown)"))?;
@@ -391,6 +439,22 @@ fn read_file(path: &Path) -> Result<FileConfig> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| Error::Config(format!("cannot read config file {}: {e}", path.display())))?;
     toml::from_str(&text).map_err(|e| Error::Config(format!("config file {}: {e}", path.display())))
+}
+
+/// A token as given: trimmed; empty means none.
+fn secret(v: Option<String>) -> Option<String> {
+    v.map(|t| t.trim().to_string()).filter(|t| !t.is_empty())
+}
+
+/// Only root can start hooks as another user (and give builds to it).
+fn check_can_switch(user: Option<&HookUser>, euid: u32) -> Result<()> {
+    match user {
+        Some(u) if euid != 0 && u.uid() != euid => Err(Error::Config(format!(
+            "hook_user {:?} needs the agent to run as root (it runs as uid {euid})",
+            u.name()
+        ))),
+        _ => Ok(()),
+    }
 }
 
 fn check_name<E: fmt::Display>(what: &str, v: &str, parse: impl Fn(&str) -> Result<(), E>) -> Result<()> {
@@ -541,6 +605,57 @@ mod tests {
         let shown = format!("{c} {c:?}");
         assert!(!shown.contains("s3cr3t"), "{shown}");
         assert!(shown.contains("token = (set, not shown)"));
+    }
+
+    #[test]
+    fn identity_keys_come_from_flags_env_names_and_file() {
+        let c = Config::resolve(Options::default(), file(""), Some("h".into())).unwrap();
+        assert_eq!((c.enroll_token.as_deref(), c.hook_user.as_ref()), (None, None));
+        assert_eq!(c.credential_file, PathBuf::from(DEFAULT_DIR).join("credential"));
+
+        let f = file("enroll_token = \"from-file\"\ncredential_file = \"/etc/agent/cred\"\nhook_user = \"root\"");
+        let c = Config::resolve(parse(&["--dir", "/srv/agent"]), f, Some("h".into())).unwrap();
+        assert_eq!(c.enroll_token.as_deref(), Some("from-file"));
+        assert_eq!(c.credential_file, PathBuf::from("/etc/agent/cred"), "an explicit file is kept");
+        assert_eq!(c.hook_user.as_ref().map(|u| (u.name(), u.uid())), Some(("root", 0)));
+
+        let flags = parse(&["--dir", "/srv/agent", "--enroll-token", " flag ", "--hook-user", "root"]);
+        let c = Config::resolve(flags, file("enroll_token = \"from-file\""), Some("h".into())).unwrap();
+        assert_eq!(c.enroll_token.as_deref(), Some("flag"), "the flag beats the file");
+        assert_eq!(c.credential_file, PathBuf::from("/srv/agent/credential"), "the default follows dir");
+        let blank = Config::resolve(parse(&["--enroll-token", " "]), file(""), Some("h".into())).unwrap();
+        assert_eq!(blank.enroll_token, None, "a blank token is no token");
+    }
+
+    #[test]
+    fn the_enroll_token_is_never_shown() {
+        let c = Config::resolve(parse(&["--enroll-token", "enr0ll"]), file(""), Some("h".into())).unwrap();
+        let shown = format!("{c} {c:?}");
+        assert!(!shown.contains("enr0ll"), "{shown}");
+        assert!(shown.contains("enroll_token = (set, not shown)"), "{shown}");
+        assert!(shown.contains("hook_user = (none: the agent's user)"), "{shown}");
+        let help = <Cli as clap::CommandFactory>::command().render_help().to_string();
+        assert!(help.contains("TELETRAAN_AGENT_ENROLL_TOKEN") && help.contains("TELETRAAN_AGENT_HOOK_USER"), "{help}");
+    }
+
+    #[test]
+    fn an_unknown_hook_user_is_a_clear_error() {
+        let err = Config::resolve(parse(&["--hook-user", "no-such-user-x"]), file(""), Some("h".into())).unwrap_err();
+        assert!(err.to_string().contains("hook_user \"no-such-user-x\" does not exist"), "{err}");
+        let err = Config::resolve(parse(&[]), file("hook_user = \"a b\""), Some("h".into())).unwrap_err();
+        assert!(err.to_string().contains("not a valid user name"), "{err}");
+        assert!(Cli::try_parse_from(["teletraan-agent", "--credential-file", ""]).is_err());
+        let err = Config::resolve(parse(&[]), file("credential_file = \"\""), Some("h".into())).unwrap_err();
+        assert!(err.to_string().contains("credential_file"), "{err}");
+    }
+
+    #[test]
+    fn only_root_switches_to_another_hook_user() {
+        let root = HookUser::lookup("root").unwrap();
+        assert!(check_can_switch(Some(&root), 0).is_ok());
+        assert!(check_can_switch(None, 1000).is_ok());
+        let err = check_can_switch(Some(&root), 1000).unwrap_err();
+        assert!(err.to_string().contains("needs the agent to run as root"), "{err}");
     }
 
     #[test]

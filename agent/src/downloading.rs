@@ -13,6 +13,7 @@ use crate::error::{Error, Result};
 use crate::exec::{HookSettings, Outcome};
 use crate::extract::{self, Limits};
 use crate::layout::Layout;
+use crate::ownership::Owner;
 use crate::progress::{self, Progress, Ticker, Watched, watch};
 use crate::status::StepResult;
 
@@ -25,6 +26,8 @@ pub struct Downloader<'a> {
     pub fetcher: &'a download::Fetcher,
     /// Archive limits (the download is held to `max_bytes` too).
     pub limits: Limits,
+    /// Whom extracted builds are given to (the hook user), if anyone.
+    pub owner: Option<Owner>,
 }
 
 impl Downloader<'_> {
@@ -103,9 +106,9 @@ impl Downloader<'_> {
         // awaited, so it never runs on behind the next goal.
         let cancel = Arc::new(AtomicBool::new(false));
         let mut task = tokio::task::spawn_blocking({
-            let (layout, archive, id, limits, cancel) =
-                (self.layout.clone(), archive.clone(), id.clone(), self.limits, cancel.clone());
-            move || extract::extract_build(&archive, &layout, &id, limits, &cancel)
+            let (layout, archive, id, limits, cancel, owner) =
+                (self.layout.clone(), archive.clone(), id.clone(), self.limits, cancel.clone(), self.owner);
+            move || extract::extract_build_for(&archive, &layout, &id, limits, &cancel, owner)
         });
         let result = match watch(&mut task, ticker, progress).await {
             Watched::Done(joined) => {

@@ -25,6 +25,20 @@ pub enum Error {
     /// The gateway could not be reached or answered badly.
     #[error("ping failed: {0}")]
     Ping(String),
+    /// The gateway refused a request on its merits (a bad token or credential, a group out of
+    /// scope, a host that already enrolled, bad input): asking again at once will not help.
+    #[error("{what} refused by the gateway (HTTP {status}): {message}")]
+    Rejected {
+        /// What was refused (`ping`, `enrollment`).
+        what: &'static str,
+        /// The HTTP status.
+        status: u16,
+        /// The gateway's message.
+        message: String,
+    },
+    /// Enrollment could not be done now (gateway unreachable, loading or failing).
+    #[error("enrollment failed: {0}")]
+    Enroll(String),
     /// The artifact could not be fetched (worth retrying).
     #[error("download of {url} failed: {message}")]
     Download {
@@ -120,10 +134,12 @@ impl Error {
             | Error::UnsupportedFormat(_)
             | Error::Template { .. }
             | Error::Admin(_)
+            | Error::Rejected { .. }
             | Error::Config(_) => true,
             Error::Io { .. }
             | Error::Locked(_)
             | Error::Ping(_)
+            | Error::Enroll(_)
             | Error::Download { .. }
             | Error::NotDownloaded(_)
             | Error::Aborted

@@ -5,6 +5,12 @@
 //! On timeout or when the server changes the goal, the whole group gets SIGTERM, then SIGKILL
 //! after the termination grace period. A hook that exits normally keeps its background
 //! children (a RESTARTING hook may start a daemon).
+//!
+//! The agent's own `TELETRAAN_AGENT_*` variables (its token above all) never reach a hook.
+//! With a hook user, the hook runs with that user's uid and gid, no supplementary groups
+//! (the standard library clears them when it changes the uid), and an environment built from
+//! nothing: `PATH`, `HOME`, `USER`, `LOGNAME`, `LANG` (see [`HookUser::base_environment`]) and
+//! the hook variables.
 
 use std::fs::OpenOptions;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -24,6 +30,7 @@ use crate::hooks::{AGENT_VARIABLE_PREFIX, HOOK_VARIABLES, Hook};
 pub use crate::progress::{NoProgress, Progress};
 use crate::progress::{Ticker, Watched, watch};
 use crate::status::StepResult;
+use crate::user::HookUser;
 
 /// Bytes of output sent as `errorMessage` (Teletraan's code default).
 pub const TAIL_BYTES: u64 = 10 * 1024;
@@ -117,6 +124,7 @@ enum Attempt {
 /// (one per step) while the hook runs and while the agent sleeps before the next attempt.
 pub async fn run_hook<P: Progress>(
     hook: &Hook,
+    user: Option<&HookUser>,
     vars: &[(String, String)],
     log: &Path,
     settings: &HookSettings,
@@ -137,7 +145,7 @@ pub async fn run_hook<P: Progress>(
             Ok(s) => s,
             Err(e) => return Outcome::Done(StepResult::agent_failed(format!("cannot write {}: {e}", log.display()))),
         };
-        let result = run_once(hook, vars, log, settings, ticker, progress).await;
+        let result = run_once(hook, user, vars, log, settings, ticker, progress).await;
         let tail = read_tail(log, start);
         let fail_count = i32::try_from(attempt).unwrap_or(i32::MAX);
         match result {
@@ -180,6 +188,7 @@ pub async fn run_hook<P: Progress>(
 
 async fn run_once<P: Progress>(
     hook: &Hook,
+    user: Option<&HookUser>,
     vars: &[(String, String)],
     log: &Path,
     settings: &HookSettings,
@@ -193,16 +202,10 @@ async fn run_once<P: Progress>(
         .stdin(Stdio::null())
         .stdout(Stdio::from(out.try_clone()?))
         .stderr(Stdio::from(out));
-    for (k, _) in std::env::vars_os() {
-        let k = k.to_string_lossy();
-        if k.starts_with(AGENT_VARIABLE_PREFIX) {
-            cmd.env_remove(k.as_ref());
-        }
+    set_environment(&mut cmd, user, vars);
+    if let Some(u) = user {
+        cmd.uid(u.uid()).gid(u.gid());
     }
-    for k in HOOK_VARIABLES {
-        cmd.env_remove(k);
-    }
-    cmd.envs(vars.iter().map(|(k, v)| (k, v)));
     let mut child = cmd.spawn()?;
     let pgid = child.id().and_then(|p| i32::try_from(p).ok());
     let deadline = Instant::now() + settings.timeout;
@@ -222,6 +225,30 @@ async fn run_once<P: Progress>(
             Ok(Attempt::Aborted(next))
         }
     }
+}
+
+/// The hook's environment: without a hook user, the agent's own minus its `TELETRAAN_AGENT_*`
+/// variables and stale hook variables; with one, only that user's base environment. Then the
+/// hook variables, except any named like the agent's own.
+fn set_environment(cmd: &mut tokio::process::Command, user: Option<&HookUser>, vars: &[(String, String)]) {
+    match user {
+        Some(u) => {
+            cmd.env_clear();
+            cmd.envs(u.base_environment(std::env::var("PATH").ok(), std::env::var("LANG").ok()));
+        }
+        None => {
+            for (k, _) in std::env::vars_os() {
+                let k = k.to_string_lossy();
+                if k.starts_with(AGENT_VARIABLE_PREFIX) {
+                    cmd.env_remove(k.as_ref());
+                }
+            }
+            for k in HOOK_VARIABLES {
+                cmd.env_remove(k);
+            }
+        }
+    }
+    cmd.envs(vars.iter().filter(|(k, _)| !k.starts_with(AGENT_VARIABLE_PREFIX)).map(|(k, v)| (k, v)));
 }
 
 /// SIGTERM to the group, up to `grace` for the leader to exit, then SIGKILL to the group (so

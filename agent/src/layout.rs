@@ -2,9 +2,10 @@
 //! atomic file write every persistent file goes through.
 //!
 //! ```text
-//! <dir>/agent.lock                 exclusive lock: one agent per base directory
-//! <dir>/env_status                 JSON status, one entry per environment
-//! <dir>/<env>_SCRIPT_CONFIG        the stage's script variables (key=value lines)
+//! <dir>/agent.lock                 exclusive lock: one agent per base directory (0600)
+//! <dir>/env_status                 JSON status, one entry per environment (0600)
+//! <dir>/credential                 the host's credential, when it enrolled (0600)
+//! <dir>/<env>_SCRIPT_CONFIG        the stage's script variables (key=value lines, 0600)
 //! <dir>/builds/<buildId>/          an extracted build
 //! <dir>/builds/<buildId>.extracted marker: the extraction is complete
 //! <dir>/builds/<env>-<buildId>.<ext> the downloaded archive
@@ -15,6 +16,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
@@ -102,6 +104,18 @@ impl Layout {
         Ok(())
     }
 
+    /// Prepares the directories for hooks that run as another user: the base, `builds/` and
+    /// `targets/` get the search bit for group and others, so the hook user reaches `TARGET`
+    /// and `BUILDS_DIR` (passing through the base, never listing it); `logs/` becomes the
+    /// agent's only (hooks write their output through descriptors the agent opened, and it
+    /// may hold what a hook printed). The agent's files are 0600 anyway.
+    pub fn prepare_for_hook_user(&self) -> Result<()> {
+        for dir in [self.base.clone(), self.builds_dir(), self.targets_dir()] {
+            set_mode(&dir, |mode| mode | 0o011)?;
+        }
+        set_mode(&self.logs_dir(), |mode| mode & !0o077)
+    }
+
     /// The build the live symlink of `env` points to, if it points to an existing directory.
     pub fn live_build(&self, env: &str) -> Option<PathBuf> {
         let link = fs::read_link(self.target(env)).ok()?;
@@ -113,6 +127,17 @@ impl Layout {
     pub fn live_build_id(&self, env: &str) -> Option<String> {
         self.live_build(env)?.file_name().map(|n| n.to_string_lossy().into_owned())
     }
+}
+
+/// Changes the permission bits of `dir` with `change`, when that changes them.
+fn set_mode(dir: &Path, change: impl Fn(u32) -> u32) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = fs::metadata(dir).map_err(|e| Error::io("cannot stat", dir, e))?.permissions().mode() & 0o7777;
+    if change(mode) != mode {
+        fs::set_permissions(dir, fs::Permissions::from_mode(change(mode)))
+            .map_err(|e| Error::io("cannot change the mode of", dir, e))?;
+    }
+    Ok(())
 }
 
 /// An exclusive `flock` on the base directory's lock file, held while the value lives.
@@ -129,6 +154,7 @@ impl DirLock {
             .create(true)
             .truncate(false)
             .write(true)
+            .mode(PRIVATE_MODE)
             .open(&path)
             .map_err(|e| Error::io("cannot open lock file", &path, e))?;
         // SAFETY: flock on a file descriptor we own; it has no memory effects.
@@ -150,11 +176,26 @@ impl DirLock {
 /// Writes `bytes` to `path` atomically: a temp file in the same directory, fsync, rename over
 /// `path`, fsync of the directory. A crash leaves either the old or the new content.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomic_with_mode(path, bytes, 0o666)
+}
+
+/// [`write_atomic`] for a file only its owner may read or write: the temp file is created
+/// with mode 0600, so the content is never readable by anyone else, not even for a moment.
+pub fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomic_with_mode(path, bytes, PRIVATE_MODE)
+}
+
+/// Mode of the agent's own files (status, script config, lock, credential): the owner only.
+pub const PRIVATE_MODE: u32 = 0o600;
+
+fn write_atomic_with_mode(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let write = || -> std::io::Result<()> {
-        let mut f = File::create(&tmp)?;
+        // A temp file left by a killed agent may have another mode: never reuse it.
+        let _ = fs::remove_file(&tmp);
+        let mut f = OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
         Ok(())
@@ -212,6 +253,26 @@ mod tests {
         write_atomic(&p, b"two").unwrap();
         assert_eq!(fs::read(&p).unwrap(), b"two");
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn the_agent_files_are_private_and_the_way_to_builds_is_open_for_hook_users() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = crate::testutil::TempDir::new("modes");
+        let layout = Layout::new(dir.path());
+        layout.create_dirs().unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        for d in [layout.base().to_path_buf(), layout.builds_dir(), layout.targets_dir(), layout.logs_dir()] {
+            fs::set_permissions(&d, fs::Permissions::from_mode(0o750)).unwrap();
+        }
+        let _lock = DirLock::acquire(&layout).unwrap();
+        write_private(&layout.status_file(), b"{}").unwrap();
+        write_private(&layout.status_file(), b"{}").unwrap();
+        assert_eq!((mode(&layout.lock_file()), mode(&layout.status_file())), (0o600, 0o600));
+        layout.prepare_for_hook_user().unwrap();
+        assert_eq!(mode(layout.base()), 0o751);
+        assert_eq!((mode(&layout.builds_dir()), mode(&layout.targets_dir())), (0o751, 0o751));
+        assert_eq!(mode(&layout.logs_dir()), 0o700);
     }
 
     #[test]

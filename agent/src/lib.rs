@@ -10,8 +10,9 @@
 //! What it must never do: link the database or the message broker. It depends on `schema` for
 //! the wire types and nothing else of the workspace (never `store`, `workers`, `lapin`,
 //! `tokio-postgres`); it talks to the outside world only through the gateway's HTTP endpoint and
-//! the artifact URLs it is given. It never writes outside its base directory, except what the
-//! hook scripts it runs choose to do.
+//! the artifact URLs it is given. It never writes outside its base directory, except the
+//! credential file when it is configured elsewhere and what the hook scripts it runs choose to
+//! do. It never logs a token or the host's credential, nor passes them to a hook.
 
 #![warn(missing_docs)]
 
@@ -24,7 +25,9 @@ pub mod error;
 pub mod exec;
 pub mod extract;
 pub mod hooks;
+pub mod identity;
 pub mod layout;
+pub mod ownership;
 pub mod progress;
 pub mod retention;
 pub mod runner;
@@ -33,6 +36,7 @@ pub mod status;
 pub mod template;
 #[doc(hidden)]
 pub mod testutil;
+pub mod user;
 
 pub use error::Error;
 

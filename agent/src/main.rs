@@ -1,7 +1,8 @@
 //! `teletraan-agent`: the command line around the `agent` library.
 //!
-//! Exit codes: 0 success; 1 runtime failure (base directory locked by another agent, a ping
-//! that failed in `once`, an unusable base directory, a `set-status` that cannot be applied);
+//! Exit codes: 0 success; 1 runtime failure (base directory locked by another agent, an
+//! enrollment or a ping that failed in `once`, an unusable base directory or credential file,
+//! a `set-status` that cannot be applied);
 //! 2 bad configuration or usage.
 
 use std::process::ExitCode;
@@ -60,7 +61,7 @@ async fn serve(config: Config, command: Command) -> ExitCode {
         }
     };
     match command {
-        Command::Once => match agent.round().await {
+        Command::Once => match agent.once().await {
             Ok(summary) => {
                 tracing::info!(steps = summary.steps, "round done");
                 ExitCode::SUCCESS

@@ -132,7 +132,7 @@ mod tests {
             fake_build(&layout, "web", id, 100 - i as u64 * 10);
         }
         fake_build(&layout, "web-api", "c1", 500);
-        stage_build(&layout, "web", "b1", &Default::default()).unwrap();
+        stage_build(&layout, "web", "b1", &Default::default(), None).unwrap();
         fs::write(layout.builds_dir().join(".web-b9.tar.gz.part"), b"half").unwrap();
         fs::create_dir(layout.builds_dir().join(".b9.tmp-1-0")).unwrap();
         let mut web = EnvEntry { previous_build_id: Some("b2".into()), ..EnvEntry::default() };

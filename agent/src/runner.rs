@@ -1,6 +1,9 @@
 //! The agent loop: ping with one report per environment, execute the goal's stage, persist
 //! the result, ping again at once with it, until the gateway answers NOOP; then sleep the ping
 //! interval (with jitter), or back off (with jitter) while the gateway is unreachable.
+//!
+//! With an enrollment token and no credential file, the agent enrolls before its first ping;
+//! when the gateway retires its credential, it moves the file aside and enrolls again.
 
 use std::collections::hash_map::RandomState;
 use std::future::Future;
@@ -18,9 +21,11 @@ use crate::downloading::Downloader;
 use crate::error::{Error, Result};
 use crate::exec::{HookSettings, Outcome, run_hook};
 use crate::hooks;
-use crate::layout::{DirLock, Layout, write_atomic};
+use crate::identity::{self, AfterRefusal, Credential, CredentialFile, Enroller, after_refusal};
+use crate::layout::{DirLock, Layout, write_private};
 use crate::progress::{Progress, Ticker};
 use crate::status::{self, Envs, StepResult};
+use crate::user::HookUser;
 use crate::{retention, stage, template};
 
 /// A guard against a gateway that never answers NOOP: at most this many steps per round.
@@ -48,16 +53,30 @@ pub struct Agent {
     fetcher: Fetcher,
     settings: HookSettings,
     envs: Envs,
+    credential_file: CredentialFile,
+    enroller: Option<Enroller>,
+    /// The host credential pings are sent with, once the host enrolled.
+    credential: Option<Credential>,
     _lock: DirLock,
 }
 
 impl Agent {
-    /// Creates the directories, takes the lock and loads the status file (a corrupt one is
-    /// logged and treated as empty).
+    /// Creates the directories, takes the lock, loads the status file (a corrupt one is
+    /// logged and treated as empty) and the credential file, if there is one.
     pub fn open(config: Config) -> Result<Agent> {
         let layout = Layout::new(&config.dir);
         layout.create_dirs()?;
         let lock = DirLock::acquire(&layout)?;
+        if config.hook_user.is_some() {
+            layout.prepare_for_hook_user()?;
+        }
+        let credential_file = CredentialFile::new(&config.credential_file);
+        let credential = credential_file.load()?;
+        let mut gateway = Gateway::new(&config)?;
+        if let Some(c) = &credential {
+            tracing::info!(file = %credential_file.path().display(), "pinging with the host's credential");
+            gateway.set_token(Some(c.expose().to_string()));
+        }
         if config.allow_unverified_artifacts {
             tracing::warn!(
                 "allow_unverified_artifacts is on: artifacts without a checksum are used unverified \
@@ -69,7 +88,10 @@ impl Agent {
             tracing::error!("{p}");
         }
         Ok(Agent {
-            gateway: Gateway::new(&config)?,
+            gateway,
+            enroller: Enroller::new(&config)?,
+            credential_file,
+            credential,
             fetcher: Fetcher::new(FetchPolicy {
                 allowed: config.artifact_allowed.clone(),
                 allow_unverified: config.allow_unverified_artifacts,
@@ -92,6 +114,73 @@ impl Agent {
         &self.layout
     }
 
+    /// Whether the agent must enroll before it pings: it has an enrollment token and no
+    /// credential.
+    pub fn needs_enrollment(&self) -> bool {
+        self.credential.is_none() && self.enroller.is_some()
+    }
+
+    /// Whether pings are sent with the host's own credential.
+    pub fn has_credential(&self) -> bool {
+        self.credential.is_some()
+    }
+
+    fn adopt(&mut self, credential: Credential) {
+        self.gateway.set_token(Some(credential.expose().to_string()));
+        self.credential = Some(credential);
+    }
+
+    /// Enrolls when needed, trying until it succeeds (see [`identity::enroll_until_done`]).
+    pub async fn enroll_patiently(&mut self) {
+        if let (true, Some(enroller)) = (self.needs_enrollment(), &self.enroller) {
+            let credential = identity::enroll_until_done(enroller, &self.credential_file).await;
+            self.adopt(credential);
+        }
+    }
+
+    /// Enrolls when needed, failing after a refusal or a few transient failures.
+    pub async fn enroll_briefly(&mut self) -> Result<()> {
+        if let (true, Some(enroller)) = (self.needs_enrollment(), &self.enroller) {
+            let credential = identity::enroll_briefly(enroller, &self.credential_file).await?;
+            self.adopt(credential);
+        }
+        Ok(())
+    }
+
+    /// After a failed round: when the gateway refused a retired credential and the agent can
+    /// enroll again, moves the credential aside and forgets it (the next round enrolls first).
+    /// Answers whether it did.
+    pub fn retire_if_refused(&mut self, error: &Error) -> bool {
+        let Error::Rejected { status, message, .. } = error else {
+            return false;
+        };
+        match after_refusal(*status, message, self.credential.is_some(), self.enroller.is_some()) {
+            AfterRefusal::KeepTrying => false,
+            AfterRefusal::ReEnroll => {
+                tracing::warn!(status, "the gateway no longer accepts this host's credential; enrolling again");
+                if let Err(e) = self.credential_file.retire() {
+                    tracing::error!(error = %e, "cannot move the retired credential aside; it will be replaced");
+                }
+                self.credential = None;
+                self.gateway.set_token(self.config.token.clone());
+                true
+            }
+        }
+    }
+
+    /// `once`: enroll if needed, then one round; a round refused for a retired credential
+    /// enrolls again and runs once more.
+    pub async fn once(&mut self) -> Result<RoundSummary> {
+        self.enroll_briefly().await?;
+        match self.round().await {
+            Err(e) if self.retire_if_refused(&e) => {
+                self.enroll_briefly().await?;
+                self.round().await
+            }
+            other => other,
+        }
+    }
+
     /// Runs rounds until `shutdown` completes. Never returns because the gateway is down.
     pub async fn run(&mut self, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
@@ -104,6 +193,12 @@ impl Agent {
             .without_max_times();
         let mut failing: Option<<ExponentialBuilder as BackoffBuilder>::Backoff> = None;
         loop {
+            if self.needs_enrollment() {
+                tokio::select! {
+                    _ = self.enroll_patiently() => {}
+                    _ = &mut shutdown => return,
+                }
+            }
             let pause = tokio::select! {
                 r = self.round() => match r {
                     // With long-poll the idle ping was the wait: ping again at once, unless the
@@ -118,6 +213,10 @@ impl Agent {
                         failing = None;
                         tracing::debug!(steps = summary.steps, "round done");
                         jittered(self.config.ping_interval, random_u64())
+                    }
+                    Err(e) if self.retire_if_refused(&e) => {
+                        failing = None;
+                        Duration::ZERO
                     }
                     Err(e) => {
                         let wait = failing.get_or_insert_with(|| backoff.build()).next().unwrap_or(MAX_BACKOFF);
@@ -267,8 +366,12 @@ impl Agent {
                 let Some(build) = &goal.build else {
                     return Outcome::Done(StepResult::agent_failed("the DOWNLOADING goal carries no build"));
                 };
-                let downloader =
-                    Downloader { layout: &self.layout, fetcher: &self.fetcher, limits: self.config.limits };
+                let downloader = Downloader {
+                    layout: &self.layout,
+                    fetcher: &self.fetcher,
+                    limits: self.config.limits,
+                    owner: self.config.hook_user.as_ref().map(HookUser::owner),
+                };
                 downloader.run(env, build, &settings, &mut ticker, &mut watch).await
             }
             DeployStage::Staging => Outcome::Done(self.staging(env, goal)),
@@ -281,7 +384,8 @@ impl Agent {
                     return Outcome::Done(StepResult::succeeded());
                 };
                 let vars = hooks::environment(&self.layout, env, entry, stage);
-                run_hook(&hook, &vars, &self.layout.log(env), &settings, &mut ticker, &mut watch).await
+                let user = self.config.hook_user.as_ref();
+                run_hook(&hook, user, &vars, &self.layout.log(env), &settings, &mut ticker, &mut watch).await
             }
         }
     }
@@ -290,7 +394,7 @@ impl Agent {
     fn write_script_config(&self, env: &str, goal: &DeployGoal) -> Result<()> {
         let path = self.layout.script_config(env);
         match &goal.script_variables {
-            Some(vars) if !vars.is_empty() => write_atomic(&path, hooks::script_config_text(vars).as_bytes()),
+            Some(vars) if !vars.is_empty() => write_private(&path, hooks::script_config_text(vars).as_bytes()),
             Some(_) => match std::fs::remove_file(&path) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io("cannot remove", &path, e)),
                 _ => Ok(()),
@@ -311,7 +415,8 @@ impl Agent {
             Ok(v) => v,
             Err(e) => return StepResult::agent_failed(e.to_string()),
         };
-        match stage::stage_build(&self.layout, env, &id, &vars) {
+        let owner = self.config.hook_user.as_ref().map(HookUser::owner);
+        match stage::stage_build(&self.layout, env, &id, &vars, owner) {
             Ok(previous) => {
                 if let (Some(prev), Some(entry)) = (previous, self.envs.get_mut(env)) {
                     entry.previous_build_id = Some(prev);

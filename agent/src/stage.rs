@@ -6,22 +6,37 @@ use std::fs;
 use crate::error::{Error, Result};
 use crate::extract;
 use crate::layout::{Layout, sync_dir};
+use crate::ownership::{Owner, give_tree};
 use crate::template;
 
 /// STAGING: renders the templates of `builds/<buildId>` with `vars` (see [`template`]), then
 /// points `targets/<env>` at it with a temp link renamed over the old one. Rendering comes
 /// first so a refused template leaves the old build live. Returns the id of the build that was
 /// live before, if it changed.
+///
+/// A build given to the hook user (`owner`) is taken back for the rendering and given back
+/// after it: the checks that keep rendering inside the build hold only while no one else can
+/// change the tree (the hook user may run a daemon meanwhile).
 pub fn stage_build(
     layout: &Layout,
     env: &str,
     build_id: &str,
     vars: &BTreeMap<String, String>,
+    owner: Option<Owner>,
 ) -> Result<Option<String>> {
     if !extract::is_extracted(layout, build_id) {
         return Err(Error::NotDownloaded(build_id.to_string()));
     }
-    let rendered = template::render_build(&layout.build_dir(build_id), vars)?;
+    let build = layout.build_dir(build_id);
+    let rendered = match owner {
+        Some(owner) if !vars.is_empty() => {
+            give_tree(&build, agent_owner())?;
+            let rendered = template::render_build(&build, vars);
+            give_tree(&build, owner)?;
+            rendered?
+        }
+        _ => template::render_build(&build, vars)?,
+    };
     if rendered > 0 {
         tracing::info!(env, build.id = build_id, templates = rendered, "templates rendered");
     }
@@ -38,6 +53,12 @@ pub fn stage_build(
     sync_dir(&layout.targets_dir())?;
     tracing::info!(env, build.id = build_id, previous = previous.as_deref().unwrap_or("-"), "live build switched");
     Ok(previous)
+}
+
+/// The agent's own user and group.
+fn agent_owner() -> Owner {
+    // SAFETY: geteuid and getegid have no preconditions and cannot fail.
+    unsafe { Owner { uid: libc::geteuid(), gid: libc::getegid() } }
 }
 
 #[cfg(test)]
@@ -57,16 +78,16 @@ mod tests {
         let layout = Layout::new(dir.path());
         layout.create_dirs().unwrap();
         let vars = BTreeMap::from([("PORT".to_string(), "8080".to_string())]);
-        assert!(matches!(stage_build(&layout, "web", "b1", &vars), Err(Error::NotDownloaded(_))));
+        assert!(matches!(stage_build(&layout, "web", "b1", &vars, None), Err(Error::NotDownloaded(_))));
         fake_build(&layout, "b1");
         fake_build(&layout, "b2");
-        assert_eq!(stage_build(&layout, "web", "b1", &vars).unwrap(), None);
+        assert_eq!(stage_build(&layout, "web", "b1", &vars, None).unwrap(), None);
         assert_eq!(fs::read_to_string(layout.target("web").join("teletraan/app.conf")).unwrap(), "port=8080");
-        assert_eq!(stage_build(&layout, "web", "b2", &BTreeMap::new()).unwrap(), Some("b1".into()));
+        assert_eq!(stage_build(&layout, "web", "b2", &BTreeMap::new(), None).unwrap(), Some("b1".into()));
         assert_eq!(layout.live_build_id("web").as_deref(), Some("b2"));
         assert!(!layout.build_dir("b2").join("teletraan/app.conf").exists(), "no variables, no rendering");
         let vars = BTreeMap::from([("PORT".to_string(), "9090".to_string())]);
-        assert_eq!(stage_build(&layout, "web", "b2", &vars).unwrap(), None, "already live: only re-render");
+        assert_eq!(stage_build(&layout, "web", "b2", &vars, None).unwrap(), None, "already live: only re-render");
         assert_eq!(fs::read_to_string(layout.target("web").join("teletraan/app.conf")).unwrap(), "port=9090");
         assert!(!layout.targets_dir().join("web.tmp").exists());
     }

@@ -16,7 +16,7 @@ use schema::{AgentStatus, DeployStage, OpCode};
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::error::{Error, Result};
-use crate::layout::write_atomic;
+use crate::layout::write_private;
 
 /// All environments, keyed by env name.
 pub type Envs = BTreeMap<String, EnvEntry>;
@@ -260,7 +260,7 @@ pub fn save(path: &Path, envs: &Envs) -> Result<()> {
         Error::io("cannot encode status for", path, std::io::Error::new(std::io::ErrorKind::InvalidData, e))
     })?;
     text.push('\n');
-    write_atomic(path, text.as_bytes())
+    write_private(path, text.as_bytes())
 }
 
 /// Finds an environment by env id (a DELETE goal may carry only the id).

@@ -29,7 +29,7 @@ async fn run<P: Progress>(
     s: &HookSettings,
     progress: &mut P,
 ) -> Outcome {
-    run_hook(hook, vars, log, s, &mut Ticker::new(s.min_running_time), progress).await
+    run_hook(hook, None, vars, log, s, &mut Ticker::new(s.min_running_time), progress).await
 }
 
 fn script(dir: &Path, name: &str, body: &str) -> Hook {

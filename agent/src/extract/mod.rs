@@ -8,7 +8,8 @@
 //! chain of links cannot escape), writing through a symlink or a file, hard links, device
 //! files, fifos and sockets. Set-id bits are dropped. An archive with more entries or more
 //! expanded bytes than the [`Limits`] is refused, naming the limit. Nothing is ever written
-//! outside the temp directory; a refused, failed or cancelled extraction removes it.
+//! outside the temp directory; a refused, failed or cancelled extraction removes it. With a
+//! hook user, the finished tree is given to that user before it is renamed into place.
 
 mod tree;
 mod untar;
@@ -21,6 +22,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use crate::error::{Error, Result};
 use crate::layout::{Layout, sync_dir, write_atomic};
+use crate::ownership::{Owner, give_tree};
 
 /// How much one archive may expand to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,13 +65,30 @@ pub fn extract_build(
     limits: Limits,
     cancel: &AtomicBool,
 ) -> Result<()> {
+    extract_build_for(archive, layout, build_id, limits, cancel, None)
+}
+
+/// [`extract_build`], then, with an `owner`, the whole build given to it while it is still in
+/// its temp dir (which only the agent can reach): the build appears already owned.
+pub fn extract_build_for(
+    archive: &Path,
+    layout: &Layout,
+    build_id: &str,
+    limits: Limits,
+    cancel: &AtomicBool,
+    owner: Option<Owner>,
+) -> Result<()> {
     static N: AtomicU32 = AtomicU32::new(0);
     let builds = layout.builds_dir();
     remove_stale_temp_dirs(&builds, build_id);
     let n = N.fetch_add(1, Ordering::Relaxed);
     let tmp = builds.join(format!(".{build_id}.tmp-{}-{n}", std::process::id()));
     fs::create_dir(&tmp).map_err(|e| Error::io("cannot create", &tmp, e))?;
-    if let Err(e) = unpack(archive, &tmp, limits, cancel) {
+    let unpacked = unpack(archive, &tmp, limits, cancel).and_then(|()| match owner {
+        Some(o) => give_tree(&tmp, o),
+        None => Ok(()),
+    });
+    if let Err(e) = unpacked {
         let _ = fs::remove_dir_all(&tmp);
         return Err(e);
     }
