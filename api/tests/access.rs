@@ -325,3 +325,19 @@ async fn trusted_headers_name_the_user_only_from_the_proxy() {
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleet_tokens_are_refused_by_every_rest_route_they_could_try() {
+    let app = spawn_app().await;
+    let _ = app.post("/v1/principals", &json!({"name": "fleet", "kind": "AGENT"})).await;
+    let enroll =
+        app.post("/v1/tokens", &json!({"principal": "fleet", "kind": "ENROLL"})).await.expect(StatusCode::CREATED);
+    let enroll = enroll["token"].as_str().unwrap().to_string();
+    for token in [app.agent_token.clone(), enroll] {
+        for (method, path) in [(Method::GET, "/v1/me"), (Method::GET, "/v1/tokens"), (Method::GET, "/v1/envs")] {
+            let reply = app.call(method, &format!("{}{path}", app.api), Some(&token), Body::None).await;
+            reply.expect_error(StatusCode::FORBIDDEN);
+        }
+    }
+    app.stop().await;
+}
