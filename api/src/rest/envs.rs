@@ -197,11 +197,7 @@ pub(super) async fn add_capacity(
     ApiQuery(q): ApiQuery<CapacityQuery>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<StatusCode> {
-    let (env, stage) = stage_key(env, stage)?;
-    let kind = capacity_type(&q)?;
-    let name = one_name(kind, &body.map_err(crate::extract::body_error)?)?;
-    s.store.add_capacity(&env, &stage, kind, &name, &p.name, schema::time::now_ms()).await?;
-    Ok(StatusCode::NO_CONTENT)
+    one_capacity(&s, &p, (env, stage), &q, body, true).await
 }
 
 /// `DELETE …/capacity?capacityType=GROUP|HOST` with one name: detaches it (nothing happens when
@@ -213,10 +209,27 @@ pub(super) async fn remove_capacity(
     ApiQuery(q): ApiQuery<CapacityQuery>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<StatusCode> {
+    one_capacity(&s, &p, (env, stage), &q, body, false).await
+}
+
+/// Attaches (`add`) or detaches one name of a stage's capacity.
+async fn one_capacity(
+    s: &ApiState,
+    p: &Principal,
+    (env, stage): (String, String),
+    q: &CapacityQuery,
+    body: Result<Bytes, BytesRejection>,
+    add: bool,
+) -> ApiResult<StatusCode> {
     let (env, stage) = stage_key(env, stage)?;
-    let kind = capacity_type(&q)?;
+    let kind = capacity_type(q)?;
     let name = one_name(kind, &body.map_err(crate::extract::body_error)?)?;
-    s.store.remove_capacity(&env, &stage, kind, &name, &p.name, schema::time::now_ms()).await?;
+    let now = schema::time::now_ms();
+    if add {
+        s.store.add_capacity(&env, &stage, kind, &name, &p.name, now).await?;
+    } else {
+        s.store.remove_capacity(&env, &stage, kind, &name, &p.name, now).await?;
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 
