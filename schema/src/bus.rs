@@ -7,7 +7,10 @@ use serde::{Deserialize, Serialize};
 use crate::model::Deploy;
 use crate::rules::goal::{AgentRecord, StageGoal};
 use crate::time::EpochMs;
-use crate::*;
+use crate::{
+    AcceptanceStatus, AgentState, BuildId, DeployAction, DeployId, EnvId, EnvName, GroupName, HostId, HostName,
+    StageName,
+};
 
 /// A deploy command from the API to the workers.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]

@@ -9,7 +9,10 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::model::{Build, Invalid, StringMap};
-use crate::*;
+use crate::{
+    AgentState, AgentStatus, DeployId, DeployStage, DeployType, EnvId, EnvName, EnvType, GroupName, HostId, HostName,
+    NULL_GROUP, OpCode, StageName,
+};
 
 /// Most reports one ping may carry (one per environment on the host).
 pub const MAX_REPORTS: usize = 64;

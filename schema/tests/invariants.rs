@@ -5,7 +5,10 @@ use schema::ping::ReportIn;
 use schema::rules::admission::{self, StageAdmission, parallel_cap};
 use schema::rules::deploy_state::{self, DeployFacts, Progress};
 use schema::rules::goal::{AgentRecord, CurrentDeploy, EnvInput, RecordChange, StageGoal, plan};
-use schema::*;
+use schema::{
+    AgentState, AgentStatus, DeployId, DeployPriority, DeployStage, DeployState, DeployType, EnvId, EnvState, EnvType,
+    HostId,
+};
 
 fn id<T: TryFrom<String>>(s: &str) -> T
 where

@@ -4,7 +4,7 @@
 
 use crate::rules::constraint::{self, Constraint, TaggedHost};
 use crate::rules::goal::AgentRecord;
-use crate::*;
+use crate::{AgentState, DeployId, DeployStage, HostId};
 
 /// The number of hosts of a stage that may be out of service at once.
 ///
@@ -90,6 +90,7 @@ pub fn waits_for_admission(record: &AgentRecord, current: &DeployId, alias: Opti
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::DeployConstraintType;
     use proptest::prelude::*;
 
     #[test]

@@ -2,7 +2,7 @@
 //! reports (read by the gateway), the operators' host actions (applied by the workers), the
 //! rollout itself (a host starting over) and the janitor.
 
-use crate::*;
+use crate::{AgentState, AgentStatus, DeployStage};
 
 /// What happens to a host's record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -3,7 +3,7 @@
 //! are classified into one [`DeployEvent`], and [`TRANSITIONS`] says where it leads.
 
 use crate::time::{EpochMs, secs};
-use crate::*;
+use crate::{AcceptanceStatus, DeployState};
 
 /// Counts over the agent records of a deploy's stage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

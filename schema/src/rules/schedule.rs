@@ -5,9 +5,9 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::ScheduleState;
 use crate::model::Invalid;
 use crate::time::EpochMs;
-use crate::*;
 
 /// How many hosts a session lets in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]

@@ -9,14 +9,17 @@ use schema::rules::acceptance::{self, AcceptanceEvent};
 use schema::rules::agent_state::{self, AgentEvent};
 use schema::rules::schedule;
 use schema::time::EpochMs;
-use schema::*;
+use schema::{
+    AcceptanceStatus, DeployAction, DeployId, DeployType, EnvId, EnvName, EnvState, HostId, HostState, StageName,
+    TagValue,
+};
 use serde_json::{Value, json};
 use tokio_postgres::GenericClient;
 
 use crate::agents::{AgentRow, admit, agent_row, lock_rows};
 use crate::deploys::{DEPLOY_COLUMNS, NewDeploy, create, deploy_from_row, evaluate_current, lock_deploy};
 use crate::history::{self, Change, Place, kind};
-use crate::rows::*;
+use crate::rows::{get, get_id, ts};
 use crate::stages::{announce_stage, announce_with, lock_stage};
 use crate::{Error, Result, Store, commands, promotes, schedules};
 

@@ -10,10 +10,10 @@ use schema::rules::constraint::TaggedHost;
 use schema::rules::goal::AgentRecord;
 use schema::rules::schedule;
 use schema::time::EpochMs;
-use schema::*;
+use schema::{AgentState, DeployId, DeployStage, EnvId, EnvState, HostId, HostName};
 use tokio_postgres::{GenericClient, Row};
 
-use crate::rows::*;
+use crate::rows::{get, get_id, get_ms, get_opt_id, get_opt_ms, get_parsed, ts};
 use crate::stages::announce_with;
 use crate::{Result, Store};
 

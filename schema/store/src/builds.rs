@@ -2,11 +2,11 @@
 
 use schema::model::Build;
 use schema::time::EpochMs;
-use schema::*;
+use schema::{BuildId, BuildName};
 use tokio_postgres::Row;
 
 use crate::history::{self, Change, Place};
-use crate::rows::*;
+use crate::rows::{get, get_id, get_ms, is_unique_violation, ts};
 use crate::{Error, Result, Store};
 
 /// What `GET /v1/builds` looks for: a name or a commit (full or a prefix of at least 7

@@ -5,7 +5,7 @@ use schema::model::CommandStatus;
 use schema::time::EpochMs;
 use tokio_postgres::GenericClient;
 
-use crate::rows::*;
+use crate::rows::{get, get_ms, get_opt_ms, ts};
 use crate::{Error, Result, Store};
 
 /// A command the API is about to publish.

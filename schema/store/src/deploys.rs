@@ -7,11 +7,14 @@ use schema::rules::acceptance::{self, AcceptanceEvent};
 use schema::rules::deploy_state::{self, DeployFacts, Progress};
 use schema::rules::schedule;
 use schema::time::EpochMs;
-use schema::*;
+use schema::{
+    AcceptanceStatus, BuildId, BuildName, DeployId, DeployState, DeployType, EnvId, EnvName, EnvState, ScheduleState,
+    StageName,
+};
 use tokio_postgres::{GenericClient, Row};
 
 use crate::outbox::{Exchange, enqueue};
-use crate::rows::*;
+use crate::rows::{get, get_id, get_ms, get_opt_id, get_opt_ms, get_opt_parsed, get_parsed, ts};
 use crate::stages::{announce_stage, lock_stage_by_id};
 use crate::{Error, Result, Store, agents, schedules};
 

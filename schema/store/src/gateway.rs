@@ -2,9 +2,9 @@
 //! REPEATABLE READ transaction, so the versions it returns match the rows it returns: a change
 //! committed meanwhile has a higher version and is applied from the change stream.
 
+use schema::EnvId;
 use schema::bus::StageSnapshot;
 use schema::time::EpochMs;
-use schema::*;
 use tokio_postgres::IsolationLevel;
 
 use crate::agents::{AgentRow, all_rows, stage_rows};

@@ -2,11 +2,11 @@
 
 use schema::model::{Agent, Deploy};
 use schema::time::EpochMs;
-use schema::*;
+use schema::{EnvId, EnvName, StageName};
 use serde::Serialize;
 
 use crate::deploys::{DEPLOY_COLUMNS, deploy_from_row};
-use crate::rows::*;
+use crate::rows::{get, get_ms, ts};
 use crate::{Result, Store};
 
 /// Filters of `GET /v1/deploys` (Teletraan's search); empty lists filter nothing.

@@ -4,11 +4,11 @@
 use schema::model::{ScheduleBean, ScheduleInput};
 use schema::rules::schedule::{ScheduleConfig, ScheduleProgress};
 use schema::time::EpochMs;
-use schema::*;
+use schema::{EnvId, EnvName, StageName};
 use tokio_postgres::GenericClient;
 
 use crate::history::{self, Change, Place, json, kind};
-use crate::rows::*;
+use crate::rows::{get, get_ms, get_parsed, ts};
 use crate::stages::lock_stage;
 use crate::{Error, Result, Store};
 

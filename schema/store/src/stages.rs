@@ -6,13 +6,13 @@ use schema::bus::{ChangeMessage, StageSnapshot};
 use schema::model::{Environ, EnvironInput, StringMap};
 use schema::rules::goal::{CurrentDeploy, StageGoal};
 use schema::time::EpochMs;
-use schema::*;
+use schema::{DeployId, EnvId, EnvName, EnvType, GroupName, HostName, StageName};
 use tokio_postgres::{GenericClient, Row};
 
 use crate::builds::build_from_row;
 use crate::history::{self, Change, Place, json, kind};
 use crate::outbox::{Exchange, enqueue};
-use crate::rows::*;
+use crate::rows::{get, get_id, get_ms, get_opt_id, get_opt_parsed, get_parsed, ts};
 use crate::{Error, Result, Store};
 
 /// Addresses a stage by names, as the REST paths do.

@@ -11,7 +11,7 @@ use tokio_postgres::{GenericClient, Row};
 
 use crate::history::{self, Change, Place};
 use crate::outbox::{Exchange, enqueue};
-use crate::rows::*;
+use crate::rows::{get, get_ms, get_opt_ms, ts};
 use crate::{Error, Result, Store};
 use schema::bus::ChangeMessage;
 

@@ -6,7 +6,10 @@ use common::*;
 use schema::bus::{AgentUpdate, Command, CommandEnvelope, CommandError, CommandOutcome, HostFacts, ReportBatch};
 use schema::model::{Agent, ConstraintInput, Deploy, Environ, ScheduleInput};
 use schema::rules::goal::AgentRecord;
-use schema::*;
+use schema::{
+    AcceptanceStatus, AgentState, AgentStatus, DeployAction, DeployConstraintType, DeployId, DeployStage, DeployState,
+    DeployType, EnvState, ScheduleState,
+};
 use store::Store;
 use store::testing::TestDatabase;
 

@@ -6,7 +6,7 @@ use common::*;
 use proptest::prelude::*;
 use schema::bus::ReportBatch;
 use schema::rules::goal::AgentRecord;
-use schema::*;
+use schema::{AgentState, AgentStatus, DeployId, DeployStage};
 use store::testing::TestDatabase;
 
 fn record() -> impl Strategy<Value = (bool, DeployStage, AgentState)> {

@@ -4,7 +4,7 @@ use schema::bus::{AgentUpdate, ChangeMessage, CommandOutcome, Heartbeat, HostFac
 use schema::model::Environ;
 use schema::rules::admission::waits_for_admission;
 use schema::rules::goal::AgentRecord;
-use schema::*;
+use schema::{AcceptanceStatus, AgentState, AgentStatus, CapacityType, DeployId, DeployStage, DeployState, EnvId};
 use store::testing::TestDatabase;
 
 mod common;

@@ -14,7 +14,10 @@ use crate::model::{Build, StringMap};
 use crate::ping::{DeployGoal, PingResponse, ReportIn};
 use crate::rules::agent_state;
 use crate::rules::stage_seq::next_stage;
-use crate::*;
+use crate::{
+    AgentState, AgentStatus, DeployId, DeployPriority, DeployStage, DeployType, EnvId, EnvName, EnvState, EnvType,
+    OpCode, StageName,
+};
 
 /// What a host needs to know of a stage to be given goals. Its `Debug` hides the values of
 /// the script variables (some are secrets).

@@ -4,7 +4,7 @@
 use schema::bus::{AgentUpdate, ChangeMessage, Command, CommandEnvelope, CommandOutcome};
 use schema::model::{ArtifactPolicy, Build, BuildInput, Deploy, Environ, EnvironInput};
 use schema::rules::goal::AgentRecord;
-use schema::*;
+use schema::{AgentStatus, BuildId, DeployId, DeployStage, EnvId};
 use store::{Exchange, Store};
 
 pub const NOW: i64 = 1_800_000_000_000;
