@@ -10,6 +10,7 @@ use api::auth::{Cidr, TrustedHeaders};
 use clap::Args;
 use schema::artifact::{AllowedLocation, ArtifactPolicy, ChecksumPolicy};
 use serde::Deserialize;
+use teletraan::tls::TlsFiles;
 use workers::jobs::{JobsConfig, parse_duration};
 
 /// Settings shared by every server role (flags and environment variables).
@@ -122,6 +123,13 @@ pub struct ServerArgs {
     /// Trusted-header mode: comma list of the proxy's addresses or blocks (`10.0.0.0/8`).
     #[arg(long, env = "TELETRAAN_TRUSTED_PROXIES", global = true)]
     pub trusted_proxies: Option<String>,
+    /// PEM certificate (chain) of the API and gateway listeners; with `tls_key` set too, both
+    /// speak only HTTPS (reloaded when the files change).
+    #[arg(long, env = "TELETRAAN_TLS_CERT", global = true)]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    #[arg(long, env = "TELETRAAN_TLS_KEY", global = true)]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// The TOML file.
@@ -162,6 +170,8 @@ struct FileConfig {
     trusted_user_header: Option<String>,
     trusted_groups_header: Option<String>,
     trusted_proxies: Option<Vec<String>>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
 }
 
 /// Resolved settings.
@@ -193,6 +203,8 @@ pub struct Settings {
     pub webhook_timeout: Duration,
     pub webhook_attempts: u32,
     pub trusted: TrustedHeaders,
+    /// The certificate and key of the API and gateway listeners (`None`: plain HTTP).
+    pub tls: Option<TlsFiles>,
 }
 
 impl Settings {
@@ -241,6 +253,15 @@ impl ServerArgs {
         };
         let jobs = self.jobs_config(&file)?;
         let trusted = self.trusted(&file)?;
+        let tls = match (self.tls_cert.clone().or(file.tls_cert.clone()), self.tls_key.clone().or(file.tls_key.clone()))
+        {
+            (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+            (None, None) => None,
+            _ => bail!(
+                "tls_cert (TELETRAAN_TLS_CERT) and tls_key (TELETRAAN_TLS_KEY) go together: set both for HTTPS, \
+                 neither for plain HTTP"
+            ),
+        };
         let artifacts = self.artifacts(&file)?;
         let namespace = self.namespace.clone().or(file.namespace).unwrap_or_else(|| "teletraan".into());
         if namespace.is_empty() || !namespace.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
@@ -325,6 +346,7 @@ impl ServerArgs {
             webhook_timeout: Duration::from_secs(webhook_timeout),
             webhook_attempts,
             trusted,
+            tls,
         })
     }
 
@@ -469,6 +491,20 @@ mod tests {
         assert_eq!(s.database_url, "postgres://localhost:5432/teletraan");
         assert_eq!(s.artifacts, ArtifactPolicy::default(), "the strict policy: sha256 required, no file://");
         assert_eq!(s.artifacts.checksum, ChecksumPolicy::Required);
+        assert_eq!(s.tls, None, "plain HTTP unless a certificate is given");
+    }
+
+    #[test]
+    fn the_certificate_and_key_go_together() {
+        let both = ServerArgs { tls_cert: Some("c.pem".into()), tls_key: Some("k.pem".into()), ..Default::default() };
+        assert_eq!(both.resolve().unwrap().tls, Some(TlsFiles { cert: "c.pem".into(), key: "k.pem".into() }));
+        for half in [
+            ServerArgs { tls_cert: Some("c.pem".into()), ..Default::default() },
+            ServerArgs { tls_key: Some("k.pem".into()), ..Default::default() },
+        ] {
+            let err = half.resolve().unwrap_err().to_string();
+            assert!(err.contains("TELETRAAN_TLS_CERT") && err.contains("TELETRAAN_TLS_KEY"), "{err}");
+        }
     }
 
     #[test]
