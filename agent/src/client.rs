@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use schema::ping::{PingRequest, PingResponse};
 
+use crate::ca::CaFile;
 use crate::config::Config;
 use crate::error::{Error, Result};
 
@@ -25,7 +26,7 @@ pub struct Gateway {
 impl Gateway {
     /// A client for the configured server and token.
     pub fn new(config: &Config) -> Result<Gateway> {
-        let http = reqwest::Client::builder()
+        let http = CaFile::trust(config.ca_file.as_ref(), reqwest::Client::builder())?
             .timeout(REQUEST_TIMEOUT)
             .connect_timeout(Duration::from_secs(10))
             .user_agent(crate::AGENT_VERSION)

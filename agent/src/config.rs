@@ -12,6 +12,7 @@ use schema::DeployStage;
 use schema::artifact::AllowedLocation;
 use serde::Deserialize;
 
+use crate::ca::CaFile;
 use crate::error::{Error, Result};
 use crate::extract::Limits;
 
@@ -75,6 +76,10 @@ pub struct Options {
     /// Gateway URL [default: http://127.0.0.1:8081].
     #[arg(long, global = true, env = "TELETRAAN_AGENT_SERVER", value_name = "URL")]
     pub server: Option<String>,
+    /// PEM file of a private CA to trust (besides the system's) for the gateway and artifact
+    /// downloads over https [default: none].
+    #[arg(long, global = true, env = "TELETRAAN_AGENT_CA_FILE", value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
     /// Token sent as `Authorization: token <T>`.
     #[arg(long, global = true, env = "TELETRAAN_AGENT_TOKEN", value_name = "TOKEN", hide_env_values = true)]
     pub token: Option<String>,
@@ -167,6 +172,7 @@ enum TagsValue {
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     server: Option<String>,
+    ca_file: Option<PathBuf>,
     token: Option<String>,
     host_id: Option<String>,
     host_name: Option<String>,
@@ -193,6 +199,8 @@ struct FileConfig {
 pub struct Config {
     /// Gateway base URL, without a trailing slash.
     pub server: String,
+    /// A private CA trusted for https besides the system's roots.
+    pub ca_file: Option<CaFile>,
     /// Token for `Authorization: token <T>`; never printed.
     pub token: Option<String>,
     /// Host id sent as `hostId`.
@@ -240,6 +248,7 @@ impl Config {
     pub fn with_defaults(dir: impl Into<PathBuf>, server: impl Into<String>, host: &str) -> Config {
         Config {
             server: server.into().trim_end_matches('/').to_string(),
+            ca_file: None,
             token: None,
             host_id: host.to_string(),
             host_name: host.to_string(),
@@ -278,6 +287,7 @@ impl Config {
         if !(server.starts_with("http://") || server.starts_with("https://")) || server.len() <= "https://".len() {
             return Err(Error::Config(format!("server {server:?} must be an http:// or https:// URL")));
         }
+        let ca_file = o.ca_file.or(f.ca_file).map(|p| CaFile::read(&p)).transpose()?;
         let token = o.token.or(f.token).map(|t| t.trim().to_string()).filter(|t| !t.is_empty());
         let host_name = match o.host_name.or(f.host_name) {
             Some(n) => n.trim().to_string(),
@@ -309,6 +319,7 @@ impl Config {
         }
         let dir = std::path::absolute(&dir).map_err(|e| Error::Config(format!("dir {}: {e}", dir.display())))?;
         let mut c = Config::with_defaults(dir, server, &host_id);
+        c.ca_file = ca_file;
         c.token = token;
         c.host_name = host_name;
         c.host_ip = host_ip;
@@ -363,6 +374,9 @@ impl fmt::Display for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let token = if self.token.is_some() { "(set, not shown)" } else { "(none)" };
         writeln!(f, "server = {}", self.server)?;
+        if let Some(ca) = &self.ca_file {
+            writeln!(f, "ca_file = {}", ca.path.display())?;
+        }
         writeln!(f, "token = {token}")?;
         writeln!(f, "host_id = {}", self.host_id)?;
         writeln!(f, "host_name = {}", self.host_name)?;
@@ -465,6 +479,17 @@ mod tests {
         let err = Config::resolve(parse(&["--archive-max-bytes", "0"]), file(""), Some("h".into())).unwrap_err();
         assert!(err.to_string().contains("archive_max_bytes"), "{err}");
         assert!(Cli::try_parse_from(["teletraan-agent", "--archive-max-bytes", "20G"]).is_err());
+    }
+
+    #[test]
+    fn the_ca_file_is_read_at_load_and_a_bad_one_is_a_configuration_error() {
+        let c = Config::resolve(Options::default(), FileConfig::default(), Some("h".into())).unwrap();
+        assert!(c.ca_file.is_none(), "only the system's roots unless a CA file is given");
+        let f = file("ca_file = \"/nonexistent/from-file.pem\"");
+        let err = Config::resolve(parse(&[]), f.clone(), Some("h".into())).unwrap_err();
+        assert!(matches!(err, Error::Config(_)) && err.to_string().contains("ca_file /nonexistent/from-file.pem"));
+        let err = Config::resolve(parse(&["--ca-file", "/nonexistent/flag.pem"]), f, Some("h".into())).unwrap_err();
+        assert!(err.to_string().contains("flag.pem"), "the flag beats the file: {err}");
     }
 
     #[test]

@@ -16,6 +16,7 @@
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod ca;
 pub mod client;
 pub mod config;
 pub mod download;
