@@ -72,6 +72,7 @@ pub async fn start(settings: &Settings, roles: Roles, generate_tokens: bool) -> 
 
     let bus = BusConfig {
         timeout: settings.amqp_timeout,
+        ca_pem: settings.amqp_ca_pem.clone(),
         ..BusConfig::new(settings.amqp_url.clone(), settings.namespace.clone())
     };
     let (shutdown, shutdown_rx) = watch::channel(false);
