@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use schema::ping::{PingRequest, PingResponse};
 
+use crate::ca::CaFile;
 use crate::config::Config;
 use crate::error::{Error, Result};
 
@@ -24,15 +25,21 @@ pub struct Gateway {
     retry_delays: Vec<Duration>,
 }
 
+/// The HTTP client for the gateway (pings and enrollment): the configured CA trusted, bounded
+/// requests.
+pub fn gateway_client(config: &Config) -> Result<reqwest::Client> {
+    CaFile::trust(config.ca_file.as_ref(), reqwest::Client::builder())?
+        .timeout(REQUEST_TIMEOUT)
+        .connect_timeout(Duration::from_secs(10))
+        .user_agent(crate::AGENT_VERSION)
+        .build()
+        .map_err(|e| Error::Config(format!("cannot build the HTTP client: {e}")))
+}
+
 impl Gateway {
     /// A client for the configured server and token.
     pub fn new(config: &Config) -> Result<Gateway> {
-        let http = reqwest::Client::builder()
-            .timeout(REQUEST_TIMEOUT)
-            .connect_timeout(Duration::from_secs(10))
-            .user_agent(crate::AGENT_VERSION)
-            .build()
-            .map_err(|e| Error::Config(format!("cannot build the HTTP client: {e}")))?;
+        let http = gateway_client(config)?;
         Ok(Gateway {
             http,
             url: format!("{}/v1/system/ping", config.server),

@@ -12,6 +12,7 @@ use schema::DeployStage;
 use schema::artifact::AllowedLocation;
 use serde::Deserialize;
 
+use crate::ca::CaFile;
 use crate::error::{Error, Result};
 use crate::extract::Limits;
 use crate::user::HookUser;
@@ -78,6 +79,10 @@ pub struct Options {
     /// Gateway URL [default: http://127.0.0.1:8081].
     #[arg(long, global = true, env = "TELETRAAN_AGENT_SERVER", value_name = "URL")]
     pub server: Option<String>,
+    /// PEM file of a private CA to trust (besides the system's) for the gateway and artifact
+    /// downloads over https [default: none].
+    #[arg(long, global = true, env = "TELETRAAN_AGENT_CA_FILE", value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
     /// Token sent as `Authorization: token <T>`.
     #[arg(long, global = true, env = "TELETRAAN_AGENT_TOKEN", value_name = "TOKEN", hide_env_values = true)]
     pub token: Option<String>,
@@ -181,6 +186,7 @@ enum TagsValue {
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     server: Option<String>,
+    ca_file: Option<PathBuf>,
     token: Option<String>,
     enroll_token: Option<String>,
     credential_file: Option<PathBuf>,
@@ -210,6 +216,8 @@ struct FileConfig {
 pub struct Config {
     /// Gateway base URL, without a trailing slash.
     pub server: String,
+    /// A private CA trusted for https besides the system's roots.
+    pub ca_file: Option<CaFile>,
     /// Token for `Authorization: token <T>`; never printed.
     pub token: Option<String>,
     /// Enrollment token (`POST /v1/system/enroll`); never printed.
@@ -264,6 +272,7 @@ impl Config {
         let dir = dir.into();
         Config {
             server: server.into().trim_end_matches('/').to_string(),
+            ca_file: None,
             token: None,
             enroll_token: None,
             credential_file: dir.join(DEFAULT_CREDENTIAL_FILE),
@@ -308,6 +317,7 @@ impl Config {
         if !(server.starts_with("http://") || server.starts_with("https://")) || server.len() <= "https://".len() {
             return Err(Error::Config(format!("server {server:?} must be an http:// or https:// URL")));
         }
+        let ca_file = o.ca_file.or(f.ca_file).map(|p| CaFile::read(&p)).transpose()?;
         let token = secret(o.token.or(f.token));
         let enroll_token = secret(o.enroll_token.or(f.enroll_token));
         let hook_user = o.hook_user.or(f.hook_user).map(|u| HookUser::lookup(&u)).transpose()?;
@@ -350,6 +360,7 @@ impl Config {
             None => dir.join(DEFAULT_CREDENTIAL_FILE),
         };
         let mut c = Config::with_defaults(dir, server, &host_id);
+        c.ca_file = ca_file;
         c.token = token;
         c.enroll_token = enroll_token;
         c.credential_file = credential_file;
@@ -407,6 +418,9 @@ impl fmt::Display for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let shown = |t: &Option<String>| if t.is_some() { "(set, not shown)" } else { "(none)" };
         writeln!(f, "server = {}", self.server)?;
+        if let Some(ca) = &self.ca_file {
+            writeln!(f, "ca_file = {}", ca.path.display())?;
+        }
         writeln!(f, "token = {}", shown(&self.token))?;
         writeln!(f, "enroll_token = {}", shown(&self.enroll_token))?;
         writeln!(f, "credential_file = {}", self.credential_file.display())?;
@@ -529,6 +543,17 @@ mod tests {
         let err = Config::resolve(parse(&["--archive-max-bytes", "0"]), file(""), Some("h".into())).unwrap_err();
         assert!(err.to_string().contains("archive_max_bytes"), "{err}");
         assert!(Cli::try_parse_from(["teletraan-agent", "--archive-max-bytes", "20G"]).is_err());
+    }
+
+    #[test]
+    fn the_ca_file_is_read_at_load_and_a_bad_one_is_a_configuration_error() {
+        let c = Config::resolve(Options::default(), FileConfig::default(), Some("h".into())).unwrap();
+        assert!(c.ca_file.is_none(), "only the system's roots unless a CA file is given");
+        let f = file("ca_file = \"/nonexistent/from-file.pem\"");
+        let err = Config::resolve(parse(&[]), f.clone(), Some("h".into())).unwrap_err();
+        assert!(matches!(err, Error::Config(_)) && err.to_string().contains("ca_file /nonexistent/from-file.pem"));
+        let err = Config::resolve(parse(&["--ca-file", "/nonexistent/flag.pem"]), f, Some("h".into())).unwrap_err();
+        assert!(err.to_string().contains("flag.pem"), "the flag beats the file: {err}");
     }
 
     #[test]

@@ -23,6 +23,7 @@ use schema::artifact::{AllowedLocation, Url, check_redirect, is_allowed, parse_a
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::ca::CaFile;
 use crate::client::error_chain;
 use crate::error::{Error, Result};
 
@@ -39,6 +40,8 @@ pub struct FetchPolicy {
     /// Use an artifact that has neither `artifactSha256` nor a published sidecar (with a
     /// warning) instead of failing: for local development only.
     pub allow_unverified: bool,
+    /// A private CA trusted for https downloads besides the system's roots.
+    pub ca_file: Option<CaFile>,
 }
 
 /// Fetches artifacts under a [`FetchPolicy`]: an HTTP client whose redirects obey the
@@ -63,7 +66,7 @@ impl Fetcher {
                 Err(refused) => attempt.error(refused),
             }
         });
-        let http = reqwest::Client::builder()
+        let http = CaFile::trust(policy.ca_file.as_ref(), reqwest::Client::builder())?
             .connect_timeout(Duration::from_secs(10))
             .read_timeout(Duration::from_secs(120))
             .redirect(redirects)
@@ -421,7 +424,7 @@ mod tests {
         assert!(matches!(err, Error::Refused { .. }) && err.is_permanent(), "{err}");
 
         let allowed = AllowedLocation::parse_list("https://artifacts.example.com/web/").unwrap();
-        let listed = Fetcher::new(FetchPolicy { allowed, allow_unverified: false }).unwrap();
+        let listed = Fetcher::new(FetchPolicy { allowed, allow_unverified: false, ca_file: None }).unwrap();
         for url in ["https://artifacts.example.com/webby/a.tgz", "file:///etc/hostname", "http://127.0.0.1:9/web/a"] {
             let err = listed.fetch(url, &dir.path().join("x"), Some(&sha), MAX).await.unwrap_err();
             assert!(matches!(err, Error::Refused { .. }), "{url}: {err}");

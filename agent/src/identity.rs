@@ -18,8 +18,6 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::layout::write_private;
 
-/// Timeout of one enrollment request.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest credential accepted from the gateway or the file (real ones are a few hundred bytes).
 const MAX_CREDENTIAL_LEN: usize = 8192;
 /// Suffix of a retired credential file.
@@ -185,12 +183,8 @@ impl Enroller {
         let Some(token) = config.enroll_token.clone() else {
             return Ok(None);
         };
-        let http = reqwest::Client::builder()
-            .timeout(REQUEST_TIMEOUT)
-            .connect_timeout(Duration::from_secs(10))
-            .user_agent(crate::AGENT_VERSION)
-            .build()
-            .map_err(|e| Error::Config(format!("cannot build the HTTP client: {e}")))?;
+        // The pings' client: the same CA, the same bounds.
+        let http = crate::client::gateway_client(config)?;
         Ok(Some(Enroller {
             http,
             url: format!("{}/v1/system/enroll", config.server),

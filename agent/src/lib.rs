@@ -17,6 +17,7 @@
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod ca;
 pub mod client;
 pub mod config;
 pub mod download;

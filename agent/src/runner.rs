@@ -95,6 +95,7 @@ impl Agent {
             fetcher: Fetcher::new(FetchPolicy {
                 allowed: config.artifact_allowed.clone(),
                 allow_unverified: config.allow_unverified_artifacts,
+                ca_file: config.ca_file.clone(),
             })?,
             settings: HookSettings::from_config(&config),
             layout,

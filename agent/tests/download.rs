@@ -80,7 +80,7 @@ impl Server {
 
 fn fetcher(allowed: &[String], allow_unverified: bool) -> Fetcher {
     let allowed = allowed.iter().map(|s| AllowedLocation::parse(s).unwrap()).collect();
-    Fetcher::new(FetchPolicy { allowed, allow_unverified }).unwrap()
+    Fetcher::new(FetchPolicy { allowed, allow_unverified, ca_file: None }).unwrap()
 }
 
 fn nothing_left(dest: &Path) {

@@ -59,8 +59,94 @@ ensure_rabbitmq() {
     fi
 }
 
+# The private CA of the TLS tests and the certificate PostgreSQL and RabbitMQ serve with it,
+# kept outside the repository. The tests read `ca.pem` there (ops/tests/tls.rs, the store's
+# TLS tests); another directory can be chosen with TELETRAAN_TEST_TLS_DIR.
+TELETRAAN_TEST_TLS_DIR=${TELETRAAN_TEST_TLS_DIR:-/var/lib/teletraan-test-tls}
+export TELETRAAN_TEST_TLS_DIR
+
+# Makes (once) a CA and a certificate for localhost and 127.0.0.1 signed by it, with a copy
+# of the key for each service that reads it (owned by it, mode 0600).
+ensure_test_certificates() {
+    local dir=$TELETRAAN_TEST_TLS_DIR
+    if ! command -v openssl >/dev/null; then
+        apt_install openssl
+    fi
+    if ! as_root test -s "$dir/ca.pem" -a -s "$dir/server.pem" -a -s "$dir/server.key"; then
+        echo "services: making the test CA and server certificate in $dir" >&2
+        as_root mkdir -p "$dir"
+        as_root openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=teletraan test CA" \
+            -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
+            -keyout "$dir/ca.key" -out "$dir/ca.pem" 2>/dev/null
+        as_root openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" \
+            -keyout "$dir/server.key" -out "$dir/server.csr" 2>/dev/null
+        printf '%s\n' "subjectAltName=DNS:localhost,IP:127.0.0.1" "basicConstraints=CA:FALSE" \
+            "keyUsage=critical,digitalSignature,keyEncipherment" "extendedKeyUsage=serverAuth" |
+            as_root tee "$dir/server.ext" >/dev/null
+        as_root openssl x509 -req -in "$dir/server.csr" -CA "$dir/ca.pem" -CAkey "$dir/ca.key" \
+            -CAcreateserial -days 3650 -extfile "$dir/server.ext" -out "$dir/server.pem" 2>/dev/null
+        as_root rm -f "$dir/postgres.key" "$dir/rabbitmq.key"
+    fi
+    as_root chmod 755 "$dir"
+    as_root chmod 644 "$dir/ca.pem" "$dir/server.pem"
+    as_root chmod 600 "$dir/ca.key" "$dir/server.key"
+    local user
+    for user in postgres rabbitmq; do
+        if ! as_root test -s "$dir/$user.key"; then
+            as_root install -m 600 -o "$user" -g "$user" "$dir/server.key" "$dir/$user.key"
+        fi
+    done
+}
+
+# Whether ADDRESS completes a TLS handshake (after STARTTLS-style PROTOCOL, if any) with a
+# certificate the test CA signed.
+serves_test_certificate() { # protocol, address
+    local starttls=()
+    if [ -n "$1" ]; then starttls=(-starttls "$1"); fi
+    openssl s_client "${starttls[@]}" -connect "$2" -CAfile "$TELETRAAN_TEST_TLS_DIR/ca.pem" \
+        -verify_return_error </dev/null >/dev/null 2>&1
+}
+
+# PostgreSQL serves the test certificate (plain connections keep working: TLS is offered,
+# never required).
+ensure_postgres_tls() {
+    local dir=$TELETRAAN_TEST_TLS_DIR
+    if [ "$(as_postgres "psql -qAtc 'SHOW ssl_cert_file'")" != "$dir/server.pem" ] ||
+        [ "$(as_postgres "psql -qAtc 'SHOW ssl'")" != on ]; then
+        echo "services: PostgreSQL serves TLS with $dir/server.pem" >&2
+        as_postgres "psql -qc \"ALTER SYSTEM SET ssl_cert_file = '$dir/server.pem'\" \
+            -c \"ALTER SYSTEM SET ssl_key_file = '$dir/postgres.key'\" -c \"ALTER SYSTEM SET ssl = on\" \
+            -c 'SELECT pg_reload_conf()'" >/dev/null
+    fi
+    wait_for 30 "PostgreSQL's TLS with the test certificate" serves_test_certificate postgres 127.0.0.1:5432
+}
+
+# RabbitMQ opens a TLS listener on 127.0.0.1:5671 beside the plain one on 5672 (a restart,
+# once, when the listener is not configured yet).
+ensure_rabbitmq_tls() {
+    local dir=$TELETRAAN_TEST_TLS_DIR conf=/etc/rabbitmq/rabbitmq.conf
+    if ! as_root grep -qs '^listeners.ssl.teletraan_test' "$conf"; then
+        echo "services: RabbitMQ opens a TLS listener on 127.0.0.1:5671 (restarting it once)" >&2
+        printf '%s\n' "# TLS for the tests (ops/lib/services.sh)" \
+            "listeners.ssl.teletraan_test = 127.0.0.1:5671" \
+            "ssl_options.cacertfile = $dir/ca.pem" \
+            "ssl_options.certfile = $dir/server.pem" \
+            "ssl_options.keyfile = $dir/rabbitmq.key" \
+            "ssl_options.verify = verify_none" \
+            "ssl_options.fail_if_no_peer_cert = false" | as_root tee -a "$conf" >/dev/null
+        as_root rabbitmqctl -q stop >/dev/null 2>&1 || true
+        as_root rabbitmq-server -detached || true
+        wait_for 120 "RabbitMQ" as_root rabbitmqctl -q await_startup
+    fi
+    wait_for 60 "RabbitMQ's TLS listener" serves_test_certificate "" 127.0.0.1:5671
+}
+
 ensure_services() {
     ensure_build_deps
     ensure_postgres
     ensure_rabbitmq
+    ensure_test_certificates
+    ensure_postgres_tls
+    ensure_rabbitmq_tls
+    echo "services: PostgreSQL (5432, TLS offered) and RabbitMQ (5672, TLS on 5671) run; test CA: $TELETRAAN_TEST_TLS_DIR/ca.pem" >&2
 }

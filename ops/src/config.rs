@@ -10,6 +10,7 @@ use api::auth::{Cidr, TrustedHeaders};
 use clap::Args;
 use schema::artifact::{AllowedLocation, ArtifactPolicy, ChecksumPolicy};
 use serde::Deserialize;
+use teletraan::tls::TlsFiles;
 use workers::jobs::{JobsConfig, parse_duration};
 
 /// Settings shared by every server role (flags and environment variables).
@@ -122,6 +123,16 @@ pub struct ServerArgs {
     /// Trusted-header mode: comma list of the proxy's addresses or blocks (`10.0.0.0/8`).
     #[arg(long, env = "TELETRAAN_TRUSTED_PROXIES", global = true)]
     pub trusted_proxies: Option<String>,
+    /// PEM certificate (chain) of the API and gateway listeners; with `tls_key` set too, both
+    /// speak only HTTPS (reloaded when the files change).
+    #[arg(long, env = "TELETRAAN_TLS_CERT", global = true)]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    #[arg(long, env = "TELETRAAN_TLS_KEY", global = true)]
+    pub tls_key: Option<PathBuf>,
+    /// PEM file of a private CA trusted (besides the system's roots) for an `amqps://` URL.
+    #[arg(long, env = "TELETRAAN_AMQP_CA_FILE", global = true)]
+    pub amqp_ca_file: Option<PathBuf>,
 }
 
 /// The TOML file.
@@ -162,6 +173,9 @@ struct FileConfig {
     trusted_user_header: Option<String>,
     trusted_groups_header: Option<String>,
     trusted_proxies: Option<Vec<String>>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    amqp_ca_file: Option<PathBuf>,
 }
 
 /// Resolved settings.
@@ -193,6 +207,10 @@ pub struct Settings {
     pub webhook_timeout: Duration,
     pub webhook_attempts: u32,
     pub trusted: TrustedHeaders,
+    /// The certificate and key of the API and gateway listeners (`None`: plain HTTP).
+    pub tls: Option<TlsFiles>,
+    /// The PEM certificates of `amqp_ca_file`, read and checked at start.
+    pub amqp_ca_pem: Option<String>,
 }
 
 impl Settings {
@@ -214,6 +232,23 @@ fn parse_bool(text: &str) -> anyhow::Result<bool> {
         "true" | "1" | "yes" | "on" => Ok(true),
         "false" | "0" | "no" | "off" => Ok(false),
         _ => bail!("expected true or false"),
+    }
+}
+
+/// The PEM text of `amqp_ca_file`, which must hold certificates and serve an `amqps://` URL.
+fn read_ca(path: &std::path::Path, amqp_url: &str) -> anyhow::Result<String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let name = "amqp_ca_file (TELETRAAN_AMQP_CA_FILE)";
+    if !amqp_url.starts_with("amqps://") {
+        bail!("{name} is set but amqp_url is not an amqps:// URL: the CA would never be used");
+    }
+    let text = std::fs::read_to_string(path).with_context(|| format!("{name}: cannot read {}", path.display()))?;
+    let certs = CertificateDer::pem_slice_iter(text.as_bytes()).collect::<Result<Vec<_>, _>>();
+    match certs {
+        Ok(c) if !c.is_empty() => Ok(text),
+        Ok(_) => bail!("{name}: no PEM certificate in {}", path.display()),
+        Err(e) => bail!("{name}: {} is not valid PEM: {e:?}", path.display()),
     }
 }
 
@@ -241,6 +276,15 @@ impl ServerArgs {
         };
         let jobs = self.jobs_config(&file)?;
         let trusted = self.trusted(&file)?;
+        let tls = match (self.tls_cert.clone().or(file.tls_cert.clone()), self.tls_key.clone().or(file.tls_key.clone()))
+        {
+            (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+            (None, None) => None,
+            _ => bail!(
+                "tls_cert (TELETRAAN_TLS_CERT) and tls_key (TELETRAAN_TLS_KEY) go together: set both for HTTPS, \
+                 neither for plain HTTP"
+            ),
+        };
         let artifacts = self.artifacts(&file)?;
         let namespace = self.namespace.clone().or(file.namespace).unwrap_or_else(|| "teletraan".into());
         if namespace.is_empty() || !namespace.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
@@ -295,17 +339,23 @@ impl ServerArgs {
         if !(1..=20).contains(&webhook_attempts) {
             bail!("webhook_attempts must be between 1 and 20");
         }
+        let amqp_url = self
+            .amqp_url
+            .clone()
+            .or(file.amqp_url.clone())
+            .unwrap_or_else(|| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
+        let amqp_ca_pem = match self.amqp_ca_file.clone().or(file.amqp_ca_file.clone()) {
+            Some(path) => Some(read_ca(&path, &amqp_url)?),
+            None => None,
+        };
         Ok(Settings {
             database_url: self
                 .database_url
                 .clone()
                 .or(file.database_url)
                 .unwrap_or_else(|| "postgres://localhost:5432/teletraan".into()),
-            amqp_url: self
-                .amqp_url
-                .clone()
-                .or(file.amqp_url)
-                .unwrap_or_else(|| "amqp://guest:guest@127.0.0.1:5672/%2f".into()),
+            amqp_url,
+            amqp_ca_pem,
             namespace,
             api_listen: addr("api_listen", self.api_listen.clone(), file.api_listen, "127.0.0.1:8080")?,
             gateway_listen: addr("gateway_listen", self.gateway_listen.clone(), file.gateway_listen, "127.0.0.1:8081")?,
@@ -325,6 +375,7 @@ impl ServerArgs {
             webhook_timeout: Duration::from_secs(webhook_timeout),
             webhook_attempts,
             trusted,
+            tls,
         })
     }
 
@@ -469,6 +520,41 @@ mod tests {
         assert_eq!(s.database_url, "postgres://localhost:5432/teletraan");
         assert_eq!(s.artifacts, ArtifactPolicy::default(), "the strict policy: sha256 required, no file://");
         assert_eq!(s.artifacts.checksum, ChecksumPolicy::Required);
+        assert_eq!(s.tls, None, "plain HTTP unless a certificate is given");
+    }
+
+    #[test]
+    fn the_amqp_ca_file_is_read_at_start_and_only_for_amqps() {
+        let dir = std::env::temp_dir().join(format!("teletraan-config-ca-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca = dir.join("ca.pem");
+        std::fs::write(&ca, store::testing::UNRELATED_CA_PEM).unwrap();
+        let amqps = Some("amqps://guest:guest@127.0.0.1:5671/%2f".to_string());
+        let s = ServerArgs { amqp_url: amqps.clone(), amqp_ca_file: Some(ca.clone()), ..Default::default() };
+        assert_eq!(s.resolve().unwrap().amqp_ca_pem.as_deref(), Some(store::testing::UNRELATED_CA_PEM));
+        let plain = ServerArgs { amqp_ca_file: Some(ca.clone()), ..Default::default() }.resolve().unwrap_err();
+        assert!(plain.to_string().contains("not an amqps:// URL"), "{plain}");
+        std::fs::write(&ca, "nothing").unwrap();
+        let empty = ServerArgs { amqp_url: amqps.clone(), amqp_ca_file: Some(ca.clone()), ..Default::default() };
+        let err = format!("{:#}", empty.resolve().unwrap_err());
+        assert!(err.contains("TELETRAAN_AMQP_CA_FILE") && err.contains("no PEM certificate"), "{err}");
+        let missing = ServerArgs { amqp_url: amqps, amqp_ca_file: Some(dir.join("nope.pem")), ..Default::default() };
+        let err = format!("{:#}", missing.resolve().unwrap_err());
+        assert!(err.contains("nope.pem"), "{err}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn the_certificate_and_key_go_together() {
+        let both = ServerArgs { tls_cert: Some("c.pem".into()), tls_key: Some("k.pem".into()), ..Default::default() };
+        assert_eq!(both.resolve().unwrap().tls, Some(TlsFiles { cert: "c.pem".into(), key: "k.pem".into() }));
+        for half in [
+            ServerArgs { tls_cert: Some("c.pem".into()), ..Default::default() },
+            ServerArgs { tls_key: Some("k.pem".into()), ..Default::default() },
+        ] {
+            let err = half.resolve().unwrap_err().to_string();
+            assert!(err.contains("TELETRAAN_TLS_CERT") && err.contains("TELETRAAN_TLS_KEY"), "{err}");
+        }
     }
 
     #[test]

@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod sample;
 pub mod sim;
+pub mod tls;
 
 /// Resolves on Ctrl-C or SIGTERM.
 pub async fn interrupted() {

@@ -83,6 +83,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Up { demo } => {
             let mut settings = settings;
+            if demo && settings.tls.is_some() {
+                anyhow::bail!(
+                    "the demo runs over plain HTTP on this machine: unset tls_cert and tls_key (TELETRAAN_TLS_CERT, \
+                     TELETRAAN_TLS_KEY) for --demo"
+                );
+            }
             // The demo's artifacts are served before the API starts, so its policy can take them.
             let artifacts = if demo {
                 let artifacts = demo::Artifacts::serve().await?;
@@ -129,11 +135,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 /// Prints where the roles listen, one line each (tests and scripts read these lines), and the
 /// tokens this process generated (never ones it was given).
 fn announce(r: &serve::Running, settings: &config::Settings) {
+    let scheme = if r.https { "https" } else { "http" };
     if let Some(a) = r.api_addr {
-        println!("teletraan: api http://{a}");
+        println!("teletraan: api {scheme}://{a}");
     }
     if let Some(a) = r.gateway_addr {
-        println!("teletraan: gateway http://{a}");
+        println!("teletraan: gateway {scheme}://{a}");
     }
     if let (Some(t), None) = (&r.admin_token, &settings.admin_token) {
         println!("teletraan: admin token {t}");

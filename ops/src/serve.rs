@@ -5,6 +5,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use bus::BusConfig;
 use store::{Store, TokenKind};
+use teletraan::tls::{HANDSHAKE_TIMEOUT, RELOAD_INTERVAL, ReloadingCert, TlsListener};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -25,6 +26,8 @@ pub struct Running {
     pub gateway_addr: Option<std::net::SocketAddr>,
     pub admin_token: Option<String>,
     pub agent_token: Option<String>,
+    /// Whether the API and gateway speak HTTPS.
+    pub https: bool,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
 }
@@ -39,6 +42,15 @@ impl Running {
 
 /// Prepares Postgres (database, migrations, seeded tokens) and starts the roles.
 pub async fn start(settings: &Settings, roles: Roles, generate_tokens: bool) -> anyhow::Result<Running> {
+    // Bad certificate files stop the start before anything else happens.
+    let tls = match &settings.tls {
+        Some(files) if roles.api || roles.gateway => {
+            let cert = ReloadingCert::load(files.clone()).context("cannot load the TLS certificate")?;
+            let config = cert.server_config().context("cannot configure TLS")?;
+            Some((cert, config))
+        }
+        _ => None,
+    };
     Store::ensure_database(&settings.database_url)
         .await
         .with_context(|| format!("cannot prepare the database at {}", redact(&settings.database_url)))?;
@@ -60,10 +72,15 @@ pub async fn start(settings: &Settings, roles: Roles, generate_tokens: bool) -> 
 
     let bus = BusConfig {
         timeout: settings.amqp_timeout,
+        ca_pem: settings.amqp_ca_pem.clone(),
         ..BusConfig::new(settings.amqp_url.clone(), settings.namespace.clone())
     };
     let (shutdown, shutdown_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
+    if let Some((cert, _)) = &tls {
+        tasks.spawn(cert.clone().watch(RELOAD_INTERVAL, "https", shutdown_rx.clone()));
+    }
+    let tls = tls.map(|(_, config)| config);
     if roles.worker {
         let mut config = workers::WorkerConfig::new(bus.clone(), settings.database_url.clone());
         config.jobs = settings.jobs.clone();
@@ -80,14 +97,16 @@ pub async fn start(settings: &Settings, roles: Roles, generate_tokens: bool) -> 
         let mut config = api::gateway::GatewayConfig::new(bus.clone());
         config.heartbeat_resolution = settings.heartbeat_resolution;
         let gw = api::gateway::start(config, store.clone(), shutdown_rx.clone(), &mut tasks);
-        tasks.spawn(serve(listener, api::gateway_router(gw, store.clone()), shutdown_rx.clone(), "gateway"));
+        let router = api::gateway_router(gw, store.clone());
+        tasks.spawn(serve(listener, tls.clone(), router, shutdown_rx.clone(), "gateway"));
     }
     if roles.worker && !roles.api && !roles.gateway {
         // A worker alone still serves /healthz, /readyz and /metrics.
         let listener = TcpListener::bind(settings.worker_listen)
             .await
             .with_context(|| format!("cannot listen on {} (worker health)", settings.worker_listen))?;
-        tasks.spawn(serve(listener, api::health::api(store.clone()), shutdown_rx.clone(), "worker"));
+        // Health and metrics only, for the local probes and Prometheus: plain HTTP.
+        tasks.spawn(serve(listener, None, api::health::api(store.clone()), shutdown_rx.clone(), "worker"));
     }
     let mut api_addr = None;
     if roles.api {
@@ -102,20 +121,38 @@ pub async fn start(settings: &Settings, roles: Roles, generate_tokens: bool) -> 
             command_wait: settings.command_wait,
             request_timeout: settings.request_timeout,
         };
-        tasks.spawn(serve(listener, api::api_router(state, settings.trusted.clone()), shutdown_rx.clone(), "api"));
+        let router = api::api_router(state, settings.trusted.clone());
+        tasks.spawn(serve(listener, tls.clone(), router, shutdown_rx.clone(), "api"));
     }
-    Ok(Running { api_addr, gateway_addr, admin_token, agent_token, shutdown, tasks })
+    let https = tls.is_some();
+    Ok(Running { api_addr, gateway_addr, admin_token, agent_token, https, shutdown, tasks })
 }
 
-async fn serve(listener: TcpListener, router: axum::Router, mut shutdown: watch::Receiver<bool>, role: &'static str) {
+/// Serves `router` on `listener` (over TLS with `tls`) until `shutdown` turns true.
+async fn serve(
+    listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    router: axum::Router,
+    mut shutdown: watch::Receiver<bool>,
+    role: &'static str,
+) {
     let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
-    tracing::info!(role, %addr, "listening");
+    tracing::info!(role, %addr, https = tls.is_some(), "listening");
     let stop = async move {
         let _ = shutdown.wait_for(|s| *s).await;
     };
-    // Connection info tells trusted-header mode where a request comes from.
-    let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
-    if let Err(e) = axum::serve(listener, service).with_graceful_shutdown(stop).await {
+    let outcome = match tls {
+        Some(config) => match TlsListener::new(listener, config, HANDSHAKE_TIMEOUT) {
+            Ok(listener) => teletraan::tls::serve(listener, router, stop).await,
+            Err(e) => Err(e),
+        },
+        None => {
+            // Connection info tells trusted-header mode where a request comes from.
+            let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
+            axum::serve(listener, service).with_graceful_shutdown(stop).await
+        }
+    };
+    if let Err(e) = outcome {
         tracing::error!(role, error = %e, "server failed");
     }
 }

@@ -227,6 +227,20 @@ async fn concurrent_publishes_share_one_publisher_and_all_arrive() {
     wait_for("every message in the queue", || async { queue_len(&cfg, "reports").await == 40 }).await;
 }
 
+#[tokio::test]
+async fn amqps_with_the_private_ca_works_and_a_client_trusting_another_ca_is_refused() {
+    let tb = TestBus::tls();
+    let cfg = tb.config.clone();
+    assert!(cfg.url.starts_with("amqps://"), "{}", cfg.url);
+    Publisher::new(cfg.clone()).publish(&[work(&cfg, b"over TLS")]).await.expect("a publish over TLS");
+    wait_for("the message in the queue", || async { queue_len(&cfg, "reports").await == 1 }).await;
+
+    let wrong = bus::BusConfig { ca_pem: Some(store::testing::UNRELATED_CA_PEM.into()), ..cfg.clone() };
+    let Err(e) = bus::connect(&wrong).await else { panic!("the broker's certificate is trusted") };
+    assert!(matches!(e, bus::BusError::Unavailable(_)), "{e:?}");
+    assert!(e.to_string().to_lowercase().contains("certificate"), "the cause is named: {e}");
+}
+
 /// Accepts connections on a port of its own and never says a word (a broker or a network
 /// that swallows packets).
 async fn silent_server() -> (u16, tokio::task::JoinHandle<()>) {

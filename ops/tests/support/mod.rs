@@ -49,13 +49,29 @@ impl Server {
 
     /// Starts the server with more settings (`TELETRAAN_*` variables).
     pub async fn start_with(settings: &[(&str, &str)]) -> Server {
+        Server::launch(settings, TestBus::new(), reqwest::Client::new(), false).await
+    }
+
+    /// Starts the server with TLS to its services: Postgres with `sslmode=verify-full` and
+    /// RabbitMQ over `amqps://`, both trusting the test CA (ops/lib/services.sh). `settings`
+    /// give the API and gateway their certificate; `http` must trust its CA.
+    pub async fn start_tls(settings: &[(&str, &str)], http: reqwest::Client) -> Server {
+        Server::launch(settings, TestBus::tls(), http, true).await
+    }
+
+    async fn launch(settings: &[(&str, &str)], bus: TestBus, http: reqwest::Client, tls: bool) -> Server {
         let db = TestDatabase::new().await;
-        let bus = TestBus::new();
         let mut child = Command::new(binary("teletraan"));
+        let mut database_url = db.url.clone();
+        if tls {
+            let ca = store::testing::test_ca();
+            database_url = format!("{}?sslmode=verify-full&sslrootcert={}", db.url, ca.display());
+            child.env("TELETRAAN_AMQP_CA_FILE", &ca);
+        }
         child.envs(settings.iter().copied());
         let mut child = child
             .arg("up")
-            .env("TELETRAAN_DATABASE_URL", &db.url)
+            .env("TELETRAAN_DATABASE_URL", &database_url)
             .env("TELETRAAN_AMQP_URL", &bus.config.url)
             .env("TELETRAAN_NAMESPACE", &bus.config.namespace)
             .env("TELETRAAN_API_LISTEN", "127.0.0.1:0")
@@ -83,7 +99,7 @@ impl Server {
             }
         }
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        let api = Api { http: reqwest::Client::new(), base: api.unwrap_or_default() };
+        let api = Api { http, base: api.unwrap_or_default() };
         let gateway = gateway.unwrap_or_default();
         let ready = format!("{gateway}/readyz");
         wait_for("the gateway to be ready", || async {

@@ -36,6 +36,7 @@ mod stages;
 mod tags;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod tls;
 mod tokens;
 mod webhooks;
 
@@ -43,8 +44,8 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
-use tokio_postgres::NoTls;
 use tokio_postgres::config::TargetSessionAttrs;
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 pub use access::{GrantRow, PrincipalRow, Subject};
 pub use agents::{AgentRow, AppliedBatch};
@@ -227,9 +228,17 @@ const TCP_USER_TIMEOUT: Duration = Duration::from_secs(30);
 /// vanished server, and a writable server required (a standby left over from a failover is
 /// refused at connect rather than answering every write with an error). Settings of the URL
 /// win where it sets them.
-pub(crate) fn client_config(url: &str, connect_timeout: Duration) -> Result<tokio_postgres::Config> {
+///
+/// With it comes the TLS connector the URL's `sslmode` and `sslrootcert` ask for (see
+/// [`tls`]: libpq's modes, `verify-full` checking the server's certificate and name).
+pub(crate) fn client_config(
+    url: &str,
+    connect_timeout: Duration,
+) -> Result<(tokio_postgres::Config, MakeRustlsConnect)> {
+    let (url, tls) = tls::split_url(url)?;
     let mut config =
-        tokio_postgres::Config::from_str(url).map_err(|e| Error::Unavailable(format!("bad database URL: {e}")))?;
+        tokio_postgres::Config::from_str(&url).map_err(|e| Error::Unavailable(format!("bad database URL: {e}")))?;
+    config.ssl_mode(tls.client_mode());
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(connect_timeout);
     }
@@ -247,7 +256,7 @@ pub(crate) fn client_config(url: &str, connect_timeout: Duration) -> Result<toki
         config.keepalives_retries(KEEPALIVE_RETRIES);
     }
     config.target_session_attrs(TargetSessionAttrs::ReadWrite);
-    Ok(config)
+    Ok((config, tls.connector()?))
 }
 
 impl Store {
@@ -267,7 +276,7 @@ impl Store {
     /// the store recovers by itself when the database comes back.
     pub fn connect_with(url: &str, options: &StoreOptions) -> Result<Store> {
         let max_connections = options.max_connections;
-        let mut config = client_config(url, options.connect_timeout)?;
+        let (mut config, tls) = client_config(url, options.connect_timeout)?;
         let mut settings = config.get_options().map(str::to_string).unwrap_or_default();
         settings.push_str(&format!(
             " -c statement_timeout={} -c teletraan.host_silence_secs={}",
@@ -277,7 +286,7 @@ impl Store {
         config.options(settings.trim());
         // Fast: a connection is checked without a round trip, by whether the client saw it
         // close; every connection error closes it, so a broken one is never handed out twice.
-        let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let manager = Manager::from_config(config, tls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let pool = Pool::builder(manager)
             .max_size(max_connections)
             .wait_timeout(Some(options.pool_timeout))
@@ -292,7 +301,7 @@ impl Store {
     /// Creates the database named in `url` when it does not exist (connecting to the server's
     /// `postgres` database to do so).
     pub async fn ensure_database(url: &str) -> Result<()> {
-        let config = client_config(url, StoreOptions::default().connect_timeout)?;
+        let (config, tls) = client_config(url, StoreOptions::default().connect_timeout)?;
         let name = config.get_dbname().unwrap_or("postgres").to_string();
         if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
             return Err(Error::Invalid(schema::model::Invalid {
@@ -302,7 +311,7 @@ impl Store {
         }
         let mut admin = config.clone();
         admin.dbname("postgres");
-        let (client, conn) = admin.connect(NoTls).await.map_err(|e| Error::Unavailable(e.to_string()))?;
+        let (client, conn) = admin.connect(tls).await.map_err(|e| Error::Unavailable(describe(&e)))?;
         let task = tokio::spawn(conn);
         let exists = client.query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name]).await?.is_some();
         if !exists {

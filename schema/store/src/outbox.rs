@@ -125,8 +125,8 @@ impl Store {
     /// connection is lost.
     pub async fn listen_outbox(url: &str) -> Result<tokio::sync::mpsc::Receiver<()>> {
         use futures_util::StreamExt;
-        let config = crate::client_config(url, crate::StoreOptions::default().connect_timeout)?;
-        let (client, mut conn) = config.connect(tokio_postgres::NoTls).await?;
+        let (config, tls) = crate::client_config(url, crate::StoreOptions::default().connect_timeout)?;
+        let (client, mut conn) = config.connect(tls).await?;
         let (tx, rx) = tokio::sync::mpsc::channel(1);
         let client = std::sync::Arc::new(client);
         let held = client.clone();

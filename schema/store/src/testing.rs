@@ -10,6 +10,36 @@ pub fn server_url() -> String {
         .unwrap_or_else(|_| "postgres://teletraan:teletraan@127.0.0.1:5432/postgres".into())
 }
 
+/// The private CA that signed the certificate the test PostgreSQL and RabbitMQ serve, made by
+/// `ensure_services` (ops/lib/services.sh): `ca.pem` in `TELETRAAN_TEST_TLS_DIR`, by default
+/// `/var/lib/teletraan-test-tls`. Panics with what to run when it is missing.
+pub fn test_ca() -> std::path::PathBuf {
+    let dir = std::env::var("TELETRAAN_TEST_TLS_DIR").unwrap_or_else(|_| "/var/lib/teletraan-test-tls".into());
+    let ca = std::path::Path::new(&dir).join("ca.pem");
+    assert!(
+        ca.is_file(),
+        "{} is missing: run ops/test.sh, or `. ops/lib/services.sh; ensure_services`, to set up TLS for the \
+         test services",
+        ca.display()
+    );
+    ca
+}
+
+/// A CA certificate that signed nothing the tests meet (its key is thrown away): what a client
+/// trusts when it trusts the wrong CA.
+pub const UNRELATED_CA_PEM: &str = "-----BEGIN CERTIFICATE-----
+MIIBnTCCAUOgAwIBAgIUOtPQyxYX88lcQnl8VCesQUBU8bkwCgYIKoZIzj0EAwIw
+IzEhMB8GA1UEAwwYYSBDQSB0aGF0IHNpZ25lZCBub3RoaW5nMCAXDTI2MTIwMjA4
+MTQzMFoYDzIxMjYxMTA4MDgxNDMwWjAjMSEwHwYDVQQDDBhhIENBIHRoYXQgc2ln
+bmVkIG5vdGhpbmcwWTATBgcqhkjOPQIBBggqhkjOPQMBBwNCAARy8qtL+GNP6TcS
+CgBBOnmcGKOPbX4qgcONECqu2xfEZoxS+8esCcu9BhnNEi25kQpwBv5IPO2uOwEU
+CLp2eKBPo1MwUTAdBgNVHQ4EFgQU2PbvbnUeKnmaWPWOfYSr5VcW0rkwHwYDVR0j
+BBgwFoAU2PbvbnUeKnmaWPWOfYSr5VcW0rkwDwYDVR0TAQH/BAUwAwEB/zAKBggq
+hkjOPQQDAgNIADBFAiAXwZxMc+5Tlc94GrCwQ+pSTpVKNaRJqRfrW2h/8cHZfgIh
+AOeL74B8gt4V3kQ18ivsMxJ1wvB/+zRVWkToXWQou9N5
+-----END CERTIFICATE-----
+";
+
 /// A database that exists for the life of this value.
 pub struct TestDatabase {
     /// Its URL.

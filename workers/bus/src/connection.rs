@@ -5,6 +5,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
+use lapin::tcp::OwnedTLSConfig;
 use lapin::{Connection, ConnectionProperties};
 use tokio::sync::watch;
 
@@ -44,11 +45,14 @@ where
     }
 }
 
-/// Opens a connection (at most `cfg.timeout`).
+/// Opens a connection (at most `cfg.timeout`): TLS for an `amqps://` URL, checking the
+/// broker's certificate and name against the system's roots and `cfg.ca_pem`.
 pub async fn connect(cfg: &BusConfig) -> Result<Connection, BusError> {
     let props =
         ConnectionProperties::default().with_connection_name(format!("teletraan-{}", std::process::id()).into());
-    within(cfg.timeout, "connecting", Connection::connect(&cfg.url, props)).await
+    let tls = OwnedTLSConfig { cert_chain: cfg.ca_pem.clone(), ..OwnedTLSConfig::default() };
+    let runtime = lapin::runtime::default_runtime()?;
+    within(cfg.timeout, "connecting", Connection::connect_with_config(&cfg.url, props, tls, runtime)).await
 }
 
 /// Opens a connection, retrying with exponential backoff and jitter until it works or

@@ -25,6 +25,8 @@ pub struct BusConfig {
     /// topology of a publisher), a publish, the confirms of a batch. Past it the broker counts
     /// as unavailable and the connection is replaced.
     pub timeout: Duration,
+    /// PEM certificates of a private CA trusted for `amqps://` besides the system's roots.
+    pub ca_pem: Option<String>,
 }
 
 /// The work queues.
@@ -55,7 +57,7 @@ impl BusConfig {
 
     /// The broker at `url` under `namespace`, with the default timeout.
     pub fn new(url: impl Into<String>, namespace: impl Into<String>) -> Self {
-        BusConfig { url: url.into(), namespace: namespace.into(), timeout: Self::DEFAULT_TIMEOUT }
+        BusConfig { url: url.into(), namespace: namespace.into(), timeout: Self::DEFAULT_TIMEOUT, ca_pem: None }
     }
 
     /// A namespaced name.
