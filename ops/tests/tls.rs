@@ -185,3 +185,24 @@ async fn the_server_refuses_to_start_when_the_database_ca_did_not_sign_postgres(
     assert!(stderr.contains("certificate") && stderr.contains("UnknownIssuer"), "and why: {stderr}");
     std::fs::remove_dir_all(tmp).unwrap();
 }
+
+#[tokio::test]
+async fn the_demo_refuses_tls_settings_before_touching_anything() {
+    let tmp = std::env::temp_dir().join(format!("teletraan-tls-demo-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    let pki = Pki::new(&tmp);
+    let out = Command::new(binary("teletraan"))
+        .args(["up", "--demo"])
+        .env("TELETRAAN_TLS_CERT", &pki.files.cert)
+        .env("TELETRAAN_TLS_KEY", &pki.files.key)
+        // Nothing listens here: the refusal comes before any connection.
+        .env("TELETRAAN_DATABASE_URL", "postgres://nobody@127.0.0.1:1/none")
+        .env("RUST_LOG", "off")
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(60), out).await.expect("it stops by itself").unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "an error, not a panic: {stderr}");
+    assert!(stderr.contains("the demo runs over plain HTTP"), "{stderr}");
+    std::fs::remove_dir_all(tmp).unwrap();
+}
