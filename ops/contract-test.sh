@@ -10,9 +10,17 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . ops/lib/services.sh
 ensure_services
-command -v st >/dev/null 2>&1 ||
+# schemathesis' `st`: on the PATH, or installed with pip (which apt provides when missing).
+st="$(command -v st || true)"
+if [ -z "$st" ]; then
+    python3 -m pip --version >/dev/null 2>&1 || apt_install python3-pip
     python3 -m pip install --quiet --break-system-packages 'schemathesis>=4,<5' ||
-    python3 -m pip install --quiet 'schemathesis>=4,<5'
+        python3 -m pip install --quiet 'schemathesis>=4,<5'
+    st="$(command -v st || true)"
+    # A fresh console script may not be on the PATH yet (pyenv shims, ~/.local/bin).
+    [ -n "$st" ] || st="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')/st"
+    [ -x "$st" ] || st="$HOME/.local/bin/st"
+fi
 cargo build --bin teletraan
 
 examples="${EXAMPLES:-25}"
@@ -62,7 +70,7 @@ call POST "/v1/envs/contract/prod/deploys?buildId=$build"
 
 # The ping and the enrollment live on the gateway's listener; they are checked against it.
 status=0
-st run "http://127.0.0.1:$api_port/openapi.json" \
+"$st" run "http://127.0.0.1:$api_port/openapi.json" \
     --header "Authorization: token $admin" \
     --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,response_headers_conformance \
     --max-examples "$examples" \
