@@ -6,10 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use lapin::Channel;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{Channel, Connection, Consumer};
 use tokio::sync::watch;
 
 use crate::connection::{BusError, connect_with_retry, within};
@@ -85,23 +85,7 @@ pub async fn consume<H: Handler>(
     let queue_name = cfg.name(queue.as_str());
     while let Some(conn) = connect_with_retry(&cfg, &mut shutdown).await {
         let session = async {
-            let (ch, consumer) = within(cfg.timeout, "opening a consumer", async {
-                let ch = conn.create_channel().await?;
-                declare_topology(&ch, &cfg).await?;
-                ch.confirm_select(ConfirmSelectOptions::default()).await?;
-                // Bounded prefetch: never more unacknowledged messages than we process at once.
-                ch.basic_qos(prefetch, BasicQosOptions::default()).await?;
-                let consumer = ch
-                    .basic_consume(
-                        queue_name.as_str().into(),
-                        "".into(),
-                        BasicConsumeOptions::default(),
-                        FieldTable::default(),
-                    )
-                    .await?;
-                Ok::<_, BusError>((ch, consumer))
-            })
-            .await?;
+            let (ch, consumer) = open_consumer(&conn, &cfg, &queue_name, prefetch, true).await?;
             tracing::info!(queue = %queue_name, prefetch, "consuming");
             let mut stop = shutdown.clone();
             let deliveries = consumer.take_until(async move {
@@ -176,4 +160,28 @@ async fn settle<H: Handler>(ch: &Channel, cfg: &BusConfig, queue: WorkQueue, han
     if let Err(e) = d.acker.ack(BasicAckOptions::default()).await {
         tracing::warn!(error = %e, "ack failed; the message will be redelivered");
     }
+}
+
+/// Opens a channel consuming `queue` with manual acks and at most `prefetch` unacknowledged
+/// messages (never more than are processed at once), within the configured timeout; with
+/// `confirms`, the channel's own publishes (retries, dead letters) are confirmed.
+pub(crate) async fn open_consumer(
+    conn: &Connection,
+    cfg: &BusConfig,
+    queue: &str,
+    prefetch: u16,
+    confirms: bool,
+) -> Result<(Channel, Consumer), BusError> {
+    within(cfg.timeout, "opening a consumer", async {
+        let ch = conn.create_channel().await?;
+        declare_topology(&ch, cfg).await?;
+        if confirms {
+            ch.confirm_select(ConfirmSelectOptions::default()).await?;
+        }
+        ch.basic_qos(prefetch, BasicQosOptions::default()).await?;
+        let consumer =
+            ch.basic_consume(queue.into(), "".into(), BasicConsumeOptions::default(), FieldTable::default()).await?;
+        Ok::<_, BusError>((ch, consumer))
+    })
+    .await
 }

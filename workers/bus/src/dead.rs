@@ -10,13 +10,13 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
-use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::options::{BasicAckOptions, BasicNackOptions};
+use lapin::types::{AMQPValue, ShortString};
 use tokio::sync::watch;
 
-use crate::connection::{BusError, connect_with_retry};
-use crate::consume::{DEAD_REASON_HEADER, RETRY_DELAY};
-use crate::topology::{BusConfig, WorkQueue, declare_topology};
+use crate::connection::{BusError, connect_with_retry, within};
+use crate::consume::{DEAD_REASON_HEADER, RETRY_DELAY, open_consumer};
+use crate::topology::{BusConfig, WorkQueue};
 
 /// Header RabbitMQ sets on a message it dead-lettered itself (`delivery_limit`, `rejected`…).
 const BROKER_REASON_HEADER: &str = "x-first-death-reason";
@@ -51,17 +51,7 @@ pub async fn watch_dead_letters<H: DeadLetterHandler>(
     let queue_name = cfg.dead_watch_queue(queue);
     while let Some(conn) = connect_with_retry(&cfg, &mut shutdown).await {
         let session = async {
-            let ch = conn.create_channel().await?;
-            declare_topology(&ch, &cfg).await?;
-            ch.basic_qos(PREFETCH, BasicQosOptions::default()).await?;
-            let consumer = ch
-                .basic_consume(
-                    queue_name.as_str().into(),
-                    "".into(),
-                    BasicConsumeOptions::default(),
-                    FieldTable::default(),
-                )
-                .await?;
+            let (_ch, consumer) = open_consumer(&conn, &cfg, &queue_name, PREFETCH, false).await?;
             tracing::info!(queue = %queue_name, "watching dead letters");
             let mut stop = shutdown.clone();
             let deliveries = consumer.take_until(async move {
@@ -93,7 +83,7 @@ pub async fn watch_dead_letters<H: DeadLetterHandler>(
             Ok::<_, BusError>(())
         }
         .await;
-        let _ = conn.close(200, "bye".into()).await;
+        let _ = within(cfg.timeout, "closing", conn.close(200, "bye".into())).await;
         match session {
             Ok(()) if *shutdown.borrow() => return,
             Ok(()) => tracing::warn!(queue = %queue_name, "dead-letter watcher stopped; reconnecting"),
