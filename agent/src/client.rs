@@ -85,8 +85,8 @@ impl Gateway {
         let status = resp.status();
         let body = resp.bytes().await.map_err(|e| Error::Ping(format!("reading the answer: {}", error_chain(&e))))?;
         if status.as_u16() == 401 || status.as_u16() == 403 {
-            let message = crate::identity::answer_message(&String::from_utf8_lossy(&body));
-            return Err(Error::Rejected { what: "ping", status: status.as_u16(), message });
+            let (code, message) = crate::identity::answer_error(&String::from_utf8_lossy(&body));
+            return Err(Error::Rejected { what: "ping", status: status.as_u16(), message, code });
         }
         if status.as_u16() > 300 {
             let text = String::from_utf8_lossy(&body);

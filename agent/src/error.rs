@@ -35,6 +35,8 @@ pub enum Error {
         status: u16,
         /// The gateway's message.
         message: String,
+        /// The gateway's error code (`credential_retired`…), when it sent one.
+        code: Option<String>,
     },
     /// Enrollment could not be done now (gateway unreachable, loading or failing).
     #[error("enrollment failed: {0}")]

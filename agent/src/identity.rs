@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
-use schema::rules::identity::Refusal;
+use schema::rules::identity::RETIRED_CODE;
 use serde::{Deserialize, Serialize};
 
 use crate::client::error_chain;
@@ -127,15 +127,15 @@ pub enum AfterRefusal {
     KeepTrying,
 }
 
-/// The decision after a ping answered `status` with `message`. Only a ping sent with a host
-/// credential can have been refused for a retired credential: a 401 (the gateway does not
-/// know it) or a 403 that says it was revoked or replaced. Other 403s (a group outside the
-/// scope, another host's id) would be refused for the new credential too.
-pub fn after_refusal(status: u16, message: &str, sent_credential: bool, can_enroll: bool) -> AfterRefusal {
+/// The decision after a ping answered `status` with error `code`. Only a ping sent with a
+/// host credential can have been refused for a retired credential: a 401 (the gateway does
+/// not know it) or a 403 with code [`RETIRED_CODE`] (revoked or replaced). Other 403s (a
+/// group outside the scope, another host's id) would be refused for the new credential too.
+pub fn after_refusal(status: u16, code: Option<&str>, sent_credential: bool, can_enroll: bool) -> AfterRefusal {
     let retired = sent_credential
         && match status {
             401 => true,
-            403 => message.contains(&Refusal::Retired.to_string()),
+            403 => code == Some(RETIRED_CODE),
             _ => false,
         };
     if retired && can_enroll { AfterRefusal::ReEnroll } else { AfterRefusal::KeepTrying }
@@ -157,6 +157,7 @@ struct EnrollAnswer {
 /// The API error shape `{"code", "message"}`.
 #[derive(Deserialize)]
 struct ApiError {
+    code: Option<String>,
     message: String,
 }
 
@@ -216,11 +217,11 @@ impl Enroller {
             return Credential::parse(&answer.credential)
                 .map_err(|why| Error::Enroll(format!("the gateway answered no usable credential: {why}")));
         }
-        let message = answer_message(&text);
+        let (code, message) = answer_error(&text);
         if is_transient(status) {
             Err(Error::Enroll(format!("gateway answered HTTP {status}: {message}")))
         } else {
-            Err(Error::Rejected { what: "enrollment", status, message })
+            Err(Error::Rejected { what: "enrollment", status, message, code })
         }
     }
 }
@@ -231,11 +232,11 @@ fn is_transient(status: u16) -> bool {
     status >= 500 || status == 408 || status == 429
 }
 
-/// The `message` of an API error body, else the start of the body.
-pub fn answer_message(body: &str) -> String {
+/// The `code` and `message` of an API error body; else no code, and the start of the body.
+pub fn answer_error(body: &str) -> (Option<String>, String) {
     match serde_json::from_str::<ApiError>(body) {
-        Ok(e) => e.message,
-        Err(_) => body.chars().take(300).collect(),
+        Ok(e) => (e.code, e.message),
+        Err(_) => (None, body.chars().take(300).collect()),
     }
 }
 
@@ -339,32 +340,32 @@ fn advice(e: &Error) -> &'static str {
 mod tests {
     use std::os::unix::fs::PermissionsExt;
 
+    use schema::rules::identity::Refusal;
+
     use super::*;
     use crate::testutil::TempDir;
-
-    fn retired_message() -> String {
-        Refusal::Retired.to_string()
-    }
 
     #[test]
     fn only_a_retired_credential_with_an_enroll_token_re_enrolls() {
         use AfterRefusal::*;
-        let other = Refusal::GroupOutOfScope(schema::GroupName::parse("db").unwrap()).to_string();
-        // (status, message, sent a credential, can enroll) -> decision
-        let table: &[(u16, &str, bool, bool, AfterRefusal)] = &[
-            (403, &retired_message(), true, true, ReEnroll),
-            (401, "unknown, revoked or expired token or credential", true, true, ReEnroll),
-            (403, &retired_message(), true, false, KeepTrying),
-            (401, "unknown", true, false, KeepTrying),
-            (403, &other, true, true, KeepTrying),
-            (403, "this credential belongs to another host id", true, true, KeepTrying),
-            (401, "unknown", false, true, KeepTrying),
-            (403, &retired_message(), false, true, KeepTrying),
-            (503, "the gateway is loading; try again", true, true, KeepTrying),
-            (400, &retired_message(), true, true, KeepTrying),
+        let retired = Some(RETIRED_CODE);
+        let other = Some(Refusal::OtherHost.code());
+        // (status, code, sent a credential, can enroll) -> decision
+        let table: &[(u16, Option<&str>, bool, bool, AfterRefusal)] = &[
+            (403, retired, true, true, ReEnroll),
+            (401, Some("unauthorized"), true, true, ReEnroll),
+            (401, None, true, true, ReEnroll),
+            (403, retired, true, false, KeepTrying),
+            (401, Some("unauthorized"), true, false, KeepTrying),
+            (403, other, true, true, KeepTrying),
+            (403, None, true, true, KeepTrying),
+            (401, Some("unauthorized"), false, true, KeepTrying),
+            (403, retired, false, true, KeepTrying),
+            (503, Some("unavailable"), true, true, KeepTrying),
+            (400, retired, true, true, KeepTrying),
         ];
-        for (status, message, sent, can, want) in table {
-            assert_eq!(after_refusal(*status, message, *sent, *can), *want, "{status} {message} {sent} {can}");
+        for (status, code, sent, can, want) in table {
+            assert_eq!(after_refusal(*status, *code, *sent, *can), *want, "{status} {code:?} {sent} {can}");
         }
     }
 
@@ -424,8 +425,9 @@ mod tests {
 
     #[test]
     fn error_bodies_give_their_message() {
-        assert_eq!(answer_message(r#"{"code":"conflict","message":"already enrolled"}"#), "already enrolled");
-        assert_eq!(answer_message("plain text"), "plain text");
+        let (code, message) = answer_error(r#"{"code":"conflict","message":"already enrolled"}"#);
+        assert_eq!((code.as_deref(), message.as_str()), (Some("conflict"), "already enrolled"));
+        assert_eq!(answer_error("plain text"), (None, "plain text".to_string()));
         assert!(is_transient(503) && is_transient(502) && !is_transient(409) && !is_transient(401));
     }
 }

@@ -152,10 +152,10 @@ impl Agent {
     /// enroll again, moves the credential aside and forgets it (the next round enrolls first).
     /// Answers whether it did.
     pub fn retire_if_refused(&mut self, error: &Error) -> bool {
-        let Error::Rejected { status, message, .. } = error else {
+        let Error::Rejected { status, code, .. } = error else {
             return false;
         };
-        match after_refusal(*status, message, self.credential.is_some(), self.enroller.is_some()) {
+        match after_refusal(*status, code.as_deref(), self.credential.is_some(), self.enroller.is_some()) {
             AfterRefusal::KeepTrying => false,
             AfterRefusal::ReEnroll => {
                 tracing::warn!(status, "the gateway no longer accepts this host's credential; enrolling again");

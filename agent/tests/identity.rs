@@ -54,8 +54,8 @@ async fn ping(State(gw): State<Shared>, headers: HeaderMap) -> (StatusCode, Stri
     gw.seen.push(format!("ping {token}"));
     let current = format!("token thc1~{}~", gw.generation);
     if token.starts_with("token thc1~") && !token.starts_with(&current) {
-        let message = schema::rules::identity::Refusal::Retired.to_string();
-        return (StatusCode::FORBIDDEN, json!({"code": "forbidden", "message": message}).to_string());
+        let refusal = schema::rules::identity::Refusal::Retired;
+        return (StatusCode::FORBIDDEN, json!({"code": refusal.code(), "message": refusal.to_string()}).to_string());
     }
     (StatusCode::OK, String::new())
 }

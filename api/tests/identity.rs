@@ -63,8 +63,9 @@ async fn an_enrolled_host_cannot_be_impersonated() {
     // The host pings with its credential, in any group of its scope.
     ping_as(&app, &gw, &credential, &web1, &["web", "web-canary"]).await.expect(StatusCode::OK);
     // Not as another host, another name, or in a group outside the scope.
-    let (_, m) = ping_as(&app, &gw, &credential, &web2, &["web"]).await.expect_error(StatusCode::FORBIDDEN);
+    let (code, m) = ping_as(&app, &gw, &credential, &web2, &["web"]).await.expect_error(StatusCode::FORBIDDEN);
     assert!(m.contains("another host"), "{m}");
+    assert_eq!(code, "forbidden", "enrolling again would not help: not the retired code");
     let renamed = Host { name: "web-9".into(), ..web1.clone() };
     ping_as(&app, &gw, &credential, &renamed, &["web"]).await.expect_error(StatusCode::FORBIDDEN);
     let (_, m) = ping_as(&app, &gw, &credential, &web1, &["db"]).await.expect_error(StatusCode::FORBIDDEN);
@@ -144,7 +145,9 @@ async fn enrollment_is_refused_outside_its_rules_and_revocation_retires_a_creden
     let second = second["credential"].as_str().unwrap().to_string();
     for g in [&gw, &other] {
         answers(&app, g, &second, &web1, &["web"], StatusCode::OK).await;
-        ping_as(&app, g, &first, &web1, &["web"]).await.expect_error(StatusCode::FORBIDDEN);
+        // The code tells an agent that enrolling again is the way back.
+        let (code, _) = ping_as(&app, g, &first, &web1, &["web"]).await.expect_error(StatusCode::FORBIDDEN);
+        assert_eq!(code, schema::rules::identity::RETIRED_CODE);
     }
     app.get("/v1/host_credentials/i-nope").await.expect_error(StatusCode::NOT_FOUND);
     app.delete("/v1/host_credentials/i-nope").await.expect_error(StatusCode::NOT_FOUND);

@@ -120,7 +120,9 @@ pub(super) async fn ping(
             c.with_label_values(&[refusal.reason()]).inc();
         }
         tracing::debug!(host.id = %host.host_id, reason = refusal.reason(), "ping refused");
-        return ApiError::forbidden(refusal.to_string()).into_response();
+        let mut refused = ApiError::forbidden(refusal.to_string());
+        refused.code = refusal.code();
+        return refused.into_response();
     }
     // Registered before deciding, so a change that lands meanwhile wakes the wait at once.
     let registration = wait

@@ -104,7 +104,7 @@ fn error_schema() -> Value {
         "type": "object",
         "required": ["code", "message"],
         "properties": {
-            "code": {"type": "string", "description": "Stable, machine-readable: bad_request, unauthorized, forbidden, not_found, conflict, payload_too_large, unavailable…"},
+            "code": {"type": "string", "description": "Stable, machine-readable: bad_request, unauthorized, forbidden, not_found, conflict, payload_too_large, unavailable; credential_retired for a ping with a revoked or replaced host credential…"},
             "message": {"type": "string", "description": "For people."}
         }
     })

@@ -63,7 +63,19 @@ pub enum Refusal {
     NameTaken,
 }
 
+/// The error `code` of a ping refused for a retired credential: an agent that can enroll
+/// does so again on seeing it (every other refusal is `forbidden`).
+pub const RETIRED_CODE: &str = "credential_retired";
+
 impl Refusal {
+    /// The error `code` a refused ping answers with.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Refusal::Retired => RETIRED_CODE,
+            _ => "forbidden",
+        }
+    }
+
     /// Label of the refusal in metrics.
     pub fn reason(&self) -> &'static str {
         match self {
