@@ -4,12 +4,12 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::Deploy;
+use crate::model::{Agent, Deploy};
 use crate::rules::goal::{AgentRecord, StageGoal};
 use crate::time::EpochMs;
 use crate::{
-    AcceptanceStatus, AgentState, BuildId, DeployAction, DeployId, EnvId, EnvName, GroupName, HostId, HostName,
-    StageName,
+    AcceptanceStatus, AgentState, AgentStatus, BuildId, DeployAction, DeployId, DeployStage, EnvId, EnvName, GroupName,
+    HostId, HostName, StageName,
 };
 
 /// A deploy command from the API to the workers.
@@ -362,6 +362,133 @@ pub struct DeployEvent {
     pub at: EpochMs,
 }
 
+/// A live update for the deploy board, on the `events` topic exchange (routing key
+/// [`LiveEvent::routing_key`]). Published by workers after their transaction committed, best
+/// effort: a lost one is made up for by the client reloading (the API tells it to, with a
+/// `resync`), so these are never a source of truth.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(tag = "kind")]
+pub enum LiveEvent {
+    /// Agent records of one stage that a report batch, an admission or a host action wrote.
+    #[serde(rename = "live.agents.v1")]
+    AgentsV1(StageAgents),
+    /// The current deploy of one stage after it was evaluated or a command changed it.
+    #[serde(rename = "live.deploy.v1")]
+    DeployV1(StageDeploy),
+}
+
+impl LiveEvent {
+    /// The prefix of every live event's routing key: bind `live.#` for all of them.
+    pub const ROUTING_PREFIX: &'static str = "live";
+
+    /// `live.<what>.<env>.<stage>` (`live.agents.web.prod`, `live.deploy.web.prod`): a consumer
+    /// binds `live.#`, `live.deploy.#` or `live.*.web.prod`. Names hold no dots, so the four
+    /// words are always these.
+    pub fn routing_key(&self) -> String {
+        format!("{}.{}.{}.{}", Self::ROUTING_PREFIX, self.what(), self.env_name(), self.stage_name())
+    }
+
+    /// `agents` or `deploy` (the SSE event name).
+    pub fn what(&self) -> &'static str {
+        match self {
+            LiveEvent::AgentsV1(_) => "agents",
+            LiveEvent::DeployV1(_) => "deploy",
+        }
+    }
+
+    /// The stage's id.
+    pub fn env_id(&self) -> &EnvId {
+        match self {
+            LiveEvent::AgentsV1(a) => &a.env_id,
+            LiveEvent::DeployV1(d) => &d.env_id,
+        }
+    }
+
+    /// The stage's environment.
+    pub fn env_name(&self) -> &EnvName {
+        match self {
+            LiveEvent::AgentsV1(a) => &a.env_name,
+            LiveEvent::DeployV1(d) => &d.env_name,
+        }
+    }
+
+    /// The stage's name.
+    pub fn stage_name(&self) -> &StageName {
+        match self {
+            LiveEvent::AgentsV1(a) => &a.stage_name,
+            LiveEvent::DeployV1(d) => &d.stage_name,
+        }
+    }
+}
+
+/// Agent records of one stage, as [`LiveEvent::AgentsV1`] carries them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StageAgents {
+    /// The stage.
+    pub env_id: EnvId,
+    /// Its environment.
+    pub env_name: EnvName,
+    /// Its name.
+    pub stage_name: StageName,
+    /// The records written, by host name.
+    pub agents: Vec<AgentView>,
+}
+
+/// A stage's current deploy, as [`LiveEvent::DeployV1`] carries it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StageDeploy {
+    /// The stage.
+    pub env_id: EnvId,
+    /// Its environment.
+    pub env_name: EnvName,
+    /// Its name.
+    pub stage_name: StageName,
+    /// The deploy, as `GET /v1/deploys/{id}` answers it.
+    pub deploy: Deploy,
+}
+
+/// What the board shows of one agent record (a row of the host grid).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentView {
+    /// Host.
+    pub host_id: HostId,
+    /// Its name.
+    pub host_name: HostName,
+    /// The deploy the record is about.
+    pub deploy_id: DeployId,
+    /// Step of that deploy.
+    pub deploy_stage: DeployStage,
+    /// Agent state (NORMAL, PAUSED_BY_USER, …).
+    pub state: AgentState,
+    /// Outcome of the step.
+    pub status: AgentStatus,
+    /// Error number of the last report (0: none).
+    pub last_err_no: i32,
+    /// When the record last changed.
+    pub last_update_date: EpochMs,
+    /// The record was removed (the host left the stage); the other fields are its last values.
+    pub removed: bool,
+}
+
+impl From<&Agent> for AgentView {
+    fn from(a: &Agent) -> Self {
+        AgentView {
+            host_id: a.host_id.clone(),
+            host_name: a.host_name.clone(),
+            deploy_id: a.deploy_id.clone(),
+            deploy_stage: a.deploy_stage,
+            state: a.state,
+            status: a.status,
+            last_err_no: a.last_errno,
+            last_update_date: a.last_update_date,
+            removed: false,
+        }
+    }
+}
+
 /// Work for the webhook workers: one message per delivery (the request and its attempts are
 /// in Postgres, so a redelivered message changes nothing once the delivery is settled).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -400,8 +527,39 @@ mod tests {
     }
 
     #[test]
+    fn live_events_name_their_version_and_route_by_stage() {
+        let event = LiveEvent::AgentsV1(StageAgents {
+            env_id: EnvId::parse("e1").unwrap(),
+            env_name: EnvName::parse("web").unwrap(),
+            stage_name: StageName::parse("prod").unwrap(),
+            agents: vec![AgentView {
+                host_id: HostId::parse("i-1").unwrap(),
+                host_name: HostName::parse("web-1").unwrap(),
+                deploy_id: DeployId::parse("d1").unwrap(),
+                deploy_stage: DeployStage::Downloading,
+                state: AgentState::Normal,
+                status: AgentStatus::Succeeded,
+                last_err_no: 0,
+                last_update_date: 7,
+                removed: false,
+            }],
+        });
+        assert_eq!(event.routing_key(), "live.agents.web.prod");
+        let json = serde_json::to_value(&event).unwrap();
+        assert_eq!(json["kind"], "live.agents.v1");
+        assert_eq!(json["envName"], "web");
+        let agent = &json["agents"][0];
+        assert_eq!(agent["hostName"], "web-1");
+        assert_eq!(agent["deployStage"], "DOWNLOADING");
+        assert_eq!(agent["lastErrNo"], 0);
+        assert_eq!(agent["lastUpdateDate"], 7);
+        assert_eq!(serde_json::from_value::<LiveEvent>(json).unwrap(), event);
+    }
+
+    #[test]
     fn unknown_message_kinds_are_refused() {
         assert!(serde_json::from_str::<ReportMessage>(r#"{"kind":"reports.v9"}"#).is_err());
         assert!(serde_json::from_str::<ChangeMessage>(r#"{"kind":"stage.v1"}"#).is_err());
+        assert!(serde_json::from_str::<LiveEvent>(r#"{"kind":"live.agents.v9"}"#).is_err());
     }
 }
