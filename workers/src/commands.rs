@@ -1,21 +1,48 @@
 //! The command consumer: applies deploy commands and replies to the API.
 
 use lapin::options::BasicPublishOptions;
-use schema::bus::{CommandEnvelope, CommandReply};
-use store::Store;
+use schema::bus::{Command, CommandEnvelope, CommandOutcome, CommandReply};
+use schema::time::EpochMs;
+use store::{CommandStage, Store};
 
 use bus::{DeliveryCtx, Disposition, Handler, json_props};
 use schema::time::now_ms;
 
+use crate::live::LiveEvents;
+
 /// Applies commands from the `commands` queue.
 pub struct CommandHandler {
     store: Store,
+    live: LiveEvents,
 }
 
 impl CommandHandler {
     /// A handler on a store.
     pub fn new(store: Store) -> Self {
-        CommandHandler { store }
+        CommandHandler { store, live: LiveEvents::default() }
+    }
+
+    /// The same, telling the board the stage's deploy and the records a command wrote.
+    pub fn with_live(self, live: LiveEvents) -> Self {
+        CommandHandler { live, ..self }
+    }
+
+    /// Reads what an applied command changed and queues it for the board; a failure costs the
+    /// board an update, never the command.
+    async fn tell_the_board(&self, command: &Command, at: EpochMs) {
+        let stage = match command {
+            Command::CreateDeployV1 { env_name, stage_name, .. }
+            | Command::DeployActionV1 { env_name, stage_name, .. }
+            | Command::HostActionV1 { env_name, stage_name, .. }
+            | Command::ResetFailedV1 { env_name, stage_name, .. }
+            | Command::StopHostsV1 { env_name, stage_name, .. }
+            | Command::OverrideScheduleV1 { env_name, stage_name, .. } => CommandStage::Names(env_name, stage_name),
+            Command::UpdateDeployV1 { deploy_id, .. } => CommandStage::OfDeploy(deploy_id),
+        };
+        match self.store.live_after_command(stage, at).await {
+            Ok(events) => self.live.send(events),
+            Err(e) => tracing::debug!(error = %e, "no live event for a command"),
+        }
     }
 }
 
@@ -26,15 +53,17 @@ impl Handler for CommandHandler {
             Ok(e) => e,
             Err(e) => return Disposition::Dead(format!("undecodable command: {e}")),
         };
-        let outcome = match self.store.apply_command(&envelope, now_ms()).await {
+        let now = now_ms();
+        let outcome = match self.store.apply_command(&envelope, now).await {
             Ok(outcome) => outcome,
             Err(e) if e.is_transient() => return Disposition::RetryLater(format!("command {}: {e}", envelope.id)),
             Err(e) => return Disposition::Retry(format!("command {}: {e}", envelope.id)),
         };
         tracing::info!(command.id = %envelope.id, command.kind = envelope.command.kind(), operator = %envelope.operator,
-            ok = matches!(outcome, schema::bus::CommandOutcome::Ok { .. }), "command applied");
+            ok = matches!(outcome, CommandOutcome::Ok { .. }), "command applied");
         // The outcome is committed; a lost reply only makes the API answer 202 and the caller
         // poll the command.
+        let applied = matches!(outcome, CommandOutcome::Ok { .. });
         if let Some(reply_to) = d.properties.reply_to() {
             let reply = CommandReply { command_id: envelope.id.clone(), outcome };
             if let Ok(body) = serde_json::to_vec(&reply) {
@@ -47,6 +76,10 @@ impl Handler for CommandHandler {
                     tracing::warn!(command.id = %envelope.id, error = %e, "could not send the command reply");
                 }
             }
+        }
+        // After the reply, so the caller does not wait for the board.
+        if applied && self.live.is_on() {
+            self.tell_the_board(&envelope.command, now).await;
         }
         Disposition::Ack
     }

@@ -7,6 +7,8 @@
 //! (stuck deploys, silent hosts, retention). Any number of worker processes may run: they
 //! share the queues, Postgres row locks and the leases of the `jobs` table, with no leader.
 //! The webhook consumer ([`webhooks`]) sends what deploys fired, outside every deploy's path.
+//! After their commits, the handlers tell the deploy board what changed ([`live`]), best
+//! effort and never waiting for it.
 //!
 //! Workers never answer HTTP and never hold rollout rules of their own: the rules are the pure
 //! functions of `schema::rules`, applied inside `store` transactions.
@@ -14,6 +16,7 @@
 pub mod commands;
 pub mod dead_letters;
 pub mod jobs;
+pub mod live;
 mod metrics;
 pub mod refresh;
 pub mod relay;
@@ -62,11 +65,12 @@ impl WorkerConfig {
 
 /// Starts every worker task; they stop when `shutdown` turns true.
 pub fn spawn(config: WorkerConfig, store: Store, shutdown: watch::Receiver<bool>, tasks: &mut JoinSet<()>) {
+    let live = live::LiveEvents::spawn(config.bus.clone(), shutdown.clone(), tasks);
     tasks.spawn(bus::consume(
         config.bus.clone(),
         WorkQueue::Commands,
         config.command_prefetch,
-        Arc::new(commands::CommandHandler::new(store.clone())),
+        Arc::new(commands::CommandHandler::new(store.clone()).with_live(live.clone())),
         shutdown.clone(),
     ));
     tasks.spawn(bus::watch_dead_letters(
@@ -75,12 +79,12 @@ pub fn spawn(config: WorkerConfig, store: Store, shutdown: watch::Receiver<bool>
         Arc::new(dead_letters::DeadCommands::new(store.clone())),
         shutdown.clone(),
     ));
-    let refresher = Arc::new(refresh::Refresher::default());
+    let refresher = Arc::new(refresh::Refresher::default().with_live(live.clone()));
     tasks.spawn(bus::consume(
         config.bus.clone(),
         WorkQueue::Reports,
         config.report_prefetch,
-        Arc::new(reports::ReportHandler::new(store.clone(), refresher.clone())),
+        Arc::new(reports::ReportHandler::new(store.clone(), refresher.clone()).with_live(live)),
         shutdown.clone(),
     ));
     {

@@ -4,8 +4,8 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use prometheus::{
-    GaugeVec, HistogramVec, IntCounterVec, IntGaugeVec, register_gauge_vec, register_histogram_vec,
-    register_int_counter_vec, register_int_gauge_vec,
+    GaugeVec, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, register_gauge_vec, register_histogram_vec,
+    register_int_counter, register_int_counter_vec, register_int_gauge_vec,
 };
 
 static RELAYED: LazyLock<Option<IntCounterVec>> = LazyLock::new(|| {
@@ -94,5 +94,31 @@ static WEBHOOK_ATTEMPTS: LazyLock<Option<IntCounterVec>> = LazyLock::new(|| {
 pub(crate) fn webhook_attempt(phase: &'static str, outcome: &'static str) {
     if let Some(m) = WEBHOOK_ATTEMPTS.as_ref() {
         m.with_label_values(&[phase, outcome]).inc();
+    }
+}
+
+static LIVE_PUBLISHED: LazyLock<Option<IntCounter>> = LazyLock::new(|| {
+    register_int_counter!("teletraan_worker_live_events_published_total", "Live events for the board published").ok()
+});
+
+static LIVE_DROPPED: LazyLock<Option<IntCounterVec>> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "teletraan_worker_live_events_dropped_total",
+        "Live events for the board dropped, by reason (queue_full, unpublished, stopped)",
+        &["reason"]
+    )
+    .ok()
+});
+
+pub(crate) fn live_published(n: usize) {
+    if let Some(m) = LIVE_PUBLISHED.as_ref() {
+        m.inc_by(n as u64);
+    }
+}
+
+/// Counts dropped live events; `reason` is `queue_full`, `unpublished` or `stopped`.
+pub(crate) fn live_dropped(reason: &'static str, n: usize) {
+    if let Some(m) = LIVE_DROPPED.as_ref() {
+        m.with_label_values(&[reason]).inc_by(n as u64);
     }
 }

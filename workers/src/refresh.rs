@@ -13,6 +13,8 @@ use tokio::sync::{Notify, watch};
 
 use schema::time::now_ms;
 
+use crate::live::LiveEvents;
+
 /// Pause between rounds while stages remain marked (busy elsewhere or failing).
 const RETRY: Duration = Duration::from_millis(20);
 
@@ -21,9 +23,15 @@ const RETRY: Duration = Duration::from_millis(20);
 pub struct Refresher {
     dirty: Mutex<BTreeSet<EnvId>>,
     wake: Notify,
+    live: LiveEvents,
 }
 
 impl Refresher {
+    /// The same, telling the board each re-evaluated stage's deploy and the hosts it admitted.
+    pub fn with_live(self, live: LiveEvents) -> Self {
+        Refresher { live, ..self }
+    }
+
     /// Marks stages whose agent records changed.
     pub fn mark<'a>(&self, stages: impl IntoIterator<Item = &'a EnvId>) {
         let mut dirty = self.dirty.lock().unwrap_or_else(|p| p.into_inner());
@@ -53,10 +61,10 @@ impl Refresher {
             let mut again = Vec::new();
             for env_id in stages {
                 match store.refresh_stage_if_free(&env_id, now_ms()).await {
-                    Ok(true) => {}
+                    Ok(Some(refreshed)) => self.live.send(refreshed.into_live()),
                     // Another worker holds the stage: it may have counted before our change
                     // committed, so look again shortly.
-                    Ok(false) => again.push(env_id),
+                    Ok(None) => again.push(env_id),
                     Err(e) => {
                         tracing::warn!(env_id = %env_id, error = %e, "stage re-evaluation failed; will retry");
                         again.push(env_id);

@@ -3,9 +3,10 @@
 
 use std::sync::Arc;
 
-use schema::bus::ReportMessage;
+use schema::bus::{LiveEvent, ReportMessage};
 use store::Store;
 
+use crate::live::LiveEvents;
 use crate::refresh::Refresher;
 use bus::{DeliveryCtx, Disposition, Handler};
 
@@ -13,12 +14,18 @@ use bus::{DeliveryCtx, Disposition, Handler};
 pub struct ReportHandler {
     store: Store,
     refresher: Arc<Refresher>,
+    live: LiveEvents,
 }
 
 impl ReportHandler {
     /// A handler on a store; touched stages are handed to `refresher`.
     pub fn new(store: Store, refresher: Arc<Refresher>) -> Self {
-        ReportHandler { store, refresher }
+        ReportHandler { store, refresher, live: LiveEvents::default() }
+    }
+
+    /// The same, telling the board about the records each batch wrote (one event per stage).
+    pub fn with_live(self, live: LiveEvents) -> Self {
+        ReportHandler { live, ..self }
     }
 }
 
@@ -40,6 +47,7 @@ impl Handler for ReportHandler {
         // The batch is stored; the stages it touched are re-evaluated by the refresher, once per
         // round however many batches touch them (a crash before that leaves it to the sweep).
         self.refresher.mark(&applied.stages);
+        self.live.send(applied.live.into_iter().map(LiveEvent::AgentsV1));
         Disposition::Ack
     }
 }

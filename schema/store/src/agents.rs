@@ -1,9 +1,9 @@
 //! Agent records (host x stage): applying gateway reports, admission, and reads.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::SystemTime;
 
-use schema::bus::{AgentControl, AgentUpdate, ChangeMessage, Heartbeat, ReportBatch};
+use schema::bus::{AgentControl, AgentUpdate, AgentView, ChangeMessage, Heartbeat, ReportBatch, StageAgents};
 use schema::model::{Agent, Environ};
 use schema::rules::admission::{self, StageAdmission};
 use schema::rules::constraint::TaggedHost;
@@ -117,11 +117,52 @@ pub(crate) async fn stage_rows(c: &impl GenericClient, env_id: &EnvId) -> Result
     rows.iter().map(agent_row).collect()
 }
 
+/// What the board shows of a record, from a row with the agent columns (`removed`: the row is
+/// what a `DELETE` returned).
+pub(crate) fn view_from_row(r: &Row, removed: bool) -> Result<AgentView> {
+    Ok(AgentView {
+        host_id: get_id(r, "host_id")?,
+        host_name: get_id(r, "host_name")?,
+        deploy_id: get_id(r, "deploy_id")?,
+        deploy_stage: get_parsed(r, "deploy_stage")?,
+        state: get_parsed(r, "state")?,
+        status: get_parsed(r, "status")?,
+        last_err_no: get(r, "last_err_no")?,
+        last_update_date: get_ms(r, "last_update")?,
+        removed,
+    })
+}
+
+/// Adds rows with the agent columns, `env_name` and `stage_name` to their stage's group.
+fn add_to_stages(stages: &mut BTreeMap<EnvId, StageAgents>, rows: &[Row], removed: bool) -> Result<()> {
+    for r in rows {
+        let env_id: EnvId = get_id(r, "env_id")?;
+        let view = view_from_row(r, removed)?;
+        match stages.get_mut(&env_id) {
+            Some(group) => group.agents.push(view),
+            None => {
+                let group = StageAgents {
+                    env_id: env_id.clone(),
+                    env_name: get_id(r, "env_name")?,
+                    stage_name: get_id(r, "stage_name")?,
+                    agents: vec![view],
+                };
+                stages.insert(env_id, group);
+            }
+        }
+    }
+    Ok(())
+}
+
 /// What applying a report batch touched.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AppliedBatch {
     /// Stages whose records changed (to re-evaluate).
     pub stages: BTreeSet<EnvId>,
+    /// The records written or removed, as they are now (removed ones flagged, with their last
+    /// values), one group per stage in stage id order, by host name within a stage: what the
+    /// board is told after the commit. Updates refused as stale are not in it.
+    pub live: Vec<StageAgents>,
     /// Records written.
     pub written: u64,
     /// Records removed.
@@ -132,7 +173,8 @@ pub struct AppliedBatch {
 
 /// Admits the next waiting hosts of a locked stage into its current deploy, within the cap:
 /// their records move to the current deploy at PRE_DOWNLOAD, and the gateways are told.
-pub(crate) async fn admit(c: &impl GenericClient, e: &Environ, now: EpochMs) -> Result<Vec<HostId>> {
+/// Returns the admitted records as they are now.
+pub(crate) async fn admit(c: &impl GenericClient, e: &Environ, now: EpochMs) -> Result<Vec<AgentView>> {
     let Some(deploy_id) = &e.deploy_id else { return Ok(Vec::new()) };
     if e.env_state != EnvState::Normal {
         return Ok(Vec::new());
@@ -249,7 +291,7 @@ pub(crate) async fn admit(c: &impl GenericClient, e: &Environ, now: EpochMs) -> 
     let mut controls = Vec::with_capacity(rows.len());
     for r in &rows {
         let row = agent_row(r)?;
-        admitted.push(row.host_id.clone());
+        admitted.push(view_from_row(r, false)?);
         controls.push(AgentControl { host_id: row.host_id, record: Some(row.record), control_seq: row.control_seq });
     }
     tracing::debug!(env_id = %e.id, deploy_id = %deploy_id, admitted = admitted.len(), cap, active, "admitted hosts");
@@ -281,6 +323,7 @@ impl Store {
         updates.reverse();
 
         let mut applied = AppliedBatch::default();
+        let mut live = BTreeMap::new();
         let (upserts, deletes): (Vec<&AgentUpdate>, Vec<&AgentUpdate>) =
             updates.into_iter().partition(|u| u.record.is_some());
         let mut client = self.client().await?;
@@ -315,9 +358,12 @@ impl Store {
                 control_seq.push(u.control_seq);
                 at.push(ts(u.at));
             }
+            // The rows written (not those refused as stale), with their stage's names for the
+            // board.
             let rows = tx
                 .query(
-                    "INSERT INTO agents AS a (host_id, env_id, host_name, deploy_id, deploy_stage, state, status, start_date,
+                    "WITH written AS (
+                     INSERT INTO agents AS a (host_id, env_id, host_name, deploy_id, deploy_stage, state, status, start_date,
                          last_update, last_operator, last_err_no, fail_count, first_deploy, stage_start_date,
                          container_health_status, control_seq, report_at)
                      SELECT u.host_id, u.env_id, u.host_name, u.deploy_id, u.stage, u.state, u.status, u.at, u.at, 'system',
@@ -354,7 +400,10 @@ impl Store {
                      -- a newer report was stored is refused.
                      WHERE a.control_seq <= EXCLUDED.control_seq
                        AND (a.report_at IS NULL OR a.report_at <= EXCLUDED.report_at)
-                     RETURNING a.env_id",
+                     RETURNING a.host_id, a.env_id, a.host_name, a.deploy_id, a.deploy_stage, a.state, a.status,
+                         a.last_err_no, a.last_update)
+                     SELECT w.*, e.env_name, e.stage_name FROM written w JOIN environs e ON e.env_id = w.env_id
+                     ORDER BY w.env_id, w.host_name, w.host_id",
                     &[
                         &host_id,
                         &host_name,
@@ -377,6 +426,7 @@ impl Store {
             for r in &rows {
                 applied.stages.insert(get_id(r, "env_id")?);
             }
+            add_to_stages(&mut live, &rows, false)?;
 
             // Errors: the latest text per host and stage, for the UI, in one statement.
             let errors: Vec<&&AgentUpdate> = upserts
@@ -405,9 +455,12 @@ impl Store {
         for u in &deletes {
             let rows = tx
                 .query(
-                    "DELETE FROM agents WHERE host_id = $1 AND env_id = $2 AND control_seq <= $4
-                         AND (report_at IS NULL OR report_at <= $3)
-                     RETURNING env_id",
+                    "WITH removed AS (
+                         DELETE FROM agents WHERE host_id = $1 AND env_id = $2 AND control_seq <= $4
+                             AND (report_at IS NULL OR report_at <= $3)
+                         RETURNING host_id, env_id, host_name, deploy_id, deploy_stage, state, status, last_err_no,
+                             last_update)
+                     SELECT r.*, e.env_name, e.stage_name FROM removed r JOIN environs e ON e.env_id = r.env_id",
                     &[&u.host_id.as_str(), &u.env_id.as_str(), &ts(u.at), &u.control_seq],
                 )
                 .await?;
@@ -415,8 +468,14 @@ impl Store {
             for r in &rows {
                 applied.stages.insert(get_id(r, "env_id")?);
             }
+            add_to_stages(&mut live, &rows, true)?;
         }
         tx.commit().await?;
+        applied.live = live.into_values().collect();
+        for stage in &mut applied.live {
+            // Removals were added after the writes.
+            stage.agents.sort_by(|a, b| (&a.host_name, &a.host_id).cmp(&(&b.host_name, &b.host_id)));
+        }
         Ok(applied)
     }
 

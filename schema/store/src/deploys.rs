@@ -1,7 +1,7 @@
 //! Deploys: creating one (with the retirement of the previous one and the first admissions),
 //! evaluating the current one, and reading them.
 
-use schema::bus::DeployEvent;
+use schema::bus::{DeployEvent, StageAgents, StageDeploy};
 use schema::model::{Deploy, Environ, Invalid};
 use schema::rules::acceptance::{self, AcceptanceEvent};
 use schema::rules::deploy_state::{self, DeployFacts, Progress};
@@ -13,6 +13,7 @@ use schema::{
 };
 use tokio_postgres::{GenericClient, Row};
 
+use crate::live::Refreshed;
 use crate::outbox::{Exchange, enqueue};
 use crate::rows::{get, get_id, get_ms, get_opt_id, get_opt_ms, get_opt_parsed, get_parsed, ts};
 use crate::stages::{announce_stage, lock_stage_by_id};
@@ -305,20 +306,40 @@ impl Store {
         self.refresh(env_id, now, false).await.map(|_| ())
     }
 
-    /// Like [`Store::refresh_stage`], but skips (returns `false`) a stage that another
+    /// Like [`Store::refresh_stage`], but skips (returns `None`) a stage that another
     /// transaction is evaluating: for periodic sweeps, which must not queue on busy stages.
-    pub async fn refresh_stage_if_free(&self, env_id: &EnvId, now: EpochMs) -> Result<bool> {
+    /// A stage it evaluated answers what the board is to be told.
+    pub async fn refresh_stage_if_free(&self, env_id: &EnvId, now: EpochMs) -> Result<Option<Refreshed>> {
         self.refresh(env_id, now, true).await
     }
 
-    async fn refresh(&self, env_id: &EnvId, now: EpochMs, skip_locked: bool) -> Result<bool> {
+    async fn refresh(&self, env_id: &EnvId, now: EpochMs, skip_locked: bool) -> Result<Option<Refreshed>> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
-        let Some(e) = lock_stage_by_id(&*tx, env_id, skip_locked).await? else { return Ok(false) };
+        let Some(e) = lock_stage_by_id(&*tx, env_id, skip_locked).await? else { return Ok(None) };
         evaluate_current(&*tx, &e, now).await?;
-        agents::admit(&*tx, &e, now).await?;
+        let admitted = agents::admit(&*tx, &e, now).await?;
+        let deploy = match &e.deploy_id {
+            Some(id) => tx
+                .query_opt(&format!("SELECT {DEPLOY_COLUMNS} FROM deploys WHERE deploy_id = $1"), &[&id.as_str()])
+                .await?
+                .as_ref()
+                .map(deploy_from_row)
+                .transpose()?,
+            None => None,
+        };
         tx.commit().await?;
-        Ok(true)
+        let stage = |e: &Environ| (e.id.clone(), e.env_name.clone(), e.stage_name.clone());
+        Ok(Some(Refreshed {
+            deploy: deploy.map(|deploy| {
+                let (env_id, env_name, stage_name) = stage(&e);
+                StageDeploy { env_id, env_name, stage_name, deploy }
+            }),
+            admitted: (!admitted.is_empty()).then(|| {
+                let (env_id, env_name, stage_name) = stage(&e);
+                StageAgents { env_id, env_name, stage_name, agents: admitted }
+            }),
+        }))
     }
 
     /// Stages with a current deploy that is still active (for the periodic evaluation).

@@ -27,8 +27,8 @@ impl Job for DeployState {
                 }
                 // One stage failing does not starve the others.
                 match ctx.store.refresh_stage_if_free(env_id, schema::time::now_ms()).await {
-                    Ok(true) => done += 1,
-                    Ok(false) => busy += 1,
+                    Ok(Some(_)) => done += 1,
+                    Ok(None) => busy += 1,
                     Err(e) => failed.add(NAME, env_id, e),
                 }
             }
