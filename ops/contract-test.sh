@@ -69,12 +69,15 @@ build=$(curl -fsS -H "Authorization: token $admin" "http://127.0.0.1:$api_port/v
 call POST "/v1/envs/contract/prod/deploys?buildId=$build"
 
 # The ping and the enrollment live on the gateway's listener; they are checked against it.
+# `GET /v1/events` answers a stream of server-sent events that ends only when the client
+# leaves: schemathesis reads a whole body, so it would wait for it forever (api/tests/events.rs
+# covers the route instead).
 status=0
 "$st" run "http://127.0.0.1:$api_port/openapi.json" \
     --header "Authorization: token $admin" \
     --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,response_headers_conformance \
     --max-examples "$examples" \
-    --exclude-path /v1/system/ping --exclude-path /v1/system/enroll \
+    --exclude-path /v1/system/ping --exclude-path /v1/system/enroll --exclude-path /v1/events \
     --seed 1 \
     || status=$?
 if [ "$status" -ne 0 ]; then

@@ -11,6 +11,7 @@
 pub mod auth;
 pub mod created;
 pub mod error;
+pub mod events;
 pub mod extract;
 pub mod gateway;
 pub mod health;
@@ -57,7 +58,9 @@ async fn openapi_json() -> Response {
 
 /// Answers 503 for a request still running after `limit` (its handler is dropped: an open
 /// transaction rolls back). Every dependency call has a bound of its own; this one catches a
-/// server that accepted a query or a message and then said nothing.
+/// server that accepted a query or a message and then said nothing. It bounds the time to the
+/// answer's head: `next.run` returns once the handler has made its response, so a streamed
+/// body (`GET /v1/events`) is sent after the deadline is gone.
 async fn within_deadline(State(limit): State<Duration>, request: Request, next: Next) -> Response {
     let (method, path) = (request.method().clone(), request.uri().path().to_string());
     match tokio::time::timeout(limit, next.run(request)).await {

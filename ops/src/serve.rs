@@ -114,12 +114,15 @@ pub async fn start(settings: &Settings, roles: Roles, generate_tokens: bool) -> 
             .await
             .with_context(|| format!("cannot listen on {} (api)", settings.api_listen))?;
         api_addr = Some(listener.local_addr()?);
+        let events = api::events::Hub::default();
+        events.spawn_feed(bus.clone(), shutdown_rx.clone(), &mut tasks);
         let state = api::rest::ApiState {
             store: store.clone(),
             commands: Arc::new(bus::rpc::CommandClient::new(bus.clone())),
             artifacts: Arc::new(settings.artifacts.clone()),
             command_wait: settings.command_wait,
             request_timeout: settings.request_timeout,
+            events,
         };
         let router = api::api_router(state, settings.trusted.clone());
         tasks.spawn(serve(listener, tls.clone(), router, shutdown_rx.clone(), "api"));

@@ -38,6 +38,9 @@ pub enum AnswerBody {
     Json(fn(&mut SchemaGenerator) -> Schema),
     /// Plain text.
     Text,
+    /// Server-sent events (`text/event-stream`) that go on until the client leaves; the text
+    /// says what they are.
+    EventStream(&'static str),
 }
 
 impl Answer {
@@ -50,7 +53,20 @@ impl Answer {
     pub fn empty(status: u16) -> Answer {
         Answer { status, body: AnswerBody::Empty }
     }
+
+    /// A stream of server-sent events (`GET /v1/events`).
+    pub fn event_stream(status: u16) -> Answer {
+        Answer { status, body: AnswerBody::EventStream(EVENT_STREAM) }
+    }
 }
+
+/// What `GET /v1/events` sends, for the contract (docs/events.md has it all).
+const EVENT_STREAM: &str = "Server-sent events until the client leaves: `event: agents` (`data`: \
+    `{envId, envName, stageName, agents: [{hostId, hostName, deployId, deployStage, state, status, lastErrNo, \
+    lastUpdateDate, removed}]}`) and `event: deploy` (`data`: `{envId, envName, stageName, deploy}`, the deploy \
+    as `GET /v1/deploys/{id}` answers it), each with an increasing `id`; `event: resync` (`data`: `{reason}`) \
+    when events may have been lost: reload what is shown. A `: keep-alive` comment every 15 s. No replay: a \
+    request with `Last-Event-ID` gets a `resync` first. See docs/events.md.";
 
 /// The answer of a command that a worker did not finish in time: 202 with the command's
 /// status and its URL in `Location` (`GET /v1/commands/{id}`).
@@ -205,6 +221,9 @@ fn operation(op: &Operation, schemas: &mut Schemas) -> Value {
             AnswerBody::Empty => json!({"description": "Done; no body."}),
             AnswerBody::Text => {
                 json!({"description": "Plain text.", "content": {"text/plain": {"schema": {"type": "string"}}}})
+            }
+            AnswerBody::EventStream(description) => {
+                json!({"description": description, "content": {"text/event-stream": {"schema": {"type": "string"}}}})
             }
             AnswerBody::Json(schema) => json!({
                 "description": if answer.status == 202 { "Accepted: the command is queued and not done yet; poll the Location." } else { "Success." },

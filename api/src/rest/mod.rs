@@ -7,6 +7,7 @@ mod builds;
 mod commands;
 mod deploys;
 mod envs;
+mod events;
 mod freeze;
 mod history;
 mod hosts;
@@ -47,8 +48,11 @@ pub struct ApiState {
     pub command_wait: Duration,
     /// Longest any request may take before it answers 503: the bound of last resort on a
     /// dependency that accepted a query or a message and never answered. Longer than
-    /// `command_wait` and the broker's confirms, so that a deploy is never cut short.
+    /// `command_wait` and the broker's confirms, so that a deploy is never cut short. It bounds
+    /// the time to the answer's head: a stream (`GET /v1/events`) goes on after it.
     pub request_timeout: Duration,
+    /// Live events for `GET /v1/events` (the default hub is fed by nothing).
+    pub events: crate::events::Hub,
 }
 
 impl FromRef<ApiState> for Store {
@@ -207,6 +211,7 @@ routes! {
     GET "/v1/agents/{host}" => hosts::agents_named, READ;
     GET "/v1/agents/id/{host}" => hosts::agents_with_id, READ;
     GET "/v1/history" => history::search, READ;
+    GET "/v1/events" => events::stream, READ, [Answer::event_stream(200)];
     GET "/v1/host_credentials" => identity::list, READ;
     GET "/v1/host_credentials/{host}" => identity::get, READ;
     DELETE "/v1/host_credentials/{host}" => identity::revoke, ADMINISTER;

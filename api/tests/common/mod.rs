@@ -48,6 +48,8 @@ pub struct App {
     pub agent_token: String,
     /// The test's database.
     pub store: Store,
+    /// The API's live events, fed from the test's namespace.
+    pub events: api::events::Hub,
     /// The HTTP client.
     pub http: reqwest::Client,
     shutdown: watch::Sender<bool>,
@@ -70,13 +72,19 @@ pub async fn spawn_app_with(tune: impl FnOnce(&mut WorkerConfig)) -> App {
 
 /// Like [`spawn_app_with`], the API trusting an SSO proxy's headers as `trusted` says.
 pub async fn spawn_app_trusting(tune: impl FnOnce(&mut WorkerConfig), trusted: TrustedHeaders) -> App {
-    start(tune, trusted, None, ArtifactPolicy::default()).await
+    start(tune, trusted, None, ArtifactPolicy::default(), None).await
+}
+
+/// Like [`spawn_app`], the API answering 503 to a request that has not answered within
+/// `request_timeout` (deploys wait for their worker half of it).
+pub async fn spawn_app_with_request_timeout(request_timeout: Duration) -> App {
+    start(|_| {}, TrustedHeaders::default(), None, ArtifactPolicy::default(), Some(request_timeout)).await
 }
 
 /// Like [`spawn_app`], the API applying `artifacts` to published builds instead of the
 /// production default (no allow-list, no `file://`, `artifactSha256` required).
 pub async fn spawn_app_with_artifacts(artifacts: ArtifactPolicy) -> App {
-    start(|_| {}, TrustedHeaders::default(), None, artifacts).await
+    start(|_| {}, TrustedHeaders::default(), None, artifacts, None).await
 }
 
 /// Where the API and the gateway reach Postgres and RabbitMQ instead of directly (the
@@ -96,7 +104,7 @@ pub struct Detour {
 /// Like [`spawn_app`], with the API and the gateway reaching Postgres and RabbitMQ through
 /// `detour` (the workers and the test's own store connect directly).
 pub async fn spawn_app_through(detour: &Detour) -> App {
-    start(|_| {}, TrustedHeaders::default(), Some(detour), ArtifactPolicy::default()).await
+    start(|_| {}, TrustedHeaders::default(), Some(detour), ArtifactPolicy::default(), None).await
 }
 
 async fn start(
@@ -104,6 +112,7 @@ async fn start(
     trusted: TrustedHeaders,
     detour: Option<&Detour>,
     artifacts: ArtifactPolicy,
+    request_timeout: Option<Duration>,
 ) -> App {
     let db = TestDatabase::new().await;
     let bus = TestBus::new();
@@ -149,21 +158,36 @@ async fn start(
     let api = format!("http://{}", listener.local_addr().expect("api address"));
     // Generous: a deploy answered 202 because a loaded machine was slow is not what these
     // tests are about.
-    let (command_wait, request_timeout) = match detour {
-        None => (Duration::from_secs(20), Duration::from_secs(120)),
-        Some(d) => (d.request_timeout / 2, d.request_timeout),
+    let (command_wait, request_timeout) = match (detour, request_timeout) {
+        (Some(d), _) => (d.request_timeout / 2, d.request_timeout),
+        (None, Some(t)) => (t / 2, t),
+        (None, None) => (Duration::from_secs(20), Duration::from_secs(120)),
     };
+    let events = api::events::Hub::default();
+    events.spawn_feed(role_bus.clone(), shutdown_rx.clone(), &mut tasks);
     let state = ApiState {
         store: role_store,
         commands: Arc::new(CommandClient::new(role_bus)),
         artifacts: Arc::new(artifacts),
         command_wait,
         request_timeout,
+        events: events.clone(),
     };
     tasks.spawn(serve(listener, api::api_router(state, trusted), shutdown_rx));
 
-    let app =
-        App { api, gateway, admin_token, agent_token, store, http: reqwest::Client::new(), shutdown, tasks, bus, db };
+    let app = App {
+        api,
+        gateway,
+        admin_token,
+        agent_token,
+        store,
+        events,
+        http: reqwest::Client::new(),
+        shutdown,
+        tasks,
+        bus,
+        db,
+    };
     let ready = format!("{}/readyz", app.gateway);
     eventually("the gateway to be ready", || {
         let (http, ready) = (&app.http, &ready);
