@@ -95,3 +95,49 @@ async fn run(publisher: Arc<Publisher>, mut rx: mpsc::Receiver<LiveEvent>, mut s
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use schema::bus::{AgentView, StageAgents};
+    use schema::{AgentState, AgentStatus, DeployId, DeployStage, EnvId, EnvName, HostId, HostName, StageName};
+
+    use super::*;
+
+    fn event(n: i64) -> LiveEvent {
+        LiveEvent::AgentsV1(StageAgents {
+            env_id: EnvId::parse("e1").unwrap(),
+            env_name: EnvName::parse("web").unwrap(),
+            stage_name: StageName::parse("prod").unwrap(),
+            agents: vec![AgentView {
+                host_id: HostId::parse("i-1").unwrap(),
+                host_name: HostName::parse("h1").unwrap(),
+                deploy_id: DeployId::parse("d1").unwrap(),
+                deploy_stage: DeployStage::Staging,
+                state: AgentState::Normal,
+                status: AgentStatus::Succeeded,
+                last_err_no: 0,
+                last_update_date: n,
+                removed: false,
+            }],
+        })
+    }
+
+    #[test]
+    fn a_handler_never_waits_for_the_board_a_full_queue_drops_what_comes_after() {
+        // Nobody empties the queue (the broker is gone): sending returns at once, whatever it
+        // is asked to send, and keeps the first events.
+        let (tx, mut rx) = mpsc::channel(2);
+        let live = LiveEvents { queue: Some(tx) };
+        live.send((0..100).map(event));
+        assert_eq!(rx.try_recv().unwrap(), event(0));
+        assert_eq!(rx.try_recv().unwrap(), event(1));
+        assert!(rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn the_default_sends_nothing() {
+        let live = LiveEvents::default();
+        assert!(!live.is_on());
+        live.send([event(0)]);
+    }
+}
