@@ -84,7 +84,7 @@ pub fn spawn(config: WorkerConfig, store: Store, shutdown: watch::Receiver<bool>
         config.bus.clone(),
         WorkQueue::Reports,
         config.report_prefetch,
-        Arc::new(reports::ReportHandler::new(store.clone(), refresher.clone()).with_live(live)),
+        Arc::new(reports::ReportHandler::new(store.clone(), refresher.clone()).with_live(live.clone())),
         shutdown.clone(),
     ));
     {
@@ -105,5 +105,5 @@ pub fn spawn(config: WorkerConfig, store: Store, shutdown: watch::Receiver<bool>
         Err(e) => tracing::error!(error = %e, "no HTTP client for webhooks; this worker sends none"),
     }
     tasks.spawn(relay::run(store.clone(), config.database_url.clone(), config.bus.clone(), shutdown.clone()));
-    tasks.spawn(jobs::run(store, config.jobs, jobs::worker_name(), shutdown, Duration::from_secs(10)));
+    tasks.spawn(jobs::run(store, config.jobs, live, jobs::worker_name(), shutdown, Duration::from_secs(10)));
 }

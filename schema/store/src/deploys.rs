@@ -189,6 +189,14 @@ pub(crate) async fn create(c: &impl GenericClient, mut e: Environ, new: NewDeplo
     Ok(deploy)
 }
 
+/// The current deploy of a stage, as stored now.
+async fn current_of(c: &impl GenericClient, e: &Environ) -> Result<Option<Deploy>> {
+    let Some(id) = &e.deploy_id else { return Ok(None) };
+    let row =
+        c.query_opt(&format!("SELECT {DEPLOY_COLUMNS} FROM deploys WHERE deploy_id = $1"), &[&id.as_str()]).await?;
+    row.as_ref().map(deploy_from_row).transpose()
+}
+
 /// Counts the agent records that make a deploy's progress, and the hosts that finished it
 /// (serving it, or held or failed on it: what ends a schedule's session).
 async fn progress(c: &impl GenericClient, env_id: &EnvId, deploy_id: &DeployId) -> Result<(Progress, u32)> {
@@ -317,20 +325,14 @@ impl Store {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         let Some(e) = lock_stage_by_id(&*tx, env_id, skip_locked).await? else { return Ok(None) };
+        let before = current_of(&*tx, &e).await?;
         evaluate_current(&*tx, &e, now).await?;
         let admitted = agents::admit(&*tx, &e, now).await?;
-        let deploy = match &e.deploy_id {
-            Some(id) => tx
-                .query_opt(&format!("SELECT {DEPLOY_COLUMNS} FROM deploys WHERE deploy_id = $1"), &[&id.as_str()])
-                .await?
-                .as_ref()
-                .map(deploy_from_row)
-                .transpose()?,
-            None => None,
-        };
+        let deploy = current_of(&*tx, &e).await?;
         tx.commit().await?;
         let stage = |e: &Environ| (e.id.clone(), e.env_name.clone(), e.stage_name.clone());
         Ok(Some(Refreshed {
+            deploy_changed: deploy != before,
             deploy: deploy.map(|deploy| {
                 let (env_id, env_name, stage_name) = stage(&e);
                 StageDeploy { env_id, env_name, stage_name, deploy }

@@ -17,6 +17,8 @@ use crate::{Result, Store};
 pub struct Refreshed {
     /// The stage's current deploy after the evaluation (none before its first deploy).
     pub deploy: Option<StageDeploy>,
+    /// Whether the evaluation changed the deploy (its state, progress, verdict, last update).
+    pub deploy_changed: bool,
     /// The hosts it admitted, as they are now (none when it admitted nobody).
     pub admitted: Option<StageAgents>,
 }

@@ -109,17 +109,21 @@ async fn a_refresh_returns_the_deploy_and_the_hosts_it_admitted() {
     s.apply_report_batch(&batch).await.unwrap();
     let d2 = deploy(s, "c2", "web", "prod", &b2.id, NOW + 2).await;
 
-    // Nothing changed since the deploy admitted its first host: the deploy, nobody admitted.
+    // The deploy admitted its first host when it was made: the deploy, nobody more admitted.
     let refreshed = s.refresh_stage_if_free(&e.id, NOW + 3).await.unwrap().expect("the stage is free");
     let deploy = refreshed.deploy.as_ref().expect("a current deploy");
     assert_eq!((deploy.deploy.id.clone(), deploy.stage_name.as_str()), (d2.id.clone(), "prod"));
     assert_eq!(refreshed.admitted, None);
+    // Again at once: nothing moved.
+    let again = s.refresh_stage_if_free(&e.id, NOW + 3).await.unwrap().expect("the stage is free");
+    assert!(!again.deploy_changed, "{again:?}");
 
     // The admitted host finishes: the next one is admitted, and told.
     let admitted = s.agents_of_stage(&e.id).await.unwrap().into_iter().find(|a| a.deploy_id == d2.id).unwrap();
     let done = AgentUpdate { control_seq: 1, ..update(admitted.host_id.as_str(), &e.id, serving(&d2.id), NOW + 4) };
     s.apply_report_batch(&ReportBatch { agents: vec![done], ..Default::default() }).await.unwrap();
     let refreshed = s.refresh_stage_if_free(&e.id, NOW + 5).await.unwrap().expect("the stage is free");
+    assert!(refreshed.deploy_changed, "one host more succeeded");
     let next = refreshed.admitted.clone().expect("one more admitted");
     assert_eq!(next.agents.len(), 1);
     assert_ne!(next.agents[0].host_id, admitted.host_id);

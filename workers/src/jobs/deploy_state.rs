@@ -2,15 +2,17 @@
 //! clock moves even when no agent reports: a deploy that stopped progressing turns FAILING
 //! (`stuckThreshold`), a schedule's cooldown ends, a verdict that did not come in time
 //! rejects the deploy, and waiting hosts are admitted. Teletraan's StateTransitioner. A stage
-//! another worker is evaluating right now is skipped, not waited for.
+//! another worker is evaluating right now is skipped, not waited for. The board is told of a
+//! deploy this moved and of the hosts it admitted; a stage where nothing moved sends nothing.
 
 use super::{Job, JobCtx, JobFuture};
+use crate::live::LiveEvents;
 
 /// The job's name.
 pub const NAME: &str = "deploy-state";
 
-/// The job.
-pub struct DeployState;
+/// The job, telling the board what it changed.
+pub struct DeployState(pub LiveEvents);
 
 impl Job for DeployState {
     fn name(&self) -> &'static str {
@@ -27,7 +29,12 @@ impl Job for DeployState {
                 }
                 // One stage failing does not starve the others.
                 match ctx.store.refresh_stage_if_free(env_id, schema::time::now_ms()).await {
-                    Ok(Some(_)) => done += 1,
+                    Ok(Some(refreshed)) => {
+                        done += 1;
+                        if refreshed.deploy_changed || refreshed.admitted.is_some() {
+                            self.0.send(refreshed.into_live());
+                        }
+                    }
                     Ok(None) => busy += 1,
                     Err(e) => failed.add(NAME, env_id, e),
                 }

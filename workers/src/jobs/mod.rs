@@ -27,6 +27,7 @@ use store::{JobClaim, Store};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::live::LiveEvents;
 use crate::metrics;
 
 /// What a job's run returns: a summary for `job_runs` (`"marked 2 hosts unreachable"`).
@@ -126,10 +127,11 @@ impl JobsConfig {
         Ok(())
     }
 
-    /// The jobs this process runs, with their periods.
-    pub fn jobs(&self) -> Vec<(Arc<dyn Job>, Duration)> {
+    /// The jobs this process runs, with their periods; those that change what the board
+    /// shows tell it through `live`.
+    pub fn jobs(&self, live: &LiveEvents) -> Vec<(Arc<dyn Job>, Duration)> {
         let all: Vec<Arc<dyn Job>> = vec![
-            Arc::new(deploy_state::DeployState),
+            Arc::new(deploy_state::DeployState(live.clone())),
             Arc::new(auto_promote::AutoPromote),
             Arc::new(host_janitor::HostJanitor(self.janitor)),
             Arc::new(retention::DeployRetention(self.retention)),
@@ -195,16 +197,17 @@ pub fn worker_name() -> String {
 }
 
 /// Runs due jobs until `shutdown` turns true; running jobs get `grace` to finish, then their
-/// leases are left to expire.
+/// leases are left to expire. Jobs tell the board what they changed through `live`.
 pub async fn run(
     store: Store,
     config: JobsConfig,
+    live: LiveEvents,
     worker: String,
     mut shutdown: watch::Receiver<bool>,
     grace: Duration,
 ) {
     let jobs: BTreeMap<&'static str, (Arc<dyn Job>, Duration)> =
-        config.jobs().into_iter().map(|(j, p)| (j.name(), (j, p))).collect();
+        config.jobs(&live).into_iter().map(|(j, p)| (j.name(), (j, p))).collect();
     if jobs.is_empty() {
         return;
     }
@@ -365,7 +368,7 @@ mod tests {
         c.set_periods("host-janitor=5s, deploy-retention=off").unwrap();
         assert_eq!(c.periods["host-janitor"], Some(Duration::from_secs(5)));
         assert_eq!(c.periods["deploy-retention"], None);
-        assert!(!c.jobs().iter().any(|(j, _)| j.name() == "deploy-retention"));
+        assert!(!c.jobs(&LiveEvents::default()).iter().any(|(j, _)| j.name() == "deploy-retention"));
         assert!(c.set_periods("janitor=5s").unwrap_err().contains("unknown job \"janitor\""));
         assert!(c.set_periods("host-janitor").unwrap_err().contains("name=duration"));
         assert!(c.set_periods("host-janitor=1ms").unwrap_err().contains("at least 100ms"));
@@ -374,7 +377,7 @@ mod tests {
     #[test]
     fn every_job_has_a_default_period() {
         let c = JobsConfig::default();
-        let names: Vec<&str> = c.jobs().iter().map(|(j, _)| j.name()).collect();
+        let names: Vec<&str> = c.jobs(&LiveEvents::default()).iter().map(|(j, _)| j.name()).collect();
         assert_eq!(names.len(), c.periods.len(), "{names:?}");
     }
 }
