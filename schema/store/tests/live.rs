@@ -11,7 +11,7 @@ use store::testing::TestDatabase;
 
 mod common;
 
-use common::*;
+use common::{NOW, build, deploy, id, serving, stage, update};
 
 fn removal(host: &str, env: &EnvId, at: i64) -> AgentUpdate {
     AgentUpdate { record: None, ..update(host, env, serving(&id("d_none")), at) }
