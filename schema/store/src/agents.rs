@@ -491,6 +491,29 @@ impl Store {
         rows.iter().map(agent_from_row).collect()
     }
 
+    /// One page of a stage's records by host name (`offset` records skipped, at most `limit`),
+    /// and how many records the stage has: the board's grid reads no more than it shows.
+    pub async fn agents_page(&self, env_id: &EnvId, offset: i64, limit: i64) -> Result<(Vec<Agent>, i64)> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT {AGENT_COLUMNS}, count(*) OVER () AS total FROM agents WHERE env_id = $1
+                     ORDER BY host_name, host_id LIMIT $2 OFFSET $3"
+                ),
+                &[&env_id.as_str(), &limit, &offset],
+            )
+            .await?;
+        let total = match rows.first() {
+            Some(r) => get::<i64>(r, "total")?,
+            // Past the last page: count alone.
+            None => {
+                client.query_one("SELECT count(*) FROM agents WHERE env_id = $1", &[&env_id.as_str()]).await?.get(0)
+            }
+        };
+        Ok((rows.iter().map(agent_from_row).collect::<Result<_>>()?, total))
+    }
+
     /// Every stage's record of the hosts of this name (`GET /v1/agents/{hostName}`), or of the
     /// host of this id (`GET /v1/agents/id/{hostId}`).
     pub async fn agents_of_host(&self, name: Option<&HostName>, id: Option<&HostId>) -> Result<Vec<Agent>> {

@@ -402,6 +402,15 @@ impl Store {
         }
     }
 
+    /// The deploys of these ids (for the board's list of stages: one query for all).
+    pub async fn deploys_with_ids(&self, ids: &[DeployId]) -> Result<Vec<Deploy>> {
+        let ids: Vec<&str> = ids.iter().map(DeployId::as_str).collect();
+        let client = self.client().await?;
+        let rows =
+            client.query(&format!("SELECT {DEPLOY_COLUMNS} FROM deploys WHERE deploy_id = ANY($1)"), &[&ids]).await?;
+        rows.iter().map(deploy_from_row).collect()
+    }
+
     /// Deploys of a stage, newest first.
     pub async fn deploys_of_stage(&self, env_id: &EnvId, limit: i64) -> Result<Vec<Deploy>> {
         let client = self.client().await?;

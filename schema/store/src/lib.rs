@@ -61,7 +61,7 @@ pub use live::{CommandStage, Refreshed};
 pub use migrate::MIGRATIONS;
 pub use outbox::{Exchange, OutboxMessage};
 pub use promotes::PromoteOutcome;
-pub use reads::{AgentCount, DeployPage, DeployProgress, DeploySearch, HostSummary};
+pub use reads::{AgentCount, AgentTally, DeployPage, DeployProgress, DeploySearch, HostSummary};
 pub use stages::{StageFilter, StageKey, StageMap};
 pub use tokens::{GatewayToken, NewToken, TokenInfo, TokenKind, TokenOwner, hash_token, new_secret};
 pub use webhooks::{AttemptRecord, ClaimedDelivery, DeliveryClaim};

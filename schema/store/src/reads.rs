@@ -2,11 +2,11 @@
 
 use schema::model::{Agent, Deploy};
 use schema::time::EpochMs;
-use schema::{EnvId, EnvName, StageName};
+use schema::{AgentState, AgentStatus, DeployId, DeployStage, EnvId, EnvName, StageName};
 use serde::Serialize;
 
 use crate::deploys::{DEPLOY_COLUMNS, deploy_from_row};
-use crate::rows::{get, get_ms, ts};
+use crate::rows::{get, get_id, get_ms, get_parsed, ts};
 use crate::{Result, Store};
 
 /// Filters of `GET /v1/deploys` (Teletraan's search); empty lists filter nothing.
@@ -32,6 +32,8 @@ pub struct DeploySearch {
     pub repo: Option<String>,
     /// Deploys of builds of this branch.
     pub branch: Option<String>,
+    /// Deploys of this build.
+    pub build_id: Option<String>,
     /// Started before (ms).
     pub before: Option<EpochMs>,
     /// Started after (ms).
@@ -83,6 +85,21 @@ pub struct DeployProgress {
     pub provisioning_hosts: Vec<HostSummary>,
 }
 
+/// How many records of a stage are alike: the board counts hosts by kind from these.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentTally {
+    /// Their state.
+    pub state: AgentState,
+    /// Their last step's outcome.
+    pub status: AgentStatus,
+    /// Their step.
+    pub deploy_stage: DeployStage,
+    /// Their deploy.
+    pub deploy_id: DeployId,
+    /// How many.
+    pub count: i64,
+}
+
 /// What `GET …/agents/count?actionType=` counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AgentCount {
@@ -124,6 +141,7 @@ impl Store {
                        AND ($13::timestamptz IS NULL OR b.commit_date >= $13)
                        AND ($9::text IS NULL OR b.scm_repo = $9)
                        AND ($10::text IS NULL OR b.scm_branch = $10)
+                       AND ($14::text IS NULL OR d.build_id = $14)
                      ORDER BY d.start_date {order}, d.deploy_id
                      LIMIT $11 OFFSET $12"
                 ),
@@ -141,6 +159,7 @@ impl Store {
                     &q.page_size,
                     &offset,
                     &q.commit_date.map(ts),
+                    &q.build_id,
                 ],
             )
             .await?;
@@ -151,6 +170,30 @@ impl Store {
         let deploys = rows.iter().map(deploy_from_row).collect::<Result<Vec<_>>>()?;
         let truncated = offset + (deploys.len() as i64) < total;
         Ok(DeployPage { deploys, deploy_tags: serde_json::Map::new(), total, truncated })
+    }
+
+    /// The records of a stage grouped by state, outcome, step and deploy (a few rows however
+    /// many hosts: what the board's live summary counts).
+    pub async fn agent_tallies(&self, env_id: &EnvId) -> Result<Vec<AgentTally>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT state, status, deploy_stage, deploy_id, count(*) AS n FROM agents WHERE env_id = $1
+                 GROUP BY state, status, deploy_stage, deploy_id",
+                &[&env_id.as_str()],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(AgentTally {
+                    state: get_parsed(r, "state")?,
+                    status: get_parsed(r, "status")?,
+                    deploy_stage: get_parsed(r, "deploy_stage")?,
+                    deploy_id: get_id(r, "deploy_id")?,
+                    count: get(r, "n")?,
+                })
+            })
+            .collect()
     }
 
     /// How many deploys started at or after `since` (`GET /v1/deploys/dailycount` passes the

@@ -166,3 +166,29 @@ async fn after_a_command_the_board_gets_the_deploy_and_the_records_it_stamped() 
     let gone = s.live_after_command(CommandStage::Names(&env, &id("nope")), NOW + 3).await.unwrap();
     assert!(gone.is_empty());
 }
+
+#[tokio::test]
+async fn the_board_reads_a_page_of_records_and_counts_them_grouped() {
+    let db = TestDatabase::new().await;
+    let s = &db.store;
+    let prod = stage(s, "web", "prod", "{}").await;
+    let b1 = build(s, "web").await;
+    let d1 = deploy(s, "c1", "web", "prod", &b1.id, NOW).await;
+    let hosts: Vec<String> = (1..=5).map(|i| format!("h{i}")).collect();
+    let batch = ReportBatch {
+        agents: hosts.iter().map(|h| update(h, &prod.id, serving(&d1.id), NOW + 1)).collect(),
+        ..Default::default()
+    };
+    s.apply_report_batch(&batch).await.unwrap();
+
+    let (page, total) = s.agents_page(&prod.id, 2, 2).await.unwrap();
+    assert_eq!(total, 5);
+    let names: Vec<&str> = page.iter().map(|a| a.host_name.as_str()).collect();
+    assert_eq!(names, ["h3", "h4"], "by host name, after the offset");
+    let (past, total) = s.agents_page(&prod.id, 10, 2).await.unwrap();
+    assert!(past.is_empty() && total == 5, "past the end: no record, still the count");
+
+    let tallies = s.agent_tallies(&prod.id).await.unwrap();
+    assert_eq!(tallies.iter().map(|t| t.count).sum::<i64>(), 5);
+    assert!(tallies.iter().all(|t| t.deploy_id == d1.id && t.deploy_stage == DeployStage::ServingBuild));
+}
