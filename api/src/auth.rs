@@ -213,14 +213,19 @@ async fn identify(s: &AuthState, headers: &HeaderMap, peer: Option<IpAddr>) -> R
     Err(ApiError::unauthorized("missing credentials: send 'Authorization: token <token>'"))
 }
 
+/// The principal of a request's credentials (a token, or the SSO proxy's headers from one
+/// of its addresses), with its grants; 401 without credentials or with a bad token.
+pub async fn principal(s: &AuthState, headers: &HeaderMap, peer: Option<IpAddr>) -> Result<Principal, ApiError> {
+    let (name, groups) = identify(s, headers, peer).await?;
+    let grants = s.store.grants_of(&name, &groups).await?;
+    Ok(Principal { name, grants })
+}
+
 /// Middleware of the REST API: identifies the caller, loads its grants, and checks what the
 /// matched route needs; the handler finds the [`Principal`] in the request's extensions.
 pub async fn authorize(State(s): State<AuthState>, mut req: Request, next: Next) -> Result<Response, ApiError> {
     let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
-    let headers = req.headers().clone();
-    let (name, groups) = identify(&s, &headers, peer).await?;
-    let grants = s.store.grants_of(&name, &groups).await?;
-    let principal = Principal { name, grants };
+    let principal = principal(&s, req.headers(), peer).await?;
     let path = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string()).unwrap_or_default();
     let Some(need) = s.routes.get(&(req.method().clone(), path.as_str())).copied() else {
         // Every route is declared with what it needs; one that is not is refused.

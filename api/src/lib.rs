@@ -9,6 +9,7 @@
 //! or 503 when a dependency is down. The gateway never touches the database on the ping path.
 
 pub mod auth;
+pub mod board;
 pub mod created;
 pub mod error;
 pub mod events;
@@ -27,14 +28,18 @@ use axum::extract::{Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 
-/// The API listener's router: REST plus health, every request within the state's
+/// The API listener's router: REST, the deploy board and health, every request within the state's
 /// `request_timeout`, a trailing slash on any path accepted. Serve it with connection info
 /// (`into_make_service_with_connect_info::<SocketAddr>`) for trusted-header mode to see
 /// where requests come from.
 pub fn api_router(state: rest::ApiState, trusted: auth::TrustedHeaders) -> Router {
     let store = state.store.clone();
     let limit = state.request_timeout;
-    let router = rest::router(state, trusted)
+    let auth = rest::auth_state(store.clone(), trusted);
+    let rest = rest::router(state.clone(), auth.clone());
+    let router = rest
+        .clone()
+        .merge(board::router(state, auth, rest))
         .merge(health::api(store))
         .route("/openapi.json", axum::routing::get(openapi_json))
         .fallback(not_found)

@@ -258,12 +258,15 @@ async fn the_gateway_accepts_agent_tokens_only_and_refuses_bad_pings() {
 async fn unknown_paths_are_404_json_on_both_listeners() {
     let app = spawn_app().await;
     for base in [&app.api, &app.gateway] {
-        for path in ["/v2/envs", "/v1/envs/web/prod/nothing", "/"] {
+        // (`/` of the API listener is the deploy board.)
+        for path in ["/v2/envs", "/v1/envs/web/prod/nothing", "/nothing/here"] {
             let reply = app.call(Method::GET, &format!("{base}{path}"), Some(&app.admin_token), Body::None).await;
             let (code, _) = reply.expect_error(StatusCode::NOT_FOUND);
             assert_eq!(code, "not_found", "{base}{path}");
         }
     }
+    let reply = app.call(Method::GET, &format!("{}/", app.gateway), Some(&app.admin_token), Body::None).await;
+    reply.expect_error(StatusCode::NOT_FOUND);
     // Without a token as well: an unknown path reveals nothing either way.
     let reply = app.call(Method::GET, &format!("{}/v2/envs", app.api), None, Body::None).await;
     reply.expect_error(StatusCode::NOT_FOUND);

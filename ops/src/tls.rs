@@ -293,6 +293,8 @@ pub async fn serve(
     // axum hands connection info to listeners of its own kinds and to tapped ones; a tap that
     // does nothing is how a listener of ours gets it.
     let listener = axum::serve::ListenerExt::tap_io(listener, |_| {});
+    // The board marks its cookies Secure on requests that came this way.
+    let router = router.layer(axum::Extension(api::board::Https));
     axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>()).with_graceful_shutdown(stop).await
 }
 

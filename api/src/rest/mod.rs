@@ -217,13 +217,17 @@ routes! {
     DELETE "/v1/host_credentials/{host}" => identity::revoke, ADMINISTER;
 }
 
-/// The `/v1` routes, behind authentication and authorization (see [`route_specs`]).
-pub fn router(state: ApiState, trusted: TrustedHeaders) -> Router {
+/// What the authorization of the `/v1` routes needs (see [`route_specs`]).
+pub fn auth_state(store: Store, trusted: TrustedHeaders) -> AuthState {
     let needs = route_specs()
         .into_iter()
         .filter_map(|r| r.method.parse::<Method>().ok().map(|m| ((m, r.path), r.need)))
         .collect();
-    let auth = AuthState { store: state.store.clone(), routes: Arc::new(needs), trusted: Arc::new(trusted) };
+    AuthState { store, routes: Arc::new(needs), trusted: Arc::new(trusted) }
+}
+
+/// The `/v1` routes, behind authentication and authorization (see [`route_specs`]).
+pub fn router(state: ApiState, auth: AuthState) -> Router {
     add_routes(Router::new()).route_layer(middleware::from_fn_with_state(auth, auth::authorize)).with_state(state)
 }
 
@@ -239,7 +243,7 @@ fn page(index: Option<i64>, size: Option<i64>, max: i64) -> ApiResult<(i64, i64)
 }
 
 /// Parses the `{env}/{stage}` of a path.
-fn stage_key(env: String, stage: String) -> ApiResult<(EnvName, StageName)> {
+pub(crate) fn stage_key(env: String, stage: String) -> ApiResult<(EnvName, StageName)> {
     Ok((EnvName::parse(env)?, StageName::parse(stage)?))
 }
 
