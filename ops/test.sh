@@ -5,6 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . ops/lib/services.sh
 ensure_services
+# The board's browser tests drive headless Chromium.
+ensure_browser
 # The end-to-end tests run the real binaries.
 cargo build --workspace --bins
 if cargo nextest --version >/dev/null 2>&1; then

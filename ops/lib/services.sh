@@ -141,6 +141,13 @@ ensure_rabbitmq_tls() {
     wait_for 60 "RabbitMQ's TLS listener" serves_test_certificate "" 127.0.0.1:5671
 }
 
+# Headless Chromium and its WebDriver, for the board's browser tests.
+ensure_browser() {
+    if ! command -v chromedriver >/dev/null || ! command -v chromium >/dev/null; then
+        apt_install chromium chromium-driver
+    fi
+}
+
 ensure_services() {
     ensure_build_deps
     ensure_postgres

@@ -13,6 +13,8 @@ use store::testing::TestDatabase;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
+pub mod webdriver;
+
 /// The admin token the server is started with.
 pub const ADMIN: &str = "test-admin-token";
 /// The agent token the server is started with.
