@@ -195,6 +195,7 @@ pub async fn start(running: &Running, artifacts: Artifacts) -> anyhow::Result<De
     println!("  curl -s -H 'Authorization: token {admin}' {}/v1/envs/{ENV}/{STAGE}/agents", api.base);
     println!("  curl -s -H 'Authorization: token {admin}' {}/v1/envs/{ENV}/{STAGE}/deploys/current", api.base);
     println!("  ls -l {}/demo-1/targets/", home.join("agents").display());
+    println!("demo: watch it on the deploy board: {}/envs/{ENV}/{STAGE} (log in with the admin token above)", api.base);
     println!("demo: deploying {} (v1) to every host: new hosts are not held by maxParallel", v1.id);
     println!();
 
@@ -235,20 +236,24 @@ async fn publish(api: &Api, artifacts: &Artifacts, version: &str) -> anyhow::Res
     Ok(api.send(api.http.post(api.url("/v1/builds")).json(&build)).await?.json().await?)
 }
 
-/// Prints a line per host change; deploys v2 once v1 serves everywhere.
+/// Seconds between the demo's later rollouts (so the board always has one to show).
+const PAUSE_BETWEEN_ROLLOUTS: Duration = Duration::from_secs(30);
+
+/// Prints a line per host change; deploys v2 once v1 serves everywhere, then the other build
+/// again every [`PAUSE_BETWEEN_ROLLOUTS`] until stopped.
 async fn watch(api: &Api, mut deploy: Deploy, v1: &Build, v2: &Build) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut seen: HashMap<String, (String, String, String)> = HashMap::new();
+    let mut labels: HashMap<String, &'static str> = HashMap::from([(deploy.id.to_string(), "v1")]);
     let mut state = String::new();
-    let mut rolled_v2 = false;
-    let mut announced_done = false;
+    let mut rollouts = 1;
+    let mut next_rollout: Option<Instant> = None;
     loop {
         tokio::time::sleep(Duration::from_millis(300)).await;
         let Ok(resp) = api.send(api.http.get(api.url(&format!("/v1/envs/{ENV}/{STAGE}/agents")))).await else {
             continue;
         };
         let agents: Vec<Agent> = resp.json().await.unwrap_or_default();
-        let build_of = |d: &str| if d == deploy.id.as_str() { if rolled_v2 { "v2" } else { "v1" } } else { "v1" };
         for a in &agents {
             let now = (a.deploy_id.to_string(), a.deploy_stage.to_string(), a.status.to_string());
             if seen.get(a.host_name.as_str()) != Some(&now) {
@@ -257,7 +262,7 @@ async fn watch(api: &Api, mut deploy: Deploy, v1: &Build, v2: &Build) -> anyhow:
                     "[{:>5.1}s] {:<7} {}  {:<13} {:<9}  ({} of {} out of service)",
                     started.elapsed().as_secs_f64(),
                     a.host_name.as_str(),
-                    build_of(a.deploy_id.as_str()),
+                    labels.get(a.deploy_id.as_str()).copied().unwrap_or("v1"),
                     a.deploy_stage.as_str(),
                     a.status.as_str(),
                     out_of_service,
@@ -265,6 +270,22 @@ async fn watch(api: &Api, mut deploy: Deploy, v1: &Build, v2: &Build) -> anyhow:
                 );
                 seen.insert(a.host_name.to_string(), now);
             }
+        }
+        if let Some(at) = next_rollout
+            && Instant::now() >= at
+        {
+            let (build, label) = if rollouts % 2 == 0 { (v1, "v1") } else { (v2, "v2") };
+            println!();
+            println!("demo: deploying {} ({label}) again, one host at a time", build.id);
+            println!();
+            let url =
+                api.url(&format!("/v1/envs/{ENV}/{STAGE}/deploys?buildId={}&description=demo%20{label}", build.id));
+            deploy = api.send(api.http.post(url)).await?.json().await?;
+            labels.insert(deploy.id.to_string(), label);
+            rollouts += 1;
+            next_rollout = None;
+            state.clear();
+            continue;
         }
         if let Ok(resp) = api.send(api.http.get(api.url(&format!("/v1/deploys/{}", deploy.id)))).await
             && let Ok(d) = resp.json::<Deploy>().await
@@ -282,24 +303,31 @@ async fn watch(api: &Api, mut deploy: Deploy, v1: &Build, v2: &Build) -> anyhow:
             }
             let everyone_serving = agents.len() == HOSTS.len()
                 && agents.iter().all(|a| a.deploy_id == d.id && a.deploy_stage.as_str() == "SERVING_BUILD");
-            if everyone_serving && d.state.as_str() == "SUCCEEDING" && !rolled_v2 {
+            if !everyone_serving || d.state.as_str() != "SUCCEEDING" || next_rollout.is_some() {
+                continue;
+            }
+            if rollouts == 1 {
                 println!();
                 println!("demo: v1 serves everywhere; deploying {} (v2) one host at a time (maxParallel 1)", v2.id);
                 println!();
                 let url = api.url(&format!("/v1/envs/{ENV}/{STAGE}/deploys?buildId={}&description=demo%20v2", v2.id));
                 deploy = api.send(api.http.post(url)).await?.json().await?;
-                rolled_v2 = true;
+                labels.insert(deploy.id.to_string(), "v2");
+                rollouts += 1;
                 state.clear();
-            } else if everyone_serving && rolled_v2 && d.state.as_str() == "SUCCEEDING" && !announced_done {
-                println!();
-                println!(
-                    "demo: done in {:.0}s: every host serves v2 ({}). The agents keep pinging; Ctrl-C stops everything.",
-                    started.elapsed().as_secs_f64(),
-                    v2.id
-                );
-                announced_done = true;
+            } else {
+                if rollouts == 2 {
+                    println!();
+                    println!(
+                        "demo: done in {:.0}s: every host serves v2 ({}). To keep the board lively, the demo deploys \
+                         the other build every {} s; Ctrl-C stops everything.",
+                        started.elapsed().as_secs_f64(),
+                        v2.id,
+                        PAUSE_BETWEEN_ROLLOUTS.as_secs()
+                    );
+                }
+                next_rollout = Some(Instant::now() + PAUSE_BETWEEN_ROLLOUTS);
             }
         }
-        let _ = v1;
     }
 }

@@ -12,6 +12,7 @@
 
 pub mod amqp;
 pub mod bare;
+pub mod board;
 pub mod cli;
 pub mod http1;
 pub mod janitor;

@@ -12,6 +12,7 @@ use anyhow::{Context, bail};
 use clap::Args;
 use serde_json::json;
 
+use super::board;
 use super::parse_secs;
 use super::restapi::Admin;
 use crate::sim::{Fleet, RolloutReport, SimConfig, numbered_hosts};
@@ -86,6 +87,10 @@ pub struct RolloutArgs {
     /// Environment name of the stage (must not exist yet).
     #[arg(long, default_value = "bench-rollout")]
     pub env: String,
+    /// Also measure the deploy board: the stage page's time to first byte and size before
+    /// and during the second deploy, and the events of its live streams.
+    #[arg(long)]
+    pub board: bool,
     /// Longest wait for each phase, in seconds.
     #[arg(long, value_name = "SECS", default_value = "600", value_parser = parse_secs)]
     pub deadline: Duration,
@@ -159,6 +164,7 @@ pub async fn run(args: RolloutArgs) -> anyhow::Result<()> {
     admin.wait_succeeding(&d1, args.deadline).await?;
     println!("rollout: first deploy on every host after {}; the server counts it SUCCEEDING", secs(first));
 
+    let board = if args.board { Some(BoardWatch::start(&args.server, env).await?) } else { None };
     let pings_before = fleet.counters().pings;
     let t0 = fleet.elapsed();
     let d2 = admin.deploy(env, "prod", &b2).await?;
@@ -166,6 +172,9 @@ pub async fn run(args: RolloutArgs) -> anyhow::Result<()> {
     println!("rollout: second deploy {d2} (POST answered after {:.0} ms)", posted.as_secs_f64() * 1000.0);
     let r2 = wait_done(&fleet, &d2, n, t0, args.deadline).await?;
     let took = r2.last_done.unwrap_or_default().saturating_sub(t0);
+    if let Some(board) = board {
+        board.finish(took).await;
+    }
     let first_start = r2.first_start.unwrap_or_default().saturating_sub(t0);
     let c = fleet.counters();
     let rate = (c.pings - pings_before) as f64 / took.as_secs_f64().max(1e-3);
@@ -199,4 +208,92 @@ pub async fn run(args: RolloutArgs) -> anyhow::Result<()> {
         bail!("the cap was exceeded: {} hosts out of service at once, cap {cap}", r2.max_out);
     }
     Ok(())
+}
+
+/// The board's side of the benchmark: page fetches every second and two live streams.
+struct BoardWatch {
+    idle: Vec<board::PageSample>,
+    sampler: tokio::task::JoinHandle<Vec<board::PageSample>>,
+    stop: tokio::sync::watch::Sender<bool>,
+    streams: Vec<(&'static str, std::sync::Arc<board::StreamCount>, tokio::task::JoinHandle<()>)>,
+}
+
+impl BoardWatch {
+    async fn start(server: &ServerFlags, env: &str) -> anyhow::Result<BoardWatch> {
+        let http = reqwest::Client::builder().build()?;
+        let (api, token) = (server.api.trim_end_matches('/').to_string(), server.admin_token.clone());
+        let mut idle = Vec::new();
+        for _ in 0..10 {
+            idle.push(board::fetch_page(&http, &api, &token, env, "prod").await?);
+        }
+        println!("board: stage page before the rollout: {}", board::describe(&idle));
+        let (board_live, board_task) = board::count_stream(
+            http.clone(),
+            format!("{api}/envs/{env}/prod/live"),
+            Some(format!("tt_token={token}")),
+            None,
+        );
+        let (events, events_task) = board::count_stream(
+            http.clone(),
+            format!("{api}/v1/events?env={env}&stage=prod"),
+            None,
+            Some(format!("token {token}")),
+        );
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let env = env.to_string();
+        let sampler = tokio::spawn(async move {
+            let mut samples = Vec::new();
+            loop {
+                if let Ok(s) = board::fetch_page(&http, &api, &token, &env, "prod").await {
+                    samples.push(s);
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = stopped.changed() => return samples,
+                }
+            }
+        });
+        Ok(BoardWatch {
+            idle,
+            sampler,
+            stop,
+            streams: vec![("board live stream", board_live, board_task), ("GET /v1/events", events, events_task)],
+        })
+    }
+
+    async fn finish(self, took: Duration) {
+        let _ = self.stop.send(true);
+        let during = self.sampler.await.unwrap_or_default();
+        println!("board: stage page during the rollout: {}", board::describe(&during));
+        let secs = took.as_secs_f64().max(1e-3);
+        let mut result = String::new();
+        for (name, count, task) in self.streams {
+            task.abort();
+            let events = count.events.load(std::sync::atomic::Ordering::Relaxed);
+            let bytes = count.bytes.load(std::sync::atomic::Ordering::Relaxed);
+            println!(
+                "board: {name}: {events} events, {} KiB in {:.1} s: {:.1} events/s, {:.1} KiB/s",
+                bytes / 1024,
+                secs,
+                events as f64 / secs,
+                bytes as f64 / 1024.0 / secs
+            );
+            result.push_str(&format!(
+                " {}_events_per_s={:.1}",
+                name.split(' ').next().unwrap_or("x"),
+                events as f64 / secs
+            ));
+        }
+        let p50 = |v: &[board::PageSample]| {
+            let mut f: Vec<f64> = v.iter().map(|s| s.first_byte.as_secs_f64() * 1000.0).collect();
+            f.sort_by(f64::total_cmp);
+            f.get(f.len() / 2).copied().unwrap_or(0.0)
+        };
+        println!(
+            "result: label=board idle_ttfb_ms={:.0} rollout_ttfb_ms={:.0} page_kib={}{result}",
+            p50(&self.idle),
+            p50(&during),
+            self.idle.iter().map(|s| s.bytes).max().unwrap_or(0) / 1024
+        );
+    }
 }
