@@ -214,15 +214,46 @@ async fn an_operator_rolls_out_from_the_board_and_the_grid_follows_live() {
     .await;
     assert_eq!(stage_json(&server).await["envState"], "NORMAL");
 
-    // The other main pages.
+    // Restart: every host runs the current build's deploy again, and the grid follows.
+    let asked = submit_confirmed(&b, "form:has(input[value=RESTART]) button[type=submit]").await;
+    assert!(asked.starts_with("Restart web/prod?"), "{asked}");
+    b.wait_until("the restart's flash", "return document.querySelector('.flash.ok') !== null", DEADLINE).await;
+    b.eval("window.__stayed = true; return true").await;
+    wait_all_done(&b, b1.id.as_str()).await;
+    assert!(b.text(&b.find("#deploy").await).await.contains("RESTART"));
+
+    // A host's page, and a host action: pause it, then resume it.
     b.goto(&format!("{base}/envs/web/prod/hosts/h-01")).await;
     assert!(b.page_text().await.contains("h-01 on web/prod"));
     shot(&b, "host").await;
+    let host_state = || async {
+        let agents = server.api.agents("web", "prod").await;
+        agents.iter().find(|a| a.host_name.as_str() == "h-01").map(|a| a.state.to_string()).unwrap_or_default()
+    };
+    let asked = submit_confirmed(&b, "form:has(input[value=PAUSED_BY_USER]) button[type=submit]").await;
+    assert!(asked.starts_with("Pause this host?"), "{asked}");
+    b.wait_until("the host's pause", "return document.querySelector('.flash.ok') !== null", DEADLINE).await;
+    support::wait_for("h-01 paused", || async { host_state().await == "PAUSED_BY_USER" }).await;
+    submit_confirmed(&b, "form:has(input[value=NORMAL]) button[type=submit]").await;
+    b.wait_until("the host's resume", "return document.querySelector('.flash.ok') !== null", DEADLINE).await;
+    support::wait_for("h-01 resumed", || async { host_state().await == "NORMAL" }).await;
+
+    // The rollback's verdict undone from the builds page.
+    b.goto(&format!("{base}/builds?name=web")).await;
+    let good = format!("form[action='/builds/{}/verdict']:has(input[value=GOOD_BUILD]) button", b2.id);
+    let asked = submit_confirmed(&b, &good).await;
+    assert!(asked.starts_with(&format!("Mark build {} good?", b2.id)), "{asked}");
+    b.wait_until("the verdict", "return document.querySelector('.flash.ok') !== null", DEADLINE).await;
+    let tag: Value =
+        server.api.call(reqwest::Method::GET, &format!("/v1/builds/{}/tag", b2.id), None).await.json().await.unwrap();
+    assert_eq!(tag["value"], "GOOD_BUILD", "{tag}");
+
+    // The other main pages.
     b.goto(&format!("{base}/envs/web/prod/deploys")).await;
     assert!(b.page_text().await.contains("ROLLBACK"));
     shot(&b, "deploys").await;
     b.goto(&format!("{base}/builds?name=web")).await;
-    assert!(b.page_text().await.contains("BAD_BUILD"));
+    assert!(b.page_text().await.contains("GOOD_BUILD"));
     shot(&b, "builds").await;
     b.goto(&format!("{base}/?q=prod")).await;
     assert!(b.page_text().await.contains("web/prod"));
