@@ -5,7 +5,7 @@ use axum::extract::{Path, Query, State};
 use axum::response::{Html, IntoResponse, Response};
 use maud::{Markup, html};
 use schema::model::Agent;
-use schema::{AgentState, AgentStatus, DeployId, DeployStage, EnvId};
+use schema::{AgentState, AgentStatus, DeployId, DeployStage, EnvId, HostName};
 use serde::Deserialize;
 use store::AgentTally;
 
@@ -111,8 +111,21 @@ impl Kind {
 
 /// A cell's class and its text (title and accessible name).
 pub fn cell(a: &Agent, current: Option<&DeployId>) -> (Kind, String) {
-    let kind = Kind::of(a.state, a.status, a.deploy_stage, &a.deploy_id, current);
-    (kind, format!("{}: {} · {} · {}", a.host_name, kind.label(), a.deploy_stage, a.status))
+    cell_of(&a.host_name, a.state, a.status, a.deploy_stage, &a.deploy_id, current)
+}
+
+/// A cell's class and text from a record's fields (the page's records and the live stream's
+/// views alike).
+pub fn cell_of(
+    host: &HostName,
+    state: AgentState,
+    status: AgentStatus,
+    step: DeployStage,
+    deploy: &DeployId,
+    current: Option<&DeployId>,
+) -> (Kind, String) {
+    let kind = Kind::of(state, status, step, deploy, current);
+    (kind, format!("{host}: {} · {step} · {status}", kind.label()))
 }
 
 /// Hosts by kind, from the store's groups of alike records.

@@ -1,6 +1,6 @@
 //! The live stream of a stage page (`GET /envs/{env}/{stage}/live`): server-sent events made
 //! for the page from the API's event hub. Cells are classified here, with the same rule as the
-//! page, so the script only swaps classes and fragments:
+//! page (`grid::cell_of`), so the script only swaps classes and fragments:
 //!
 //! * `cells`: `[[hostId, class, label], …]` for hosts whose record changed;
 //! * `fragment`: `{"id", "html"}`, a part of the page drawn again (the deploy, the summary);
@@ -23,7 +23,7 @@ use schema::{DeployId, EnvId};
 use serde_json::json;
 use tokio::time::Instant;
 
-use super::grid::{self, Kind};
+use super::grid;
 use super::stage::deploy_card;
 use super::{Board, BoardResult, Viewer};
 use crate::events::{Filter, Subscription, Update};
@@ -143,10 +143,14 @@ impl Live {
                             .agents
                             .iter()
                             .map(|v| {
-                                let kind =
-                                    Kind::of(v.state, v.status, v.deploy_stage, &v.deploy_id, self.current.as_ref());
-                                let label =
-                                    format!("{}: {} · {} · {}", v.host_name, kind.label(), v.deploy_stage, v.status);
+                                let (kind, label) = grid::cell_of(
+                                    &v.host_name,
+                                    v.state,
+                                    v.status,
+                                    v.deploy_stage,
+                                    &v.deploy_id,
+                                    self.current.as_ref(),
+                                );
                                 json!([v.host_id, kind.class(), label])
                             })
                             .collect();
