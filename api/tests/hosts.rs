@@ -59,6 +59,43 @@ async fn hosts_are_read_by_stage_name_id_and_group() {
     assert_eq!(app.get("/v1/agents/id/i-h1").await.expect(StatusCode::OK), agents);
     assert_eq!(app.get("/v1/agents/h9").await.expect(StatusCode::OK), json!([]));
 
+    // The log of the host's steps: the deploy's timeline, the host's changes and deploys.
+    let deploy_id = str_of(&deploy, "id");
+    let timeline = eventually("the host's last step in the log", || async {
+        let v = app.get(&format!("/v1/deploys/{deploy_id}/steps")).await.expect(StatusCode::OK);
+        let last = &v["hosts"][0]["steps"].as_array().and_then(|s| s.last().cloned()).unwrap_or_default();
+        if last["deployStage"] == "SERVING_BUILD" { Ok(v) } else { Err(v.to_string()) }
+    })
+    .await;
+    assert_eq!(timeline["totalHosts"], 1);
+    assert_eq!(timeline["next"], Value::Null);
+    assert_eq!(timeline["hosts"][0]["hostName"], "h1");
+    let steps = timeline["hosts"][0]["steps"].as_array().unwrap();
+    assert!(steps.len() >= 2, "from the admission to the end: {timeline}");
+    assert!(steps.windows(2).all(|w| w[0]["seq"].as_i64() < w[1]["seq"].as_i64()), "{timeline}");
+    assert!(steps.iter().all(|s| s["hostId"] == "i-h1" && s["deployId"] == deploy_id), "{timeline}");
+    let newest = app.get("/v1/agents/h1/steps?pageSize=1").await.expect(StatusCode::OK);
+    assert_eq!(newest.as_array().map(Vec::len), Some(1));
+    assert_eq!(newest[0], *steps.last().unwrap(), "newest first");
+    let before = newest[0]["seq"].as_i64().unwrap();
+    let older = app.get(&format!("/v1/agents/h1/steps?before={before}")).await.expect(StatusCode::OK);
+    assert_eq!(older.as_array().map(Vec::len), Some(steps.len() - 1));
+    let deploys = app.get("/v1/agents/h1/deploys").await.expect(StatusCode::OK);
+    assert_eq!(names(&deploys, "deployId"), [deploy_id]);
+    assert_eq!(deploys[0]["buildId"], build["id"]);
+    assert_eq!(deploys[0]["lastStage"], "SERVING_BUILD");
+    assert_eq!(deploys[0]["failures"], 0);
+    assert_eq!(app.get("/v1/agents/h9/deploys").await.expect(StatusCode::OK), json!([]));
+    app.get("/v1/deploys/nope/steps").await.expect_error(StatusCode::NOT_FOUND);
+    for path in [
+        format!("/v1/deploys/{deploy_id}/steps?pageSize=0"),
+        format!("/v1/deploys/{deploy_id}/steps?after=a%20b"),
+        "/v1/agents/h1/steps?pageSize=1001".to_string(),
+        "/v1/agents/h1/steps?before=x".to_string(),
+    ] {
+        app.get(&path).await.expect_error(StatusCode::BAD_REQUEST);
+    }
+
     // Refusals.
     app.get("/v1/envs/web/nope/hosts").await.expect_error(StatusCode::NOT_FOUND);
     app.get("/v1/envs/web/nope/hosts/h1").await.expect_error(StatusCode::NOT_FOUND);

@@ -146,6 +146,34 @@ ensure_browser() {
     if ! command -v chromedriver >/dev/null || ! command -v chromium >/dev/null; then
         apt_install chromium chromium-driver
     fi
+    ensure_axe
+}
+
+# axe-core checks the board's pages for accessibility in the browser tests. It is fetched from
+# the npm registry (never shipped in the binary), pinned by version and by the registry's SHA-512,
+# into the user's cache; TELETRAAN_AXE_CORE names the script for the tests.
+AXE_CORE_VERSION=4.10.3
+AXE_CORE_SHA512=Xm7bpRXnDSX2YE2YFfBk2FnF0ep6tmG7xPh8iHee8MIcrgq762Nkce856dYtJYLkuIoYZvGfTs/PbZhideTcEg==
+ensure_axe() {
+    local dir="${XDG_CACHE_HOME:-$HOME/.cache}/teletraan-tests/axe-core-$AXE_CORE_VERSION"
+    if [ ! -s "$dir/axe.min.js" ]; then
+        command -v npm >/dev/null || apt_install npm
+        local tmp
+        tmp=$(mktemp -d)
+        (cd "$tmp" && npm pack --silent "axe-core@$AXE_CORE_VERSION" >/dev/null)
+        local got
+        got=$(openssl dgst -sha512 -binary "$tmp/axe-core-$AXE_CORE_VERSION.tgz" | base64 -w0)
+        if [ "$got" != "$AXE_CORE_SHA512" ]; then
+            echo "services: axe-core $AXE_CORE_VERSION from npm has SHA-512 $got, expected $AXE_CORE_SHA512" >&2
+            rm -rf "$tmp"
+            return 1
+        fi
+        mkdir -p "$dir"
+        tar -xzf "$tmp/axe-core-$AXE_CORE_VERSION.tgz" -C "$tmp" package/axe.min.js package/LICENSE
+        mv "$tmp/package/axe.min.js" "$tmp/package/LICENSE" "$dir/"
+        rm -rf "$tmp"
+    fi
+    export TELETRAAN_AXE_CORE="$dir/axe.min.js"
 }
 
 ensure_services() {

@@ -102,6 +102,9 @@ pub struct ServerArgs {
     /// Days the audit history is kept.
     #[arg(long, env = "TELETRAAN_HISTORY_RETENTION_DAYS", global = true)]
     pub history_retention_days: Option<i64>,
+    /// Days the log of hosts' step changes (deploy timelines, host histories) is kept.
+    #[arg(long, env = "TELETRAAN_STEP_RETENTION_DAYS", global = true)]
+    pub step_retention_days: Option<i64>,
     /// A host's heartbeat is stored at most once per this many seconds (gateway).
     #[arg(long, env = "TELETRAAN_HEARTBEAT_SECONDS", global = true)]
     pub heartbeat_seconds: Option<u64>,
@@ -166,6 +169,7 @@ struct FileConfig {
     max_build_days: Option<i64>,
     command_retention_days: Option<i64>,
     history_retention_days: Option<i64>,
+    step_retention_days: Option<i64>,
     heartbeat_seconds: Option<u64>,
     retention_batch: Option<i64>,
     webhook_timeout: Option<u64>,
@@ -499,6 +503,9 @@ impl ServerArgs {
             positive("history_retention_days", self.history_retention_days.or(file.history_retention_days))?
         {
             jobs.retention.history_days = n;
+        }
+        if let Some(n) = positive("step_retention_days", self.step_retention_days.or(file.step_retention_days))? {
+            jobs.retention.step_days = n;
         }
         if let Some(n) = positive("retention_batch", self.retention_batch.or(file.retention_batch))? {
             jobs.retention.batch = n;

@@ -30,6 +30,33 @@ async fn shot(b: &Browser, name: &str) {
     b.screenshot(&shots().join(format!("{name}.png"))).await;
 }
 
+/// axe-core's script (`ops/test.sh` fetches it; see `ensure_axe` in `ops/lib/services.sh`).
+fn axe_core() -> &'static str {
+    static AXE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    AXE.get_or_init(|| {
+        let path = std::env::var("TELETRAAN_AXE_CORE").expect(
+            "TELETRAAN_AXE_CORE names axe-core's axe.min.js: run the tests through ops/test.sh, which fetches it",
+        );
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+    })
+}
+
+/// Saves a screenshot of the page and checks it with axe-core against the WCAG 2.1 A and AA
+/// rules (labels, names, contrast, landmarks, ARIA): any violation fails the test.
+async fn checked(b: &Browser, name: &str) {
+    shot(b, name).await;
+    b.eval(&format!("{}\n;return true", axe_core())).await;
+    let found = b
+        .eval(
+            "return axe.run(document, {runOnly: {type: 'tag', values: ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa']}})\
+             .then(r => r.violations.map(v => v.id + ' (' + v.impact + '): ' + v.help + ' at ' \
+                 + v.nodes.slice(0, 3).map(n => n.target.join(' ') + ' ' + (n.failureSummary || '')).join(' | ')))",
+        )
+        .await;
+    let found: Vec<String> = serde_json::from_value(found.clone()).unwrap_or_else(|_| panic!("axe answered {found}"));
+    assert!(found.is_empty(), "accessibility violations on the {name} page:\n{}", found.join("\n"));
+}
+
 /// Clicks the submit button of the form whose `action` ends with `action` (and that holds
 /// `field=value`, when given) and accepts its confirmation, answering the question it asked.
 async fn submit_confirmed(b: &Browser, css: &str) -> String {
@@ -79,7 +106,7 @@ async fn an_operator_rolls_out_from_the_board_and_the_grid_follows_live() {
     b.fill(&b.find("#token").await, "not-a-token-of-ours").await;
     b.click(&b.find("form[action='/login'] button[type=submit]").await).await;
     assert!(b.page_text().await.contains("unknown, revoked or expired token"));
-    shot(&b, "login").await;
+    checked(&b, "login").await;
     log_in(&b, &base, ADMIN).await;
 
     // A new stage: a bad value shows the API's message next to its field and creates nothing.
@@ -94,7 +121,7 @@ async fn an_operator_rolls_out_from_the_board_and_the_grid_follows_live() {
         b.eval("return document.getElementById('max_parallel').getAttribute('aria-invalid')").await,
         json!("true")
     );
-    shot(&b, "new-stage-error").await;
+    checked(&b, "new-stage-error").await;
     let missing = server.api.http.get(format!("{base}/v1/envs/web/prod")).bearer_auth(ADMIN).send().await.unwrap();
     assert_eq!(missing.status(), 404, "the refused form created nothing");
     b.fill(&b.find("#max_parallel").await, "10").await;
@@ -127,7 +154,7 @@ async fn an_operator_rolls_out_from_the_board_and_the_grid_follows_live() {
     b.wait_until("the secret saved", "return document.querySelector('.flash.ok') !== null", DEADLINE).await;
     let page = b.page_text().await;
     assert!(page.contains("API_KEY = ••••••") && !page.contains("s3cret-value"), "a secret is never shown: {page}");
-    shot(&b, "config").await;
+    checked(&b, "config").await;
 
     // Builds come from CI through the API.
     let publish = |n: u32| {
@@ -165,7 +192,8 @@ async fn an_operator_rolls_out_from_the_board_and_the_grid_follows_live() {
     b.wait_until("the deploy's flash", "return document.querySelector('.flash.ok') !== null", DEADLINE).await;
     b.eval("window.__stayed = true; return true").await;
     wait_all_done(&b, b1.id.as_str()).await;
-    shot(&b, "stage").await;
+    checked(&b, "stage").await;
+    let d_first = stage_json(&server).await["deployId"].as_str().unwrap_or_default().to_string();
     if std::env::var_os("UPDATE_DOCS").is_some() {
         let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/board-stage.png");
         std::fs::copy(shots().join("stage.png"), docs).unwrap();
@@ -225,7 +253,7 @@ async fn an_operator_rolls_out_from_the_board_and_the_grid_follows_live() {
     // A host's page, and a host action: pause it, then resume it.
     b.goto(&format!("{base}/envs/web/prod/hosts/h-01")).await;
     assert!(b.page_text().await.contains("h-01 on web/prod"));
-    shot(&b, "host").await;
+    checked(&b, "host").await;
     let host_state = || async {
         let agents = server.api.agents("web", "prod").await;
         agents.iter().find(|a| a.host_name.as_str() == "h-01").map(|a| a.state.to_string()).unwrap_or_default()
@@ -248,18 +276,54 @@ async fn an_operator_rolls_out_from_the_board_and_the_grid_follows_live() {
         server.api.call(reqwest::Method::GET, &format!("/v1/builds/{}/tag", b2.id), None).await.json().await.unwrap();
     assert_eq!(tag["value"], "GOOD_BUILD", "{tag}");
 
+    // Promote: build 2 reaches a canary stage (no hosts) through the API; prod promotes it
+    // from the board.
+    server.api.call(reqwest::Method::POST, "/v1/envs", Some(json!({"envName": "web", "stageName": "canary"}))).await;
+    server.api.deploy("web", "canary", &b2).await;
+    b.goto(&format!("{base}/envs/web/prod")).await;
+    b.click(&b.find("details:has(#from_deploy_id) summary").await).await;
+    b.click(&b.find("#from_deploy_id option").await).await;
+    let asked = submit_confirmed(&b, "form:has(#from_deploy_id) button[type=submit]").await;
+    assert!(asked.starts_with("Promote to web/prod?"), "{asked}");
+    b.wait_until("the promote's flash", "return document.querySelector('.flash.ok') !== null", DEADLINE).await;
+    b.eval("window.__stayed = true; return true").await;
+    wait_all_done(&b, b2.id.as_str()).await;
+    let current = stage_json(&server).await["deployId"].as_str().unwrap_or_default().to_string();
+    let promoted = server.api.deploy_by_id(&current).await;
+    assert_eq!(promoted.build_id, b2.id, "prod runs the canary's build");
+    assert!(promoted.from_deploy_id.is_some(), "the deploy names the one it was promoted from: {promoted:?}");
+
+    // The deploy's timeline of host steps, and a host's deploy history.
+    b.goto(&format!("{base}/deploys/{current}")).await;
+    let page = b.page_text().await;
+    assert!(page.contains(&format!("{HOSTS} hosts took part")), "{page}");
+    let steps = b.find_all("#timeline ~ div ol.steps").await;
+    assert_eq!(steps.len(), HOSTS, "one line of steps per host");
+    let first = b.text(&steps[0]).await;
+    // Steps shorter than a ping may go unreported; the admission and the end never do.
+    for step in ["PRE_DOWNLOAD UNKNOWN", "SERVING_BUILD SUCCEEDED"] {
+        assert!(first.contains(step), "the host's steps include {step}: {first}");
+    }
+    assert!(first.find("PRE_DOWNLOAD") < first.find("SERVING_BUILD"), "in order: {first}");
+    checked(&b, "deploy").await;
+    b.goto(&format!("{base}/envs/web/prod/hosts/h-01")).await;
+    let page = b.page_text().await;
+    for d in [&current, &d_first] {
+        assert!(page.contains(d.as_str()), "the host's history lists deploy {d}: {page}");
+    }
+
     // The other main pages.
     b.goto(&format!("{base}/envs/web/prod/deploys")).await;
     assert!(b.page_text().await.contains("ROLLBACK"));
-    shot(&b, "deploys").await;
+    checked(&b, "deploys").await;
     b.goto(&format!("{base}/builds?name=web")).await;
     assert!(b.page_text().await.contains("GOOD_BUILD"));
-    shot(&b, "builds").await;
+    checked(&b, "builds").await;
     b.goto(&format!("{base}/?q=prod")).await;
     assert!(b.page_text().await.contains("web/prod"));
-    shot(&b, "environments").await;
+    checked(&b, "environments").await;
     b.goto(&format!("{base}/history?env=web&stage=prod")).await;
-    shot(&b, "history").await;
+    checked(&b, "history").await;
 
     // Access: the admin grants a role through the board; a script token is shown once.
     b.goto(&format!("{base}/envs/web/access")).await;
@@ -272,13 +336,13 @@ async fn an_operator_rolls_out_from_the_board_and_the_grid_follows_live() {
     let token = b.text(&b.find("section.flash pre").await).await;
     let me = server.api.http.get(format!("{base}/v1/me")).bearer_auth(token.trim()).send().await.unwrap();
     assert_eq!(me.status(), 200, "the token shown works");
-    shot(&b, "access").await;
+    checked(&b, "access").await;
 
     // A phone-sized window still shows the grid.
     b.resize(390, 844).await;
     b.goto(&format!("{base}/envs/web/prod")).await;
     assert_eq!(b.find_all("#grid .cell").await.len(), HOSTS);
-    shot(&b, "stage-phone").await;
+    checked(&b, "stage-phone").await;
 
     b.quit().await;
     fleet.stop().await;

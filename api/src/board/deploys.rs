@@ -6,7 +6,7 @@ use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use maud::{Markup, html};
 use schema::model::{Build, Deploy};
-use schema::{DeployId, DeployState, DeployType, EnvName, StageName};
+use schema::{AgentState, AgentStatus, DeployId, DeployState, DeployType, EnvName, HostName, StageName};
 use serde::Deserialize;
 use store::{DeploySearch, HistoryQuery};
 
@@ -17,8 +17,8 @@ use crate::rest::stage_key;
 
 /// Rows on a page of deploys or history.
 const PAGE_SIZE: i64 = 50;
-/// Hosts listed on a deploy's page.
-const MAX_HOSTS_SHOWN: usize = 500;
+/// Hosts on a page of a deploy's timeline.
+const HOSTS_PER_PAGE: i64 = 100;
 
 #[derive(Deserialize, Default)]
 pub struct HistoryFilter {
@@ -121,42 +121,65 @@ fn deploy_table(deploys: &[Deploy]) -> Markup {
     }
 }
 
-/// `GET /deploys/{id}`: the deploy, its build, and where each of its hosts is.
+#[derive(Deserialize, Default)]
+pub struct StepsPage {
+    /// The last host name of the previous page.
+    after: Option<String>,
+}
+
+/// `GET /deploys/{id}`: the deploy, its build, and the timeline of its hosts' steps, a page of
+/// hosts at a time by name.
 pub async fn page(
     State(board): State<Board>,
     viewer: Viewer,
     flash: Option<Extension<Flash>>,
     Path(id): Path<String>,
+    Query(q): Query<StepsPage>,
 ) -> BoardResult<Response> {
     let store = &board.api.store;
     let d = store.deploy(&DeployId::parse(id)?).await?;
     let e = store.stage_by_id(&d.env_id).await?;
     let build = store.build(&d.build_id).await?;
-    let mut hosts: Vec<_> = store.agents_of_stage(&e.id).await?.into_iter().filter(|a| a.deploy_id == d.id).collect();
-    hosts.sort_by_key(|a| (a.start_date, a.stage_start_date));
-    let shown = hosts.len().min(MAX_HOSTS_SHOWN);
+    let after = given(&q.after).map(|a| HostName::parse(a.to_string())).transpose()?;
+    let steps = store.deploy_steps(&d.id, after.as_ref(), HOSTS_PER_PAGE).await?;
+    let host_url =
+        |name: &HostName| format!("/envs/{}/{}/hosts/{}", e.env_name, e.stage_name, forward::encode(name.as_str()));
     let body = html! {
         h1 { "Deploy " (d.id) }
         p { a href=(format!("/envs/{}/{}", e.env_name, e.stage_name)) { (e.env_name) "/" (e.stage_name) } " · "
             (layout::badge(d.state.as_str())) " " (layout::badge(d.deploy_type.as_str())) }
         (facts(&d, &build))
-        h2 { "Hosts on this deploy" }
-        p.hint { "Hosts still on this deploy, in the order they started it: when each started and the step it is at."
-            @if hosts.len() > shown { " The first " (shown) " of " (hosts.len()) "." } }
-        div.scroll { table {
-            thead { tr { th scope="col" { "Host" } th scope="col" { "Started" } th scope="col" { "Step" }
-                th scope="col" { "Since" } th scope="col" { "Status" } th scope="col" { "State" } } }
-            tbody { @for a in &hosts[..shown] { tr {
-                td { a href=(format!("/envs/{}/{}/hosts/{}", e.env_name, e.stage_name, forward::encode(a.host_name.as_str()))) { (a.host_name) } }
-                td { (layout::time(Some(a.start_date))) }
-                td { (a.deploy_stage) }
-                td { (layout::time(Some(a.stage_start_date))) }
-                td { (a.status) }
-                td { (a.state) }
-            } } }
-        } }
+        h2 #timeline { "Timeline of host steps" }
+        p.hint { (steps.total_hosts) " hosts took part. Each change of a host's step, status or state on this deploy, "
+            "in order, with its time (UTC); failures in red." }
+        @if steps.hosts.is_empty() { p { "No host has started this deploy." } } @else {
+            div.scroll { table {
+                thead { tr { th scope="col" { "Host" } th scope="col" { "Changes" } } }
+                tbody { @for h in &steps.hosts { tr {
+                    th scope="row" { a href=(host_url(&h.host_name)) { (h.host_name) } }
+                    td { ol.steps { @for c in &h.steps {
+                        li.failed[is_failure(c.status)] {
+                            (layout::clock(c.date)) " " (c.deploy_stage) " " (c.status)
+                            @if c.state != AgentState::Normal { " " (c.state) }
+                            @if c.operator != "system" { " by " (c.operator) }
+                        }
+                    } } }
+                } } }
+            } }
+        }
+        nav.pager aria-label="Pages of hosts" {
+            @if after.is_some() { a href=(format!("/deploys/{}#timeline", d.id)) { "← First hosts" } }
+            @if let Some(next) = &steps.next {
+                a href=(format!("/deploys/{}?after={}#timeline", d.id, forward::encode(next.as_str()))) { "Next hosts →" }
+            }
+        }
     };
     Ok(layout::page("Deploy", &viewer, flash.as_ref().map(|f| &f.0), body).into_response())
+}
+
+/// Statuses shown as failures in timelines.
+pub fn is_failure(status: AgentStatus) -> bool {
+    !matches!(status, AgentStatus::Succeeded | AgentStatus::Unknown | AgentStatus::AbortedByService)
 }
 
 fn facts(d: &Deploy, b: &Build) -> Markup {

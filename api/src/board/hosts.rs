@@ -17,6 +17,8 @@ use super::{Board, BoardError, BoardResult, Viewer, forward};
 use crate::error::ApiError;
 use crate::rest::stage_key;
 
+/// Deploys listed in a host's history.
+const HISTORY: i64 = 50;
 /// Characters of an error's output shown (its end: where the failure is).
 const TAIL: usize = 8000;
 
@@ -37,9 +39,17 @@ pub async fn page(
     };
     let facts = store.hosts_named(&name).await?;
     let error = store.agent_error(&e.id, &name).await?;
-    let stages = store.stages(None).await?;
+    let deploys = store.host_deploys(&name, HISTORY).await?;
+    let mut ids: Vec<_> =
+        records.iter().map(|a| a.env_id.clone()).chain(deploys.iter().map(|d| d.env_id.clone())).collect();
+    ids.sort();
+    ids.dedup();
+    let names = store.stage_names(&ids).await?;
     let stage_of = |id: &schema::EnvId| {
-        stages.iter().find(|s| &s.id == id).map(|s| format!("{}/{}", s.env_name, s.stage_name)).unwrap_or_default()
+        names
+            .iter()
+            .find(|(i, _, _)| i == id)
+            .map_or_else(|| "(deleted stage)".to_string(), |(_, e, s)| format!("{e}/{s}"))
     };
     let kind = Kind::of(record.state, record.status, record.deploy_stage, &record.deploy_id, e.deploy_id.as_ref());
     let back = stage_url(&env, &stage);
@@ -86,6 +96,26 @@ pub async fn page(
                 pre.output { (tail) }
             }
             None => p { "None reported." },
+        }
+        h2 { "Deploy history" }
+        p.hint { "The deploys this host took part in on every stage, the latest first (the last " (HISTORY)
+            "): where it ended and how many failed reports it made. Open a deploy for its timeline." }
+        @if deploys.is_empty() { p { "None recorded." } } @else {
+            div.scroll { table {
+                thead { tr { th scope="col" { "Deploy" } th scope="col" { "Stage" } th scope="col" { "Build" }
+                    th scope="col" { "From" } th scope="col" { "Last change" } th scope="col" { "Ended at" }
+                    th scope="col" { "Failures" } } }
+                tbody { @for h in &deploys { tr {
+                    td { a href=(format!("/deploys/{}#timeline", h.deploy_id)) { (h.deploy_id) } }
+                    td { (stage_of(&h.env_id)) }
+                    td { @match &h.build_id { Some(b) => code { (b) }, None => "(deleted)" } }
+                    td { (layout::time(Some(h.first_date))) }
+                    td { (layout::time(Some(h.last_date))) }
+                    td { (h.last_stage) " " (layout::badge(h.last_status.as_str()))
+                        @if h.last_state != AgentState::Normal { " " (layout::badge(h.last_state.as_str())) } }
+                    td.failed[h.failures > 0] { (h.failures) }
+                } } }
+            } }
         }
         h2 { "Every stage of this host" }
         div.scroll { table {

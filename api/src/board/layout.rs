@@ -128,6 +128,13 @@ pub fn time(at: Option<EpochMs>) -> Markup {
     }
 }
 
+/// A time of day (UTC) in a `<time>` element whose title is the full date: for timelines.
+pub fn clock(at: EpochMs) -> Markup {
+    let text = schema::time::format_utc(at);
+    let day_time = text.split_once('T').map_or(text.as_str(), |(_, t)| t).trim_end_matches('Z');
+    html! { time datetime=(text) title=(text) { (day_time) } }
+}
+
 /// A state as a coloured badge (the colour says the kind, the text says the state).
 pub fn badge(state: &str) -> Markup {
     let kind = match state {

@@ -16,6 +16,7 @@ mod links;
 mod pipelines;
 mod rollout;
 mod secrets;
+mod steps;
 mod webhooks;
 
 use std::sync::Arc;
@@ -201,6 +202,7 @@ routes! {
     GET "/v1/deploys" => rollout::search, READ;
     GET "/v1/deploys/dailycount" => deploys::daily_count, READ;
     GET "/v1/deploys/{id}" => deploys::get, READ;
+    GET "/v1/deploys/{id}/steps" => steps::of_deploy, READ;
     PUT "/v1/deploys/{id}" => actions::update_deploy, Need::Role(AccessRole::Operator, From::DeployPath),
         [Answer::empty(204), accepted()];
     GET "/v1/commands/{id}" => deploys::command, READ;
@@ -210,6 +212,8 @@ routes! {
     GET "/v1/groups/{group}/instances" => hosts::group_instances, READ;
     GET "/v1/agents/{host}" => hosts::agents_named, READ;
     GET "/v1/agents/id/{host}" => hosts::agents_with_id, READ;
+    GET "/v1/agents/{host}/steps" => steps::of_host, READ;
+    GET "/v1/agents/{host}/deploys" => steps::deploys_of_host, READ;
     GET "/v1/history" => history::search, READ;
     GET "/v1/events" => events::stream, READ, [Answer::event_stream(200)];
     GET "/v1/host_credentials" => identity::list, READ;

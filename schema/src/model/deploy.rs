@@ -93,3 +93,79 @@ pub struct CommandStatus {
     /// Why it failed.
     pub error: Option<crate::bus::CommandError>,
 }
+
+/// One change of a host's record on a stage: a new deploy, a step, a status or a state, as the
+/// database logged it when the record changed (`GET /v1/deploys/{id}/steps`,
+/// `GET /v1/agents/{hostName}/steps`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentStep {
+    /// Order of the changes (increasing, not contiguous).
+    pub seq: i64,
+    /// The host.
+    pub host_id: HostId,
+    /// Its name.
+    pub host_name: HostName,
+    /// The stage.
+    pub env_id: EnvId,
+    /// The deploy the record was on.
+    pub deploy_id: DeployId,
+    /// The step.
+    pub deploy_stage: DeployStage,
+    /// The record's state.
+    pub state: AgentState,
+    /// The step's status.
+    pub status: AgentStatus,
+    /// The error number reported.
+    pub err_no: i32,
+    /// Who made the change (`system` for reports and admissions).
+    pub operator: String,
+    /// When (the report's time, or the decision's).
+    pub date: EpochMs,
+}
+
+/// One host's part in one deploy, summed up from its logged changes (a host's deploy history).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HostDeploy {
+    /// The deploy.
+    pub deploy_id: DeployId,
+    /// The stage.
+    pub env_id: EnvId,
+    /// The build the deploy rolled out (absent once the deploy is deleted).
+    pub build_id: Option<BuildId>,
+    /// When the host's record first named the deploy.
+    pub first_date: EpochMs,
+    /// The last change on it.
+    pub last_date: EpochMs,
+    /// The step of that change.
+    pub last_stage: DeployStage,
+    /// Its status.
+    pub last_status: AgentStatus,
+    /// Its state.
+    pub last_state: AgentState,
+    /// Changes logged into a failed status during the deploy.
+    pub failures: i64,
+}
+
+/// One host's changes on one deploy, in order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HostSteps {
+    /// The host's name.
+    pub host_name: HostName,
+    /// Its changes, oldest first.
+    pub steps: Vec<AgentStep>,
+}
+
+/// A page of a deploy's hosts with their steps (`GET /v1/deploys/{id}/steps`), by host name.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeploySteps {
+    /// The hosts of this page.
+    pub hosts: Vec<HostSteps>,
+    /// Hosts that took part in the deploy, over every page.
+    pub total_hosts: i64,
+    /// The `after` of the next page, when there is one.
+    pub next: Option<HostName>,
+}

@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 
 pub use crate::artifact::ArtifactPolicy;
 pub use build::{Build, BuildInput};
-pub use deploy::{Agent, CommandStatus, Deploy};
+pub use deploy::{Agent, AgentStep, CommandStatus, Deploy, DeploySteps, HostDeploy, HostSteps};
 pub use host::{Host, HostInput, NewHost};
 pub use links::{
     Alarm, AlarmInput, LinkInvalid, MAX_LINKS, MAX_SPECS, MetricsConfig, MetricsConfigInput, MetricsSpec,

@@ -34,6 +34,7 @@ mod rows;
 mod schedules;
 mod secrets;
 mod stages;
+mod steps;
 mod tags;
 #[cfg(feature = "testing")]
 pub mod testing;

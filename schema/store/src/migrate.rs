@@ -18,6 +18,7 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
     (12, "change_freeze", include_str!("../../migrations/0012_change_freeze.sql")),
     (13, "deploy_verdicts_and_start", include_str!("../../migrations/0013_deploy_verdicts_and_start.sql")),
     (14, "stage_links", include_str!("../../migrations/0014_stage_links.sql")),
+    (15, "agent_steps", include_str!("../../migrations/0015_agent_steps.sql")),
 ];
 
 /// Arbitrary constant that names the migration lock.

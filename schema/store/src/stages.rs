@@ -333,6 +333,15 @@ impl Store {
         environ_from_row(&row)
     }
 
+    /// The names (environment, stage) of these stages, for those that exist.
+    pub async fn stage_names(&self, ids: &[EnvId]) -> Result<Vec<(EnvId, EnvName, StageName)>> {
+        let client = self.client().await?;
+        let ids: Vec<&str> = ids.iter().map(EnvId::as_str).collect();
+        let rows =
+            client.query("SELECT env_id, env_name, stage_name FROM environs WHERE env_id = ANY($1)", &[&ids]).await?;
+        rows.iter().map(|r| Ok((get_id(r, "env_id")?, get_id(r, "env_name")?, get_id(r, "stage_name")?))).collect()
+    }
+
     /// The stages of one environment, or every stage.
     pub async fn stages(&self, env: Option<&EnvName>) -> Result<Vec<Environ>> {
         let client = self.client().await?;

@@ -1,7 +1,7 @@
 //! Retention jobs: `deploy-retention` (deploys beyond each stage's `maxDeployNum` and older
 //! than its `maxDeployDay`), `build-retention` (unreferenced builds beyond a count and an age
 //! per build name), `record-retention` (finished commands, settled webhook deliveries, old job
-//! runs, errors of records that are gone). Each deletes in bounded batches; what is current or referenced stays (see
+//! runs, errors of records that are gone, hosts' step changes). Each deletes in bounded batches; what is current or referenced stays (see
 //! `store::retention`).
 
 use super::{Job, JobCtx, JobFuture};
@@ -26,6 +26,8 @@ pub struct RetentionConfig {
     pub job_run_days: i64,
     /// The audit history is kept this many days.
     pub history_days: i64,
+    /// The log of hosts' step changes is kept this many days.
+    pub step_days: i64,
     /// Rows deleted per transaction.
     pub batch: i64,
 }
@@ -38,6 +40,7 @@ impl Default for RetentionConfig {
             command_days: 30,
             job_run_days: 7,
             history_days: 365,
+            step_days: 30,
             batch: 1000,
         }
     }
@@ -92,6 +95,8 @@ impl Job for RecordRetention {
                 .store
                 .purge_records(ctx.now, c.command_days, c.job_run_days, c.history_days, c.batch, || ctx.stopping())
                 .await?;
+            let steps = ctx.store.purge_steps(ctx.now, c.step_days, c.batch, || ctx.stopping()).await?;
+            let n = n + steps;
             Ok(format!("{n} rows deleted"))
         })
     }
