@@ -447,6 +447,9 @@ pub struct StageDeploy {
     pub stage_name: StageName,
     /// The deploy, as `GET /v1/deploys/{id}` answers it.
     pub deploy: Deploy,
+    /// Whether the stage is paused (absent from workers older than this field: not paused).
+    #[serde(default)]
+    pub paused: bool,
 }
 
 /// What the board shows of one agent record (a row of the host grid).

@@ -19,7 +19,7 @@ use axum::response::{IntoResponse, Response};
 use futures_util::stream::{self, Stream};
 use schema::bus::LiveEvent;
 use schema::model::{Build, Deploy};
-use schema::{DeployId, EnvId};
+use schema::{DeployId, EnvId, EnvState};
 use serde_json::json;
 use tokio::time::Instant;
 
@@ -61,7 +61,7 @@ pub async fn stream(
     if let Some(id) = live.current.clone()
         && let Ok(deploy) = live.board.api.store.deploy(&id).await
     {
-        live.deploy_card(&deploy).await;
+        live.deploy_card(&deploy, e.env_state == EnvState::Paused).await;
     }
     live.summary_due = Some(Instant::now());
     Ok(Sse::new(events(live)).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)).into_response())
@@ -164,22 +164,20 @@ impl Live {
                         self.current = Some(d.deploy.id.clone());
                         self.pending.push(Out::Resync);
                     }
-                    self.deploy_card(&d.deploy).await;
+                    self.deploy_card(&d.deploy, d.paused).await;
                     self.touch();
                 }
             },
         }
     }
 
-    /// Draws the deploy card again.
-    async fn deploy_card(&mut self, deploy: &Deploy) {
+    /// Draws the deploy card again, from the event alone (the build is read when it changes).
+    async fn deploy_card(&mut self, deploy: &Deploy, paused: bool) {
         if self.build.as_ref().is_none_or(|b| b.id != deploy.build_id) {
             self.build = self.board.api.store.build(&deploy.build_id).await.ok();
         }
-        if let Ok(e) = self.board.api.store.stage_by_id(&self.env_id).await {
-            let html = deploy_card(&e, Some(deploy), self.build.as_ref()).into_string();
-            self.pending.push(Out::Fragment("deploy", html));
-        }
+        let html = deploy_card(paused, Some(deploy), self.build.as_ref()).into_string();
+        self.pending.push(Out::Fragment("deploy", html));
     }
 
     /// Asks for a summary within [`SUMMARY_EVERY`].

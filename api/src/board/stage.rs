@@ -48,7 +48,7 @@ pub async fn page(
     let body = html! {
         (heading(&e))
         div.cards {
-            section.card #deploy aria-live="polite" { (deploy_card(&e, current.as_ref(), build.as_ref())) }
+            section.card #deploy aria-live="polite" { (deploy_card(e.env_state == EnvState::Paused, current.as_ref(), build.as_ref())) }
             section.card {
                 h2 { "Hosts" }
                 div #summary aria-live="polite" { (grid::summary(&counts)) }
@@ -92,19 +92,23 @@ fn heading(e: &Environ) -> Markup {
 }
 
 /// The current deploy: build, state, progress. Redrawn by the live stream.
-pub fn deploy_card(e: &Environ, d: Option<&Deploy>, b: Option<&Build>) -> Markup {
+/// The current deploy's card: its state, progress and facts (`paused`: the stage is paused).
+pub fn deploy_card(paused: bool, d: Option<&Deploy>, b: Option<&Build>) -> Markup {
     html! {
         h2 { "Current deploy" }
         @match d {
             None => p { "Nothing deployed yet." },
             Some(d) => {
                 p { (layout::badge(d.state.as_str())) " " (layout::badge(d.deploy_type.as_str()))
-                    @if e.env_state == EnvState::Paused { " " (layout::badge("PAUSED")) } }
+                    @if paused { " " (layout::badge("PAUSED")) } }
                 label for="progress" { (d.success_total) " of " (d.total) " hosts done"
                     @if d.fail_total > 0 { ", " (d.fail_total) " failed" } }
                 progress #progress max=(d.total.max(1)) value=(d.success_total) { (d.success_total) "/" (d.total) }
                 dl.facts {
-                    dt { "Build" } dd { a href=(format!("/builds?name={}", e.build_name)) { (d.build_id) } }
+                    dt { "Build" } dd { @match b {
+                        Some(b) => a href=(format!("/builds?name={}", b.name)) { (d.build_id) },
+                        None => (d.build_id),
+                    } }
                     @if let Some(b) = b {
                         dt { "Commit" } dd { code { (b.commit_short) } " on " (b.branch) }
                     }

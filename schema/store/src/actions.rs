@@ -435,9 +435,14 @@ pub(crate) async fn update_states(
         let updated = c
             .query_one(
                 &format!(
-                    "UPDATE agents SET state = $3, control_seq = control_seq + 1, last_update = $4, last_operator = $5
-                     WHERE env_id = $1 AND host_id = $2 RETURNING {}",
-                    crate::agents::AGENT_COLUMNS
+                    "WITH changed AS (
+                     UPDATE agents SET state = $3, control_seq = control_seq + 1, last_update = $4, last_operator = $5,
+                         changed = true
+                     WHERE env_id = $1 AND host_id = $2 RETURNING {}, changed),
+                     {}
+                     SELECT * FROM changed",
+                    crate::agents::AGENT_COLUMNS,
+                    crate::agents::log_steps("changed")
                 ),
                 &[&env_id.as_str(), &row.host_id.as_str(), &state.as_str(), &ts(now), &operator],
             )

@@ -27,6 +27,18 @@ pub(crate) const AGENT_COLUMNS: &str = "host_id, env_id, host_name, deploy_id, d
      last_operator, last_err_no, fail_count, first_deploy, first_deploy_time, stage_start_date, container_health_status, \
      control_seq";
 
+/// Logs the records a statement wrote (a CTE named `$cte` with the record's columns) to
+/// `agent_steps`, the rows whose `changed` is true; a data-modifying CTE to add after it.
+pub(crate) fn log_steps(cte: &str) -> String {
+    format!(
+        "logged AS (INSERT INTO agent_steps (host_id, env_id, host_name, deploy_id, deploy_stage, state, status, err_no,
+                                             operator, at)
+                    SELECT host_id, env_id, host_name, deploy_id, deploy_stage, state, status, last_err_no, last_operator,
+                           last_update
+                    FROM {cte} WHERE changed ORDER BY host_name, env_id)"
+    )
+}
+
 /// The same columns of `agents a` (for joins).
 pub(crate) const AGENT_COLUMNS_OF_A: &str = "a.host_id, a.env_id, a.host_name, a.deploy_id, a.deploy_stage, a.state, a.status, \
      a.start_date, a.last_update, a.last_operator, a.last_err_no, a.fail_count, a.first_deploy, a.first_deploy_time, \
@@ -275,14 +287,18 @@ pub(crate) async fn admit(c: &impl GenericClient, e: &Environ, now: EpochMs) -> 
     let rows = c
         .query(
             &format!(
-                "UPDATE agents SET deploy_id = $2, deploy_stage = 'PRE_DOWNLOAD', status = 'UNKNOWN',
+                "WITH admitted AS (
+                 UPDATE agents SET deploy_id = $2, deploy_stage = 'PRE_DOWNLOAD', status = 'UNKNOWN',
                      -- A reset stays a reset until the host starts over: it serves this very
                      -- deploy, and only the reset tells the gateway to run it again.
                      state = CASE WHEN state IN ('RESET', 'RESET_BY_SYSTEM') THEN state ELSE 'NORMAL' END,
                      last_err_no = 0, fail_count = 0, start_date = $3, stage_start_date = $3, last_update = $3,
-                     last_operator = 'system', control_seq = control_seq + 1
+                     last_operator = 'system', control_seq = control_seq + 1, changed = true
                  WHERE env_id = $1 AND host_id = ANY($4)
-                 RETURNING {AGENT_COLUMNS}"
+                 RETURNING {AGENT_COLUMNS}, changed),
+                 {logged}
+                 SELECT * FROM admitted",
+                logged = log_steps("admitted")
             ),
             &[&e.id.as_str(), &deploy_id.as_str(), &now_ts, &hosts],
         )
@@ -362,7 +378,8 @@ impl Store {
             // board.
             let rows = tx
                 .query(
-                    "WITH written AS (
+                    &format!(
+                        "WITH written AS (
                      INSERT INTO agents AS a (host_id, env_id, host_name, deploy_id, deploy_stage, state, status, start_date,
                          last_update, last_operator, last_err_no, fail_count, first_deploy, stage_start_date,
                          container_health_status, control_seq, report_at)
@@ -394,16 +411,21 @@ impl Store {
                                                        OR EXCLUDED.state = 'PAUSED_BY_SYSTEM')
                                                   THEN EXCLUDED.last_update ELSE a.first_deploy_time END,
                          container_health_status = EXCLUDED.container_health_status,
-                         report_at = EXCLUDED.report_at
+                         report_at = EXCLUDED.report_at,
+                         changed = a.deploy_id <> EXCLUDED.deploy_id OR a.deploy_stage <> EXCLUDED.deploy_stage
+                                   OR a.status <> EXCLUDED.status OR a.state <> EXCLUDED.state
                      -- Evaluated on the latest row version, after waiting for its lock: a record
                      -- computed before a worker decided for it (admission, user action) or before
                      -- a newer report was stored is refused.
                      WHERE a.control_seq <= EXCLUDED.control_seq
                        AND (a.report_at IS NULL OR a.report_at <= EXCLUDED.report_at)
                      RETURNING a.host_id, a.env_id, a.host_name, a.deploy_id, a.deploy_stage, a.state, a.status,
-                         a.last_err_no, a.last_update)
+                         a.last_err_no, a.last_update, a.last_operator, a.changed),
+                     {logged}
                      SELECT w.*, e.env_name, e.stage_name FROM written w JOIN environs e ON e.env_id = w.env_id
                      ORDER BY w.env_id, w.host_name, w.host_id",
+                        logged = log_steps("written")
+                    ),
                     &[
                         &host_id,
                         &host_name,

@@ -335,7 +335,7 @@ impl Store {
             deploy_changed: deploy != before,
             deploy: deploy.map(|deploy| {
                 let (env_id, env_name, stage_name) = stage(&e);
-                StageDeploy { env_id, env_name, stage_name, deploy }
+                StageDeploy { env_id, env_name, stage_name, deploy, paused: e.env_state == EnvState::Paused }
             }),
             admitted: (!admitted.is_empty()).then(|| {
                 let (env_id, env_name, stage_name) = stage(&e);

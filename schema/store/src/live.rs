@@ -4,12 +4,11 @@
 
 use schema::bus::{AgentView, LiveEvent, StageAgents, StageDeploy};
 use schema::time::EpochMs;
-use schema::{DeployId, EnvId, EnvName, StageName};
-use tokio_postgres::Row;
+use schema::{DeployId, EnvId, EnvName, EnvState, StageName};
 
 use crate::agents::{AGENT_COLUMNS_OF_A, view_from_row};
 use crate::deploys::{DEPLOY_COLUMNS_OF_D, deploy_from_row};
-use crate::rows::{get_id, ts};
+use crate::rows::{get, get_id, get_parsed, ts};
 use crate::{Result, Store};
 
 /// What a stage's re-evaluation leaves for the board.
@@ -53,11 +52,15 @@ impl Store {
             CommandStage::Names(env, stage) => (Some(env.as_str()), Some(stage.as_str()), None),
             CommandStage::OfDeploy(deploy) => (None, None, Some(deploy.as_str())),
         };
+        // The stage and its current deploy (if any) in one read.
         let Some(e) = client
             .query_opt(
-                "SELECT e.env_id, e.env_name, e.stage_name, e.deploy_id FROM environs e
-                 WHERE (e.env_name = $1 AND e.stage_name = $2)
-                    OR e.env_id = (SELECT d.env_id FROM deploys d WHERE d.deploy_id = $3)",
+                &format!(
+                    "SELECT e.env_id AS stage_id, e.env_name, e.stage_name, e.env_state, {DEPLOY_COLUMNS_OF_D}
+                     FROM environs e LEFT JOIN deploys d ON d.deploy_id = e.deploy_id
+                     WHERE (e.env_name = $1 AND e.stage_name = $2)
+                        OR e.env_id = (SELECT x.env_id FROM deploys x WHERE x.deploy_id = $3)"
+                ),
                 &[&env, &stage_name, &deploy],
             )
             .await?
@@ -65,23 +68,15 @@ impl Store {
             return Ok(Vec::new());
         };
         let (env_id, env_name, stage_name): (EnvId, EnvName, StageName) =
-            (get_id(&e, "env_id")?, get_id(&e, "env_name")?, get_id(&e, "stage_name")?);
+            (get_id(&e, "stage_id")?, get_id(&e, "env_name")?, get_id(&e, "stage_name")?);
         let mut live = Vec::new();
-        let current: Option<Row> = client
-            .query_opt(
-                &format!(
-                    "SELECT {DEPLOY_COLUMNS_OF_D} FROM environs e JOIN deploys d ON d.deploy_id = e.deploy_id
-                     WHERE e.env_id = $1"
-                ),
-                &[&env_id.as_str()],
-            )
-            .await?;
-        if let Some(d) = current {
+        if get::<Option<&str>>(&e, "deploy_id")?.is_some() {
             live.push(LiveEvent::DeployV1(StageDeploy {
                 env_id: env_id.clone(),
                 env_name: env_name.clone(),
                 stage_name: stage_name.clone(),
-                deploy: deploy_from_row(&d)?,
+                deploy: deploy_from_row(&e)?,
+                paused: get_parsed::<EnvState>(&e, "env_state")? == EnvState::Paused,
             }));
         }
         let stamped = client

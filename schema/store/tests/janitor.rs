@@ -92,6 +92,8 @@ async fn a_silent_host_frees_its_slot_then_is_forgotten() {
     let gone = agents.iter().find(|a| a.host_id.as_str() == silent).unwrap();
     assert_eq!(gone.state, AgentState::Unreachable);
     assert_eq!(gone.last_operator, store::JANITOR);
+    let logged = s.host_steps(&gone.host_name, None, 1).await.unwrap();
+    assert_eq!((logged[0].state, logged[0].operator.as_str()), (AgentState::Unreachable, store::JANITOR), "logged");
     let now_on_d2 = on_d2(&agents);
     assert_eq!(now_on_d2.len(), 2, "its slot went to the next host at once: {agents:?}");
     let next = now_on_d2.iter().find(|h| **h != silent).unwrap();
