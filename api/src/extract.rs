@@ -75,3 +75,28 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath
             .map_err(|e| ApiError::bad_request(format!("bad path: {}", e.body_text())))
     }
 }
+
+/// The `Idempotency-Key` header of a request that sends a command: a retry of the request with
+/// the same key (by the same principal) gets the first one's outcome instead of a second
+/// command. Absent: every request is a new command.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IdempotencyKey(pub Option<String>);
+
+/// The header's name.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        let Some(value) = parts.headers.get(IDEMPOTENCY_KEY) else { return Ok(IdempotencyKey(None)) };
+        let key =
+            value.to_str().ok().filter(|k| (1..=255).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_graphic()));
+        match key {
+            Some(k) => Ok(IdempotencyKey(Some(k.to_string()))),
+            None => Err(ApiError::bad_request(
+                "Idempotency-Key must be 1 to 255 visible ASCII characters (a UUID is a good one)",
+            )),
+        }
+    }
+}

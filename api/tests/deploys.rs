@@ -88,3 +88,40 @@ async fn a_verdict_that_comes_before_success_is_recorded_and_applied_when_it_cou
         .expect_error(StatusCode::BAD_REQUEST);
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_command_with_its_idempotency_key_is_applied_once() {
+    let app = spawn_app().await;
+    app.create_stage("web", "prod").await;
+    let b1 = publish_at(&app, "aaaaaaa1111", 1_700_000_000_000).await;
+    let b2 = publish_at(&app, "bbbbbbb2222", 1_700_000_100_000).await;
+    let send = |build: &Value, key: &str| {
+        let url = format!("{}/v1/envs/web/prod/deploys?buildId={}", app.api, str_of(build, "id"));
+        let req = app.http.post(url).header("Authorization", format!("token {}", app.admin_token));
+        let req = req.header("Idempotency-Key", key);
+        async move {
+            let resp = req.send().await.unwrap();
+            (resp.status(), resp.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let (status, first) = send(&b1, "release-42").await;
+    assert_eq!(status, StatusCode::CREATED, "{first}");
+    let (status, again) = send(&b1, "release-42").await;
+    assert_eq!(status, StatusCode::CREATED, "{again}");
+    assert_eq!(again, first, "the retry answers the first deploy");
+    let all = app.get("/v1/deploys").await.expect(StatusCode::OK);
+    assert_eq!(ids(&all), [str_of(&first, "id")], "one deploy, not two");
+
+    // The same key for another request is refused and sends nothing.
+    let (status, refused) = send(&b2, "release-42").await;
+    assert_eq!((status, refused["code"].as_str()), (StatusCode::CONFLICT, Some("idempotency_key_reused")), "{refused}");
+    // A new key is a new command; a key that is not one is refused.
+    let (status, second) = send(&b2, "release-43").await;
+    assert_eq!(status, StatusCode::CREATED, "{second}");
+    assert_ne!(second["id"], first["id"]);
+    let (status, bad) = send(&b2, "").await;
+    assert_eq!((status, bad["code"].as_str()), (StatusCode::BAD_REQUEST, Some("bad_request")), "{bad}");
+    let all = app.get("/v1/deploys").await.expect(StatusCode::OK);
+    assert_eq!(ids(&all).len(), 2);
+    app.stop().await;
+}

@@ -146,10 +146,20 @@ async fn while_rabbitmq_is_cut_a_deploy_answers_503_json_and_after_it_is_back_it
     let (host, build_id, _) = a_deployed_stage(&app).await;
     let deploy = Call::new(Method::POST, format!("/v1/envs/web/prod/deploys?buildId={build_id}"), None, DEPLOYED);
 
+    // A deploy sent with an idempotency key, as the CLI sends them.
+    let keyed = || async {
+        let url = format!("{}/v1/envs/web/prod/deploys?buildId={build_id}", app.api);
+        let req = app.http.post(url).header("Authorization", format!("token {}", app.admin_token));
+        let resp = req.header("Idempotency-Key", "outage-retry").send().await.unwrap();
+        (resp.status(), resp.json::<Value>().await.unwrap_or(Value::Null))
+    };
+
     broker.cut().await;
     for _ in 0..3 {
         assert_unavailable(&deploy.send(&app).await, "a deploy while the broker is away");
     }
+    let (status, refused) = keyed().await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{refused}");
     // What needs only Postgres still works, and so does the gateway.
     app.get("/v1/envs/web/prod").await.expect(StatusCode::OK);
     app.put("/v1/envs/web/prod", &json!({"description": "no broker"})).await.expect(StatusCode::NO_CONTENT);
@@ -164,6 +174,18 @@ async fn while_rabbitmq_is_cut_a_deploy_answers_503_json_and_after_it_is_back_it
     .await;
     if deployed.status == StatusCode::CREATED {
         assert_eq!(deployed.body["buildId"], build_id.as_str(), "{}", deployed.text);
+    }
+    // The keyed request that found the broker away is sent again when retried, then answered
+    // from its outcome.
+    let (status, first) = keyed().await;
+    assert!(status == StatusCode::CREATED || status == StatusCode::ACCEPTED, "{status} {first}");
+    let again = eventually("the keyed deploy's outcome", || async {
+        let (status, body) = keyed().await;
+        if status == StatusCode::CREATED { Ok(body) } else { Err(format!("{status} {body}")) }
+    })
+    .await;
+    if status == StatusCode::CREATED {
+        assert_eq!(again["id"], first["id"], "the same deploy, not a second one");
     }
     app.stop().await;
 }

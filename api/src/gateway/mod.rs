@@ -150,11 +150,13 @@ pub fn operations() -> Vec<Operation> {
         body: Some(|g| g.subschema_for::<schema::ping::PingRequest>()),
         query: None,
         answers: vec![Answer::json::<schema::ping::PingResponse>(200)],
+        headers: Vec::new(),
     };
     let enroll = Described {
         body: Some(|g| g.subschema_for::<enroll::EnrollInput>()),
         query: None,
         answers: vec![Answer::json::<enroll::EnrollOutput>(201)],
+        headers: Vec::new(),
     };
     let fleet = [
         ("/v1/system/ping", ping, "an agent token or the host's credential (on the gateway's listener)"),

@@ -17,7 +17,7 @@ use schemars::generate::SchemaGenerator;
 
 use super::{Answer, AnswerBody};
 use crate::error::ApiResult;
-use crate::extract::{ApiJson, ApiPath, ApiQuery};
+use crate::extract::{ApiJson, ApiPath, ApiQuery, IdempotencyKey};
 
 /// A schema, made when the document is generated.
 pub type SchemaFn = fn(&mut SchemaGenerator) -> Schema;
@@ -31,6 +31,8 @@ pub struct Described {
     pub query: Option<SchemaFn>,
     /// The success answers its return type implies (empty for a bare `Response`).
     pub answers: Vec<Answer>,
+    /// Request headers it reads: (name, description).
+    pub headers: Vec<(&'static str, &'static str)>,
 }
 
 /// A handler argument's part in the description.
@@ -44,6 +46,17 @@ impl<T> Arg for axum::Extension<T> {}
 impl<T> Arg for ApiPath<T> {}
 impl Arg for HeaderMap {}
 impl<T> Arg for axum::extract::ConnectInfo<T> {}
+
+impl Arg for IdempotencyKey {
+    fn describe(d: &mut Described) {
+        d.headers.push((
+            "Idempotency-Key",
+            "Makes a retry safe: a request repeated with the same key (1 to 255 visible ASCII characters, \
+             a UUID for instance) by the same principal answers the first one's outcome and sends no second \
+             command; the same key with a different request is refused (409).",
+        ));
+    }
+}
 
 /// Reads its parameters itself (repeated keys); they are not described.
 impl Arg for axum::extract::RawQuery {}

@@ -213,6 +213,10 @@ fn operation(op: &Operation, schemas: &mut Schemas) -> Value {
             }
         }
     }
+    for (name, description) in &op.described.headers {
+        parameters.push(json!({"name": name, "in": "header", "required": false, "description": description,
+            "schema": {"type": "string", "minLength": 1, "maxLength": 255}}));
+    }
     let mut responses = Map::new();
     let answers: Vec<&Answer> =
         if op.stated.is_empty() { op.described.answers.iter().collect() } else { op.stated.iter().collect() };

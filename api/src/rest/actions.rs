@@ -10,7 +10,7 @@ use serde::Deserialize;
 use super::{ApiState, commands, stage_key};
 use crate::auth::Principal;
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{ApiJson, ApiPath, ApiQuery};
+use crate::extract::{ApiJson, ApiPath, ApiQuery, IdempotencyKey};
 
 /// Most hosts one action may name.
 const MAX_HOSTS: usize = 10_000;
@@ -67,6 +67,7 @@ pub(super) struct ActionQuery {
 pub(super) async fn deploy_action(
     State(s): State<ApiState>,
     Extension(p): Extension<Principal>,
+    key: IdempotencyKey,
     ApiPath((env, stage)): ApiPath<(String, String)>,
     ApiQuery(q): ApiQuery<ActionQuery>,
 ) -> ApiResult<Response> {
@@ -81,7 +82,7 @@ pub(super) async fn deploy_action(
         description: description(q.description)?,
         mark_bad: q.mark_bad.unwrap_or(false),
     };
-    let sent = commands::send(&s, &p, command).await?;
+    let sent = commands::send(&s, &p, &key, command).await?;
     Ok(match action {
         DeployAction::Promote | DeployAction::Restart | DeployAction::Rollback => {
             commands::created(sent, format!("/v1/envs/{env}/{stage}/deploys/current"))
@@ -101,6 +102,7 @@ pub(super) struct HostActionQuery {
 pub(super) async fn host_action(
     State(s): State<ApiState>,
     Extension(p): Extension<Principal>,
+    key: IdempotencyKey,
     ApiPath((env, stage)): ApiPath<(String, String)>,
     ApiQuery(q): ApiQuery<HostActionQuery>,
     ApiJson(ids): ApiJson<Vec<String>>,
@@ -111,7 +113,7 @@ pub(super) async fn host_action(
         return Err(ApiError::bad_request("actionType must be PAUSED_BY_USER, RESET or NORMAL"));
     }
     let command = Command::HostActionV1 { env_name: env, stage_name: stage, action, host_ids: host_ids(ids)? };
-    Ok(commands::no_content(commands::send(&s, &p, command).await?))
+    Ok(commands::no_content(commands::send(&s, &p, &key, command).await?))
 }
 
 /// The fields of an agent record a user may change.
@@ -126,6 +128,7 @@ pub(super) struct AgentPatch {
 pub(super) async fn update_agent(
     State(s): State<ApiState>,
     Extension(p): Extension<Principal>,
+    key: IdempotencyKey,
     ApiPath((env, stage, host)): ApiPath<(String, String, String)>,
     ApiJson(patch): ApiJson<AgentPatch>,
 ) -> ApiResult<Response> {
@@ -138,7 +141,7 @@ pub(super) async fn update_agent(
         return Err(ApiError::bad_request("state must be PAUSED_BY_USER, RESET, NORMAL or STOP"));
     }
     let command = Command::HostActionV1 { env_name: env, stage_name: stage, action: state, host_ids: vec![host] };
-    Ok(commands::no_content(commands::send(&s, &p, command).await?))
+    Ok(commands::no_content(commands::send(&s, &p, &key, command).await?))
 }
 
 /// `PUT /v1/envs/{env}/{stage}/agents/reset_failed_agents/{deployId}`: redo the deploy on the
@@ -146,11 +149,12 @@ pub(super) async fn update_agent(
 pub(super) async fn reset_failed(
     State(s): State<ApiState>,
     Extension(p): Extension<Principal>,
+    key: IdempotencyKey,
     ApiPath((env, stage, deploy)): ApiPath<(String, String, String)>,
 ) -> ApiResult<Response> {
     let (env, stage) = stage_key(env, stage)?;
     let command = Command::ResetFailedV1 { env_name: env, stage_name: stage, deploy_id: DeployId::parse(deploy)? };
-    Ok(commands::no_content(commands::send(&s, &p, command).await?))
+    Ok(commands::no_content(commands::send(&s, &p, &key, command).await?))
 }
 
 #[derive(Deserialize, schemars::JsonSchema)]
@@ -164,6 +168,7 @@ pub(super) struct StopQuery {
 pub(super) async fn stop_hosts(
     State(s): State<ApiState>,
     Extension(p): Extension<Principal>,
+    key: IdempotencyKey,
     ApiPath((env, stage)): ApiPath<(String, String)>,
     ApiQuery(q): ApiQuery<StopQuery>,
     ApiJson(ids): ApiJson<Vec<String>>,
@@ -175,7 +180,7 @@ pub(super) async fn stop_hosts(
         host_ids: host_ids(ids)?,
         replace: q.replace_host.unwrap_or(true),
     };
-    Ok(commands::no_content(commands::send(&s, &p, command).await?))
+    Ok(commands::no_content(commands::send(&s, &p, &key, command).await?))
 }
 
 /// What `PUT /v1/deploys/{id}` may change.
@@ -191,6 +196,7 @@ pub(super) struct DeployPatch {
 pub(super) async fn update_deploy(
     State(s): State<ApiState>,
     Extension(p): Extension<Principal>,
+    key: IdempotencyKey,
     ApiPath(id): ApiPath<String>,
     ApiJson(patch): ApiJson<DeployPatch>,
 ) -> ApiResult<Response> {
@@ -203,7 +209,7 @@ pub(super) async fn update_deploy(
         acceptance_status: patch.acceptance_status,
         description: description(patch.description)?,
     };
-    Ok(commands::no_content(commands::send(&s, &p, command).await?))
+    Ok(commands::no_content(commands::send(&s, &p, &key, command).await?))
 }
 
 #[derive(Deserialize, schemars::JsonSchema)]
@@ -218,11 +224,12 @@ pub(super) struct OverrideQuery {
 pub(super) async fn override_schedule(
     State(s): State<ApiState>,
     Extension(p): Extension<Principal>,
+    key: IdempotencyKey,
     ApiPath((env, stage)): ApiPath<(String, String)>,
     ApiQuery(q): ApiQuery<OverrideQuery>,
 ) -> ApiResult<Response> {
     let (env, stage) = stage_key(env, stage)?;
     let Some(session) = q.session_number else { return Err(ApiError::bad_request("sessionNumber is required")) };
     let command = Command::OverrideScheduleV1 { env_name: env, stage_name: stage, session };
-    Ok(commands::no_content(commands::send(&s, &p, command).await?))
+    Ok(commands::no_content(commands::send(&s, &p, &key, command).await?))
 }

@@ -12,7 +12,7 @@ use serde::Deserialize;
 use super::{ApiState, commands, stage_key};
 use crate::auth::Principal;
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{ApiPath, ApiQuery};
+use crate::extract::{ApiPath, ApiQuery, IdempotencyKey};
 
 #[derive(Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -27,6 +27,7 @@ pub(super) struct DeployQuery {
 pub(super) async fn create(
     State(s): State<ApiState>,
     Extension(p): Extension<Principal>,
+    key: IdempotencyKey,
     ApiPath((env, stage)): ApiPath<(String, String)>,
     ApiQuery(q): ApiQuery<DeployQuery>,
 ) -> ApiResult<Response> {
@@ -51,7 +52,7 @@ pub(super) async fn create(
     }
 
     let command = Command::CreateDeployV1 { env_name: env.clone(), stage_name: stage.clone(), build_id, description };
-    let sent = commands::send(&s, &p, command).await?;
+    let sent = commands::send(&s, &p, &key, command).await?;
     Ok(commands::created(sent, format!("/v1/envs/{env}/{stage}/deploys/current")))
 }
 

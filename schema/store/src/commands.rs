@@ -23,6 +23,21 @@ pub struct NewCommand<'a> {
     pub now: EpochMs,
 }
 
+/// What recording a command found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Recorded {
+    /// The command is new, PENDING.
+    New,
+    /// A command of this id was recorded before (a retried request): its envelope as stored
+    /// and where it stands.
+    Existing {
+        /// The envelope as JSON.
+        payload: serde_json::Value,
+        /// Its status.
+        status: Box<CommandStatus>,
+    },
+}
+
 /// Records a command before it is applied; returns the stored outcome when the command was
 /// applied already (a redelivery), so the caller replies with it and changes nothing.
 pub(crate) async fn begin(
@@ -73,16 +88,36 @@ pub(crate) async fn finish(c: &impl GenericClient, id: &str, outcome: &CommandOu
 
 impl Store {
     /// Records a command as PENDING before it is published (so its URL answers at once).
-    pub async fn insert_command(&self, cmd: NewCommand<'_>) -> Result<()> {
+    pub async fn insert_command(&self, cmd: NewCommand<'_>) -> Result<Recorded> {
         let client = self.client().await?;
-        client
+        let n = client
             .execute(
                 "INSERT INTO commands (command_id, kind, operator, payload, status, created_at)
                  VALUES ($1, $2, $3, $4, 'PENDING', $5) ON CONFLICT (command_id) DO NOTHING",
                 &[&cmd.id, &cmd.kind, &cmd.operator, &cmd.payload, &ts(cmd.now)],
             )
             .await?;
-        Ok(())
+        if n == 1 {
+            return Ok(Recorded::New);
+        }
+        let payload: serde_json::Value =
+            client.query_one("SELECT payload FROM commands WHERE command_id = $1", &[&cmd.id]).await?.get(0);
+        let status = self.command(cmd.id).await?.ok_or_else(|| Error::NotFound(format!("command {}", cmd.id)))?;
+        Ok(Recorded::Existing { payload, status: Box::new(status) })
+    }
+
+    /// Makes a command that failed because the broker was unavailable (nothing was done)
+    /// PENDING again, so that a retried request sends it again. Returns whether it did.
+    pub async fn reopen_unsent_command(&self, id: &str) -> Result<bool> {
+        let client = self.client().await?;
+        let n = client
+            .execute(
+                "UPDATE commands SET status = 'PENDING', error = NULL, finished_at = NULL
+                 WHERE command_id = $1 AND status = 'FAILED' AND error->>'code' = 'unavailable'",
+                &[&id],
+            )
+            .await?;
+        Ok(n == 1)
     }
 
     /// Marks a PENDING command FAILED (it could not be published).

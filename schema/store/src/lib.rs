@@ -52,7 +52,7 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 pub use access::{GrantRow, PrincipalRow, Subject};
 pub use agents::{AgentRow, AppliedBatch};
 pub use builds::BuildSearch;
-pub use commands::NewCommand;
+pub use commands::{NewCommand, Recorded};
 pub use gateway::GatewayLoad;
 pub use history::{HistoryEntry, HistoryQuery, kind as history_kind};
 pub use identity::{Enrolled, Enrollment, HOST_CREDENTIAL_KEY, HostCredential};
