@@ -15,97 +15,20 @@ use crate::rest::stage_key;
 /// Cells on one page of the grid.
 pub const PAGE: usize = 1000;
 
-/// What a host is doing for the stage's current deploy, in the grid's terms.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Kind {
-    /// Serves the current deploy's build.
-    Done,
-    /// Working through the current deploy's steps.
-    Working,
-    /// A step failed and is being retried.
-    Retrying,
-    /// Failed for good (paused by the system).
-    Failed,
-    /// Held by an operator.
-    Paused,
-    /// Not yet admitted to the current deploy (serves an older build).
-    Waiting,
-    /// Its service is stopping or stopped.
-    Stopped,
-    /// Stopped pinging.
-    Gone,
-}
+/// The grid's word for a host's kind (the rule is `schema::rules::host_kind`).
+pub use schema::rules::host_kind::HostKind as Kind;
 
-impl Kind {
-    /// Every kind, in the legend's order.
-    pub const ALL: [Kind; 8] = [
-        Kind::Done,
-        Kind::Working,
-        Kind::Retrying,
-        Kind::Failed,
-        Kind::Paused,
-        Kind::Waiting,
-        Kind::Stopped,
-        Kind::Gone,
-    ];
-
-    /// The CSS class of its cells.
-    pub fn class(self) -> &'static str {
-        match self {
-            Kind::Done => "c-done",
-            Kind::Working => "c-working",
-            Kind::Retrying => "c-retrying",
-            Kind::Failed => "c-failed",
-            Kind::Paused => "c-paused",
-            Kind::Waiting => "c-waiting",
-            Kind::Stopped => "c-stopped",
-            Kind::Gone => "c-gone",
-        }
-    }
-
-    /// Its name in the legend.
-    pub fn label(self) -> &'static str {
-        match self {
-            Kind::Done => "done",
-            Kind::Working => "deploying",
-            Kind::Retrying => "retrying",
-            Kind::Failed => "failed",
-            Kind::Paused => "paused",
-            Kind::Waiting => "waiting",
-            Kind::Stopped => "stopped",
-            Kind::Gone => "unreachable",
-        }
-    }
-
-    /// The kind of a host's record on a stage whose current deploy is `current`.
-    pub fn of(
-        state: AgentState,
-        status: AgentStatus,
-        step: DeployStage,
-        deploy: &DeployId,
-        current: Option<&DeployId>,
-    ) -> Kind {
-        match state {
-            AgentState::Unreachable => return Kind::Gone,
-            AgentState::Stop | AgentState::Delete => return Kind::Stopped,
-            AgentState::PausedByUser => return Kind::Paused,
-            AgentState::PausedBySystem => return Kind::Failed,
-            AgentState::Normal | AgentState::Reset | AgentState::ResetBySystem => {}
-        }
-        if matches!(step, DeployStage::Stopping | DeployStage::Stopped) {
-            return Kind::Stopped;
-        }
-        if status.is_fatal() {
-            return Kind::Failed;
-        }
-        if current != Some(deploy) {
-            return Kind::Waiting;
-        }
-        match (step, status) {
-            (DeployStage::ServingBuild, AgentStatus::Succeeded) => Kind::Done,
-            (_, AgentStatus::ScriptFailed | AgentStatus::RetryableAgentFailed) => Kind::Retrying,
-            _ => Kind::Working,
-        }
+/// The CSS class of a kind's cells.
+pub fn class(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Done => "c-done",
+        Kind::Working => "c-working",
+        Kind::Retrying => "c-retrying",
+        Kind::Failed => "c-failed",
+        Kind::Paused => "c-paused",
+        Kind::Waiting => "c-waiting",
+        Kind::Stopped => "c-stopped",
+        Kind::Gone => "c-gone",
     }
 }
 
@@ -149,8 +72,8 @@ pub fn summary(counts: &[usize; 8]) -> Markup {
     html! {
         ul.legend aria-label="Hosts by state" {
             li { strong { (total) " hosts" } }
-            @for (kind, n) in Kind::ALL.iter().zip(counts) {
-                li { span class=(format!("swatch {}", kind.class())) aria-hidden="true" {} (kind.label()) ": " strong { (n) } }
+            @for (kind, n) in Kind::ALL.into_iter().zip(counts) {
+                li { span class=(format!("swatch {}", class(kind))) aria-hidden="true" {} (kind.label()) ": " strong { (n) } }
             }
         }
     }
@@ -163,7 +86,7 @@ pub fn cells(env: &str, stage: &str, agents: &[Agent], current: Option<&DeployId
         @for a in agents {
             @let (kind, label) = cell(a, current);
             // The title is the link's accessible name too (it has no text).
-            a class=(format!("cell {}", kind.class())) data-h=(a.host_id) title=(label)
+            a class=(format!("cell {}", class(kind))) data-h=(a.host_id) title=(label)
                 href=(format!("/envs/{env}/{stage}/hosts/{}", forward::encode(a.host_name.as_str()))) {}
         }
     }
@@ -221,34 +144,4 @@ pub async fn fragment(
     let e = board.api.store.stage(&env, &stage).await?;
     let (_, shown, _) = load_page(&board.api.store, &e.id, q.number()).await?;
     Ok(Html(cells(env.as_str(), stage.as_str(), &shown, e.deploy_id.as_ref()).into_string()).into_response())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn id(s: &str) -> DeployId {
-        DeployId::parse(s).unwrap()
-    }
-
-    #[test]
-    fn kinds_of_hosts() {
-        let (cur, old) = (id("d2"), id("d1"));
-        let k = |state, status, step, deploy: &DeployId| Kind::of(state, status, step, deploy, Some(&cur));
-        use AgentState as A;
-        use AgentStatus as S;
-        use DeployStage as D;
-        assert_eq!(k(A::Normal, S::Succeeded, D::ServingBuild, &cur), Kind::Done);
-        assert_eq!(k(A::Normal, S::Succeeded, D::ServingBuild, &old), Kind::Waiting);
-        assert_eq!(k(A::Normal, S::Unknown, D::Downloading, &cur), Kind::Working);
-        assert_eq!(k(A::Normal, S::ScriptFailed, D::Restarting, &cur), Kind::Retrying);
-        assert_eq!(k(A::PausedBySystem, S::TooManyRetry, D::Restarting, &cur), Kind::Failed);
-        assert_eq!(k(A::Normal, S::ScriptTimeout, D::Restarting, &old), Kind::Failed);
-        assert_eq!(k(A::PausedByUser, S::Succeeded, D::ServingBuild, &cur), Kind::Paused);
-        assert_eq!(k(A::Stop, S::Succeeded, D::ServingBuild, &cur), Kind::Stopped);
-        assert_eq!(k(A::Normal, S::Succeeded, D::Stopped, &cur), Kind::Stopped);
-        assert_eq!(k(A::Unreachable, S::Succeeded, D::ServingBuild, &cur), Kind::Gone);
-        assert_eq!(k(A::Reset, S::Unknown, D::PreDownload, &cur), Kind::Working);
-        assert_eq!(Kind::of(A::Normal, S::Succeeded, D::ServingBuild, &cur, None), Kind::Waiting);
-    }
 }

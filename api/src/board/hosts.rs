@@ -9,7 +9,7 @@ use maud::html;
 use schema::{AgentState, HostName};
 use serde::Deserialize;
 
-use super::grid::Kind;
+use super::grid::{self, Kind};
 use super::layout::{self, Flash};
 use super::session::{Https, Posted};
 use super::stage::{after, confirm_page, stage_url};
@@ -56,7 +56,7 @@ pub async fn page(
     let action_url = format!("{back}/hosts/{}/action", forward::encode(name.as_str()));
     let body = html! {
         h1 { (name) " on " a href=(back) { (env) "/" (stage) } }
-        p { span class=(format!("swatch {}", kind.class())) aria-hidden="true" {} " " (kind.label()) " · "
+        p { span class=(format!("swatch {}", grid::class(kind))) aria-hidden="true" {} " " (kind.label()) " · "
             (layout::badge(record.state.as_str())) " " (layout::badge(record.deploy_stage.as_str())) " "
             (layout::badge(record.status.as_str())) }
         dl.facts {

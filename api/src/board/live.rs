@@ -151,7 +151,7 @@ impl Live {
                                     &v.deploy_id,
                                     self.current.as_ref(),
                                 );
-                                json!([v.host_id, kind.class(), label])
+                                json!([v.host_id, grid::class(kind), label])
                             })
                             .collect();
                         self.pending.push(Out::Cells(cells.into()));

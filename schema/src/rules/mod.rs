@@ -11,6 +11,7 @@ pub mod cron;
 pub mod deploy_state;
 pub mod freeze;
 pub mod goal;
+pub mod host_kind;
 pub mod identity;
 pub mod promote;
 pub mod schedule;
