@@ -2,6 +2,8 @@
 //!
 //! `teletraan up [--demo]` runs every role in one process; `teletraan api|gateway|worker` run
 //! one role each, to scale them apart; `teletraan migrate` applies the database migrations.
+//! The client commands (`teletraan login`, `deploy`, `status --watch`…) are the `cli` crate's:
+//! they take the client's flags, the server commands the server's.
 
 mod config;
 mod demo;
@@ -9,18 +11,21 @@ mod serve;
 
 use teletraan::sample;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::config::ServerArgs;
 use crate::serve::Roles;
 
 #[derive(Parser)]
-#[command(name = "teletraan", version, about = "A deploy system: API, agent gateway and workers.")]
+#[command(
+    name = "teletraan",
+    version,
+    about = "A deploy system: the server's roles (API, agent gateway, workers) and the command line that drives it.",
+    subcommand_help_heading = "Commands"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
-    #[command(flatten)]
-    server: ServerArgs,
 }
 
 #[derive(Subcommand)]
@@ -30,30 +35,32 @@ enum Cmd {
         /// Also start three local agents and roll out a sample build.
         #[arg(long)]
         demo: bool,
+        #[command(flatten)]
+        server: ServerArgs,
     },
     /// Run the REST API only.
-    Api,
+    Api(ServerArgs),
     /// Run the agent gateway only.
-    Gateway,
+    Gateway(ServerArgs),
     /// Run the workers only.
-    Worker,
+    Worker(ServerArgs),
     /// Create the database if needed, apply migrations, and exit.
-    Migrate,
+    Migrate(ServerArgs),
     /// Run a fleet of simulated agents against a gateway and check the rollout caps.
     Sim(Box<teletraan::sim::cli::SimArgs>),
     /// Benchmark pieces (load generator, bare endpoint, rollout, reports…); see ops/bench/.
-    Bench(Box<teletraan::bench::cli::BenchArgs>),
+    Bench {
+        #[command(flatten)]
+        args: Box<teletraan::bench::cli::BenchArgs>,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    #[command(flatten)]
+    Client(cli::Command),
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let default_level = match &cli.command {
-        Cmd::Up { demo: true } => "warn",
-        _ => "info",
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -61,6 +68,18 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
+    // The client's commands print for people and scripts, not logs.
+    let cli = match cli.command {
+        Cmd::Client(command) => return runtime.block_on(cli::run(command, Cli::command)),
+        _ => cli,
+    };
+    let default_level = match &cli.command {
+        Cmd::Up { demo: true, .. } => "warn",
+        _ => "info",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     match runtime.block_on(run(cli)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -71,9 +90,18 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let settings = cli.server.resolve()?;
+    let server = match &cli.command {
+        Cmd::Up { server, .. }
+        | Cmd::Api(server)
+        | Cmd::Gateway(server)
+        | Cmd::Worker(server)
+        | Cmd::Migrate(server)
+        | Cmd::Bench { server, .. } => server.clone(),
+        Cmd::Sim(_) | Cmd::Client(_) => ServerArgs::default(),
+    };
+    let settings = server.resolve()?;
     let roles = match cli.command {
-        Cmd::Migrate => {
+        Cmd::Migrate(_) => {
             store::Store::ensure_database(&settings.database_url).await?;
             let options = store::StoreOptions { max_connections: 1, ..settings.store_options() };
             let store = store::Store::connect_with(&settings.database_url, &options)?;
@@ -81,7 +109,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("teletraan: database ready ({} migration(s) applied)", applied.len());
             return Ok(());
         }
-        Cmd::Up { demo } => {
+        Cmd::Up { demo, .. } => {
             let mut settings = settings;
             if demo && settings.tls.is_some() {
                 anyhow::bail!(
@@ -110,15 +138,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             running.stop().await;
             return Ok(());
         }
-        Cmd::Api => Roles { api: true, gateway: false, worker: false },
-        Cmd::Gateway => Roles { api: false, gateway: true, worker: false },
-        Cmd::Worker => Roles { api: false, gateway: false, worker: true },
+        Cmd::Api(_) => Roles { api: true, gateway: false, worker: false },
+        Cmd::Gateway(_) => Roles { api: false, gateway: true, worker: false },
+        Cmd::Worker(_) => Roles { api: false, gateway: false, worker: true },
+        Cmd::Client(_) => unreachable!("the client's commands run in main"),
         Cmd::Sim(args) => return teletraan::sim::cli::run(*args).await,
-        Cmd::Bench(args) => {
+        Cmd::Bench { args, .. } => {
             let globals = teletraan::bench::cli::Globals {
-                database_url: cli.server.database_url.clone(),
+                database_url: server.database_url.clone(),
                 amqp_url: settings.amqp_url.clone(),
-                namespace: cli.server.namespace.clone(),
+                namespace: server.namespace.clone(),
                 admin_token: settings.admin_token.clone(),
                 agent_token: settings.agent_token.clone(),
             };
@@ -147,5 +176,37 @@ fn announce(r: &serve::Running, settings: &config::Settings) {
     }
     if let (Some(t), None) = (&r.agent_token, &settings.agent_token) {
         println!("teletraan: agent token {t}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent_and_keeps_server_and_client_flags_apart() {
+        Cli::command().debug_assert();
+        let help = |args: &[&str]| {
+            let mut cmd = Cli::command();
+            // Global flags reach subcommands when the command is built.
+            cmd.build();
+            let mut path = vec![];
+            let mut sub = &mut cmd;
+            for a in args {
+                path.push(*a);
+                sub = sub.find_subcommand_mut(a).unwrap_or_else(|| panic!("no command {path:?}"));
+            }
+            sub.render_long_help().to_string()
+        };
+        for client in [&["deploy"][..], &["env", "list"], &["status"], &["build", "publish"]] {
+            let text = help(client);
+            assert!(text.contains("--url") && text.contains("--output"), "{client:?}: {text}");
+            assert!(!text.contains("--database-url") && !text.contains("--amqp-url"), "{client:?}: {text}");
+        }
+        for server in [&["up"][..], &["api"], &["worker"], &["migrate"]] {
+            let text = help(server);
+            assert!(text.contains("--database-url"), "{server:?}: {text}");
+            assert!(!text.contains("--output") && !text.contains("TELETRAAN_URL"), "{server:?}: {text}");
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! Architecture invariants of DESIGN §3, checked on the resolved dependency graph
 //! (`cargo metadata`), transitively: `schema` stays pure, the agent never links the database,
-//! the broker or the server crates, the bus never links the database, and the API never links
+//! the broker or the server crates, nor does the command line (it speaks only the REST API),
+//! the bus never links the database, and the API never links
 //! the workers (it sends them commands; it never applies one itself).
 
 use std::collections::{BTreeSet, HashMap};
@@ -75,6 +76,14 @@ fn schema_does_no_io() {
 fn agent_links_neither_database_nor_broker() {
     assert_none(
         "agent",
+        &["store", "workers", "bus", "api", "lapin", "tokio-postgres", "postgres", "deadpool-postgres", "axum"],
+    );
+}
+
+#[test]
+fn the_command_line_speaks_only_the_public_api() {
+    assert_none(
+        "cli",
         &["store", "workers", "bus", "api", "lapin", "tokio-postgres", "postgres", "deadpool-postgres", "axum"],
     );
 }
