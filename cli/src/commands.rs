@@ -324,7 +324,10 @@ async fn stage(command: StageCommand, s: &Session) -> Result<()> {
         }
         StageCommand::Config { command: ConfigCommand::Set { env, stage, kind, entries } } => {
             let path = config_path(&env, &stage, kind);
-            let mut current: Map<String, Value> = s.client.get(&path).await?;
+            // Promotion settings absent from a request keep their value; variables are
+            // replaced as a whole, so the others are sent again.
+            let mut current: Map<String, Value> =
+                if kind == ConfigKind::Promotes { Map::new() } else { s.client.get(&path).await? };
             for (name, value) in settings(&entries)? {
                 match (kind, &value) {
                     // Variables are strings; `NAME=` removes one.

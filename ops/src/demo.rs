@@ -192,8 +192,12 @@ pub async fn start(running: &Running, artifacts: Artifacts) -> anyhow::Result<De
     println!("demo: three agents ({}) run in {}", HOSTS.join(", "), home.join("agents").display());
     println!("demo: their logs are {}", home.join("demo-N.log").display());
     println!("demo: look around while it runs:");
-    println!("  curl -s -H 'Authorization: token {admin}' {}/v1/envs/{ENV}/{STAGE}/agents", api.base);
-    println!("  curl -s -H 'Authorization: token {admin}' {}/v1/envs/{ENV}/{STAGE}/deploys/current", api.base);
+    // This very binary is the command line.
+    let me = std::env::current_exe().map_or_else(|_| "teletraan".into(), |p| p.display().to_string());
+    println!("  export TELETRAAN_URL={} TELETRAAN_TOKEN={admin}", api.base);
+    println!("  {me} status {ENV} {STAGE} --watch   # the rollout's progress, live");
+    println!("  {me} hosts {ENV} {STAGE}            # every host's step and build");
+    println!("  {me} history {ENV} {STAGE}          # the deploys");
     println!("  ls -l {}/demo-1/targets/", home.join("agents").display());
     println!("demo: watch it on the deploy board: {}/envs/{ENV}/{STAGE} (log in with the admin token above)", api.base);
     println!("demo: deploying {} (v1) to every host: new hosts are not held by maxParallel", v1.id);

@@ -185,6 +185,13 @@ async fn a_release_engineer_deploys_waits_and_rolls_back_from_the_command_line()
     assert_eq!(cli.json(&["env", "show", "web", "prod"]).await["envState"], "PAUSED");
     cli.ok(&["resume", "web", "prod"]).await;
     assert_eq!(cli.json(&["env", "show", "web", "prod"]).await["envState"], "NORMAL");
+    cli.ok(&["stage", "config", "set", "web", "prod", "promotes", "queueSize=5", "predStage=canary"]).await;
+    let promotes = cli.json(&["stage", "config", "get", "web", "prod", "promotes"]).await;
+    assert_eq!(
+        (promotes["queueSize"].as_i64(), promotes["predStage"].as_str()),
+        (Some(5), Some("canary")),
+        "{promotes}"
+    );
     cli.ok(&["env", "update", "web", "prod", "--set", "maxParallel=6"]).await;
     assert_eq!(cli.json(&["env", "list", "web"]).await[1]["maxParallel"], 6);
 
@@ -341,5 +348,26 @@ async fn bad_flags_unknown_stages_and_bad_tokens_get_their_exit_status_and_one_l
     assert_eq!(fresh.run(&["status", "web", "prod", "--context", "nope"]).await.status.code(), Some(2));
 
     server.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn completions_and_man_pages_come_from_the_flags() {
+    let dir = scratch("docs");
+    let cli = Cli { url: String::new(), token: None, config: dir.join("config.toml") };
+    for (shell, marker) in [("bash", "complete -F"), ("zsh", "#compdef teletraan"), ("fish", "complete -c teletraan")] {
+        let script = cli.ok(&["completions", shell]).await;
+        assert!(
+            script.contains(marker) && script.contains("rollback") && script.contains("mark-bad"),
+            "{shell}: {script}"
+        );
+    }
+    let page = cli.ok(&["man"]).await;
+    assert!(page.starts_with(".ie") || page.contains(".TH teletraan"), "roff: {page}");
+    assert!(page.contains("deploy"), "{page}");
+    cli.ok(&["man", "--dir", dir.join("man").to_str().unwrap()]).await;
+    let deploy = std::fs::read_to_string(dir.join("man").join("teletraan-deploy.1")).unwrap();
+    assert!(deploy.contains("\\-\\-wait") && deploy.contains("\\-\\-timeout"), "{deploy}");
+    assert_eq!(cli.run(&["completions", "powershell"]).await.status.code(), Some(2));
     let _ = std::fs::remove_dir_all(&dir);
 }
