@@ -87,20 +87,6 @@ impl Hosts {
     }
 }
 
-fn view_of(a: Agent) -> AgentView {
-    AgentView {
-        host_id: a.host_id,
-        host_name: a.host_name,
-        deploy_id: a.deploy_id,
-        deploy_stage: a.deploy_stage,
-        state: a.state,
-        status: a.status,
-        last_err_no: a.last_errno,
-        last_update_date: a.last_update_date,
-        removed: false,
-    }
-}
-
 /// Follows the deploy until it ends or the time runs out; answers the deploy as it ended.
 pub async fn follow(client: &Client, f: Follow<'_>) -> Result<Deploy, CliError> {
     let started = Instant::now();
@@ -197,7 +183,7 @@ async fn snapshot(client: &Client, env: &str, stage: &str) -> Result<(Option<Dep
         Err(e) => return Err(e),
     };
     let agents: Vec<Agent> = client.get(&format!("{base}/agents")).await?;
-    let hosts = Hosts(agents.into_iter().map(|a| (a.host_id.clone(), view_of(a))).collect());
+    let hosts = Hosts(agents.iter().map(|a| (a.host_id.clone(), AgentView::from(a))).collect());
     Ok((deploy, hosts))
 }
 

@@ -371,3 +371,75 @@ async fn completions_and_man_pages_come_from_the_flags() {
     assert_eq!(cli.run(&["completions", "powershell"]).await.status.code(), Some(2));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A server that answers each request with the next of `answers` (status, body), recording the
+/// requests' heads.
+async fn scripted_server(answers: Vec<(u16, &'static str)>) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    tokio::spawn(async move {
+        for (status, body) in answers {
+            let Ok((mut conn, _)) = listener.accept().await else { return };
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && conn.read(&mut byte).await.is_ok_and(|n| n == 1) {
+                head.push(byte[0]);
+            }
+            let text = String::from_utf8_lossy(&head).to_string();
+            let length = text
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0))
+                })
+                .unwrap_or(0usize);
+            let mut body_in = vec![0u8; length];
+            let _ = conn.read_exact(&mut body_in).await;
+            log.lock().unwrap().push(text);
+            let reply = format!(
+                "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = conn.write_all(reply.as_bytes()).await;
+        }
+    });
+    (url, seen)
+}
+
+fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+#[tokio::test]
+async fn reads_and_commands_are_retried_with_one_key_and_other_writes_are_sent_once() {
+    let dir = scratch("retry");
+    let busy = r#"{"code":"unavailable","message":"try again"}"#;
+    // A read: two 503s, then the answer.
+    let (url, seen) = scripted_server(vec![(503, busy), (503, busy), (200, "[]")]).await;
+    let cli = Cli { url, token: Some("t0k3n-for-tests".into()), config: dir.join("config.toml") };
+    assert_eq!(cli.json(&["env", "list"]).await, serde_json::json!([]));
+    assert_eq!(seen.lock().unwrap().len(), 3, "tried three times");
+
+    // A command: the retry carries the first attempt's idempotency key.
+    let paused = r#"{"id":"d1","alias":null,"envId":"e1","buildId":"b1","type":"REGULAR","state":"RUNNING","startDate":1,"operator":"ci","lastUpdateDate":1,"description":null,"successTotal":0,"failTotal":0,"total":0,"successDate":null,"acceptanceStatus":"PENDING_DEPLOY","fromDeployId":null}"#;
+    let (url, seen) = scripted_server(vec![(502, busy), (200, paused)]).await;
+    let cli = Cli { url, ..cli };
+    cli.ok(&["pause", "web", "prod"]).await;
+    let heads = seen.lock().unwrap().clone();
+    assert_eq!(heads.len(), 2);
+    let keys: Vec<_> = heads.iter().map(|h| header(h, "idempotency-key").map(str::to_string)).collect();
+    assert!(keys[0].is_some() && keys[0] == keys[1], "one key for both attempts: {heads:?}");
+
+    // Another write: sent once, the failure said, status 4.
+    let (url, seen) = scripted_server(vec![(503, busy), (200, "{}")]).await;
+    let cli = Cli { url, ..cli };
+    let error = cli.fails(4, &["env", "create", "web", "prod"]).await;
+    assert!(error.contains("unavailable: try again (HTTP 503)"), "{error}");
+    assert_eq!(seen.lock().unwrap().len(), 1, "never repeated blindly");
+    let _ = std::fs::remove_dir_all(&dir);
+}
