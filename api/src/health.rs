@@ -17,7 +17,24 @@ async fn healthz() -> &'static str {
     "ok"
 }
 
-async fn metrics() -> impl IntoResponse {
+/// `/metrics` of a listener that reads nothing at scrape (a worker's).
+async fn metrics() -> Response {
+    encoded()
+}
+
+/// `/metrics` of the API's listener: the fleet's gauges read from Postgres first.
+async fn api_metrics(State(store): State<Store>) -> Response {
+    crate::metrics::refresh_fleet(&store).await;
+    encoded()
+}
+
+/// `/metrics` of the gateway's listener: its memory's gauges first.
+async fn gateway_metrics(State(gw): State<Arc<Gateway>>) -> Response {
+    crate::metrics::refresh_gateway(&gw);
+    encoded()
+}
+
+fn encoded() -> Response {
     let encoder = prometheus::TextEncoder::new();
     match encoder.encode_to_string(&prometheus::gather()) {
         Ok(text) => (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response(),
@@ -43,13 +60,13 @@ async fn gateway_ready(State(gw): State<Arc<Gateway>>) -> Response {
     }
 }
 
-/// Health routes of the API listener.
-pub fn api(store: Store) -> Router {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(api_ready))
-        .route("/metrics", get(metrics))
-        .with_state(store)
+/// Health routes of the API listener (`fleet`: its `/metrics` reads the fleet's gauges from
+/// Postgres; a worker's listener does not).
+pub fn api(store: Store, fleet: bool) -> Router {
+    let router = Router::new().route("/healthz", get(healthz)).route("/readyz", get(api_ready));
+    let router =
+        if fleet { router.route("/metrics", get(api_metrics)) } else { router.route("/metrics", get(metrics)) };
+    router.with_state(store)
 }
 
 /// Health routes of the gateway listener.
@@ -57,6 +74,6 @@ pub fn gateway(gw: Arc<Gateway>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(gateway_ready))
-        .route("/metrics", get(metrics))
+        .route("/metrics", get(gateway_metrics))
         .with_state(gw)
 }

@@ -16,6 +16,7 @@ pub mod events;
 pub mod extract;
 pub mod gateway;
 pub mod health;
+pub mod metrics;
 pub mod openapi;
 pub mod paths;
 pub mod rest;
@@ -36,11 +37,11 @@ pub fn api_router(state: rest::ApiState, trusted: auth::TrustedHeaders) -> Route
     let store = state.store.clone();
     let limit = state.request_timeout;
     let auth = rest::auth_state(store.clone(), trusted);
-    let rest = rest::router(state.clone(), auth.clone());
+    let rest = rest::router(state.clone(), auth.clone()).route_layer(middleware::from_fn(metrics::track));
     let router = rest
         .clone()
         .merge(board::router(state, auth, rest))
-        .merge(health::api(store))
+        .merge(health::api(store, true))
         .route("/openapi.json", axum::routing::get(openapi_json))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

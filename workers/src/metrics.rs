@@ -122,3 +122,19 @@ pub(crate) fn live_dropped(reason: &'static str, n: usize) {
         m.with_label_values(&[reason]).inc_by(n as u64);
     }
 }
+
+static ADMISSIONS: LazyLock<Option<IntCounter>> = LazyLock::new(|| {
+    register_int_counter!(
+        "teletraan_worker_admissions_total",
+        "Hosts admitted into a deploy by this process's stage re-evaluations (after reports, and periodic); \
+         a deploy command's first admissions, in its own transaction, are not counted"
+    )
+    .ok()
+});
+
+/// Counts hosts admitted by a re-evaluation.
+pub(crate) fn admitted(n: usize) {
+    if let (Some(m), true) = (ADMISSIONS.as_ref(), n > 0) {
+        m.inc_by(n as u64);
+    }
+}

@@ -14,6 +14,7 @@ use tokio::sync::{Notify, watch};
 use schema::time::now_ms;
 
 use crate::live::LiveEvents;
+use crate::metrics;
 
 /// Pause between rounds while stages remain marked (busy elsewhere or failing).
 const RETRY: Duration = Duration::from_millis(20);
@@ -61,7 +62,10 @@ impl Refresher {
             let mut again = Vec::new();
             for env_id in stages {
                 match store.refresh_stage_if_free(&env_id, now_ms()).await {
-                    Ok(Some(refreshed)) => self.live.send(refreshed.into_live()),
+                    Ok(Some(refreshed)) => {
+                        metrics::admitted(refreshed.admitted.as_ref().map_or(0, |a| a.agents.len()));
+                        self.live.send(refreshed.into_live());
+                    }
                     // Another worker holds the stage: it may have counted before our change
                     // committed, so look again shortly.
                     Ok(None) => again.push(env_id),

@@ -101,6 +101,12 @@ impl Gateway {
         self.ready.load(Ordering::Acquire)
     }
 
+    /// Hosts held, stages held, long polls held, and 1 when ready: what `/metrics` shows.
+    pub fn sizes(&self) -> (usize, usize, usize, usize) {
+        let stages = self.stages.read().unwrap_or_else(|p| p.into_inner()).by_id.len();
+        (self.hosts.len(), stages, self.polls.len(), usize::from(self.is_ready()))
+    }
+
     pub(crate) fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Release);
     }

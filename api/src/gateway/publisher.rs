@@ -161,7 +161,10 @@ async fn flush(
     let mut delays = backoff();
     loop {
         match publisher.publish(&message).await {
-            Ok(()) => return,
+            Ok(()) => {
+                crate::metrics::reports_published(message.len());
+                return;
+            }
             Err(e) => {
                 let delay = delays.next().unwrap_or(Duration::from_secs(10));
                 tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "could not publish reports; retrying");

@@ -20,6 +20,7 @@ use tokio::sync::watch;
 use super::longpoll::StageReach;
 use super::state::{StageEntry, Stages};
 use super::{Gateway, GatewayConfig};
+use crate::metrics;
 
 /// Runs until `shutdown` turns true.
 pub async fn run(gw: Arc<Gateway>, store: Store, config: GatewayConfig, mut shutdown: watch::Receiver<bool>) {
@@ -86,6 +87,7 @@ pub async fn run(gw: Arc<Gateway>, store: Store, config: GatewayConfig, mut shut
         }
         if let Err(e) = session {
             tracing::warn!(error = %e, "change stream lost; reconnecting and reloading");
+            metrics::reload("stream");
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -200,6 +202,7 @@ async fn apply(gw: &Gateway, store: &Store, msg: ChangeMessage) {
         (stages.version(&env_id), stages.get(&env_id).is_some())
     };
     if version <= current {
+        metrics::change("stale");
         return;
     }
     let in_order = version == current + 1;
@@ -207,12 +210,14 @@ async fn apply(gw: &Gateway, store: &Store, msg: ChangeMessage) {
         ChangeMessage::StageV1 { stage, .. } if in_order || !known => {
             let old = gw.stages.write().unwrap_or_else(|p| p.into_inner()).put(&env_id, version, stage.map(|s| *s));
             wake_stage(gw, &env_id, old);
+            metrics::change("applied");
         }
         ChangeMessage::AgentsV1 { agents, .. } if in_order => {
             let canon = gw.stages.read().unwrap_or_else(|p| p.into_inner()).canon();
             gw.hosts.apply_controls(&env_id, &agents, &canon);
             gw.stages.read().unwrap_or_else(|p| p.into_inner()).set_version(&env_id, version);
             gw.polls.wake_hosts(agents.iter().map(|a| &a.host_id));
+            metrics::change("applied");
         }
         ChangeMessage::StageV1 { .. }
         | ChangeMessage::AgentsV1 { .. }
@@ -220,6 +225,8 @@ async fn apply(gw: &Gateway, store: &Store, msg: ChangeMessage) {
         | ChangeMessage::HostCredentialV1 { .. }
         | ChangeMessage::TokensV1 {} => {
             tracing::debug!(env_id = %env_id, have = current, got = version, "change out of order; reloading the stage");
+            metrics::change("gap");
+            metrics::reload("gap");
             reload_stage(gw, store, &env_id).await;
         }
     }
@@ -271,6 +278,7 @@ async fn check_versions(gw: &Gateway, store: &Store) {
     for (id, version) in &db {
         let have = local.iter().find(|(l, _)| l == id).map(|(_, v)| *v).unwrap_or(0);
         if have != *version {
+            metrics::reload("drift");
             reload_stage(gw, store, id).await;
         }
     }

@@ -11,6 +11,7 @@ use super::ApiState;
 use crate::auth::Principal;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::IdempotencyKey;
+use crate::metrics;
 
 /// What became of a command.
 pub(super) enum Sent {
@@ -65,13 +66,25 @@ pub(super) async fn send(s: &ApiState, p: &Principal, key: &IdempotencyKey, comm
         // The first request's envelope, as the workers may have seen it.
         envelope = serde_json::from_value(stored).map_err(ApiError::internal)?;
     }
+    let started = std::time::Instant::now();
+    let kind = envelope.command.kind();
     match s.commands.send(&envelope, s.command_wait).await {
         Ok(Some(reply)) => match reply.outcome {
-            CommandOutcome::Ok { result } => Ok(Sent::Done(result)),
-            CommandOutcome::Err { error } => Err(error.into()),
+            CommandOutcome::Ok { result } => {
+                metrics::command_round_trip(kind, "done", started.elapsed());
+                Ok(Sent::Done(result))
+            }
+            CommandOutcome::Err { error } => {
+                metrics::command_round_trip(kind, "refused", started.elapsed());
+                Err(error.into())
+            }
         },
-        Ok(None) => Ok(Sent::Pending(pending(s, &envelope.id).await?)),
+        Ok(None) => {
+            metrics::command_round_trip(kind, "pending", started.elapsed());
+            Ok(Sent::Pending(pending(s, &envelope.id).await?))
+        }
         Err(e) => {
+            metrics::command_round_trip(kind, "unavailable", started.elapsed());
             tracing::warn!(command.kind = envelope.command.kind(), error = %e, "could not queue a command");
             let error = CommandError { status: 503, code: "unavailable".into(), message: e.to_string() };
             let _ = s.store.fail_command(&envelope.id, &error, schema::time::now_ms()).await;
