@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 ensure_services
 # The board's browser tests drive headless Chromium.
 ensure_browser
+# The alert rules and dashboards are checked against a real Prometheus.
+ensure_prometheus
 # The end-to-end tests run the real binaries.
 cargo build --workspace --bins
 if cargo nextest --version >/dev/null 2>&1; then

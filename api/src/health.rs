@@ -19,24 +19,33 @@ async fn healthz() -> &'static str {
 
 /// `/metrics` of a listener that reads nothing at scrape (a worker's).
 async fn metrics() -> Response {
-    encoded()
+    encoded(|_| true)
 }
 
-/// `/metrics` of the API's listener: the fleet's gauges read from Postgres first.
+/// Series of the gateway: shown on the gateway's listener only. A process running several
+/// roles (`teletraan up`) has one registry; without this split each listener would show the
+/// other's series and sums over scrape jobs would count them twice.
+fn is_gateway(name: &str) -> bool {
+    name.starts_with("teletraan_gateway_")
+}
+
+/// `/metrics` of the API's listener: the fleet's gauges read from Postgres first; every series
+/// but the gateway's (a worker in the same process shows its own here).
 async fn api_metrics(State(store): State<Store>) -> Response {
     crate::metrics::refresh_fleet(&store).await;
-    encoded()
+    encoded(|name| !is_gateway(name))
 }
 
-/// `/metrics` of the gateway's listener: its memory's gauges first.
+/// `/metrics` of the gateway's listener: its memory's gauges first; the gateway's series only.
 async fn gateway_metrics(State(gw): State<Arc<Gateway>>) -> Response {
     crate::metrics::refresh_gateway(&gw);
-    encoded()
+    encoded(is_gateway)
 }
 
-fn encoded() -> Response {
+fn encoded(keep: impl Fn(&str) -> bool) -> Response {
     let encoder = prometheus::TextEncoder::new();
-    match encoder.encode_to_string(&prometheus::gather()) {
+    let families: Vec<_> = prometheus::gather().into_iter().filter(|f| keep(f.name())).collect();
+    match encoder.encode_to_string(&families) {
         Ok(text) => (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response(),
         Err(e) => ApiError::internal(e).into_response(),
     }

@@ -34,6 +34,7 @@ use axum::response::{IntoResponse, Response};
 /// (`into_make_service_with_connect_info::<SocketAddr>`) for trusted-header mode to see
 /// where requests come from.
 pub fn api_router(state: rest::ApiState, trusted: auth::TrustedHeaders) -> Router {
+    metrics::init();
     let store = state.store.clone();
     let limit = state.request_timeout;
     let auth = rest::auth_state(store.clone(), trusted);
@@ -84,6 +85,7 @@ async fn within_deadline(State(limit): State<Duration>, request: Request, next: 
 
 /// The gateway listener's router: ping plus health, a trailing slash on any path accepted.
 pub fn gateway_router(gw: Arc<gateway::Gateway>, store: store::Store) -> Router {
+    metrics::init();
     let router = gateway::router(gw.clone(), store)
         .merge(health::gateway(gw))
         .fallback(not_found)

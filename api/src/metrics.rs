@@ -237,3 +237,22 @@ pub fn reports_published(batches: usize) {
         c.inc_by(batches as u64);
     }
 }
+
+/// Makes the series of the API and the gateway exist (at zero) from the start, so that
+/// dashboards and alerts see them before the first event.
+pub fn init() {
+    if let Some(c) = SCRAPE_ERRORS.as_ref() {
+        c.with_label_values(&["postgres"]);
+    }
+    if let Some(c) = CHANGES.as_ref() {
+        for outcome in ["applied", "stale", "gap"] {
+            c.with_label_values(&[outcome]);
+        }
+    }
+    if let Some(c) = RELOADS.as_ref() {
+        for cause in ["gap", "drift", "stream"] {
+            c.with_label_values(&[cause]);
+        }
+    }
+    LazyLock::force(&REPORTS);
+}

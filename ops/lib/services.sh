@@ -176,6 +176,14 @@ ensure_axe() {
     export TELETRAAN_AXE_CORE="$dir/axe.min.js"
 }
 
+# Prometheus and promtool (Debian package) for the rules check and the Prometheus test; no
+# service is started (the test runs its own).
+ensure_prometheus() {
+    if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
+        apt_install --no-install-recommends prometheus
+    fi
+}
+
 ensure_services() {
     ensure_build_deps
     ensure_postgres

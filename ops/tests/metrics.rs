@@ -100,6 +100,15 @@ async fn every_role_exports_what_dashboards_and_alerts_read_during_a_rollout() {
             _ => assert!(!name.ends_with("_total"), "only counters end with _total: {name}"),
         }
     }
+    // One process, one registry: each listener shows its role's series, none twice.
+    assert!(
+        on_api.iter().all(|(n, _, _)| !n.starts_with("teletraan_gateway_")),
+        "the API listener shows no gateway series"
+    );
+    assert!(
+        on_gateway.iter().all(|(n, _, _)| n.starts_with("teletraan_gateway_")),
+        "the gateway listener its own only"
+    );
     // Labels are bounded: a route is a template, never a path with an id in it.
     let routes: Vec<&str> = on_api
         .iter()

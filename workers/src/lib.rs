@@ -65,6 +65,7 @@ impl WorkerConfig {
 
 /// Starts every worker task; they stop when `shutdown` turns true.
 pub fn spawn(config: WorkerConfig, store: Store, shutdown: watch::Receiver<bool>, tasks: &mut JoinSet<()>) {
+    metrics::init();
     let live = live::LiveEvents::spawn(config.bus.clone(), shutdown.clone(), tasks);
     tasks.spawn(bus::consume(
         config.bus.clone(),

@@ -27,7 +27,7 @@ static JOB_RUNS: LazyLock<Option<IntCounterVec>> = LazyLock::new(|| {
     register_int_counter_vec!(
         "teletraan_worker_job_runs_total",
         "Periodic job runs by this process, by job and outcome (ok, failed)",
-        &["job", "outcome"]
+        &["job_name", "outcome"]
     )
     .ok()
 });
@@ -36,7 +36,7 @@ static JOB_DURATION: LazyLock<Option<HistogramVec>> = LazyLock::new(|| {
     register_histogram_vec!(
         "teletraan_worker_job_duration_seconds",
         "Duration of periodic job runs by this process, by job",
-        &["job"],
+        &["job_name"],
         vec![0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0]
     )
     .ok()
@@ -46,7 +46,7 @@ static JOB_LAST_SUCCESS: LazyLock<Option<GaugeVec>> = LazyLock::new(|| {
     register_gauge_vec!(
         "teletraan_worker_job_last_success_timestamp_seconds",
         "When each periodic job last succeeded, in any worker (read from the jobs table)",
-        &["job"]
+        &["job_name"]
     )
     .ok()
 });
@@ -55,7 +55,7 @@ static JOB_FAILURES: LazyLock<Option<IntGaugeVec>> = LazyLock::new(|| {
     register_int_gauge_vec!(
         "teletraan_worker_job_failures",
         "Failed runs of each periodic job, in any worker (read from the jobs table)",
-        &["job"]
+        &["job_name"]
     )
     .ok()
 });
@@ -136,5 +136,18 @@ static ADMISSIONS: LazyLock<Option<IntCounter>> = LazyLock::new(|| {
 pub(crate) fn admitted(n: usize) {
     if let (Some(m), true) = (ADMISSIONS.as_ref(), n > 0) {
         m.inc_by(n as u64);
+    }
+}
+
+/// Makes the worker's series exist (at zero) from the start, so that dashboards and alerts see
+/// them before the first event.
+pub(crate) fn init() {
+    for counter in [&ADMISSIONS, &LIVE_PUBLISHED] {
+        LazyLock::force(counter);
+    }
+    if let Some(m) = LIVE_DROPPED.as_ref() {
+        for reason in ["queue_full", "unpublished", "stopped"] {
+            m.with_label_values(&[reason]);
+        }
     }
 }

@@ -136,6 +136,23 @@ where
     }
 }
 
+/// Polls `probe` until it gives a value, failing the test after [`DEADLINE`].
+#[allow(dead_code)]
+pub async fn wait_for_value<T, F, Fut>(what: &str, probe: F) -> T
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        if let Some(v) = probe().await {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// The REST API as an admin.
 pub struct Api {
     /// The client.

@@ -83,6 +83,7 @@ pub async fn consume<H: Handler>(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let queue_name = cfg.name(queue.as_str());
+    crate::metrics::init(queue);
     while let Some(conn) = connect_with_retry(&cfg, &mut shutdown).await {
         let session = async {
             let (ch, consumer) = open_consumer(&conn, &cfg, &queue_name, prefetch, true).await?;

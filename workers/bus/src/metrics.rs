@@ -41,3 +41,16 @@ pub(crate) fn message_done(queue: WorkQueue, d: &Disposition, took: Duration) {
         h.with_label_values(&[queue.as_str()]).observe(took.as_secs_f64());
     }
 }
+
+/// Makes a queue's series exist (at zero) before its first message, so that dashboards and
+/// alerts see them from the start.
+pub(crate) fn init(queue: WorkQueue) {
+    if let Some(m) = MESSAGES.as_ref() {
+        for outcome in ["ack", "retry", "retry_later", "dead"] {
+            m.with_label_values(&[queue.as_str(), outcome]);
+        }
+    }
+    if let Some(h) = DURATION.as_ref() {
+        h.with_label_values(&[queue.as_str()]);
+    }
+}
