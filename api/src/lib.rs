@@ -19,6 +19,7 @@ pub mod health;
 pub mod metrics;
 pub mod openapi;
 pub mod paths;
+pub mod request_id;
 pub mod rest;
 
 use std::sync::Arc;
@@ -46,7 +47,8 @@ pub fn api_router(state: rest::ApiState, trusted: auth::TrustedHeaders) -> Route
         .route("/openapi.json", axum::routing::get(openapi_json))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(middleware::from_fn_with_state(limit, within_deadline));
+        .layer(middleware::from_fn_with_state(limit, within_deadline))
+        .layer(middleware::from_fn(request_id::assign));
     paths::trimming_trailing_slashes(router)
 }
 

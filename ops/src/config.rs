@@ -22,6 +22,10 @@ pub struct ServerArgs {
     /// Postgres URL.
     #[arg(long, env = "TELETRAAN_DATABASE_URL", global = true)]
     pub database_url: Option<String>,
+    /// Log lines as `text` (default) or `json` (one object per line, with the span fields:
+    /// request id, command id, deploy and host ids).
+    #[arg(long, env = "TELETRAAN_LOG_FORMAT", global = true, value_parser = ["text", "json"])]
+    pub log_format: Option<String>,
     /// RabbitMQ URL.
     #[arg(long, env = "TELETRAAN_AMQP_URL", global = true)]
     pub amqp_url: Option<String>,

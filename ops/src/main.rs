@@ -79,7 +79,13 @@ fn main() -> std::process::ExitCode {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let json = server_args(&cli.command).and_then(|s| s.log_format.as_deref()) == Some("json");
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        logs.json().with_current_span(true).with_span_list(true).init();
+    } else {
+        logs.init();
+    }
     match runtime.block_on(run(cli)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -89,16 +95,21 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
-    let server = match &cli.command {
+/// The server settings of a server command.
+fn server_args(cmd: &Cmd) -> Option<&ServerArgs> {
+    match cmd {
         Cmd::Up { server, .. }
         | Cmd::Api(server)
         | Cmd::Gateway(server)
         | Cmd::Worker(server)
         | Cmd::Migrate(server)
-        | Cmd::Bench { server, .. } => server.clone(),
-        Cmd::Sim(_) | Cmd::Client(_) => ServerArgs::default(),
-    };
+        | Cmd::Bench { server, .. } => Some(server),
+        Cmd::Sim(_) | Cmd::Client(_) => None,
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let server = server_args(&cli.command).cloned().unwrap_or_default();
     let settings = server.resolve()?;
     let roles = match cli.command {
         Cmd::Migrate(_) => {

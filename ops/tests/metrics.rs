@@ -172,3 +172,37 @@ async fn every_role_exports_what_dashboards_and_alerts_read_during_a_rollout() {
     fleet.stop().await;
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_carry_the_request_id_from_the_api_to_the_worker_that_applied_the_command() {
+    let log = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("json-log-{}.log", std::process::id()));
+    let server = Server::start_logging(&[("TELETRAAN_LOG_FORMAT", "json"), ("RUST_LOG", "info")], &log).await;
+    let api = &server.api;
+    api.stage("web", "prod", "g", json!({})).await;
+    let b =
+        api.publish("web", "https://artifacts.example.com/web-1.tgz", "1111111abc", Some(UNDOWNLOADED_SHA256)).await;
+    let url = format!("{}/v1/envs/web/prod/deploys?buildId={}", api.base, b.id);
+    let resp = api.http.post(url).bearer_auth(ADMIN).header("X-Request-Id", "ci-run-42.deploy").send().await.unwrap();
+    assert_eq!(resp.status(), 201);
+    assert_eq!(resp.headers()["x-request-id"], "ci-run-42.deploy", "the id comes back");
+    let other = api.http.get(format!("{}/v1/envs", api.base)).bearer_auth(ADMIN).send().await.unwrap();
+    let generated = other.headers()["x-request-id"].to_str().unwrap().to_string();
+    assert_eq!(generated.len(), 36, "one is made when the caller sends none: {generated}");
+    server.stop().await;
+
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<serde_json::Value> =
+        text.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))).collect();
+    assert!(!lines.is_empty());
+    let applied = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "command applied")
+        .unwrap_or_else(|| panic!("the worker's line: {text}"));
+    let spans = applied["spans"].as_array().unwrap();
+    assert!(
+        spans.iter().any(|s| s["name"] == "command" && s["request.id"] == "ci-run-42.deploy"),
+        "the worker's line names the request: {applied}"
+    );
+    assert!(applied["fields"]["command.id"].is_string() && applied["level"] == "INFO", "{applied}");
+    let _ = std::fs::remove_file(&log);
+}

@@ -26,6 +26,10 @@ pub struct CommandEnvelope {
     pub operator: String,
     /// What to do.
     pub command: Command,
+    /// The id of the API request that sent it (`X-Request-Id`), carried into the worker's
+    /// logs; absent from older APIs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
 }
 
 /// What a command asks for.
@@ -512,6 +516,7 @@ mod tests {
     #[test]
     fn command_envelope_names_its_version() {
         let env = CommandEnvelope {
+            request_id: None,
             id: "c1".into(),
             attempt: 1,
             issued_at: 5,

@@ -4,6 +4,7 @@ use lapin::options::BasicPublishOptions;
 use schema::bus::{Command, CommandEnvelope, CommandOutcome, CommandReply};
 use schema::time::EpochMs;
 use store::{CommandStage, Store};
+use tracing::Instrument;
 
 use bus::{DeliveryCtx, Disposition, Handler, json_props};
 use schema::time::now_ms;
@@ -53,6 +54,19 @@ impl Handler for CommandHandler {
             Ok(e) => e,
             Err(e) => return Disposition::Dead(format!("undecodable command: {e}")),
         };
+        let span = tracing::info_span!(
+            "command",
+            command.id = %envelope.id,
+            command.kind = envelope.command.kind(),
+            request.id = envelope.request_id.as_deref().unwrap_or("-"),
+        );
+        self.apply(ctx, envelope).instrument(span).await
+    }
+}
+
+impl CommandHandler {
+    async fn apply(&self, ctx: &DeliveryCtx<'_>, envelope: CommandEnvelope) -> Disposition {
+        let d = ctx.delivery;
         let now = now_ms();
         let outcome = match self.store.apply_command(&envelope, now).await {
             Ok(outcome) => outcome,

@@ -143,6 +143,7 @@ async fn a_deploy_command_round_trips_through_a_worker() {
 
     let client = CommandClient::new(cfg.clone());
     let envelope = CommandEnvelope {
+        request_id: None,
         id: "cmd-1".into(),
         attempt: 1,
         issued_at: now,
@@ -267,6 +268,7 @@ async fn a_broker_that_never_answers_is_unavailable_once_the_timeout_passed() {
     assert!(e.to_string().contains("no answer"), "the cause is named: {e}");
 
     let envelope = CommandEnvelope {
+        request_id: None,
         id: "cmd-silent".into(),
         attempt: 1,
         issued_at: 1,
@@ -299,6 +301,7 @@ async fn a_dead_lettered_command_ends_failed_and_stays_for_operators() {
     let cfg = tb.config.clone();
     let now = schema::time::now_ms();
     let envelope = |id: &str| CommandEnvelope {
+        request_id: None,
         id: id.into(),
         attempt: 1,
         issued_at: now,

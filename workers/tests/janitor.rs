@@ -36,6 +36,7 @@ async fn deploy(s: &Store, id: &str, commit: &str) -> Deploy {
     let b = Build::publish(input, &ArtifactPolicy::permissive(), "ci", NOW).unwrap();
     s.insert_build(&b).await.unwrap();
     let cmd = CommandEnvelope {
+        request_id: None,
         id: id.into(),
         attempt: 1,
         issued_at: NOW,

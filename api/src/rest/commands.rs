@@ -33,7 +33,14 @@ pub(super) async fn send(s: &ApiState, p: &Principal, key: &IdempotencyKey, comm
         Some(key) => keyed_id(&p.name, key),
         None => uuid::Uuid::new_v4().to_string(),
     };
-    let mut envelope = CommandEnvelope { id, attempt: 1, issued_at: now, operator: p.name.clone(), command };
+    let mut envelope = CommandEnvelope {
+        id,
+        attempt: 1,
+        issued_at: now,
+        operator: p.name.clone(),
+        command,
+        request_id: crate::request_id::current(),
+    };
     let payload = serde_json::to_value(&envelope).map_err(ApiError::internal)?;
     let recorded = s
         .store

@@ -2,7 +2,7 @@
 //! namespace of its own, and an API client as an admin.
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -51,17 +51,28 @@ impl Server {
 
     /// Starts the server with more settings (`TELETRAAN_*` variables).
     pub async fn start_with(settings: &[(&str, &str)]) -> Server {
-        Server::launch(settings, TestBus::new(), reqwest::Client::new(), false).await
+        Server::launch(settings, TestBus::new(), reqwest::Client::new(), false, None).await
+    }
+
+    /// Starts the server with more settings, its log (standard error) going to `log`.
+    pub async fn start_logging(settings: &[(&str, &str)], log: &Path) -> Server {
+        Server::launch(settings, TestBus::new(), reqwest::Client::new(), false, Some(log)).await
     }
 
     /// Starts the server with TLS to its services: Postgres with `sslmode=verify-full` and
     /// RabbitMQ over `amqps://`, both trusting the test CA (ops/lib/services.sh). `settings`
     /// give the API and gateway their certificate; `http` must trust its CA.
     pub async fn start_tls(settings: &[(&str, &str)], http: reqwest::Client) -> Server {
-        Server::launch(settings, TestBus::tls(), http, true).await
+        Server::launch(settings, TestBus::tls(), http, true, None).await
     }
 
-    async fn launch(settings: &[(&str, &str)], bus: TestBus, http: reqwest::Client, tls: bool) -> Server {
+    async fn launch(
+        settings: &[(&str, &str)],
+        bus: TestBus,
+        http: reqwest::Client,
+        tls: bool,
+        log: Option<&Path>,
+    ) -> Server {
         let db = TestDatabase::new().await;
         let mut child = Command::new(binary("teletraan"));
         let mut database_url = db.url.clone();
@@ -70,7 +81,9 @@ impl Server {
             database_url = format!("{}?sslmode=verify-full&sslrootcert={}", db.url, ca.display());
             child.env("TELETRAAN_AMQP_CA_FILE", &ca);
         }
-        child.envs(settings.iter().copied());
+        if let Some(log) = log {
+            child.stderr(std::fs::File::create(log).expect("the log file"));
+        }
         let mut child = child
             .arg("up")
             .env("TELETRAAN_DATABASE_URL", &database_url)
@@ -81,6 +94,8 @@ impl Server {
             .env("TELETRAAN_ADMIN_TOKEN", ADMIN)
             .env("TELETRAAN_AGENT_TOKEN", AGENT)
             .env("RUST_LOG", "warn")
+            // The test's settings last: they may change any of the above.
+            .envs(settings.iter().copied())
             .stdout(Stdio::piped())
             .kill_on_drop(true)
             .spawn()

@@ -14,7 +14,7 @@ use store::Store;
 use store::testing::TestDatabase;
 
 fn envelope(id: &str, command: Command) -> CommandEnvelope {
-    CommandEnvelope { id: id.into(), attempt: 1, issued_at: NOW, operator: "bob".into(), command }
+    CommandEnvelope { request_id: None, id: id.into(), attempt: 1, issued_at: NOW, operator: "bob".into(), command }
 }
 
 async fn run(s: &Store, id: &str, command: Command, now: i64) -> Result<serde_json::Value, CommandError> {

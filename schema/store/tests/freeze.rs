@@ -11,7 +11,7 @@ use store::testing::TestDatabase;
 use store::{HistoryQuery, Store};
 
 fn envelope(id: &str, command: Command) -> CommandEnvelope {
-    CommandEnvelope { id: id.into(), attempt: 1, issued_at: NOW, operator: "bob".into(), command }
+    CommandEnvelope { request_id: None, id: id.into(), attempt: 1, issued_at: NOW, operator: "bob".into(), command }
 }
 
 async fn run(s: &Store, id: &str, command: Command) -> Result<serde_json::Value, CommandError> {

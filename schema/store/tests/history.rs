@@ -92,6 +92,7 @@ async fn applied_commands_leave_a_row_and_refused_ones_none() {
     let d = deploy(s, "cmd-1", "web", "prod", &b.id, NOW + 1).await;
 
     let refused = CommandEnvelope {
+        request_id: None,
         id: "cmd-2".into(),
         attempt: 1,
         issued_at: NOW,

@@ -140,6 +140,7 @@ async fn silence_spares_held_hosts_and_hosts_heard_of_meanwhile() {
     let d1 = deploy(s, "c1", "web", "prod", &b1.id, NOW).await;
     report(s, &e.id, &["held", "quiet", "chatty"], &serving(&d1.id), NOW).await;
     let hold = CommandEnvelope {
+        request_id: None,
         id: "hold".into(),
         attempt: 1,
         issued_at: NOW,
@@ -195,6 +196,7 @@ async fn stopped_hosts_are_finished_once_silent_and_host_capacity_shows_them_mis
     let d1 = deploy(s, "c1", "web", "prod", &b1.id, NOW).await;
     report(s, &e.id, &["h1", "h2"], &serving(&d1.id), NOW).await;
     let stop = CommandEnvelope {
+        request_id: None,
         id: "stop".into(),
         attempt: 1,
         issued_at: NOW,

@@ -299,6 +299,7 @@ async fn a_rollback_can_mark_the_build_it_leaves_bad() {
     accept(&db, &d1.id).await;
     deploy(s, "c2", "web", "beta", &b2.id, NOW - 19 * MIN).await;
     let rollback = |mark_bad: bool, cmd: &str| CommandEnvelope {
+        request_id: None,
         id: cmd.into(),
         attempt: 1,
         issued_at: NOW,

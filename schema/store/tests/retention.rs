@@ -53,6 +53,7 @@ async fn old_deploys_go_but_what_is_current_or_referenced_stays() {
         .await
         .unwrap();
     let rollback = CommandEnvelope {
+        request_id: None,
         id: "rb".into(),
         attempt: 1,
         issued_at: start,

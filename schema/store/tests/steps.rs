@@ -42,8 +42,14 @@ async fn pause(s: &Store, host: &str, at: i64) {
         action: AgentState::PausedByUser,
         host_ids: vec![id(host)],
     };
-    let envelope =
-        CommandEnvelope { id: format!("pause-{host}"), attempt: 1, issued_at: at, operator: "bob".into(), command };
+    let envelope = CommandEnvelope {
+        request_id: None,
+        id: format!("pause-{host}"),
+        attempt: 1,
+        issued_at: at,
+        operator: "bob".into(),
+        command,
+    };
     assert!(matches!(s.apply_command(&envelope, at).await.unwrap(), CommandOutcome::Ok { .. }));
 }
 

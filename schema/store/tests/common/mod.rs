@@ -37,6 +37,7 @@ pub async fn build(store: &Store, name: &str) -> Build {
 
 pub fn deploy_command(cmd_id: &str, env: &str, stage: &str, build: &BuildId) -> CommandEnvelope {
     CommandEnvelope {
+        request_id: None,
         id: cmd_id.into(),
         attempt: 1,
         issued_at: NOW,
