@@ -146,6 +146,12 @@ async fn every_role_exports_what_dashboards_and_alerts_read_during_a_rollout() {
     // The gateway: pings, its memory, changes taken, reports sent.
     assert!(value(&on_gateway, "teletraan_gateway_pings_total", &[r#"outcome="goal""#]).unwrap_or(0.0) >= 5.0);
     assert!(value(&on_gateway, "teletraan_gateway_ping_duration_seconds_count", &[]).unwrap_or(0.0) > 0.0);
+    assert!(value(&on_gateway, "teletraan_gateway_goals_total", &[r#"op="DEPLOY""#]).unwrap_or(0.0) >= 5.0);
+    assert_eq!(
+        value(&on_gateway, "teletraan_gateway_goals_total", &[r#"op="STOP""#]),
+        Some(0.0),
+        "every op code has a series"
+    );
     assert_eq!(value(&on_gateway, "teletraan_gateway_cached_hosts", &[]), Some(5.0));
     assert_eq!(value(&on_gateway, "teletraan_gateway_cached_stages", &[]), Some(1.0));
     assert_eq!(value(&on_gateway, "teletraan_gateway_ready", &[]), Some(1.0));

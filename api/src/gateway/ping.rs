@@ -15,7 +15,7 @@ use schema::bus::{AgentUpdate, HostFacts};
 use schema::ping::{MAX_WAIT_SECONDS, PingHost, PingRequest, PingResponse, ReportIn};
 use schema::rules::goal::{EnvInput, RecordChange, plan};
 use schema::time::EpochMs;
-use schema::{EnvId, EnvName, StageName};
+use schema::{EnvId, EnvName, OpCode, StageName};
 
 use super::Gateway;
 use super::fasthash::hash_of;
@@ -52,6 +52,13 @@ static PINGS: LazyLock<Outcomes> = LazyLock::new(|| {
             .map(|v| OUTCOMES.map(|o| v.with_label_values(&[o])));
     Outcomes { counters }
 });
+/// Goals handed out, by op code (resolved once, like the outcomes).
+static GOALS: LazyLock<Option<Vec<(OpCode, IntCounter)>>> = LazyLock::new(|| {
+    register_int_counter_vec!("teletraan_gateway_goals_total", "Pings answered with a goal, by its op code", &["op"])
+        .ok()
+        .map(|v| OpCode::ALL.iter().map(|op| (*op, v.with_label_values(&[op.as_str()]))).collect())
+});
+
 static PING_SECONDS: LazyLock<Option<Histogram>> = LazyLock::new(|| {
     register_histogram!(
         "teletraan_gateway_ping_duration_seconds",
@@ -148,6 +155,11 @@ pub(super) async fn ping(
         count("long_poll");
     }
     count(if response.deploy_goal.is_some() { "goal" } else { "noop" });
+    if response.deploy_goal.is_some()
+        && let Some((_, c)) = GOALS.as_ref().and_then(|g| g.iter().find(|(op, _)| *op == response.op_code))
+    {
+        c.inc();
+    }
     Json(response).into_response()
 }
 
