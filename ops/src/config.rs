@@ -248,7 +248,7 @@ fn read_ca(path: &std::path::Path, amqp_url: &str) -> anyhow::Result<String> {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
     let name = "amqp_ca_file (TELETRAAN_AMQP_CA_FILE)";
-    if !amqp_url.starts_with("amqps://") {
+    if !bus::node_urls(amqp_url).iter().all(|u| u.starts_with("amqps://")) {
         bail!("{name} is set but amqp_url is not an amqps:// URL: the CA would never be used");
     }
     let text = std::fs::read_to_string(path).with_context(|| format!("{name}: cannot read {}", path.display()))?;

@@ -162,6 +162,9 @@ async fn serve(
 
 /// A URL without its password, for messages.
 pub fn redact(url: &str) -> String {
+    if url.contains(',') {
+        return url.split(',').map(|u| redact(u.trim())).collect::<Vec<_>>().join(",");
+    }
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => {
             let creds = &url[scheme + 3..at];
@@ -180,5 +183,9 @@ mod tests {
     fn passwords_are_redacted() {
         assert_eq!(super::redact("amqp://guest:guest@h:5672/%2f"), "amqp://guest:***@h:5672/%2f");
         assert_eq!(super::redact("postgres://localhost/x"), "postgres://localhost/x");
+        assert_eq!(
+            super::redact("amqp://u:p1@a:5672/%2f, amqp://u:p2@b:5673/%2f"),
+            "amqp://u:***@a:5672/%2f,amqp://u:***@b:5673/%2f"
+        );
     }
 }

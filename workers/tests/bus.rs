@@ -372,3 +372,24 @@ async fn a_dead_lettered_command_ends_failed_and_stays_for_operators() {
     consumer.await.unwrap();
     watcher.await.unwrap();
 }
+
+#[tokio::test]
+async fn a_url_listing_several_nodes_skips_those_that_are_down() {
+    let tb = TestBus::new();
+    // A closed port and a node that never answers, before the real one.
+    let (silent, _held) = silent_server().await;
+    let nodes =
+        format!("amqp://guest:guest@127.0.0.1:1/%2f, amqp://guest:guest@127.0.0.1:{silent}/%2f, {}", tb.config.url);
+    let cfg = bus::BusConfig { url: nodes, timeout: Duration::from_secs(2), ..tb.config.clone() };
+    Publisher::new(cfg.clone()).publish(&[work(&cfg, b"through the third node")]).await.expect("a publish");
+    wait_for("the message in the queue", || async { queue_len(&tb.config, "reports").await == 1 }).await;
+    // The process now starts from the node that worked.
+    let started = std::time::Instant::now();
+    bus::connect(&cfg).await.expect("the working node");
+    assert!(started.elapsed() < Duration::from_secs(1), "no time lost on the dead nodes: {:?}", started.elapsed());
+
+    let none =
+        bus::BusConfig { url: "amqp://guest:guest@127.0.0.1:1/%2f, amqp://guest:guest@127.0.0.1:2/%2f".into(), ..cfg };
+    let Err(e) = bus::connect(&none).await else { panic!("no node is up") };
+    assert!(matches!(e, bus::BusError::Unavailable(_)), "{e:?}");
+}

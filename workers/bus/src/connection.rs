@@ -2,6 +2,8 @@
 //! bound on every exchange with the broker ([`within`]).
 
 use std::future::Future;
+use std::collections::BTreeMap;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
@@ -45,14 +47,60 @@ where
     }
 }
 
-/// Opens a connection (at most `cfg.timeout`): TLS for an `amqps://` URL, checking the
-/// broker's certificate and name against the system's roots and `cfg.ca_pem`.
+/// The broker's nodes: `cfg.url` is one URL, or several separated by commas (the nodes of a
+/// RabbitMQ cluster), tried in turn.
+pub fn node_urls(url: &str) -> Vec<&str> {
+    url.split(',').map(str::trim).filter(|u| !u.is_empty()).collect()
+}
+
+/// The node this process connects to first, per list of nodes: the last one that worked, or
+/// the one after the last that failed, so that a process moves on from a lost node at once.
+static FIRST_NODE: Mutex<BTreeMap<String, usize>> = Mutex::new(BTreeMap::new());
+
+fn first_node(url: &str) -> usize {
+    FIRST_NODE.lock().unwrap_or_else(|p| p.into_inner()).get(url).copied().unwrap_or(0)
+}
+
+fn set_first_node(url: &str, node: usize) {
+    FIRST_NODE.lock().unwrap_or_else(|p| p.into_inner()).insert(url.to_string(), node);
+}
+
+/// Opens a connection to one of the broker's nodes (each try bounded by `cfg.timeout`): TLS
+/// for an `amqps://` URL, checking the broker's certificate and name against the system's roots
+/// and `cfg.ca_pem`. With several nodes, an unreachable one is skipped for the next; the
+/// caller declares its topology on the connection it gets, so a failover re-declares it.
 pub async fn connect(cfg: &BusConfig) -> Result<Connection, BusError> {
-    let props =
-        ConnectionProperties::default().with_connection_name(format!("teletraan-{}", std::process::id()).into());
-    let tls = OwnedTLSConfig { cert_chain: cfg.ca_pem.clone(), ..OwnedTLSConfig::default() };
-    let runtime = lapin::runtime::default_runtime()?;
-    within(cfg.timeout, "connecting", Connection::connect_with_config(&cfg.url, props, tls, runtime)).await
+    let nodes = node_urls(&cfg.url);
+    if nodes.is_empty() {
+        return Err(BusError::Unavailable("no broker address configured".into()));
+    }
+    let first = first_node(&cfg.url) % nodes.len();
+    let mut last = None;
+    for i in 0..nodes.len() {
+        let node = (first + i) % nodes.len();
+        let props =
+            ConnectionProperties::default().with_connection_name(format!("teletraan-{}", std::process::id()).into());
+        let tls = OwnedTLSConfig { cert_chain: cfg.ca_pem.clone(), ..OwnedTLSConfig::default() };
+        let runtime = lapin::runtime::default_runtime()?;
+        match within(cfg.timeout, "connecting", Connection::connect_with_config(nodes[node], props, tls, runtime)).await
+        {
+            Ok(c) => {
+                set_first_node(&cfg.url, node);
+                if i > 0 {
+                    tracing::info!(node, "connected to another broker node");
+                }
+                return Ok(c);
+            }
+            Err(e) => {
+                if nodes.len() > 1 {
+                    tracing::warn!(node, error = %e, "broker node unreachable; trying the next");
+                }
+                last = Some(e);
+            }
+        }
+    }
+    set_first_node(&cfg.url, first + 1);
+    Err(last.unwrap_or_else(|| BusError::Unavailable("no broker node reachable".into())))
 }
 
 /// Opens a connection, retrying with exponential backoff and jitter until it works or
@@ -85,4 +133,16 @@ pub fn backoff() -> impl Iterator<Item = Duration> {
         .with_jitter()
         .without_max_times()
         .build()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_url_may_list_the_nodes_of_a_cluster() {
+        assert_eq!(node_urls("amqp://a:5672/%2f"), ["amqp://a:5672/%2f"]);
+        assert_eq!(node_urls(" amqp://a:5672/%2f, amqp://b:5673/%2f ,"), ["amqp://a:5672/%2f", "amqp://b:5673/%2f"]);
+        assert!(node_urls(" , ").is_empty());
+    }
 }

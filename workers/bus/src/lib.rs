@@ -22,7 +22,7 @@ pub mod rpc;
 pub mod testing;
 pub mod topology;
 
-pub use connection::{BusError, backoff, connect, connect_with_retry, within};
+pub use connection::{BusError, backoff, connect, connect_with_retry, node_urls, within};
 pub use consume::{DEAD_REASON_HEADER, DeliveryCtx, Disposition, Handler, MAX_ATTEMPTS, RETRY_DELAY, consume};
 pub use dead::{DeadLetterHandler, watch_dead_letters};
 pub use publish::{Outgoing, Publisher, json_props};
