@@ -1,8 +1,8 @@
 //! Connections to the broker: one attempt, or attempts with backoff until one works; and the
 //! bound on every exchange with the broker ([`within`]).
 
-use std::future::Future;
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::Mutex;
 use std::time::Duration;
 

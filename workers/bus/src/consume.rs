@@ -14,7 +14,7 @@ use tokio::sync::watch;
 
 use crate::connection::{BusError, connect_with_retry, within};
 use crate::publish::confirmed;
-use crate::topology::{BusConfig, WorkQueue, declare_topology};
+use crate::topology::{BusConfig, DELAY, WorkQueue, declare_topology};
 
 /// How long a message waits in the retry queue before it is delivered again.
 pub const RETRY_DELAY: Duration = Duration::from_secs(5);
@@ -128,11 +128,11 @@ async fn settle<H: Handler>(ch: &Channel, cfg: &BusConfig, queue: WorkQueue, han
         Disposition::Ack => None,
         Disposition::RetryLater(reason) => {
             tracing::warn!(queue = queue.as_str(), attempt, reason, "message failed on a dependency; will retry");
-            Some((cfg.name("retry"), attempt, None))
+            Some((cfg.name(DELAY), attempt, None))
         }
         Disposition::Retry(reason) if attempt < MAX_ATTEMPTS => {
             tracing::warn!(queue = queue.as_str(), attempt, reason, "message failed; will retry");
-            Some((cfg.name("retry"), attempt + 1, None))
+            Some((cfg.name(DELAY), attempt + 1, None))
         }
         Disposition::Retry(reason) | Disposition::Dead(reason) => {
             tracing::error!(queue = queue.as_str(), attempt, reason, "message dead-lettered");

@@ -99,13 +99,20 @@ fn quorum_args(extra: &[(&str, AMQPValue)]) -> FieldTable {
     t
 }
 
+/// The exchange (and queue suffix) of messages waiting to be tried again. Its queues are
+/// quorum queues, like the work queues: a classic queue lives on one node, and while that node
+/// is down nobody could declare the topology again, so no role could reconnect. (Releases
+/// before this one used classic `retry` queues; they are no longer declared, and what they hold
+/// goes back to its work queue when its delay ends.)
+pub const DELAY: &str = "delay";
+
 fn durable() -> ExchangeDeclareOptions {
     ExchangeDeclareOptions { durable: true, ..Default::default() }
 }
 
 /// Declares the whole topology (idempotent; every process does it at start).
 pub async fn declare_topology(ch: &Channel, cfg: &BusConfig) -> Result<(), BusError> {
-    let retry = cfg.name("retry");
+    let retry = cfg.name(DELAY);
     let dead = cfg.name("dead");
     ch.exchange_declare(retry.as_str().into(), ExchangeKind::Direct, durable(), FieldTable::default()).await?;
     ch.exchange_declare(dead.as_str().into(), ExchangeKind::Direct, durable(), FieldTable::default()).await?;
@@ -130,13 +137,16 @@ pub async fn declare_topology(ch: &Channel, cfg: &BusConfig) -> Result<(), BusEr
             FieldTable::default(),
         )
         .await?;
-        // Retry queue: holds a message for RETRY_DELAY, then dead-letters it back to the work
-        // exchange.
-        let retry_queue = cfg.name(&format!("{}.retry", q.as_str()));
-        let mut args = FieldTable::default();
-        args.insert("x-message-ttl".into(), AMQPValue::LongInt(RETRY_DELAY.as_millis() as i32));
-        args.insert("x-dead-letter-exchange".into(), AMQPValue::LongString(exchange.as_str().into()));
-        args.insert("x-dead-letter-routing-key".into(), AMQPValue::LongString(q.as_str().into()));
+        // Delay queue: holds a message for RETRY_DELAY, then dead-letters it back to the work
+        // exchange, at least once (the quorum queue keeps it until the work queue took it).
+        let retry_queue = cfg.name(&format!("{}.{DELAY}", q.as_str()));
+        let args = quorum_args(&[
+            ("x-message-ttl", AMQPValue::LongInt(RETRY_DELAY.as_millis() as i32)),
+            ("x-dead-letter-exchange", AMQPValue::LongString(exchange.as_str().into())),
+            ("x-dead-letter-routing-key", AMQPValue::LongString(q.as_str().into())),
+            ("x-dead-letter-strategy", AMQPValue::LongString("at-least-once".into())),
+            ("x-overflow", AMQPValue::LongString("reject-publish".into())),
+        ]);
         ch.queue_declare(retry_queue.as_str().into(), opts, args).await?;
         ch.queue_bind(
             retry_queue.as_str().into(),
@@ -184,7 +194,7 @@ pub async fn delete_topology(cfg: &BusConfig) -> Result<(), BusError> {
     let conn = connect(cfg).await?;
     let ch = conn.create_channel().await?;
     for q in [WorkQueue::Commands, WorkQueue::Reports, WorkQueue::Webhooks] {
-        for queue in [q.as_str().to_string(), format!("{}.retry", q.as_str()), format!("{}.dead", q.as_str())] {
+        for queue in [q.as_str().to_string(), format!("{}.{DELAY}", q.as_str()), format!("{}.dead", q.as_str())] {
             ch.queue_delete(cfg.name(&queue).as_str().into(), QueueDeleteOptions::default()).await?;
         }
         if WATCHED_DEAD_LETTERS.contains(&q) {
@@ -192,7 +202,7 @@ pub async fn delete_topology(cfg: &BusConfig) -> Result<(), BusError> {
         }
         ch.exchange_delete(cfg.exchange(q).as_str().into(), ExchangeDeleteOptions::default()).await?;
     }
-    for ex in ["retry", "dead", "changes", "events"] {
+    for ex in [DELAY, "dead", "changes", "events"] {
         ch.exchange_delete(cfg.name(ex).as_str().into(), ExchangeDeleteOptions::default()).await?;
     }
     let _ = conn.close(200, "bye".into()).await;

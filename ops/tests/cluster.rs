@@ -1,0 +1,115 @@
+//! `teletraan up` on a three-node RabbitMQ cluster (`ops/cluster/start.sh`), its broker URL
+//! listing the three nodes: the node every role is connected to stops in the middle of a
+//! rollout, the roles move to the other nodes, the rollout completes, and nothing is
+//! dead-lettered.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use schema::DeployStage;
+use serde_json::json;
+use support::{AGENT, Server};
+use teletraan::sample::UNDOWNLOADED_SHA256;
+use teletraan::sim::{Fleet, SimConfig, numbered_hosts};
+
+/// The cluster of this test: stopped and removed when dropped, whatever happened.
+struct Cluster {
+    base_port: u16,
+    dir: PathBuf,
+    urls: String,
+}
+
+fn script(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("cluster").join(name)
+}
+
+impl Cluster {
+    fn start() -> Cluster {
+        // Ports of its own (5701…5999, distribution ports 20000 higher), data of its own.
+        let base_port = 5701 + (std::process::id() % 99) as u16 * 3;
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("mq-cluster-{base_port}"));
+        let out = Command::new("bash")
+            .arg(script("start.sh"))
+            .env("BASE_PORT", base_port.to_string())
+            .env("DIR", &dir)
+            .output()
+            .expect("run ops/cluster/start.sh");
+        let cluster = Cluster { base_port, dir, urls: String::from_utf8_lossy(&out.stdout).trim().to_string() };
+        assert!(out.status.success(), "start.sh: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(cluster.urls.split(',').count(), 3, "three node URLs: {}", cluster.urls);
+        cluster
+    }
+
+    fn node(&self, i: u16) -> String {
+        format!("tt-mq-{}@localhost", self.base_port + i)
+    }
+
+    fn ctl(&self, node: u16, args: &[&str]) -> String {
+        let out = Command::new("rabbitmqctl").arg("-q").arg("-n").arg(self.node(node)).args(args).output().unwrap();
+        assert!(out.status.success(), "rabbitmqctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(script("stop.sh"))
+            .env("BASE_PORT", self.base_port.to_string())
+            .env("DIR", &self.dir)
+            .output();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_completes_when_the_broker_node_in_use_stops() {
+    let cluster = Cluster::start();
+    let log = cluster.dir.with_extension("server.log");
+    let server = Server::start_logging(&[("TELETRAAN_AMQP_URL", cluster.urls.as_str())], &log).await;
+    let api = &server.api;
+    api.stage("web", "prod", "g", json!({"maxParallel": 3})).await;
+    let fleet = Fleet::start(
+        SimConfig {
+            gateway: server.gateway.clone(),
+            token: AGENT.into(),
+            hosts: numbered_hosts("c", 18, &["g".to_string()], &[]),
+            ping_interval: Duration::from_millis(300),
+            ..SimConfig::default()
+        }
+        .stage_duration(DeployStage::Restarting, Duration::from_millis(400)),
+    )
+    .expect("a fleet");
+    let b1 =
+        api.publish("web", "https://artifacts.example.com/web-1.tgz", "1111111abc", Some(UNDOWNLOADED_SHA256)).await;
+    let d1 = api.deploy("web", "prod", &b1).await;
+    api.wait_state(d1.id.as_str(), "SUCCEEDING").await;
+
+    // The second deploy rolls three hosts at a time; after the first few, the first node (every
+    // role connects to it first) stops.
+    let b2 =
+        api.publish("web", "https://artifacts.example.com/web-2.tgz", "2222222abc", Some(UNDOWNLOADED_SHA256)).await;
+    let d2 = api.deploy("web", "prod", &b2).await;
+    support::wait_for("the first hosts of the second deploy", || async {
+        api.deploy_by_id(d2.id.as_str()).await.success_total >= 3
+    })
+    .await;
+    cluster.ctl(0, &["stop_app"]);
+    let done = api.wait_state(d2.id.as_str(), "SUCCEEDING").await;
+    assert_eq!((done.success_total, done.total), (18, 18), "{done:?}");
+
+    // Nothing went to a dead-letter queue, on the nodes left.
+    let queues = cluster.ctl(1, &["list_queues", "name", "messages", "--no-table-headers"]);
+    let dead: Vec<&str> =
+        queues.lines().filter(|l| l.split_whitespace().next().is_some_and(|n| n.ends_with(".dead"))).collect();
+    assert!(!dead.is_empty(), "the dead-letter queues exist: {queues}");
+    for line in dead {
+        assert!(line.trim_end().ends_with(" 0") || line.trim_end().ends_with("\t0"), "dead letters: {line}");
+    }
+
+    fleet.stop().await;
+    server.stop().await;
+    drop(cluster);
+}
