@@ -14,9 +14,9 @@ use std::time::Duration;
 
 use schema::DeployStage;
 use serde_json::Value;
-use support::{ADMIN, AGENT, Server, binary};
+use support::{ADMIN, Server, binary};
 use teletraan::sample::UNDOWNLOADED_SHA256;
-use teletraan::sim::{Fleet, SimConfig, numbered_hosts};
+use teletraan::sim::Fleet;
 
 /// The client's environment: a server, a token, a configuration file of its own.
 struct Cli {
@@ -80,15 +80,8 @@ fn scratch(name: &str) -> PathBuf {
 }
 
 fn fleet(server: &Server, prefix: &str, n: usize, group: &str, failing: Option<&str>) -> Fleet {
-    let mut config = SimConfig {
-        gateway: server.gateway.clone(),
-        token: AGENT.into(),
-        hosts: numbered_hosts(prefix, n, &[group.to_string()], &[]),
-        ping_interval: Duration::from_millis(300),
-        jitter: 0.2,
-        ..SimConfig::default()
-    }
-    .stage_duration(DeployStage::Restarting, Duration::from_millis(200));
+    let mut config =
+        support::fleet_config(server, prefix, n, group, Duration::from_millis(300), Duration::from_millis(200));
     if let Some(host) = failing {
         config = config.fail_host(host, DeployStage::Restarting);
     }

@@ -9,11 +9,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use schema::DeployStage;
 use serde_json::json;
-use support::{AGENT, Server};
+use support::Server;
 use teletraan::sample::UNDOWNLOADED_SHA256;
-use teletraan::sim::{Fleet, SimConfig, numbered_hosts};
+use teletraan::sim::Fleet;
 
 /// The cluster of this test: stopped and removed when dropped, whatever happened.
 struct Cluster {
@@ -71,16 +70,14 @@ async fn a_rollout_completes_when_the_broker_node_in_use_stops() {
     let server = Server::start_logging(&[("TELETRAAN_AMQP_URL", cluster.urls.as_str())], &log).await;
     let api = &server.api;
     api.stage("web", "prod", "g", json!({"maxParallel": 3})).await;
-    let fleet = Fleet::start(
-        SimConfig {
-            gateway: server.gateway.clone(),
-            token: AGENT.into(),
-            hosts: numbered_hosts("c", 18, &["g".to_string()], &[]),
-            ping_interval: Duration::from_millis(300),
-            ..SimConfig::default()
-        }
-        .stage_duration(DeployStage::Restarting, Duration::from_millis(400)),
-    )
+    let fleet = Fleet::start(support::fleet_config(
+        &server,
+        "c",
+        18,
+        "g",
+        Duration::from_millis(300),
+        Duration::from_millis(400),
+    ))
     .expect("a fleet");
     let b1 =
         api.publish("web", "https://artifacts.example.com/web-1.tgz", "1111111abc", Some(UNDOWNLOADED_SHA256)).await;

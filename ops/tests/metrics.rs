@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use schema::DeployStage;
 use serde_json::json;
-use support::{ADMIN, AGENT, Server};
+use support::{ADMIN, Server};
 use teletraan::sample::UNDOWNLOADED_SHA256;
-use teletraan::sim::{Fleet, SimConfig, numbered_hosts};
+use teletraan::sim::Fleet;
 
 /// One sample: name, labels (sorted `k="v"` pairs), value.
 type Sample = (String, String, f64);
@@ -54,16 +54,14 @@ async fn every_role_exports_what_dashboards_and_alerts_read_during_a_rollout() {
     let server = Server::start().await;
     let api = &server.api;
     api.stage("web", "prod", "g", json!({"maxParallel": 2})).await;
-    let fleet = Fleet::start(
-        SimConfig {
-            gateway: server.gateway.clone(),
-            token: AGENT.into(),
-            hosts: numbered_hosts("m", 5, &["g".to_string()], &[]),
-            ping_interval: Duration::from_millis(200),
-            ..SimConfig::default()
-        }
-        .stage_duration(DeployStage::Restarting, Duration::from_millis(100)),
-    )
+    let fleet = Fleet::start(support::fleet_config(
+        &server,
+        "m",
+        5,
+        "g",
+        Duration::from_millis(200),
+        Duration::from_millis(100),
+    ))
     .expect("a fleet");
     let b1 =
         api.publish("web", "https://artifacts.example.com/web-1.tgz", "1111111abc", Some(UNDOWNLOADED_SHA256)).await;

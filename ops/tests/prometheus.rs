@@ -10,11 +10,10 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use schema::DeployStage;
 use serde_json::{Value, json};
-use support::{AGENT, Server};
+use support::Server;
 use teletraan::sample::UNDOWNLOADED_SHA256;
-use teletraan::sim::{Fleet, SimConfig, numbered_hosts};
+use teletraan::sim::Fleet;
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -152,16 +151,14 @@ async fn a_real_prometheus_evaluates_every_rule_and_every_panel_has_data_during_
     // A rollout while Prometheus watches.
     let api = &server.api;
     api.stage("web", "prod", "g", json!({"maxParallel": 2})).await;
-    let fleet = Fleet::start(
-        SimConfig {
-            gateway: server.gateway.clone(),
-            token: AGENT.into(),
-            hosts: numbered_hosts("p", 4, &["g".to_string()], &[]),
-            ping_interval: Duration::from_millis(200),
-            ..SimConfig::default()
-        }
-        .stage_duration(DeployStage::Restarting, Duration::from_millis(300)),
-    )
+    let fleet = Fleet::start(support::fleet_config(
+        &server,
+        "p",
+        4,
+        "g",
+        Duration::from_millis(200),
+        Duration::from_millis(300),
+    ))
     .expect("a fleet");
     for (n, commit) in [(1, "1111111abc"), (2, "2222222abc")] {
         let b = api

@@ -7,9 +7,11 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use bus::testing::TestBus;
+use schema::DeployStage;
 use schema::model::{Agent, Build, Deploy};
 use serde_json::{Value, json};
 use store::testing::TestDatabase;
+use teletraan::sim::{SimConfig, numbered_hosts};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
@@ -136,6 +138,27 @@ impl Server {
             .unwrap();
         assert!(status.success(), "server exit: {status}");
     }
+}
+
+/// A fleet's configuration: `n` simulated hosts `<prefix>-NN` of `group`, pinging the server's
+/// gateway with the agent token every `ping` (± 20 %), each RESTARTING taking `restart`.
+pub fn fleet_config(
+    server: &Server,
+    prefix: &str,
+    n: usize,
+    group: &str,
+    ping: Duration,
+    restart: Duration,
+) -> SimConfig {
+    SimConfig {
+        gateway: server.gateway.clone(),
+        token: AGENT.into(),
+        hosts: numbered_hosts(prefix, n, &[group.to_string()], &[]),
+        ping_interval: ping,
+        jitter: 0.2,
+        ..SimConfig::default()
+    }
+    .stage_duration(DeployStage::Restarting, restart)
 }
 
 /// Polls `check` until it holds, failing the test after [`DEADLINE`].
