@@ -8,6 +8,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use bus::BusConfig;
 use store::Store;
 
 use crate::error::ApiError;
@@ -29,10 +30,11 @@ fn is_gateway(name: &str) -> bool {
     name.starts_with("teletraan_gateway_")
 }
 
-/// `/metrics` of the API's listener: the fleet's gauges read from Postgres first; every series
-/// but the gateway's (a worker in the same process shows its own here).
-async fn api_metrics(State(store): State<Store>) -> Response {
-    crate::metrics::refresh_fleet(&store).await;
+/// `/metrics` of the API's listener: the fleet's gauges read from Postgres and the queues' from
+/// RabbitMQ first; every series but the gateway's (a worker in the same process shows its own
+/// here).
+async fn api_metrics(State((store, bus)): State<(Store, BusConfig)>) -> Response {
+    crate::metrics::refresh_fleet(&store, Some(&bus)).await;
     encoded(|name| !is_gateway(name))
 }
 
@@ -69,13 +71,16 @@ async fn gateway_ready(State(gw): State<Arc<Gateway>>) -> Response {
     }
 }
 
-/// Health routes of the API listener (`fleet`: its `/metrics` reads the fleet's gauges from
-/// Postgres; a worker's listener does not).
-pub fn api(store: Store, fleet: bool) -> Router {
-    let router = Router::new().route("/healthz", get(healthz)).route("/readyz", get(api_ready));
-    let router =
-        if fleet { router.route("/metrics", get(api_metrics)) } else { router.route("/metrics", get(metrics)) };
-    router.with_state(store)
+/// Health routes of the API listener (`fleet`: the broker whose queues, with the fleet from
+/// Postgres, its `/metrics` reads; a worker's listener reads neither).
+pub fn api(store: Store, fleet: Option<BusConfig>) -> Router {
+    let health =
+        Router::new().route("/healthz", get(healthz)).route("/readyz", get(api_ready)).with_state(store.clone());
+    let metrics = match fleet {
+        Some(bus) => Router::new().route("/metrics", get(api_metrics)).with_state((store, bus)),
+        None => Router::new().route("/metrics", get(metrics)),
+    };
+    health.merge(metrics)
 }
 
 /// Health routes of the gateway listener.

@@ -37,13 +37,14 @@ use axum::response::{IntoResponse, Response};
 pub fn api_router(state: rest::ApiState, trusted: auth::TrustedHeaders) -> Router {
     metrics::init();
     let store = state.store.clone();
+    let bus = state.commands.config().clone();
     let limit = state.request_timeout;
     let auth = rest::auth_state(store.clone(), trusted);
     let rest = rest::router(state.clone(), auth.clone()).route_layer(middleware::from_fn(metrics::track));
     let router = rest
         .clone()
         .merge(board::router(state, auth, rest))
-        .merge(health::api(store, true))
+        .merge(health::api(store, Some(bus)))
         .route("/openapi.json", axum::routing::get(openapi_json))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -116,15 +116,58 @@ const FLEET_TIMEOUT: Duration = Duration::from_secs(5);
 
 static FLEET_READ_AT: Mutex<Option<Instant>> = Mutex::new(None);
 
-/// Sets the fleet's gauges from Postgres (at most once per [`FLEET_EVERY`]); a failure is
-/// counted and leaves the last values.
-pub async fn refresh_fleet(store: &store::Store) {
+static QUEUE_MESSAGES: LazyLock<Option<IntGaugeVec>> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "teletraan_api_queue_messages",
+        "Messages ready in each work queue and dead-letter queue (read from RabbitMQ at scrape)",
+        &["queue"]
+    )
+    .ok()
+});
+
+static QUEUE_CONSUMERS: LazyLock<Option<IntGaugeVec>> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "teletraan_api_queue_consumers",
+        "Consumers of each work queue and dead-letter queue (read from RabbitMQ at scrape)",
+        &["queue"]
+    )
+    .ok()
+});
+
+/// Sets the queues' gauges from RabbitMQ; a failure is counted and leaves the last values.
+async fn refresh_queues(bus: &bus::BusConfig) {
+    match bus::queue_depths(bus).await {
+        Ok(depths) => {
+            for (queue, messages, consumers) in depths {
+                if let Some(g) = QUEUE_MESSAGES.as_ref() {
+                    g.with_label_values(&[&queue]).set(i64::from(messages));
+                }
+                if let Some(g) = QUEUE_CONSUMERS.as_ref() {
+                    g.with_label_values(&[&queue]).set(i64::from(consumers));
+                }
+            }
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "queue depths unread");
+            if let Some(c) = SCRAPE_ERRORS.as_ref() {
+                c.with_label_values(&["rabbitmq"]).inc();
+            }
+        }
+    }
+}
+
+/// Sets the fleet's gauges from Postgres, and the queues' from RabbitMQ when `bus` is given (at
+/// most once per [`FLEET_EVERY`]); a failure is counted and leaves the last values.
+pub async fn refresh_fleet(store: &store::Store, bus: Option<&bus::BusConfig>) {
     {
         let mut last = FLEET_READ_AT.lock().unwrap_or_else(|p| p.into_inner());
         if last.is_some_and(|t| t.elapsed() < FLEET_EVERY) {
             return;
         }
         *last = Some(Instant::now());
+    }
+    if let Some(bus) = bus {
+        let _ = tokio::time::timeout(FLEET_TIMEOUT, refresh_queues(bus)).await;
     }
     let read = tokio::time::timeout(FLEET_TIMEOUT, store.fleet_gauges(schema::time::now_ms(), UNSEEN_AFTER)).await;
     let gauges = match read {
@@ -243,6 +286,7 @@ pub fn reports_published(batches: usize) {
 pub fn init() {
     if let Some(c) = SCRAPE_ERRORS.as_ref() {
         c.with_label_values(&["postgres"]);
+        c.with_label_values(&["rabbitmq"]);
     }
     if let Some(c) = CHANGES.as_ref() {
         for outcome in ["applied", "stale", "gap"] {

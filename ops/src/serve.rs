@@ -106,7 +106,7 @@ pub async fn start(settings: &Settings, roles: Roles, generate_tokens: bool) -> 
             .await
             .with_context(|| format!("cannot listen on {} (worker health)", settings.worker_listen))?;
         // Health and metrics only, for the local probes and Prometheus: plain HTTP.
-        tasks.spawn(serve(listener, None, api::health::api(store.clone(), false), shutdown_rx.clone(), "worker"));
+        tasks.spawn(serve(listener, None, api::health::api(store.clone(), None), shutdown_rx.clone(), "worker"));
     }
     let mut api_addr = None;
     if roles.api {

@@ -140,6 +140,11 @@ async fn every_role_exports_what_dashboards_and_alerts_read_during_a_rollout() {
     );
     assert_eq!(value(&on_api, "teletraan_api_stages", &[]), Some(1.0));
     assert_eq!(value(&on_api, "teletraan_api_hosts_unseen", &[]), Some(0.0));
+    assert_eq!(value(&on_api, "teletraan_api_queue_messages", &[r#"queue="commands.dead""#]), Some(0.0));
+    assert!(
+        value(&on_api, "teletraan_api_queue_consumers", &[r#"queue="reports""#]).unwrap_or(0.0) >= 1.0,
+        "the worker consumes"
+    );
 
     // The gateway: pings, its memory, changes taken, reports sent.
     assert!(value(&on_gateway, "teletraan_gateway_pings_total", &[r#"outcome="goal""#]).unwrap_or(0.0) >= 5.0);

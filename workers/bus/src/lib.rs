@@ -26,4 +26,6 @@ pub use connection::{BusError, backoff, connect, connect_with_retry, node_urls, 
 pub use consume::{DEAD_REASON_HEADER, DeliveryCtx, Disposition, Handler, MAX_ATTEMPTS, RETRY_DELAY, consume};
 pub use dead::{DeadLetterHandler, watch_dead_letters};
 pub use publish::{Outgoing, Publisher, json_props};
-pub use topology::{BusConfig, DELAY, WATCHED_DEAD_LETTERS, WorkQueue, declare_topology, delete_topology};
+pub use topology::{
+    BusConfig, DELAY, QueueDepth, WATCHED_DEAD_LETTERS, WorkQueue, declare_topology, delete_topology, queue_depths,
+};

@@ -89,6 +89,11 @@ impl CommandClient {
         CommandClient { cfg, link: Shared::new() }
     }
 
+    /// The broker it talks to.
+    pub fn config(&self) -> &BusConfig {
+        &self.cfg
+    }
+
     /// Publishes a command (confirmed by the broker, each step within the configured timeout)
     /// and waits up to `wait` for its reply. `Ok(None)`: the command is queued but no reply
     /// came in time (a worker will still apply it). `Err`: the command could not be queued,

@@ -10,7 +10,7 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, ExchangeKind};
 
-use crate::connection::{BusError, connect};
+use crate::connection::{BusError, connect, within};
 use crate::consume::RETRY_DELAY;
 
 /// Where the broker is, which namespace of names this deployment uses, and how long the
@@ -187,6 +187,32 @@ pub async fn declare_topology(ch: &Channel, cfg: &BusConfig) -> Result<(), BusEr
     ch.exchange_declare(cfg.events_exchange().as_str().into(), ExchangeKind::Topic, durable(), FieldTable::default())
         .await?;
     Ok(())
+}
+
+/// One queue's depth: (its name without the namespace, messages ready, consumers).
+pub type QueueDepth = (String, u32, u32);
+
+/// The depth of each work queue and of its dead-letter queue, read with passive declares on a
+/// connection of its own (each exchange with the broker bounded by `cfg.timeout`).
+pub async fn queue_depths(cfg: &BusConfig) -> Result<Vec<QueueDepth>, BusError> {
+    let conn = connect(cfg).await?;
+    let read = async {
+        let ch = within(cfg.timeout, "opening a channel", conn.create_channel()).await?;
+        let mut out = Vec::new();
+        for q in [WorkQueue::Commands, WorkQueue::Reports, WorkQueue::Webhooks] {
+            for name in [q.as_str().to_string(), format!("{}.dead", q.as_str())] {
+                let full = cfg.name(&name);
+                let passive = QueueDeclareOptions { passive: true, ..Default::default() };
+                let declare = ch.queue_declare(full.as_str().into(), passive, FieldTable::default());
+                let q = within(cfg.timeout, "reading a queue's depth", declare).await?;
+                out.push((name, q.message_count(), q.consumer_count()));
+            }
+        }
+        Ok(out)
+    }
+    .await;
+    let _ = within(cfg.timeout, "closing", conn.close(200, "bye".into())).await;
+    read
 }
 
 /// Deletes every exchange and queue of a namespace (tests clean up with it).
