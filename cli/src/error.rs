@@ -24,27 +24,29 @@ pub struct CliError {
     pub exit: u8,
     /// One line (empty: nothing more to print, the output said it).
     pub message: String,
+    /// The server's HTTP status, when the server answered with an error.
+    pub status: Option<u16>,
 }
 
 impl CliError {
     /// Bad usage.
     pub fn usage(message: impl Into<String>) -> CliError {
-        CliError { exit: exit::USAGE, message: message.into() }
+        CliError { exit: exit::USAGE, message: message.into(), status: None }
     }
 
     /// A failure of the operation.
     pub fn failed(message: impl Into<String>) -> CliError {
-        CliError { exit: exit::FAILED, message: message.into() }
+        CliError { exit: exit::FAILED, message: message.into(), status: None }
     }
 
     /// The server is unreachable or broken.
     pub fn unavailable(message: impl Into<String>) -> CliError {
-        CliError { exit: exit::UNAVAILABLE, message: message.into() }
+        CliError { exit: exit::UNAVAILABLE, message: message.into(), status: None }
     }
 
     /// A wait that ran out.
     pub fn timed_out(message: impl Into<String>) -> CliError {
-        CliError { exit: exit::TIMED_OUT, message: message.into() }
+        CliError { exit: exit::TIMED_OUT, message: message.into(), status: None }
     }
 
     /// The server's error answer: its code and message on one line.
@@ -54,7 +56,8 @@ impl CliError {
             _ => "",
         };
         let line = format!("{code}: {} (HTTP {status}){hint}", message.trim());
-        if status >= 500 { CliError::unavailable(line) } else { CliError::failed(line) }
+        let e = if status >= 500 { CliError::unavailable(line) } else { CliError::failed(line) };
+        CliError { status: Some(status), ..e }
     }
 }
 

@@ -175,7 +175,7 @@ async fn snapshot(client: &Client, env: &str, stage: &str) -> Result<(Option<Dep
     let base = format!("/v1/envs/{}/{}", seg(env), seg(stage));
     let deploy = match client.get::<Deploy>(&format!("{base}/deploys/current")).await {
         Ok(d) => Some(d),
-        Err(e) if e.message.contains("(HTTP 404)") && e.message.starts_with("not_found") => {
+        Err(e) if e.status == Some(404) => {
             // The stage exists (or this says it does not).
             client.get::<serde_json::Value>(&base).await?;
             None

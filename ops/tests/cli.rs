@@ -288,6 +288,10 @@ async fn bad_flags_unknown_stages_and_bad_tokens_get_their_exit_status_and_one_l
     // Refusals: 1, with the API's code.
     let error = cli.fails(1, &["env", "show", "web", "nope"]).await;
     assert!(error.contains("not_found") && error.contains("(HTTP 404)"), "{error}");
+    let error = cli.fails(1, &["status", "web", "prod", "--watch"]).await;
+    assert!(error.contains("web/prod has no deploy to follow"), "{error}");
+    let error = cli.fails(1, &["status", "web", "nope", "--watch"]).await;
+    assert!(error.contains("not_found"), "{error}");
     let error = cli.fails(1, &["deploy", "web", "prod", "--build", "no_such_build"]).await;
     assert!(error.contains("not_found"), "{error}");
     let wrong = Cli { token: Some("not-a-token-of-ours".into()), ..Cli::new(&server, &dir) };
