@@ -5,17 +5,21 @@
 #     of 1,000 rows (pgbench on the seeded database, CLIENTS concurrent clients);
 #   * RabbitMQ: persistent 300-byte messages/s into a quorum queue with publisher confirms
 #     (`teletraan bench amqp`, one at a time and in windows of 1,000);
-#   * the workers' report path: BATCHES report batches of 1,000 agent updates each published to
-#     the reports queue, then W in-process report consumers (the real handler and stage
-#     refresher) apply them; updates/s until every batch is acknowledged, for each W in WORKERS.
-#     The rows are then counted in Postgres.
+#   * the workers' report path: BATCHES report batches of 1,000 agent updates each published as
+#     a gateway does (each stage's updates to its report partition), then W in-process report
+#     consumers (the real handler and stage refresher, each consuming its share of the
+#     partitions) apply them; updates/s until every batch is acknowledged, for each W in
+#     WORKERS. MODES may add "shared": the same batches through the one shared queue every
+#     consumer takes from (the path before partitions), for comparison. The rows are then
+#     counted in Postgres.
 #
 # Settings (environment): HOSTS (100000), STAGES (100), BATCHES (200), WORKERS ("1 2 4"),
-# CLIENTS ("1 4"), SECONDS_PER_RUN (10).
+# MODES ("partitioned shared"), CLIENTS ("1 4"; empty skips the Postgres calibration),
+# SECONDS_PER_RUN (10).
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 HOSTS=${HOSTS:-100000} STAGES=${STAGES:-100} BATCHES=${BATCHES:-200} WORKERS=${WORKERS:-"1 2 4"}
-CLIENTS=${CLIENTS:-"1 4"} SECONDS_PER_RUN=${SECONDS_PER_RUN:-10}
+MODES=${MODES:-"partitioned shared"} CLIENTS=${CLIENTS-"1 4"} SECONDS_PER_RUN=${SECONDS_PER_RUN:-10}
 
 bench_prepare
 command -v pgbench >/dev/null && pgbench --version >/dev/null 2>&1 || apt_install postgresql-contrib
@@ -50,15 +54,21 @@ for window in 1 1000; do
 done
 
 report_rows=()
-for w in $WORKERS; do
-    log "report path, $w consumer(s)"
-    new_namespace "reports-$w"
-    "$BIN" bench reports --database-url "$db" --namespace "$NS" --hosts "$HOSTS" \
-        --stages "$STAGES" --batches "$BATCHES" --batch-size 1000 --workers "$w" >"$WORK/reports-$w.out"
-    cat "$WORK/reports-$w.out" >&2
-    r=$(result "reports-$w")
-    stored=$(psql -qAt "$db" -c "SELECT count(*) FROM agents WHERE report_at >= to_timestamp($(field "$r" base_ms) / 1000.0)")
-    report_rows+=("$w|$(field "$r" updates_per_s)|$(field "$r" applied_s)|$(field "$r" refreshed_s)|$stored/$(field "$r" distinct)")
+for mode in $MODES; do
+    for w in $WORKERS; do
+        log "report path, $mode, $w consumer(s)"
+        new_namespace "reports-$mode-$w"
+        flag=()
+        [ "$mode" = shared ] && flag=(--shared)
+        "$BIN" bench reports --database-url "$db" --namespace "$NS" --hosts "$HOSTS" --stages "$STAGES" \
+            --batches "$BATCHES" --batch-size 1000 --workers "$w" "${flag[@]}" >"$WORK/reports-$mode-$w.out"
+        cat "$WORK/reports-$mode-$w.out" >&2
+        r=$(result "reports-$mode-$w")
+        stored=$(psql -qAt "$db" -c "SELECT count(*) FROM agents WHERE report_at >= to_timestamp($(field "$r" base_ms) / 1000.0)")
+        [ "$w" = "${WORKERS%% *}" ] && one=$(field "$r" updates_per_s)
+        ratio=$(awk -v a="$(field "$r" updates_per_s)" -v b="$one" 'BEGIN { printf "%.2f", a / b }')
+        report_rows+=("$mode|$w|$(field "$r" updates_per_s)|$ratio|$(field "$r" messages)|$(field "$r" applied_s)|$(field "$r" refreshed_s)|$stored/$(field "$r" distinct)")
+    done
 done
 
 echo
@@ -67,9 +77,10 @@ printf "%8s %22s %28s\n" "clients" "single-row UPDATE" "UPDATE … FROM unnest (
 for r in "${pg_rows[@]}"; do IFS='|' read -r c s b <<<"$r"; printf "%8s %22s %28s\n" "$c" "$s" "$b"; done
 echo "calibration, RabbitMQ: persistent 300-byte messages/s into a quorum queue with confirms"
 for r in "${amqp_rows[@]}"; do IFS='|' read -r w m <<<"$r"; printf "  %5s per confirm wait: %8s messages/s\n" "$w" "$m"; done
-echo "worker report path: $BATCHES batches × 1,000 agent updates (random hosts over $STAGES stages); target ≥ 20,000/s"
-printf "%10s %14s %12s %18s %22s\n" "consumers" "updates/s" "applied s" "stages refreshed s" "rows stored/distinct"
+echo "worker report path: $BATCHES batches × 1,000 agent updates (random hosts over $STAGES stages); target ≥ 20,000/s,"
+echo "and with 2 and 4 consumers ≥ 0.9 × one (ratio: to the first consumer count of the same mode)"
+printf "%12s %10s %12s %7s %9s %10s %18s %22s\n" "mode" "consumers" "updates/s" "ratio" "messages" "applied s" "stages refreshed s" "rows stored/distinct"
 for r in "${report_rows[@]}"; do
-    IFS='|' read -r w u a f s <<<"$r"
-    printf "%10s %14s %12s %18s %22s\n" "$w" "$u" "$a" "$f" "$s"
+    IFS='|' read -r m w u x n a f s <<<"$r"
+    printf "%12s %10s %12s %7s %9s %10s %18s %22s\n" "$m" "$w" "$u" "$x" "$n" "$a" "$f" "$s"
 done

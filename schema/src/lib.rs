@@ -16,6 +16,7 @@ pub mod bus;
 pub mod enums;
 pub mod ids;
 pub mod model;
+pub mod partition;
 pub mod ping;
 pub mod rules;
 pub mod time;

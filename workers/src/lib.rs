@@ -17,12 +17,14 @@ pub mod commands;
 pub mod dead_letters;
 pub mod jobs;
 pub mod live;
+pub mod members;
 mod metrics;
 pub mod refresh;
 pub mod relay;
 pub mod reports;
 pub mod webhooks;
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,8 +43,16 @@ pub struct WorkerConfig {
     pub database_url: String,
     /// Commands handled at once.
     pub command_prefetch: u16,
-    /// Report batches handled at once.
+    /// Report batches handled at once, over every partition this worker consumes (and on the
+    /// shared queue older gateways publish to).
     pub report_prefetch: u16,
+    /// This worker's name among the others (for its membership and its job leases): unique
+    /// per process.
+    pub name: String,
+    /// How often it tells the pool it is alive ([`members::HEARTBEAT`]).
+    pub member_heartbeat: Duration,
+    /// How long after its last heartbeat the pool counts it gone ([`members::LEASE`]).
+    pub member_lease: Duration,
     /// Periodic jobs.
     pub jobs: jobs::JobsConfig,
     /// Webhook deliveries.
@@ -57,6 +67,9 @@ impl WorkerConfig {
             database_url,
             command_prefetch: 16,
             report_prefetch: 8,
+            name: jobs::worker_name(),
+            member_heartbeat: members::HEARTBEAT,
+            member_lease: members::LEASE,
             jobs: jobs::JobsConfig::default(),
             webhooks: webhooks::WebhookConfig::default(),
         }
@@ -81,11 +94,31 @@ pub fn spawn(config: WorkerConfig, store: Store, shutdown: watch::Receiver<bool>
         shutdown.clone(),
     ));
     let refresher = Arc::new(refresh::Refresher::default().with_live(live.clone()));
+    let reports = Arc::new(reports::ReportHandler::new(store.clone(), refresher.clone()).with_live(live.clone()));
+    // The report partitions this worker is given, each consumed in order by one worker at a
+    // time; and the shared queue, where gateways of releases before partitions publish.
+    let (assign, assigned) = watch::channel(BTreeSet::new());
+    tasks.spawn(members::run(
+        store.clone(),
+        config.name.clone(),
+        assign,
+        config.member_heartbeat,
+        config.member_lease,
+        shutdown.clone(),
+    ));
+    tasks.spawn(bus::consume_partitions(
+        config.bus.clone(),
+        WorkQueue::Reports,
+        reports.clone(),
+        usize::from(config.report_prefetch),
+        assigned,
+        shutdown.clone(),
+    ));
     tasks.spawn(bus::consume(
         config.bus.clone(),
         WorkQueue::Reports,
         config.report_prefetch,
-        Arc::new(reports::ReportHandler::new(store.clone(), refresher.clone()).with_live(live.clone())),
+        reports,
         shutdown.clone(),
     ));
     {
@@ -106,5 +139,5 @@ pub fn spawn(config: WorkerConfig, store: Store, shutdown: watch::Receiver<bool>
         Err(e) => tracing::error!(error = %e, "no HTTP client for webhooks; this worker sends none"),
     }
     tasks.spawn(relay::run(store.clone(), config.database_url.clone(), config.bus.clone(), shutdown.clone()));
-    tasks.spawn(jobs::run(store, config.jobs, live, jobs::worker_name(), shutdown, Duration::from_secs(10)));
+    tasks.spawn(jobs::run(store, config.jobs, live, config.name, shutdown, Duration::from_secs(10)));
 }

@@ -1,5 +1,7 @@
 //! Publishes what pings changed: agent records and host facts in batches (at most
-//! `batch_max` items or about `batch_max_bytes`, at latest after `flush_every`), and every
+//! `batch_max` items or about `batch_max_bytes`, at latest after `flush_every`), one stream of
+//! batches per report partition (a stage's records go to its partition, a host's facts and
+//! heartbeats to the host's: `schema::partition`), and every
 //! `heartbeat_every` the hosts that pinged since the last round and were not published within
 //! `heartbeat_resolution` (found by a scan of the host map, so a ping costs nothing for its
 //! heartbeat); each batch confirmed by the broker. While the broker is away the batch is
@@ -11,6 +13,7 @@ use std::time::Duration;
 
 use bus::{Outgoing, Publisher, WorkQueue, backoff};
 use schema::bus::{AgentUpdate, Heartbeat, HostFacts, ReportBatch, ReportMessage};
+use schema::partition;
 use schema::time::EpochMs;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -29,8 +32,9 @@ pub enum Item {
     Host(HostFacts),
 }
 
+/// What waits for one partition.
 #[derive(Default)]
-struct Pending {
+struct Part {
     agents: Vec<AgentUpdate>,
     hosts: Vec<HostFacts>,
     first_change: Option<Instant>,
@@ -38,7 +42,7 @@ struct Pending {
     bytes: usize,
 }
 
-impl Pending {
+impl Part {
     fn add(&mut self, item: Item) {
         match item {
             Item::Agent(a) => {
@@ -60,6 +64,40 @@ impl Pending {
 
     fn full(&self, config: &GatewayConfig) -> bool {
         self.changes() >= config.batch_max || self.bytes >= config.batch_max_bytes
+    }
+
+    fn due(&self, config: &GatewayConfig) -> bool {
+        self.full(config) || self.first_change.is_some_and(|t| t.elapsed() >= config.flush_every)
+    }
+}
+
+/// What waits, by partition: each fills and is flushed on its own, so a busy partition's
+/// batches are as large as without partitions.
+struct Pending {
+    parts: Vec<Part>,
+}
+
+impl Default for Pending {
+    fn default() -> Self {
+        Pending { parts: (0..partition::REPORT_PARTITIONS).map(|_| Part::default()).collect() }
+    }
+}
+
+impl Pending {
+    fn add(&mut self, item: Item) {
+        let p = match &item {
+            Item::Agent(a) => partition::of_stage(&a.env_id),
+            Item::Host(h) => partition::of_host(&h.host_id),
+        };
+        self.parts[usize::from(p)].add(item);
+    }
+
+    fn any_full(&self, config: &GatewayConfig) -> bool {
+        self.parts.iter().any(|p| p.full(config))
+    }
+
+    fn any_due(&self, config: &GatewayConfig) -> bool {
+        self.parts.iter().any(|p| p.due(config))
     }
 }
 
@@ -84,7 +122,7 @@ pub async fn run(
                     Some(item) => {
                         pending.add(item);
                         // Drain what is already there without waiting.
-                        while !pending.full(&config) {
+                        while !pending.any_full(&config) {
                             match rx.try_recv() {
                                 Ok(item) => pending.add(item),
                                 Err(_) => break,
@@ -97,8 +135,7 @@ pub async fn run(
                 _ = shutdown.changed() => {}
             }
         }
-        let changes_due =
-            pending.full(&config) || pending.first_change.is_some_and(|t| t.elapsed() >= config.flush_every);
+        let changes_due = pending.any_due(&config);
         let beats_due = last_heartbeats.elapsed() >= config.heartbeat_every;
         if changes_due || beats_due || stopping {
             let mut beats = Vec::new();
@@ -108,7 +145,7 @@ pub async fn run(
                 let (gw, resolution) = (gw.clone(), config.heartbeat_resolution.as_millis() as EpochMs);
                 beats = tokio::task::spawn_blocking(move || gw.hosts.heartbeats(resolution)).await.unwrap_or_default();
             }
-            flush(&publisher, &config, &gateway_id, &mut pending, beats, &mut shutdown).await;
+            flush(&publisher, &config, &gateway_id, &mut pending, beats, stopping, &mut shutdown).await;
         }
         if stopping {
             return;
@@ -121,35 +158,41 @@ async fn flush(
     config: &GatewayConfig,
     gateway_id: &str,
     pending: &mut Pending,
-    mut beats: Vec<Heartbeat>,
+    beats: Vec<Heartbeat>,
+    all: bool,
     shutdown: &mut watch::Receiver<bool>,
 ) {
-    let mut batches = vec![ReportBatch {
+    let batch = |agents, hosts, heartbeats| ReportBatch {
         gateway: gateway_id.to_string(),
         sent_at: schema::time::now_ms(),
-        agents: std::mem::take(&mut pending.agents),
-        hosts: std::mem::take(&mut pending.hosts),
-        heartbeats: Vec::new(),
-    }];
-    pending.first_change = None;
-    pending.bytes = 0;
-    // Heartbeats go in messages of their own, each of a bounded size.
-    while !beats.is_empty() {
-        let rest = beats.split_off(beats.len().saturating_sub(HEARTBEATS_PER_MESSAGE));
-        batches.push(ReportBatch {
-            gateway: gateway_id.to_string(),
-            sent_at: schema::time::now_ms(),
-            agents: Vec::new(),
-            hosts: Vec::new(),
-            heartbeats: rest,
-        });
+        agents,
+        hosts,
+        heartbeats,
+    };
+    let mut batches = Vec::new();
+    for (p, part) in pending.parts.iter_mut().enumerate() {
+        if all || part.due(config) {
+            let taken = std::mem::take(part);
+            batches.push((p as u16, batch(taken.agents, taken.hosts, Vec::new())));
+        }
+    }
+    // Heartbeats go in messages of their own, by the host's partition, each of a bounded size.
+    let mut by_partition: Vec<Vec<Heartbeat>> = vec![Vec::new(); usize::from(partition::REPORT_PARTITIONS)];
+    for beat in beats {
+        by_partition[usize::from(partition::of_host(&beat.host_id))].push(beat);
+    }
+    for (p, mut beats) in by_partition.into_iter().enumerate() {
+        while !beats.is_empty() {
+            let rest = beats.split_off(beats.len().saturating_sub(HEARTBEATS_PER_MESSAGE));
+            batches.push((p as u16, batch(Vec::new(), Vec::new(), rest)));
+        }
     }
     let mut message = Vec::with_capacity(batches.len());
-    for batch in batches.into_iter().filter(|b| !b.is_empty()) {
+    for (p, batch) in batches.into_iter().filter(|(_, b)| !b.is_empty()) {
         match serde_json::to_vec(&ReportMessage::ReportsV1(batch)) {
             Ok(payload) => message.push(Outgoing {
                 exchange: config.bus.exchange(WorkQueue::Reports),
-                routing_key: WorkQueue::Reports.as_str().into(),
+                routing_key: WorkQueue::Reports.partition(p),
                 payload,
             }),
             Err(e) => tracing::error!(error = %e, "could not encode a report batch"),

@@ -3,13 +3,15 @@
 //!
 //! Report batches like a gateway's (`ReportsV1`, N agent updates each, hosts drawn at random
 //! over every seeded stage, each host re-reporting its seeded state with a newer time) are
-//! published with confirms straight to the namespace's `reports` queue; then W report
-//! consumers start in this process — each with its own broker connection, the real
-//! [`ReportHandler`] and its stage [`Refresher`], like a `teletraan worker` — and the clock
-//! runs until every batch is acknowledged (a batch is acknowledged after its transaction
-//! committed, so its rows are in Postgres).
+//! published with confirms, as a gateway does: each stage's updates to its report partition, in
+//! batches of N (`--shared`: in batches of N straight to the shared `reports` queue, the path
+//! before partitions). Then W report consumers start in this process — each with its own broker
+//! connection, the real [`ReportHandler`] and its stage [`Refresher`], like a `teletraan
+//! worker`, each consuming its share of the partitions (`schema::partition::assigned` over W
+//! members) — and the clock runs until every batch is acknowledged (a batch is acknowledged
+//! after its transaction committed, so its rows are in Postgres).
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -18,6 +20,7 @@ use anyhow::{Context, bail};
 use bus::{BusConfig, DeliveryCtx, Disposition, Handler, Outgoing, Publisher, WorkQueue};
 use clap::Args;
 use schema::bus::{AgentUpdate, ReportBatch, ReportMessage};
+use schema::partition;
 use schema::rules::goal::AgentRecord;
 use schema::{AgentState, AgentStatus, DeployId, DeployStage, EnvId, HostId, HostName};
 use store::Store;
@@ -58,6 +61,9 @@ pub struct ReportsArgs {
     /// Batches each consumer handles at once (the worker's default is 8).
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub prefetch: u16,
+    /// Publish to the shared queue every consumer takes from, as before report partitions.
+    #[arg(long)]
+    pub shared: bool,
     /// Seed of the host draw.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -101,12 +107,16 @@ fn record(seeded: &Seeded, i: u32) -> anyhow::Result<(EnvId, AgentRecord)> {
     Ok((EnvId::parse(seeded::env_id(k))?, record))
 }
 
-/// The batches, serialised, and the number of distinct (host, stage) records they touch.
-fn batches(args: &ReportsArgs, base_ms: i64) -> anyhow::Result<(Vec<Vec<u8>>, usize)> {
+/// A message's routing key and body.
+type Keyed = (String, Vec<u8>);
+
+/// The batches, serialised, with the routing key each goes to, and the number of distinct
+/// (host, stage) records they touch.
+fn batches(args: &ReportsArgs, base_ms: i64) -> anyhow::Result<(Vec<Keyed>, usize)> {
     let seeded = Seeded { hosts: args.hosts, stages: args.stages };
     let mut rng = SplitMix64::new(args.seed);
     let mut touched = HashSet::new();
-    let mut out = Vec::with_capacity(args.batches as usize);
+    let mut drawn = Vec::with_capacity(args.batches as usize);
     for b in 0..args.batches {
         let mut agents = Vec::with_capacity(args.batch_size as usize);
         let mut in_batch = HashSet::new();
@@ -128,14 +138,30 @@ fn batches(args: &ReportsArgs, base_ms: i64) -> anyhow::Result<(Vec<Vec<u8>>, us
                 error_message: None,
             });
         }
-        let batch = ReportBatch {
-            gateway: "bench".into(),
-            sent_at: base_ms + i64::from(b),
-            hosts: Vec::new(),
-            agents,
-            heartbeats: Vec::new(),
-        };
-        out.push(serde_json::to_vec(&ReportMessage::ReportsV1(batch))?);
+        drawn.push(agents);
+    }
+    // As a gateway sends them: whole batches to the shared queue, or each partition's updates
+    // in batches of their own.
+    let groups: Vec<(String, Vec<AgentUpdate>)> = if args.shared {
+        drawn.into_iter().map(|agents| (WorkQueue::Reports.as_str().to_string(), agents)).collect()
+    } else {
+        let mut parts: Vec<Vec<AgentUpdate>> = vec![Vec::new(); usize::from(partition::REPORT_PARTITIONS)];
+        for update in drawn.into_iter().flatten() {
+            parts[usize::from(partition::of_stage(&update.env_id))].push(update);
+        }
+        let mut groups = Vec::new();
+        for (p, updates) in parts.into_iter().enumerate() {
+            for chunk in updates.chunks(args.batch_size as usize) {
+                groups.push((WorkQueue::Reports.partition(p as u16), chunk.to_vec()));
+            }
+        }
+        groups
+    };
+    let mut out = Vec::with_capacity(groups.len());
+    for (key, agents) in groups {
+        let sent_at = agents.iter().map(|a| a.at).max().unwrap_or(base_ms);
+        let batch = ReportBatch { gateway: "bench".into(), sent_at, hosts: Vec::new(), agents, heartbeats: Vec::new() };
+        out.push((key, serde_json::to_vec(&ReportMessage::ReportsV1(batch))?));
     }
     Ok((out, touched.len()))
 }
@@ -145,13 +171,15 @@ pub async fn run(args: ReportsArgs) -> anyhow::Result<()> {
     let bus = BusConfig::new(args.amqp_url.clone(), args.namespace.clone());
     let base_ms = schema::time::now_ms();
     let (payloads, distinct) = batches(&args, base_ms)?;
-    let bytes: usize = payloads.iter().map(Vec::len).sum();
+    let bytes: usize = payloads.iter().map(|(_, p)| p.len()).sum();
+    let messages = payloads.len() as u64;
     let updates = u64::from(args.batches) * u64::from(args.batch_size.min(args.hosts));
     println!(
-        "reports: {} batches of {} agent updates ({:.1} MB, {distinct} distinct records), {} consumer(s) with prefetch {}",
+        "reports: {} batches of {} agent updates ({:.1} MB, {distinct} distinct records) sent as {messages} messages to {}, {} consumer(s) with prefetch {}",
         args.batches,
         args.batch_size,
         bytes as f64 / 1e6,
+        if args.shared { "the shared queue" } else { "the report partitions" },
         args.workers,
         args.prefetch
     );
@@ -162,7 +190,7 @@ pub async fn run(args: ReportsArgs) -> anyhow::Result<()> {
     for chunk in payloads.chunks(16) {
         let messages: Vec<Outgoing> = chunk
             .iter()
-            .map(|p| Outgoing { exchange: exchange.clone(), routing_key: "reports".into(), payload: p.clone() })
+            .map(|(key, p)| Outgoing { exchange: exchange.clone(), routing_key: key.clone(), payload: p.clone() })
             .collect();
         publisher.publish(&messages).await.context("cannot publish the report batches")?;
     }
@@ -181,15 +209,32 @@ pub async fn run(args: ReportsArgs) -> anyhow::Result<()> {
     let mut tasks = tokio::task::JoinSet::new();
     let mut handlers = Vec::new();
     let mut refreshers = Vec::new();
+    let members: Vec<String> = (0..args.workers).map(|w| format!("bench-{w:02}")).collect();
+    let mut assignments = Vec::new();
     let started = Instant::now();
-    for _ in 0..args.workers {
+    for name in &members {
         let refresher = Arc::new(Refresher::default());
         let handler = Arc::new(Counting {
             inner: ReportHandler::new(store.clone(), refresher.clone()),
             acked: AtomicU64::new(0),
             other: AtomicU64::new(0),
         });
-        tasks.spawn(bus::consume(bus.clone(), WorkQueue::Reports, args.prefetch, handler.clone(), stopped.clone()));
+        if args.shared {
+            tasks.spawn(bus::consume(bus.clone(), WorkQueue::Reports, args.prefetch, handler.clone(), stopped.clone()));
+        } else {
+            let share: BTreeSet<u16> = partition::assigned(&members, name).into_iter().collect();
+            let (assign, assigned) = watch::channel(share);
+            assignments.push(assign);
+            let consume = bus::consume_partitions(
+                bus.clone(),
+                WorkQueue::Reports,
+                handler.clone(),
+                usize::from(args.prefetch),
+                assigned,
+                stopped.clone(),
+            );
+            tasks.spawn(consume);
+        }
         let (r, s, st) = (refresher.clone(), store.clone(), stopped.clone());
         tasks.spawn(async move { r.run(s, st).await });
         handlers.push(handler);
@@ -197,10 +242,10 @@ pub async fn run(args: ReportsArgs) -> anyhow::Result<()> {
     }
     let acked = || handlers.iter().map(|h| h.acked.load(Ordering::Relaxed)).sum::<u64>();
     let deadline = Instant::now() + Duration::from_secs(600);
-    while acked() < u64::from(args.batches) {
+    while acked() < messages {
         if Instant::now() > deadline {
             let _ = stop.send(true);
-            bail!("only {} of {} batches acknowledged after 600 s", acked(), args.batches);
+            bail!("only {} of {messages} messages acknowledged after 600 s", acked());
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -217,14 +262,15 @@ pub async fn run(args: ReportsArgs) -> anyhow::Result<()> {
     let retried: u64 = handlers.iter().map(|h| h.other.load(Ordering::Relaxed)).sum();
     let rate = updates as f64 / applied.as_secs_f64();
     println!(
-        "reports: {updates} agent updates applied in {:.2} s: {rate:.0} updates/s ({:.1} batches/s); stages re-evaluated after {:.2} s; {retried} deliveries not acknowledged at once",
+        "reports: {updates} agent updates applied in {:.2} s: {rate:.0} updates/s ({:.1} messages/s); stages re-evaluated after {:.2} s; {retried} deliveries not acknowledged at once",
         applied.as_secs_f64(),
-        f64::from(args.batches) / applied.as_secs_f64(),
+        messages as f64 / applied.as_secs_f64(),
         refreshed.as_secs_f64()
     );
     println!(
-        "result: label=reports workers={} prefetch={} batches={} batch_size={} updates={updates} applied_s={:.3} updates_per_s={rate:.0} refreshed_s={:.3} distinct={distinct} base_ms={base_ms} retried={retried}",
+        "result: label=reports workers={} shared={} prefetch={} batches={} messages={messages} batch_size={} updates={updates} applied_s={:.3} updates_per_s={rate:.0} refreshed_s={:.3} distinct={distinct} base_ms={base_ms} retried={retried}",
         args.workers,
+        args.shared,
         args.prefetch,
         args.batches,
         args.batch_size,

@@ -26,6 +26,7 @@ mod janitor;
 mod jobs;
 mod links;
 mod live;
+mod members;
 mod migrate;
 mod outbox;
 mod promotes;

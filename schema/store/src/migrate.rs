@@ -19,6 +19,7 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
     (13, "deploy_verdicts_and_start", include_str!("../../migrations/0013_deploy_verdicts_and_start.sql")),
     (14, "stage_links", include_str!("../../migrations/0014_stage_links.sql")),
     (15, "agent_steps", include_str!("../../migrations/0015_agent_steps.sql")),
+    (16, "workers", include_str!("../../migrations/0016_workers.sql")),
 ];
 
 /// Arbitrary constant that names the migration lock.

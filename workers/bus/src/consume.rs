@@ -58,7 +58,7 @@ pub trait Handler: Send + Sync + 'static {
     fn handle(&self, ctx: &DeliveryCtx<'_>) -> impl Future<Output = Disposition> + Send;
 }
 
-fn attempt_of(d: &Delivery) -> u32 {
+pub(crate) fn attempt_of(d: &Delivery) -> u32 {
     d.properties
         .headers()
         .as_ref()
@@ -139,28 +139,42 @@ async fn settle<H: Handler>(ch: &Channel, cfg: &BusConfig, queue: WorkQueue, han
             Some((cfg.name("dead"), attempt, Some(reason.as_str())))
         }
     };
-    if let Some((exchange, next_attempt, dead_reason)) = forward {
-        let mut headers = d.properties.headers().clone().unwrap_or_default();
-        headers.insert(ATTEMPT_HEADER.into(), AMQPValue::LongInt(next_attempt as i32));
-        if let Some(reason) = dead_reason {
-            // Whoever watches the dead letters (a command's status) can say why.
-            let mut end = reason.len().min(MAX_REASON_BYTES);
-            while !reason.is_char_boundary(end) {
-                end -= 1;
-            }
-            headers.insert(DEAD_REASON_HEADER.into(), AMQPValue::LongString(reason[..end].into()));
-        }
-        let props = d.properties.clone().with_headers(headers);
-        if let Err(e) = confirmed(ch, &exchange, queue.as_str(), &d.data, props, cfg.timeout).await {
-            // Keep the message: put it back on the queue rather than lose it.
-            tracing::warn!(error = %e, "could not forward a failed message; requeueing it");
-            let _ = d.acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
-            return;
-        }
+    if let Some((exchange, next_attempt, dead_reason)) = forward
+        && let Err(e) = forward_copy(ch, cfg, queue, &d, &exchange, next_attempt, dead_reason).await
+    {
+        // Keep the message: put it back on the queue rather than lose it.
+        tracing::warn!(error = %e, "could not forward a failed message; requeueing it");
+        let _ = d.acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
+        return;
     }
     if let Err(e) = d.acker.ack(BasicAckOptions::default()).await {
         tracing::warn!(error = %e, "ack failed; the message will be redelivered");
     }
+}
+
+/// Publishes a copy of `d` to `exchange` (the delay or the dead exchange) under the queue's
+/// routing key, with its attempt and, for a dead letter, why its handler gave up; confirmed.
+pub(crate) async fn forward_copy(
+    ch: &Channel,
+    cfg: &BusConfig,
+    queue: WorkQueue,
+    d: &Delivery,
+    exchange: &str,
+    attempt: u32,
+    dead_reason: Option<&str>,
+) -> Result<(), BusError> {
+    let mut headers = d.properties.headers().clone().unwrap_or_default();
+    headers.insert(ATTEMPT_HEADER.into(), AMQPValue::LongInt(attempt as i32));
+    if let Some(reason) = dead_reason {
+        // Whoever watches the dead letters (a command's status) can say why.
+        let mut end = reason.len().min(MAX_REASON_BYTES);
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        headers.insert(DEAD_REASON_HEADER.into(), AMQPValue::LongString(reason[..end].into()));
+    }
+    let props = d.properties.clone().with_headers(headers);
+    confirmed(ch, exchange, queue.as_str(), &d.data, props, cfg.timeout).await
 }
 
 /// Opens a channel consuming `queue` with manual acks and at most `prefetch` unacknowledged

@@ -16,6 +16,7 @@ pub mod consume;
 pub mod dead;
 mod link;
 mod metrics;
+pub mod partitioned;
 pub mod publish;
 pub mod rpc;
 #[cfg(feature = "testing")]
@@ -25,7 +26,9 @@ pub mod topology;
 pub use connection::{BusError, backoff, connect, connect_with_retry, node_urls, within};
 pub use consume::{DEAD_REASON_HEADER, DeliveryCtx, Disposition, Handler, MAX_ATTEMPTS, RETRY_DELAY, consume};
 pub use dead::{DeadLetterHandler, watch_dead_letters};
+pub use partitioned::{Assignment, consume_partitions};
 pub use publish::{Outgoing, Publisher, json_props};
 pub use topology::{
     BusConfig, DELAY, QueueDepth, WATCHED_DEAD_LETTERS, WorkQueue, declare_topology, delete_topology, queue_depths,
+    watched_queues,
 };

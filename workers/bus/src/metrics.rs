@@ -3,7 +3,9 @@
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use prometheus::{HistogramVec, IntCounterVec, register_histogram_vec, register_int_counter_vec};
+use prometheus::{
+    HistogramVec, IntCounterVec, IntGaugeVec, register_histogram_vec, register_int_counter_vec, register_int_gauge_vec,
+};
 
 use crate::consume::Disposition;
 use crate::topology::WorkQueue;
@@ -26,6 +28,21 @@ static DURATION: LazyLock<Option<HistogramVec>> = LazyLock::new(|| {
     )
     .ok()
 });
+
+static PARTITIONS: LazyLock<Option<IntGaugeVec>> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "teletraan_worker_partitions",
+        "Partitions of a queue this worker is subscribed to (the broker delivers each to one worker at a time)",
+        &["queue"]
+    )
+    .ok()
+});
+
+pub(crate) fn partitions(queue: WorkQueue, held: usize) {
+    if let Some(g) = PARTITIONS.as_ref() {
+        g.with_label_values(&[queue.as_str()]).set(held as i64);
+    }
+}
 
 pub(crate) fn message_done(queue: WorkQueue, d: &Disposition, took: Duration) {
     let outcome = match d {
@@ -52,5 +69,8 @@ pub(crate) fn init(queue: WorkQueue) {
     }
     if let Some(h) = DURATION.as_ref() {
         h.with_label_values(&[queue.as_str()]);
+    }
+    if queue.partitions() > 0 {
+        partitions(queue, 0);
     }
 }

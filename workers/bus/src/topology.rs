@@ -12,6 +12,7 @@ use lapin::{Channel, ExchangeKind};
 
 use crate::connection::{BusError, connect, within};
 use crate::consume::RETRY_DELAY;
+use schema::partition::REPORT_PARTITIONS;
 
 /// Where the broker is, which namespace of names this deployment uses, and how long the
 /// broker may take to answer.
@@ -48,6 +49,20 @@ impl WorkQueue {
             WorkQueue::Reports => "reports",
             WorkQueue::Webhooks => "webhooks",
         }
+    }
+
+    /// How many partition queues it has besides its shared queue (`schema::partition`): the
+    /// reports have [`REPORT_PARTITIONS`]; the others none.
+    pub fn partitions(self) -> u16 {
+        match self {
+            WorkQueue::Reports => REPORT_PARTITIONS,
+            WorkQueue::Commands | WorkQueue::Webhooks => 0,
+        }
+    }
+
+    /// Short name (and routing key) of partition `p`: `reports.7`.
+    pub fn partition(self, p: u16) -> String {
+        format!("{}.{p}", self.as_str())
     }
 }
 
@@ -167,6 +182,30 @@ pub async fn declare_topology(ch: &Channel, cfg: &BusConfig) -> Result<(), BusEr
             FieldTable::default(),
         )
         .await?;
+        // Partition queues: each has one active consumer at a time (the broker hands it to the
+        // next when that one leaves), so a partition's messages are handled one after the
+        // other, in order, by one worker. Their failed messages are retried in place (never
+        // sent round through the delay queue, which would reorder them) and end in the same
+        // dead queue.
+        for p in 0..q.partitions() {
+            let key = q.partition(p);
+            let name = cfg.name(&key);
+            let args = quorum_args(&[
+                ("x-single-active-consumer", AMQPValue::Boolean(true)),
+                ("x-dead-letter-exchange", AMQPValue::LongString(dead.as_str().into())),
+                ("x-dead-letter-routing-key", AMQPValue::LongString(q.as_str().into())),
+                ("x-delivery-limit", AMQPValue::LongInt(20)),
+            ]);
+            ch.queue_declare(name.as_str().into(), opts, args).await?;
+            ch.queue_bind(
+                name.as_str().into(),
+                exchange.as_str().into(),
+                key.as_str().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        }
         if WATCHED_DEAD_LETTERS.contains(&q) {
             // A second queue on the dead exchange with the same key: each dead letter is copied
             // there for its watcher, and stays in the dead queue for operators.
@@ -192,21 +231,31 @@ pub async fn declare_topology(ch: &Channel, cfg: &BusConfig) -> Result<(), BusEr
 /// One queue's depth: (its name without the namespace, messages ready, consumers).
 pub type QueueDepth = (String, u32, u32);
 
-/// The depth of each work queue and of its dead-letter queue, read with passive declares on a
+/// The queues an operator watches, by name without the namespace: each work queue, its
+/// partitions and its dead-letter queue.
+pub fn watched_queues() -> Vec<String> {
+    let mut out = Vec::new();
+    for q in [WorkQueue::Commands, WorkQueue::Reports, WorkQueue::Webhooks] {
+        out.push(q.as_str().to_string());
+        out.extend((0..q.partitions()).map(|p| q.partition(p)));
+        out.push(format!("{}.dead", q.as_str()));
+    }
+    out
+}
+
+/// The depth of each work queue, its partitions and its dead-letter queue, read with passive declares on a
 /// connection of its own (each exchange with the broker bounded by `cfg.timeout`).
 pub async fn queue_depths(cfg: &BusConfig) -> Result<Vec<QueueDepth>, BusError> {
     let conn = connect(cfg).await?;
     let read = async {
         let ch = within(cfg.timeout, "opening a channel", conn.create_channel()).await?;
         let mut out = Vec::new();
-        for q in [WorkQueue::Commands, WorkQueue::Reports, WorkQueue::Webhooks] {
-            for name in [q.as_str().to_string(), format!("{}.dead", q.as_str())] {
-                let full = cfg.name(&name);
-                let passive = QueueDeclareOptions { passive: true, ..Default::default() };
-                let declare = ch.queue_declare(full.as_str().into(), passive, FieldTable::default());
-                let q = within(cfg.timeout, "reading a queue's depth", declare).await?;
-                out.push((name, q.message_count(), q.consumer_count()));
-            }
+        for name in watched_queues() {
+            let full = cfg.name(&name);
+            let passive = QueueDeclareOptions { passive: true, ..Default::default() };
+            let declare = ch.queue_declare(full.as_str().into(), passive, FieldTable::default());
+            let q = within(cfg.timeout, "reading a queue's depth", declare).await?;
+            out.push((name, q.message_count(), q.consumer_count()));
         }
         Ok(out)
     }
@@ -220,7 +269,9 @@ pub async fn delete_topology(cfg: &BusConfig) -> Result<(), BusError> {
     let conn = connect(cfg).await?;
     let ch = conn.create_channel().await?;
     for q in [WorkQueue::Commands, WorkQueue::Reports, WorkQueue::Webhooks] {
-        for queue in [q.as_str().to_string(), format!("{}.{DELAY}", q.as_str()), format!("{}.dead", q.as_str())] {
+        let partitions = (0..q.partitions()).map(|p| q.partition(p));
+        let queues = [q.as_str().to_string(), format!("{}.{DELAY}", q.as_str()), format!("{}.dead", q.as_str())];
+        for queue in queues.into_iter().chain(partitions) {
             ch.queue_delete(cfg.name(&queue).as_str().into(), QueueDeleteOptions::default()).await?;
         }
         if WATCHED_DEAD_LETTERS.contains(&q) {
