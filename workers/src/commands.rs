@@ -68,7 +68,8 @@ impl CommandHandler {
     async fn apply(&self, ctx: &DeliveryCtx<'_>, envelope: CommandEnvelope) -> Disposition {
         let d = ctx.delivery;
         let now = now_ms();
-        let outcome = match self.store.apply_command(&envelope, now).await {
+        let (applied, admitted) = store::counting_admissions(self.store.apply_command(&envelope, now)).await;
+        let outcome = match applied {
             Ok(outcome) => outcome,
             Err(e) if e.is_transient() => return Disposition::RetryLater(format!("command {}: {e}", envelope.id)),
             Err(e) => return Disposition::Retry(format!("command {}: {e}", envelope.id)),
@@ -78,6 +79,10 @@ impl CommandHandler {
         // The outcome is committed; a lost reply only makes the API answer 202 and the caller
         // poll the command.
         let applied = matches!(outcome, CommandOutcome::Ok { .. });
+        if applied {
+            // A deploy's first hosts, or the next ones after a host action freed a slot.
+            crate::metrics::admitted(admitted);
+        }
         if let Some(reply_to) = d.properties.reply_to() {
             let reply = CommandReply { command_id: envelope.id.clone(), outcome };
             if let Ok(body) = serde_json::to_vec(&reply) {

@@ -183,6 +183,22 @@ pub struct AppliedBatch {
     pub skipped: u64,
 }
 
+tokio::task_local! {
+    /// Hosts admitted while a [`counting_admissions`] scope runs.
+    static ADMITTED: std::cell::Cell<usize>;
+}
+
+/// Runs `work` and counts the hosts the store admitted in it, whether or not its transaction
+/// then committed: the caller counts only work that did (a command applied, a promotion made).
+pub async fn counting_admissions<T>(work: impl std::future::Future<Output = T>) -> (T, usize) {
+    ADMITTED
+        .scope(std::cell::Cell::new(0), async move {
+            let out = work.await;
+            (out, ADMITTED.with(std::cell::Cell::get))
+        })
+        .await
+}
+
 /// Admits the next waiting hosts of a locked stage into its current deploy, within the cap:
 /// their records move to the current deploy at PRE_DOWNLOAD, and the gateways are told.
 /// Returns the admitted records as they are now.
@@ -313,6 +329,7 @@ pub(crate) async fn admit(c: &impl GenericClient, e: &Environ, now: EpochMs) -> 
     tracing::debug!(env_id = %e.id, deploy_id = %deploy_id, admitted = admitted.len(), cap, active, "admitted hosts");
     announce_with(c, &e.id, |version| ChangeMessage::AgentsV1 { env_id: e.id.clone(), version, agents: controls })
         .await?;
+    let _ = ADMITTED.try_with(|n| n.set(n.get() + admitted.len()));
     Ok(admitted)
 }
 

@@ -52,7 +52,7 @@ use tokio_postgres::config::TargetSessionAttrs;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 pub use access::{GrantRow, PrincipalRow, Subject};
-pub use agents::{AgentRow, AppliedBatch};
+pub use agents::{AgentRow, AppliedBatch, counting_admissions};
 pub use builds::BuildSearch;
 pub use commands::{NewCommand, Recorded};
 pub use gateway::GatewayLoad;

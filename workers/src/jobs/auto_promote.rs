@@ -29,7 +29,13 @@ impl Job for AutoPromote {
                 }
                 // Each stage on its own clock reading (a round over many stages takes time), and
                 // one stage failing does not starve the others.
-                match ctx.store.auto_promote(env_id, schema::time::now_ms(), DEFAULT_BUFFER_MS).await {
+                let round = ctx.store.auto_promote(env_id, schema::time::now_ms(), DEFAULT_BUFFER_MS);
+                let (outcome, admitted) = store::counting_admissions(round).await;
+                if outcome.is_ok() {
+                    // The first hosts of a promotion, or of a rollback after a failure.
+                    crate::metrics::admitted(admitted);
+                }
+                match outcome {
                     Ok(PromoteOutcome::Promoted(_)) => promoted += 1,
                     Ok(PromoteOutcome::Disabled | PromoteOutcome::RolledBack(_)) => disabled += 1,
                     Ok(PromoteOutcome::Busy) => busy += 1,
