@@ -9,17 +9,19 @@
 #     a gateway does (each stage's updates to its report partition), then W in-process report
 #     consumers (the real handler and stage refresher, each consuming its share of the
 #     partitions) apply them; updates/s until every batch is acknowledged, for each W in
-#     WORKERS. MODES may add "shared": the same batches through the one shared queue every
+#     WORKERS, in ROUNDS interleaved rounds, reported as medians. MODES may add "shared": the same batches through the one shared queue every
 #     consumer takes from (the path before partitions), for comparison. The rows are then
 #     counted in Postgres.
 #
-# Settings (environment): HOSTS (100000), STAGES (100), BATCHES (200), WORKERS ("1 2 4"),
-# MODES ("partitioned shared"), CLIENTS ("1 4"; empty skips the Postgres calibration),
+# Settings (environment): HOSTS (100000), STAGES (100), BATCHES (400), WORKERS ("1 2 4"),
+# MODES ("partitioned shared"), ROUNDS (3: each consumer count runs this many times, in turn,
+# after one warm-up run), PREFETCH (batches each consumer handles at once, 8 as a
+# worker's default), CLIENTS ("1 4"; empty skips the Postgres calibration),
 # SECONDS_PER_RUN (10).
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
-HOSTS=${HOSTS:-100000} STAGES=${STAGES:-100} BATCHES=${BATCHES:-200} WORKERS=${WORKERS:-"1 2 4"}
-MODES=${MODES:-"partitioned shared"} CLIENTS=${CLIENTS-"1 4"} SECONDS_PER_RUN=${SECONDS_PER_RUN:-10}
+HOSTS=${HOSTS:-100000} STAGES=${STAGES:-100} BATCHES=${BATCHES:-400} WORKERS=${WORKERS:-"1 2 4"}
+MODES=${MODES:-"partitioned shared"} ROUNDS=${ROUNDS:-3} PREFETCH=${PREFETCH:-8} CLIENTS=${CLIENTS-"1 4"} SECONDS_PER_RUN=${SECONDS_PER_RUN:-10}
 
 bench_prepare
 command -v pgbench >/dev/null && pgbench --version >/dev/null 2>&1 || apt_install postgresql-contrib
@@ -53,22 +55,46 @@ for window in 1 1000; do
     amqp_rows+=("$window|$(field "$(result "amqp-$window")" msgs_per_s)")
 done
 
+# One run of the report path: MODE CONSUMERS TAG. Before it, the agents table is vacuumed and a
+# checkpoint taken, so that no run inherits the last one's dead rows or its dirty pages.
+report_run() {
+    local mode=$1 w=$2 tag=$3 flag=()
+    psql -qAt "$db" -c "VACUUM agents" -c "CHECKPOINT" >/dev/null 2>&1 || psql -qAt "$db" -c "VACUUM agents" >/dev/null
+    new_namespace "reports-$tag"
+    [ "$mode" = shared ] && flag=(--shared)
+    "$BIN" bench reports --database-url "$db" --namespace "$NS" --hosts "$HOSTS" --stages "$STAGES" \
+        --batches "$BATCHES" --batch-size 1000 --workers "$w" --prefetch "$PREFETCH" "${flag[@]}" >"$WORK/reports-$tag.out"
+    cat "$WORK/reports-$tag.out" >&2
+}
+
+median() { tr ' ' '\n' | grep . | sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+
 report_rows=()
 for mode in $MODES; do
-    for w in $WORKERS; do
-        log "report path, $mode, $w consumer(s)"
-        new_namespace "reports-$mode-$w"
-        flag=()
-        [ "$mode" = shared ] && flag=(--shared)
-        "$BIN" bench reports --database-url "$db" --namespace "$NS" --hosts "$HOSTS" --stages "$STAGES" \
-            --batches "$BATCHES" --batch-size 1000 --workers "$w" "${flag[@]}" >"$WORK/reports-$mode-$w.out"
-        cat "$WORK/reports-$mode-$w.out" >&2
-        r=$(result "reports-$mode-$w")
-        stored=$(psql -qAt "$db" -c "SELECT count(*) FROM agents WHERE report_at >= to_timestamp($(field "$r" base_ms) / 1000.0)")
-        [ "$w" = "${WORKERS%% *}" ] && one=$(field "$r" updates_per_s)
-        ratio=$(awk -v a="$(field "$r" updates_per_s)" -v b="$one" 'BEGIN { printf "%.2f", a / b }')
-        report_rows+=("$mode|$w|$(field "$r" updates_per_s)|$ratio|$(field "$r" messages)|$(field "$r" applied_s)|$(field "$r" refreshed_s)|$stored/$(field "$r" distinct)")
+    log "report path, $mode: warm-up run, not counted"
+    report_run "$mode" "${WORKERS%% *}" "$mode-warmup"
+    declare -A runs=() cpu=() own=()
+    for round in $(seq "$ROUNDS"); do
+        for w in $WORKERS; do
+            log "report path, $mode, $w consumer(s), round $round"
+            report_run "$mode" "$w" "$mode-$w-$round"
+            r=$(result "reports-$mode-$w-$round")
+            stored=$(psql -qAt "$db" -c "SELECT count(*) FROM agents WHERE report_at >= to_timestamp($(field "$r" base_ms) / 1000.0)")
+            [ "$stored" = "$(field "$r" distinct)" ] || { log "only $stored of $(field "$r" distinct) records stored"; exit 1; }
+            runs[$w]="${runs[$w]:-} $(field "$r" updates_per_s)"
+            cpu[$w]="${cpu[$w]:-} $(field "$r" machine_us_per_update)"
+            own[$w]="${own[$w]:-} $(field "$r" own_us_per_update)"
+        done
     done
+    one=$(median <<<"${runs[${WORKERS%% *}]}")
+    for w in $WORKERS; do
+        m=$(median <<<"${runs[$w]}")
+        ratio=$(awk -v a="$m" -v b="$one" 'BEGIN { printf "%.2f", a / b }')
+        c=$(median <<<"${cpu[$w]}")
+        o=$(median <<<"${own[$w]}")
+        report_rows+=("$mode|$w|$m|$ratio|$c|$o|$(echo ${runs[$w]} | sed 's/ /, /g')")
+    done
+    unset runs cpu own
 done
 
 echo
@@ -77,10 +103,12 @@ printf "%8s %22s %28s\n" "clients" "single-row UPDATE" "UPDATE … FROM unnest (
 for r in "${pg_rows[@]}"; do IFS='|' read -r c s b <<<"$r"; printf "%8s %22s %28s\n" "$c" "$s" "$b"; done
 echo "calibration, RabbitMQ: persistent 300-byte messages/s into a quorum queue with confirms"
 for r in "${amqp_rows[@]}"; do IFS='|' read -r w m <<<"$r"; printf "  %5s per confirm wait: %8s messages/s\n" "$w" "$m"; done
-echo "worker report path: $BATCHES batches × 1,000 agent updates (random hosts over $STAGES stages); target ≥ 20,000/s,"
-echo "and with 2 and 4 consumers ≥ 0.9 × one (ratio: to the first consumer count of the same mode)"
-printf "%12s %10s %12s %7s %9s %10s %18s %22s\n" "mode" "consumers" "updates/s" "ratio" "messages" "applied s" "stages refreshed s" "rows stored/distinct"
+echo "worker report path: $BATCHES batches × 1,000 agent updates (random hosts over $STAGES stages), every record stored;"
+echo "target ≥ 20,000/s, and with 2 and 4 consumers ≥ 0.9 × one. $ROUNDS rounds of the consumer counts in turn;"
+echo "the median of each, and its ratio to the median of the first count of the same mode"
+echo "(CPU: µs of busy CPU per update, median; machine: every process on both cores; consumers: the consuming process)"
+printf "%12s %10s %14s %7s %13s %15s   %s\n" "mode" "consumers" "median upd/s" "ratio" "CPU machine" "CPU consumers" "runs (updates/s, in order)"
 for r in "${report_rows[@]}"; do
-    IFS='|' read -r m w u x n a f s <<<"$r"
-    printf "%12s %10s %12s %7s %9s %10s %18s %22s\n" "$m" "$w" "$u" "$x" "$n" "$a" "$f" "$s"
+    IFS='|' read -r m w u x c o all <<<"$r"
+    printf "%12s %10s %14s %7s %13s %15s   %s\n" "$m" "$w" "$u" "$x" "$c" "$o" "$all"
 done

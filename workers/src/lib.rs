@@ -5,7 +5,9 @@
 //! re-evaluating the stages they touched: deploy state and admission); the outbox relay
 //! publishes what transactions announced; periodic jobs ([`jobs`]) do what the clock decides
 //! (stuck deploys, silent hosts, retention). Any number of worker processes may run: they
-//! share the queues, Postgres row locks and the leases of the `jobs` table, with no leader.
+//! share the queues, Postgres row locks and the leases of the `jobs` table, with no leader;
+//! the report partitions are shared out among the live workers ([`members`]), each consumed
+//! by one of them at a time.
 //! The webhook consumer ([`webhooks`]) sends what deploys fired, outside every deploy's path.
 //! After their commits, the handlers tell the deploy board what changed ([`live`]), best
 //! effort and never waiting for it.

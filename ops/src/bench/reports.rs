@@ -74,13 +74,24 @@ struct Counting {
     inner: ReportHandler,
     acked: AtomicU64,
     other: AtomicU64,
+    /// Agent updates in the batches it acknowledged.
+    updates: AtomicU64,
+    /// When it acknowledged its last batch, in ms from `started`.
+    last_ack_ms: AtomicU64,
+    started: Instant,
 }
 
 impl Handler for Counting {
     async fn handle(&self, ctx: &DeliveryCtx<'_>) -> Disposition {
         let d = self.inner.handle(ctx).await;
         match d {
-            Disposition::Ack => self.acked.fetch_add(1, Ordering::Relaxed),
+            Disposition::Ack => {
+                if let Ok(ReportMessage::ReportsV1(b)) = serde_json::from_slice::<ReportMessage>(&ctx.delivery.data) {
+                    self.updates.fetch_add(b.agents.len() as u64, Ordering::Relaxed);
+                }
+                self.last_ack_ms.store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+                self.acked.fetch_add(1, Ordering::Relaxed)
+            }
             _ => self.other.fetch_add(1, Ordering::Relaxed),
         };
         d
@@ -211,6 +222,7 @@ pub async fn run(args: ReportsArgs) -> anyhow::Result<()> {
     let mut refreshers = Vec::new();
     let members: Vec<String> = (0..args.workers).map(|w| format!("bench-{w:02}")).collect();
     let mut assignments = Vec::new();
+    let (busy_before, own_before) = (super::machine_busy_seconds(), super::cpu_seconds(std::process::id()));
     let started = Instant::now();
     for name in &members {
         let refresher = Arc::new(Refresher::default());
@@ -218,6 +230,9 @@ pub async fn run(args: ReportsArgs) -> anyhow::Result<()> {
             inner: ReportHandler::new(store.clone(), refresher.clone()),
             acked: AtomicU64::new(0),
             other: AtomicU64::new(0),
+            updates: AtomicU64::new(0),
+            last_ack_ms: AtomicU64::new(0),
+            started,
         });
         if args.shared {
             tasks.spawn(bus::consume(bus.clone(), WorkQueue::Reports, args.prefetch, handler.clone(), stopped.clone()));
@@ -250,6 +265,9 @@ pub async fn run(args: ReportsArgs) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let applied = started.elapsed();
+    // CPU the whole machine (Postgres, RabbitMQ, these consumers) and this process spent on it.
+    let busy = super::machine_busy_seconds().zip(busy_before).map_or(0.0, |(a, b)| a - b);
+    let own = super::cpu_seconds(std::process::id()).zip(own_before).map_or(0.0, |(a, b)| a - b);
     while refreshers.iter().any(|r| r.pending() > 0) && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -259,6 +277,21 @@ pub async fn run(args: ReportsArgs) -> anyhow::Result<()> {
     if let Err(e) = bus::delete_topology(&bus).await {
         eprintln!("reports: could not delete namespace {}: {e}", bus.namespace);
     }
+    // Where the time went: each consumer's share of the work, and when it was done with it.
+    for (name, h) in members.iter().zip(&handlers) {
+        println!(
+            "reports: consumer {name}: {} messages, {} updates, last acknowledged at {:.2} s",
+            h.acked.load(Ordering::Relaxed),
+            h.updates.load(Ordering::Relaxed),
+            h.last_ack_ms.load(Ordering::Relaxed) as f64 / 1000.0
+        );
+    }
+    println!(
+        "reports: CPU while applying: machine {busy:.2} s ({:.0}% of 2 cores, {:.1} µs per update), this process {own:.2} s ({:.1} µs per update)",
+        busy / applied.as_secs_f64() / 2.0 * 100.0,
+        busy * 1e6 / updates as f64,
+        own * 1e6 / updates as f64
+    );
     let retried: u64 = handlers.iter().map(|h| h.other.load(Ordering::Relaxed)).sum();
     let rate = updates as f64 / applied.as_secs_f64();
     println!(
@@ -268,14 +301,16 @@ pub async fn run(args: ReportsArgs) -> anyhow::Result<()> {
         refreshed.as_secs_f64()
     );
     println!(
-        "result: label=reports workers={} shared={} prefetch={} batches={} messages={messages} batch_size={} updates={updates} applied_s={:.3} updates_per_s={rate:.0} refreshed_s={:.3} distinct={distinct} base_ms={base_ms} retried={retried}",
+        "result: label=reports workers={} shared={} prefetch={} batches={} messages={messages} batch_size={} updates={updates} applied_s={:.3} updates_per_s={rate:.0} refreshed_s={:.3} distinct={distinct} base_ms={base_ms} retried={retried} machine_us_per_update={:.1} own_us_per_update={:.1}",
         args.workers,
         args.shared,
         args.prefetch,
         args.batches,
         args.batch_size,
         applied.as_secs_f64(),
-        refreshed.as_secs_f64()
+        refreshed.as_secs_f64(),
+        busy * 1e6 / updates as f64,
+        own * 1e6 / updates as f64
     );
     Ok(())
 }
