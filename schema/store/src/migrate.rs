@@ -75,4 +75,48 @@ mod tests {
         assert_eq!(files, listed);
         assert!(MIGRATIONS.windows(2).all(|w| w[0].0 < w[1].0));
     }
+
+    /// What an older release still running during an upgrade could trip on.
+    const CONTRACTING: [&str; 7] =
+        ["DROP TABLE", "DROP COLUMN", "RENAME", "SET NOT NULL", "ALTER COLUMN", "DROP CONSTRAINT", "ADD CONSTRAINT"];
+
+    /// The statements of a migration, upper-cased, without comments.
+    fn statements(sql: &str) -> String {
+        sql.lines().map(|l| l.split("--").next().unwrap_or("")).collect::<Vec<_>>().join(" ").to_uppercase()
+    }
+
+    /// Roles of two releases run side by side during an upgrade (docs/operations.md), so a
+    /// migration only adds: tables, columns that are nullable or have a default, indexes. Taking
+    /// something away (or tightening it) belongs to a later release than the one that stopped
+    /// using it, and says so in a `-- contract:` comment naming that release. Migrations up to 15
+    /// predate the rule (0008 set `tokens.principal` NOT NULL in the release that filled it).
+    #[test]
+    fn migrations_only_add_unless_they_say_they_contract() {
+        for (version, name, sql) in MIGRATIONS.iter().filter(|(v, _, _)| *v > 15) {
+            if sql.contains("-- contract:") {
+                continue;
+            }
+            let found: Vec<&str> = CONTRACTING.iter().copied().filter(|s| statements(sql).contains(s)).collect();
+            assert!(
+                found.is_empty(),
+                "migration {version:04}_{name} contracts the schema ({found:?}) without a `-- contract:` comment"
+            );
+            for line in statements(sql).split(';').filter(|s| s.contains("ADD COLUMN")) {
+                assert!(
+                    !line.contains("NOT NULL") || line.contains("DEFAULT"),
+                    "migration {version:04}_{name} adds a NOT NULL column without a default: {line}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_contract_check_finds_what_it_looks_for() {
+        let bad = "ALTER TABLE agents DROP COLUMN changed; -- gone";
+        assert!(CONTRACTING.iter().any(|s| statements(bad).contains(s)));
+        let commented = "-- we could DROP TABLE x one day\nCREATE TABLE y (a int);";
+        assert!(!CONTRACTING.iter().any(|s| statements(commented).contains(s)));
+        let added = statements("ALTER TABLE t ADD COLUMN c boolean NOT NULL DEFAULT true");
+        assert!(added.contains("NOT NULL") && added.contains("DEFAULT"));
+    }
 }
