@@ -9,6 +9,8 @@ ensure_services
 ensure_browser
 # The alert rules and dashboards are checked against a real Prometheus.
 ensure_prometheus
+# A pool of gateways is tested behind HAProxy.
+ensure_haproxy
 # The end-to-end tests run the real binaries.
 cargo build --workspace --bins
 if cargo nextest --version >/dev/null 2>&1; then

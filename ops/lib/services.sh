@@ -184,6 +184,13 @@ ensure_prometheus() {
     fi
 }
 
+# HAProxy balances the pings over a pool of gateways in the tests.
+ensure_haproxy() {
+    if ! command -v haproxy >/dev/null; then
+        apt_install --no-install-recommends haproxy
+    fi
+}
+
 ensure_services() {
     ensure_build_deps
     ensure_postgres

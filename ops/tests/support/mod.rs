@@ -15,6 +15,7 @@ use teletraan::sim::{SimConfig, numbered_hosts};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
+pub mod pool;
 pub mod webdriver;
 
 /// The admin token the server is started with.
@@ -39,6 +40,8 @@ pub struct Server {
     pub api: Api,
     /// The gateway, `http://127.0.0.1:<port>`.
     pub gateway: String,
+    /// The broker the server uses.
+    pub amqp_url: String,
     // Dropped after the child: the server stops before its database and namespace go.
     _bus: TestBus,
     /// The server's database (for what no endpoint shows, such as job runs).
@@ -125,7 +128,11 @@ impl Server {
             api.http.get(&ready).send().await.is_ok_and(|r| r.status() == 200)
         })
         .await;
-        Server { child, api, gateway, _bus: bus, db }
+        let amqp_url = settings
+            .iter()
+            .find(|(k, _)| *k == "TELETRAAN_AMQP_URL")
+            .map_or_else(|| bus.config.url.clone(), |(_, v)| v.to_string());
+        Server { child, api, gateway, amqp_url, _bus: bus, db }
     }
 
     /// Stops the server with SIGTERM and checks it exits cleanly.
