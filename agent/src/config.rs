@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -163,6 +164,11 @@ pub struct Options {
         value_parser = clap::builder::BoolishValueParser::new()
     )]
     pub allow_unverified_artifacts: Option<bool>,
+    /// Serve the agent's own Prometheus metrics at `http://ADDR/metrics`, an IP address and
+    /// port such as 127.0.0.1:9102; unauthenticated, so keep it on loopback [default: none, no
+    /// metrics].
+    #[arg(long, global = true, env = "TELETRAAN_AGENT_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<String>,
 }
 
 /// A list given either as a TOML array or as one comma separated string.
@@ -209,6 +215,7 @@ struct FileConfig {
     archive_max_entries: Option<u64>,
     artifact_allowed: Option<ListValue>,
     allow_unverified_artifacts: Option<bool>,
+    metrics_listen: Option<String>,
 }
 
 /// The effective configuration.
@@ -263,6 +270,8 @@ pub struct Config {
     /// Whether an artifact without any checksum is used (with a warning) instead of failing
     /// its download: for local development only.
     pub allow_unverified_artifacts: bool,
+    /// Where the metrics page listens (`None`: no metrics).
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Config {
@@ -295,6 +304,7 @@ impl Config {
             limits: Limits::default(),
             artifact_allowed: Vec::new(),
             allow_unverified_artifacts: false,
+            metrics_listen: None,
         }
     }
 
@@ -403,6 +413,7 @@ impl Config {
             .map(|s| AllowedLocation::parse(s).map_err(|e| Error::Config(format!("artifact_allowed: {e}"))))
             .collect::<Result<_>>()?;
         c.allow_unverified_artifacts = o.allow_unverified_artifacts.or(f.allow_unverified_artifacts).unwrap_or(false);
+        c.metrics_listen = o.metrics_listen.or(f.metrics_listen).as_deref().and_then(parse_listen).transpose()?;
         Ok(c)
     }
 }
@@ -445,7 +456,11 @@ impl fmt::Display for Config {
         writeln!(f, "archive_max_entries = {}", self.limits.max_entries)?;
         let allowed: Vec<String> = self.artifact_allowed.iter().map(ToString::to_string).collect();
         writeln!(f, "artifact_allowed = {}", allowed.join(","))?;
-        write!(f, "allow_unverified_artifacts = {}", self.allow_unverified_artifacts)
+        writeln!(f, "allow_unverified_artifacts = {}", self.allow_unverified_artifacts)?;
+        match self.metrics_listen {
+            Some(addr) => write!(f, "metrics_listen = {addr}"),
+            None => write!(f, "metrics_listen = (off)"),
+        }
     }
 }
 
@@ -498,6 +513,20 @@ fn parse_tags(s: &str) -> Result<BTreeMap<String, String>> {
         }
     }
     Ok(tags)
+}
+
+/// `metrics_listen`: an IP address and a port other than 0; blank means off (`None`).
+fn parse_listen(s: &str) -> Option<Result<SocketAddr>> {
+    let s = s.trim();
+    if s.is_empty() {
+        return None;
+    }
+    let refused = |why: &str| Error::Config(format!("metrics_listen {s:?} {why}, such as 127.0.0.1:9102"));
+    Some(match s.parse::<SocketAddr>() {
+        Ok(addr) if addr.port() == 0 => Err(refused("needs a port other than 0")),
+        Ok(addr) => Ok(addr),
+        Err(_) => Err(refused("must be an IP address and a port")),
+    })
 }
 
 /// First non-loopback address the host name resolves to.
@@ -587,6 +616,38 @@ mod tests {
             Config::resolve(parse(&["--artifact-allowed", "artifacts.example.com/web"]), file(""), Some("h".into()))
                 .unwrap_err();
         assert!(err.to_string().contains("artifact_allowed"), "{err}");
+    }
+
+    #[test]
+    fn metrics_listen_is_off_by_default_comes_from_flag_or_file_and_must_be_an_address() {
+        let c = Config::resolve(Options::default(), FileConfig::default(), Some("h".into())).unwrap();
+        assert_eq!(c.metrics_listen, None);
+        assert!(c.to_string().ends_with("\nmetrics_listen = (off)"), "{c}");
+
+        let c = Config::resolve(parse(&[]), file("metrics_listen = \"127.0.0.1:9102\""), Some("h".into())).unwrap();
+        assert_eq!(c.metrics_listen, Some("127.0.0.1:9102".parse().unwrap()));
+        assert!(c.to_string().contains("\nmetrics_listen = 127.0.0.1:9102"), "{c}");
+        let flags = parse(&["--metrics-listen", " [::1]:9200 "]);
+        let c = Config::resolve(flags, file("metrics_listen = \"127.0.0.1:9102\""), Some("h".into())).unwrap();
+        assert_eq!(c.metrics_listen, Some("[::1]:9200".parse().unwrap()), "the flag beats the file");
+        let c = Config::resolve(
+            parse(&["--metrics-listen", ""]),
+            file("metrics_listen = \"127.0.0.1:9102\""),
+            Some("h".into()),
+        )
+        .unwrap();
+        assert_eq!(c.metrics_listen, None, "a blank value turns the page off");
+
+        for bad in ["localhost:9102", "127.0.0.1", "9102", "127.0.0.1:99999", "127.0.0.1:0"] {
+            let err = Config::resolve(parse(&["--metrics-listen", bad]), file(""), Some("h".into())).unwrap_err();
+            assert!(matches!(err, Error::Config(_)), "{bad}: {err}");
+            assert!(err.to_string().contains(&format!("metrics_listen {bad:?}")), "{err}");
+            assert!(err.to_string().contains("such as 127.0.0.1:9102"), "{err}");
+        }
+        let err = Config::resolve(parse(&[]), file("metrics_listen = \"nowhere\""), Some("h".into())).unwrap_err();
+        assert!(err.to_string().contains("must be an IP address and a port"), "{err}");
+        let help = <Cli as clap::CommandFactory>::command().render_help().to_string();
+        assert!(help.contains("--metrics-listen <ADDR>") && help.contains("TELETRAAN_AGENT_METRICS_LISTEN"), "{help}");
     }
 
     #[test]

@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use prometheus::IntCounter;
 use schema::artifact::{AllowedLocation, Url, check_redirect, is_allowed, parse_artifact_url, parse_sha256};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -50,6 +51,8 @@ pub struct FetchPolicy {
 pub struct Fetcher {
     http: reqwest::Client,
     policy: Arc<FetchPolicy>,
+    /// Counts artifact bytes as they arrive (the agent's `download_bytes_total`).
+    received: Option<IntCounter>,
 }
 
 impl Fetcher {
@@ -73,7 +76,12 @@ impl Fetcher {
             .user_agent(crate::AGENT_VERSION)
             .build()
             .map_err(|e| Error::Config(format!("cannot build the HTTP client: {e}")))?;
-        Ok(Fetcher { http, policy: Arc::new(policy) })
+        Ok(Fetcher { http, policy: Arc::new(policy), received: None })
+    }
+
+    /// The same fetcher, adding every artifact byte it receives to `counter`.
+    pub fn counting_bytes(self, counter: IntCounter) -> Fetcher {
+        Fetcher { received: Some(counter), ..self }
     }
 
     /// The policy this fetcher applies.
@@ -99,7 +107,7 @@ impl Fetcher {
             };
             let actual = if parsed.scheme() == "file" {
                 let path = parsed.to_file_path().map_err(|()| Error::UnsupportedUrl(url.to_string()))?;
-                copy_file(url, &path, &part, max_bytes).await?
+                copy_file(url, &path, &part, max_bytes, self.received.as_ref()).await?
             } else {
                 self.download_http(url, parsed, &part, max_bytes).await?
             };
@@ -222,6 +230,9 @@ impl Fetcher {
             let Some(chunk) = chunk else { break };
             hasher.update(&chunk);
             received += chunk.len() as u64;
+            if let Some(c) = &self.received {
+                c.inc_by(chunk.len() as u64);
+            }
             if received > max_bytes {
                 return Err(too_big(url, max_bytes));
             }
@@ -302,7 +313,7 @@ async fn finish(mut file: tokio::fs::File, part: &Path) -> Result<()> {
     file.sync_all().await.map_err(|e| Error::io("cannot sync", part, e))
 }
 
-async fn copy_file(url: &str, src: &Path, part: &Path, max_bytes: u64) -> Result<String> {
+async fn copy_file(url: &str, src: &Path, part: &Path, max_bytes: u64, counter: Option<&IntCounter>) -> Result<String> {
     if !src.is_absolute() {
         return Err(Error::UnsupportedUrl(url.to_string()));
     }
@@ -317,6 +328,9 @@ async fn copy_file(url: &str, src: &Path, part: &Path, max_bytes: u64) -> Result
             break;
         }
         copied += n as u64;
+        if let Some(c) = counter {
+            c.inc_by(n as u64);
+        }
         if copied > max_bytes {
             return Err(too_big(url, max_bytes));
         }
@@ -381,6 +395,20 @@ mod tests {
         let err = f.fetch(&url, &dest3, Some(&sha256_hex(b"hello")), 4).await.unwrap_err();
         assert!(matches!(err, Error::ArchiveLimit(_)) && err.to_string().contains("archive_max_bytes"), "{err}");
         assert!(!dest3.exists() && !part_path(&dest3).exists());
+    }
+
+    #[tokio::test]
+    async fn received_bytes_are_counted() {
+        let dir = TempDir::new("dl-count");
+        let src = dir.path().join("a.tar");
+        std::fs::write(&src, b"hello").unwrap();
+        let counter = IntCounter::new("test_received_bytes_total", "test").unwrap();
+        let f = fetcher().counting_bytes(counter.clone());
+        let url = format!("file://{}", src.display());
+        f.fetch(&url, &dir.path().join("out.tar"), Some(&sha256_hex(b"hello")), MAX).await.unwrap();
+        assert_eq!(counter.get(), 5);
+        assert!(f.fetch(&url, &dir.path().join("out2.tar"), Some(&sha256_hex(b"other")), MAX).await.is_err());
+        assert_eq!(counter.get(), 10, "a failed attempt's bytes were received too");
     }
 
     #[tokio::test]

@@ -104,6 +104,9 @@ pub enum Error {
     /// The work was stopped because the server changed the goal.
     #[error("stopped: the server changed the goal")]
     Aborted,
+    /// The agent's metrics could not be set up (a bug: their names are fixed).
+    #[error("metrics: {0}")]
+    Metrics(String),
     /// A `set-status` request that cannot be applied.
     #[error("{0}")]
     Admin(String),
@@ -136,6 +139,7 @@ impl Error {
             | Error::UnsupportedFormat(_)
             | Error::Template { .. }
             | Error::Admin(_)
+            | Error::Metrics(_)
             | Error::Rejected { .. }
             | Error::Config(_) => true,
             Error::Io { .. }

@@ -53,6 +53,7 @@ fn main() -> ExitCode {
 }
 
 async fn serve(config: Config, command: Command) -> ExitCode {
+    let metrics_listen = config.metrics_listen;
     let mut agent = match Agent::open(config) {
         Ok(a) => a,
         Err(e) => {
@@ -60,6 +61,10 @@ async fn serve(config: Config, command: Command) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    if let Some(addr) = metrics_listen {
+        // A port that cannot be bound is logged and the agent goes on (see `metrics::server`).
+        let _ = agent::metrics::server::start(addr, agent.metrics().registry().clone()).await;
+    }
     match command {
         Command::Once => match agent.once().await {
             Ok(summary) => {

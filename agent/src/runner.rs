@@ -8,7 +8,7 @@
 use std::collections::hash_map::RandomState;
 use std::future::Future;
 use std::hash::{BuildHasher, Hasher};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use schema::ping::{DeployGoal, PingRequest, PingResponse};
@@ -23,6 +23,7 @@ use crate::exec::{HookSettings, Outcome, run_hook};
 use crate::hooks;
 use crate::identity::{self, AfterRefusal, Credential, CredentialFile, Enroller, after_refusal};
 use crate::layout::{DirLock, Layout, write_private};
+use crate::metrics::Metrics;
 use crate::progress::{Progress, Ticker};
 use crate::status::{self, Envs, StepResult};
 use crate::user::HookUser;
@@ -57,6 +58,7 @@ pub struct Agent {
     enroller: Option<Enroller>,
     /// The host credential pings are sent with, once the host enrolled.
     credential: Option<Credential>,
+    metrics: Metrics,
     _lock: DirLock,
 }
 
@@ -87,6 +89,8 @@ impl Agent {
         for p in &loaded.problems {
             tracing::error!("{p}");
         }
+        let metrics = Metrics::new()?;
+        metrics.set_environments(loaded.envs.len());
         Ok(Agent {
             gateway,
             enroller: Enroller::new(&config)?,
@@ -96,7 +100,9 @@ impl Agent {
                 allowed: config.artifact_allowed.clone(),
                 allow_unverified: config.allow_unverified_artifacts,
                 ca_file: config.ca_file.clone(),
-            })?,
+            })?
+            .counting_bytes(metrics.download_bytes()),
+            metrics,
             settings: HookSettings::from_config(&config),
             layout,
             envs: loaded.envs,
@@ -113,6 +119,11 @@ impl Agent {
     /// The directory layout.
     pub fn layout(&self) -> &Layout {
         &self.layout
+    }
+
+    /// The agent's own metrics (served when `metrics_listen` is set).
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// Whether the agent must enroll before it pings: it has an enrollment token and no
@@ -242,8 +253,8 @@ impl Agent {
         if !self.config.long_poll.is_zero() {
             first.wait_seconds = Some(self.config.long_poll.as_secs() as u32);
         }
-        let started = std::time::Instant::now();
-        let mut resp = self.gateway.ping(&first).await?;
+        let started = Instant::now();
+        let mut resp = counted_ping(&self.gateway, &self.metrics, &first).await?;
         summary.held = started.elapsed();
         while resp.op_code != OpCode::Noop {
             if summary.steps >= MAX_STEPS_PER_ROUND {
@@ -264,7 +275,10 @@ impl Agent {
                 resp = self.ping().await?;
                 continue;
             }
-            match self.execute(&env, resp.op_code, &goal, &resp).await {
+            let started = Instant::now();
+            let outcome = self.execute(&env, resp.op_code, &goal, &resp).await;
+            self.metrics.observe_step(goal.deploy_stage, &outcome, started.elapsed());
+            match outcome {
                 Outcome::Aborted(next) => {
                     // Reported as UNKNOWN (Teletraan's ABORTED_BY_SERVER): the entry still says so.
                     resp = *next;
@@ -309,13 +323,14 @@ impl Agent {
     }
 
     async fn ping(&self) -> Result<PingResponse> {
-        self.gateway.ping(&self.ping_request()).await
+        counted_ping(&self.gateway, &self.metrics, &self.ping_request()).await
     }
 
     /// Saves the status; a failed save turns the env's result into AGENT_FAILED so the server
     /// stops the deploy on this host (Teletraan does the same).
     fn save(&mut self, env: &str) -> Result<()> {
         let r = status::save(&self.layout.status_file(), &self.envs);
+        self.metrics.set_environments(self.envs.len());
         if let (Err(e), Some(entry)) = (&r, self.envs.get_mut(env)) {
             entry.finish(&StepResult::agent_failed(format!("Failed to dump status to the disk: {e}")));
         }
@@ -335,6 +350,7 @@ impl Agent {
     fn forget(&mut self, env: &str) -> Result<()> {
         tracing::info!(env, "DELETE: forgetting the environment");
         self.envs.remove(env);
+        self.metrics.set_environments(self.envs.len());
         let cfg = self.layout.script_config(env);
         match std::fs::remove_file(&cfg) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
@@ -361,7 +377,8 @@ impl Agent {
         let stage = goal.deploy_stage;
         let settings = self.settings.with_overrides(&entry.runtime_config, stage.as_str());
         let mut ticker = Ticker::new(settings.min_running_time);
-        let mut watch = Watch { gateway: &self.gateway, request: self.ping_request(), current: resp };
+        let mut watch =
+            Watch { gateway: &self.gateway, metrics: &self.metrics, request: self.ping_request(), current: resp };
         match stage {
             DeployStage::Downloading => {
                 let Some(build) = &goal.build else {
@@ -432,13 +449,14 @@ impl Agent {
 /// Progress pings while a step runs: the entry already says UNKNOWN for the running step.
 struct Watch<'a> {
     gateway: &'a Gateway,
+    metrics: &'a Metrics,
     request: PingRequest,
     current: &'a PingResponse,
 }
 
 impl Progress for Watch<'_> {
     async fn ping(&mut self) -> Option<PingResponse> {
-        match self.gateway.ping(&self.request).await {
+        match counted_ping(self.gateway, self.metrics, &self.request).await {
             Ok(next) if goal_changed(self.current, &next) => Some(next),
             Ok(_) => None,
             Err(e) => {
@@ -447,6 +465,14 @@ impl Progress for Watch<'_> {
             }
         }
     }
+}
+
+/// A ping, counted in the metrics (every ping goes through here).
+async fn counted_ping(gateway: &Gateway, metrics: &Metrics, request: &PingRequest) -> Result<PingResponse> {
+    let started = Instant::now();
+    let result = gateway.ping(request).await;
+    metrics.observe_ping(request, &result, started.elapsed());
+    result
 }
 
 /// Teletraan's `plan_changed`: another opcode, a goal appearing or vanishing, or another

@@ -1,5 +1,5 @@
 //! The real binary: configuration errors, the printed configuration, the lock, an unreachable
-//! gateway, and recovery after `kill -9` in the middle of a hook.
+//! gateway, recovery after `kill -9` in the middle of a hook, and the metrics page.
 
 mod common;
 
@@ -224,4 +224,58 @@ async fn set_status_skips_a_failed_step_or_starts_over_and_is_refused_while_an_a
     assert!(err.contains("env nope is not in"), "{err}");
     let (code, _, err) = output(set_status(&["--env", "web"])).await;
     assert_eq!(code, 2, "--step or --restart is required: {err}");
+}
+
+/// The answer to `GET /metrics` on `addr`, if it can be had now.
+fn scrape(addr: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_listen_is_listed_served_and_a_taken_port_does_not_stop_the_agent() {
+    let t = TempDir::new("bin-metrics");
+    let dir = t.path().join("a");
+    let fake = Fake::start().await;
+    let mut c = agent_cmd(&dir, &fake.url());
+    c.arg("--help");
+    let (code, out, _) = output(c).await;
+    assert_eq!(code, 0);
+    assert!(out.contains("--metrics-listen <ADDR>") && out.contains("TELETRAAN_AGENT_METRICS_LISTEN"), "{out}");
+
+    let mut c = agent_cmd(&dir, &fake.url());
+    c.args(["once", "--metrics-listen", "localhost:9102"]);
+    let (code, _, err) = output(c).await;
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("metrics_listen \"localhost:9102\" must be an IP address and a port"), "{err}");
+
+    // An address another process holds: logged, and the round runs all the same.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_addr = taken.local_addr().unwrap().to_string();
+    let mut c = agent_cmd(&dir, &fake.url());
+    c.args(["once", "--metrics-listen", &taken_addr]);
+    let (code, _, err) = output(c).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains(&format!("metrics_listen = {taken_addr}")), "{err}");
+    assert!(err.contains("cannot listen for metrics"), "{err}");
+    assert_eq!(fake.pings().len(), 1);
+
+    // A free address (from the environment): the running agent serves its page there.
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+    let mut c = agent_cmd(&dir, &fake.url());
+    c.env("TELETRAAN_AGENT_METRICS_LISTEN", &free).arg("run").stdout(Stdio::null()).stderr(Stdio::null());
+    let mut running = c.spawn().unwrap();
+    wait_until("the metrics page to show a ping", Duration::from_secs(60), || {
+        scrape(&free).is_some_and(|page| page.contains("\nteletraan_agent_pings_total{outcome=\"ok\"} 1\n"))
+    });
+    let page = scrape(&free).unwrap();
+    assert!(page.starts_with("HTTP/1.1 200 OK\r\n"), "{page}");
+    assert!(page.contains(&format!("teletraan_agent_info{{version=\"{}\"}} 1\n", env!("CARGO_PKG_VERSION"))), "{page}");
+    running.start_kill().unwrap();
+    running.wait().await.unwrap();
 }
