@@ -5,63 +5,13 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use serde_json::json;
 use support::Server;
+use support::cluster::Cluster;
 use teletraan::sample::UNDOWNLOADED_SHA256;
 use teletraan::sim::Fleet;
-
-/// The cluster of this test: stopped and removed when dropped, whatever happened.
-struct Cluster {
-    base_port: u16,
-    dir: PathBuf,
-    urls: String,
-}
-
-fn script(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("cluster").join(name)
-}
-
-impl Cluster {
-    fn start() -> Cluster {
-        // Ports of its own (5701…5999, distribution ports 20000 higher), data of its own.
-        let base_port = 5701 + (std::process::id() % 99) as u16 * 3;
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("mq-cluster-{base_port}"));
-        let out = Command::new("bash")
-            .arg(script("start.sh"))
-            .env("BASE_PORT", base_port.to_string())
-            .env("DIR", &dir)
-            .output()
-            .expect("run ops/cluster/start.sh");
-        let cluster = Cluster { base_port, dir, urls: String::from_utf8_lossy(&out.stdout).trim().to_string() };
-        assert!(out.status.success(), "start.sh: {}", String::from_utf8_lossy(&out.stderr));
-        assert_eq!(cluster.urls.split(',').count(), 3, "three node URLs: {}", cluster.urls);
-        cluster
-    }
-
-    fn node(&self, i: u16) -> String {
-        format!("tt-mq-{}@localhost", self.base_port + i)
-    }
-
-    fn ctl(&self, node: u16, args: &[&str]) -> String {
-        let out = Command::new("rabbitmqctl").arg("-q").arg("-n").arg(self.node(node)).args(args).output().unwrap();
-        assert!(out.status.success(), "rabbitmqctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        let _ = Command::new("bash")
-            .arg(script("stop.sh"))
-            .env("BASE_PORT", self.base_port.to_string())
-            .env("DIR", &self.dir)
-            .output();
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rollout_completes_when_the_broker_node_in_use_stops() {

@@ -15,6 +15,7 @@ use teletraan::sim::{SimConfig, numbered_hosts};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
+pub mod cluster;
 pub mod pool;
 pub mod webdriver;
 

@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# Pings through a pool of two gateways behind HAProxy against one gateway directly, in the same
+# run (issue 12).
+#
+# Seeds HOSTS hosts over STAGES stages with a rollout in progress (ops/bench/sql/seed.sql),
+# starts two `teletraan gateway` processes and a `teletraan worker` on that database and a
+# fresh namespace, and HAProxy (the Debian package) balancing round-robin over both gateways,
+# as docs/operations.md configures it. Primes every host once through HAProxy; then runs the
+# load generator (`teletraan bench load`) against the first gateway directly and against
+# HAProxy, at the highest rate and at RATE pings/s, alternating targets, ROUNDS times. Prints
+# pings/s, latency percentiles, CPU per ping (HAProxy's own for the pool) and the ratios.
+#
+# Settings (environment): HOSTS (100000), STAGES (100), CONNECTIONS (64), DURATION (10 s),
+# RATE (20000), ROUNDS (2).
+set -euo pipefail
+. "$(dirname "$0")/lib.sh"
+HOSTS=${HOSTS:-100000} STAGES=${STAGES:-100} CONNECTIONS=${CONNECTIONS:-64} DURATION=${DURATION:-10}
+RATE=${RATE:-20000} ROUNDS=${ROUNDS:-2}
+
+bench_prepare
+ensure_haproxy
+new_db pool
+db=$DB
+new_namespace pool
+ns=$NS
+log "seeding $HOSTS hosts over $STAGES stages"
+seed "$db" "$HOSTS" "$STAGES"
+start gateway1 env $(server_env "$db" "$ns") "$BIN" gateway
+g1_pid=$START_PID
+g1=$(line_after gateway1 "teletraan: gateway ")
+start gateway2 env $(server_env "$db" "$ns") "$BIN" gateway
+g2=$(line_after gateway2 "teletraan: gateway ")
+start worker env $(server_env "$db" "$ns") "$BIN" worker
+wait_ready "$g1" 600
+wait_ready "$g2" 600
+
+port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+cat >"$WORK/haproxy.cfg" <<CFG
+global
+    maxconn 20000
+defaults
+    mode http
+    timeout connect 2s
+    timeout client 90s
+    timeout server 90s
+frontend pings
+    bind 127.0.0.1:$port
+    default_backend gateways
+backend gateways
+    balance roundrobin
+    option httpchk GET /readyz
+    retry-on conn-failure
+    retries 2
+    option redispatch
+    server g1 ${g1#http://} check inter 2s fall 2 rise 1
+    server g2 ${g2#http://} check inter 2s fall 2 rise 1
+CFG
+start haproxy haproxy -db -f "$WORK/haproxy.cfg"
+haproxy_pid=$START_PID
+pool="http://127.0.0.1:$port"
+wait_ready "$pool"
+log "gateways $g1, $g2; HAProxy $pool (pid $haproxy_pid)"
+
+load() { # NAME URL PID [extra flags…]
+    local name=$1 url=$2 pid=$3
+    shift 3
+    "$BIN" bench load --url "$url" --token "$BENCH_AGENT_TOKEN" --hosts "$HOSTS" --stages "$STAGES" \
+        --server-pid "$pid" --label "$name" "$@" >"$WORK/$name.out"
+    cat "$WORK/$name.out" >&2
+}
+
+log "priming: one ping per host through HAProxy (first pings publish every host's facts)"
+load prime "$pool" "$haproxy_pid" --once --connections 32
+sleep 5
+for round in $(seq "$ROUNDS"); do
+    for kind in max rate; do
+        extra=(--connections "$CONNECTIONS" --duration "$DURATION" --warmup 2)
+        [ "$kind" = rate ] && extra+=(--rate "$RATE")
+        load "direct-$kind-$round" "$g1" "$g1_pid" "${extra[@]}"
+        load "pool-$kind-$round" "$pool" "$haproxy_pid" "${extra[@]}"
+    done
+done
+
+row() { # LABEL NAME
+    local r
+    r=$(result "$2")
+    printf "%-34s %9s %8s %8s %9s %7s %11s %12s\n" "$1" "$(field "$r" pings_per_s)" "$(field "$r" p50_ms)" \
+        "$(field "$r" p99_ms)" "$(field "$r" p999_ms)" "$(field "$r" errors)" "$(field "$r" server_cpu_us)" \
+        "$(field "$r" machine_cpu_us)"
+}
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
+
+echo
+echo "gateway pool: $HOSTS hosts, $STAGES stages, rollout in progress; $CONNECTIONS connections, ${DURATION} s each"
+printf "%-34s %9s %8s %8s %9s %7s %11s %12s\n" "run" "pings/s" "p50 ms" "p99 ms" "p99.9 ms" "errors" \
+    "server µs" "machine µs"
+for round in $(seq "$ROUNDS"); do
+    row "one gateway directly, max, $round" "direct-max-$round"
+    row "two behind HAProxy, max, $round" "pool-max-$round"
+    row "one gateway directly, $RATE/s, $round" "direct-rate-$round"
+    row "two behind HAProxy, $RATE/s, $round" "pool-rate-$round"
+done
+echo "(server µs: CPU per ping of the first gateway for direct runs, of HAProxy for pool runs; machine µs: every process)"
+for round in $(seq "$ROUNDS"); do
+    dm=$(result "direct-max-$round") pm=$(result "pool-max-$round")
+    echo "round $round: pool/direct pings/s at max rate $(ratio "$(field "$pm" pings_per_s)" "$(field "$dm" pings_per_s)"), machine CPU per ping $(ratio "$(field "$pm" machine_cpu_us)" "$(field "$dm" machine_cpu_us)")"
+done
