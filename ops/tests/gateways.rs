@@ -7,15 +7,13 @@
 
 mod support;
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
-use schema::DeployStage;
 use serde_json::json;
 use support::Server;
-use support::pool::Haproxy;
+use support::pool::{Haproxy, check_rollout};
 use teletraan::sample::UNDOWNLOADED_SHA256;
-use teletraan::sim::{EventKind, Fleet};
+use teletraan::sim::Fleet;
 
 const HOSTS: usize = 40;
 const CAP: u32 = 4;
@@ -27,25 +25,6 @@ async fn pings_answered(http: &reqwest::Client, gateway: &str) -> f64 {
         .filter(|l| l.starts_with("teletraan_gateway_pings_total{"))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
-}
-
-/// Checks a finished deploy from the hosts' side: every host took it exactly once (one
-/// PRE_DOWNLOAD goal each), none as a first deploy, never more than the cap out of service.
-fn check_rollout(fleet: &Fleet, deploy: &str) {
-    let report = fleet.rollout(deploy).expect("the fleet saw the deploy");
-    assert_eq!(report.hosts_done as usize, HOSTS, "{report:?}");
-    assert_eq!(report.hosts_taken_out as usize, HOSTS, "{report:?}");
-    assert_eq!(report.hosts_taken_out_as_first, 0, "a serving host was taken for a new one: {report:?}");
-    assert!(report.max_out <= CAP, "{} out of service at once, cap {CAP}", report.max_out);
-    let mut admissions: BTreeMap<String, usize> = BTreeMap::new();
-    for e in fleet.timeline() {
-        if &*e.deploy == deploy && e.kind == EventKind::Goal && e.stage == DeployStage::PreDownload {
-            *admissions.entry(e.host.to_string()).or_default() += 1;
-        }
-    }
-    assert_eq!(admissions.len(), HOSTS, "every host admitted");
-    let twice: Vec<_> = admissions.iter().filter(|(_, n)| **n != 1).collect();
-    assert!(twice.is_empty(), "hosts admitted more than once: {twice:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -69,7 +48,7 @@ async fn two_gateways_behind_haproxy_serve_one_fleet_and_a_host_moving_between_t
     api.wait_state(d1.id.as_str(), "SUCCEEDING").await;
     let d2 = api.deploy("web", "prod", &publish(2).await).await;
     api.wait_state(d2.id.as_str(), "SUCCEEDING").await;
-    check_rollout(&fleet, d2.id.as_str());
+    check_rollout(&fleet, d2.id.as_str(), HOSTS, CAP);
 
     // Both gateways answered a good share of the pings.
     let (one, two) = (pings_answered(&api.http, &server.gateway).await, pings_answered(&api.http, &second.url).await);
@@ -85,7 +64,7 @@ async fn two_gateways_behind_haproxy_serve_one_fleet_and_a_host_moving_between_t
     .await;
     second.kill().await;
     api.wait_state(d3.id.as_str(), "SUCCEEDING").await;
-    check_rollout(&fleet, d3.id.as_str());
+    check_rollout(&fleet, d3.id.as_str(), HOSTS, CAP);
     assert_eq!(fleet.timeline_dropped(), 0, "the whole timeline was kept");
 
     fleet.stop().await;

@@ -7,16 +7,14 @@
 
 mod support;
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
-use schema::DeployStage;
 use serde_json::json;
 use support::Server;
 use support::cluster::Cluster;
-use support::pool::Haproxy;
+use support::pool::{Haproxy, check_rollout};
 use teletraan::sample::UNDOWNLOADED_SHA256;
-use teletraan::sim::{EventKind, Fleet};
+use teletraan::sim::Fleet;
 
 const HOSTS: usize = 1000;
 /// `maxParallelPct` 10 of 1,000 hosts.
@@ -66,27 +64,11 @@ async fn a_rollout_of_1000_hosts_completes_within_the_cap_when_a_broker_node_and
     assert_eq!((done.success_total, done.total), (HOSTS as i32, HOSTS as i32), "{done:?}");
 
     // From the hosts' side: all of them, once each, within the cap, none taken for new.
-    assert_eq!((report.hosts_done as usize, report.hosts_taken_out as usize), (HOSTS, HOSTS), "{report:?}");
-    assert_eq!(report.hosts_taken_out_as_first, 0, "{report:?}");
-    assert!(report.max_out <= CAP, "{} hosts out of service at once, cap {CAP}", report.max_out);
-    let mut admissions: BTreeMap<String, usize> = BTreeMap::new();
-    for e in fleet.timeline() {
-        if &*e.deploy == d2.id.as_str() && e.kind == EventKind::Goal && e.stage == DeployStage::PreDownload {
-            *admissions.entry(e.host.to_string()).or_default() += 1;
-        }
-    }
-    assert_eq!(admissions.len(), HOSTS);
-    assert!(admissions.values().all(|n| *n == 1), "a host admitted twice");
+    check_rollout(&fleet, d2.id.as_str(), HOSTS, CAP);
     assert_eq!(fleet.timeline_dropped(), 0);
 
     // Nothing went to a dead-letter queue, as the nodes left see it.
-    let queues = cluster.ctl(1, &["list_queues", "name", "messages", "--no-table-headers"]);
-    let dead: Vec<&str> =
-        queues.lines().filter(|l| l.split_whitespace().next().is_some_and(|n| n.ends_with(".dead"))).collect();
-    assert!(!dead.is_empty(), "the dead-letter queues exist: {queues}");
-    for line in dead {
-        assert!(line.split_whitespace().nth(1) == Some("0"), "dead letters: {line}");
-    }
+    cluster.assert_no_dead_letters(1);
 
     fleet.stop().await;
     drop(lb);

@@ -41,16 +41,7 @@ use crate::exec::Outcome;
 
 /// Stages whose series exist from the start (the stages of a deploy); STOPPING and STOPPED
 /// appear when first run.
-const DEPLOY_STAGES: [DeployStage; 8] = [
-    DeployStage::PreDownload,
-    DeployStage::Downloading,
-    DeployStage::PostDownload,
-    DeployStage::Staging,
-    DeployStage::PreRestart,
-    DeployStage::Restarting,
-    DeployStage::PostRestart,
-    DeployStage::ServingBuild,
-];
+const DEPLOY_STAGES: [DeployStage; 8] = schema::rules::stage_seq::ROLLOUT;
 
 /// Ping buckets: a gateway answers in milliseconds; one request may take up to 30 s, and the
 /// retries add a few seconds more.

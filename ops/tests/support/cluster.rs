@@ -45,6 +45,17 @@ impl Cluster {
         format!("tt-mq-{}@localhost", self.base_port + i)
     }
 
+    /// Checks, as node `node` sees them, that the dead-letter queues exist and hold nothing.
+    pub fn assert_no_dead_letters(&self, node: u16) {
+        let queues = self.ctl(node, &["list_queues", "name", "messages", "--no-table-headers"]);
+        let dead: Vec<&str> =
+            queues.lines().filter(|l| l.split_whitespace().next().is_some_and(|n| n.ends_with(".dead"))).collect();
+        assert!(!dead.is_empty(), "the dead-letter queues exist: {queues}");
+        for line in dead {
+            assert!(line.split_whitespace().nth(1) == Some("0"), "dead letters: {line}");
+        }
+    }
+
     /// Runs `rabbitmqctl` against node `node`, returning its output.
     pub fn ctl(&self, node: u16, args: &[&str]) -> String {
         let out = Command::new("rabbitmqctl").arg("-q").arg("-n").arg(self.node(node)).args(args).output().unwrap();

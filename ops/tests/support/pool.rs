@@ -1,9 +1,12 @@
 //! More role processes beside a [`Server`], and HAProxy in front of gateways: for the tests of
 //! a pool of gateways (and workers) serving one fleet.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Stdio;
 
+use schema::DeployStage;
+use teletraan::sim::{EventKind, Fleet};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
@@ -129,4 +132,23 @@ impl Drop for Haproxy {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.config);
     }
+}
+
+/// Checks a finished deploy from the hosts' side: every host took it exactly once (one
+/// PRE_DOWNLOAD goal each), none as a first deploy, never more than the cap out of service.
+pub fn check_rollout(fleet: &Fleet, deploy: &str, hosts: usize, cap: u32) {
+    let report = fleet.rollout(deploy).expect("the fleet saw the deploy");
+    assert_eq!(report.hosts_done as usize, hosts, "{report:?}");
+    assert_eq!(report.hosts_taken_out as usize, hosts, "{report:?}");
+    assert_eq!(report.hosts_taken_out_as_first, 0, "a serving host was taken for a new one: {report:?}");
+    assert!(report.max_out <= cap, "{} out of service at once, cap {cap}", report.max_out);
+    let mut admissions: BTreeMap<String, usize> = BTreeMap::new();
+    for e in fleet.timeline() {
+        if &*e.deploy == deploy && e.kind == EventKind::Goal && e.stage == DeployStage::PreDownload {
+            *admissions.entry(e.host.to_string()).or_default() += 1;
+        }
+    }
+    assert_eq!(admissions.len(), hosts, "every host admitted");
+    let twice: Vec<_> = admissions.iter().filter(|(_, n)| **n != 1).collect();
+    assert!(twice.is_empty(), "hosts admitted more than once: {twice:?}");
 }
