@@ -223,3 +223,74 @@ async fn flush(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use schema::{EnvId, HostId, HostName};
+
+    use super::*;
+
+    fn update(host: &str, env: &str) -> Item {
+        Item::Agent(AgentUpdate {
+            host_id: HostId::parse(host).unwrap(),
+            host_name: HostName::parse(host).unwrap(),
+            env_id: EnvId::parse(env).unwrap(),
+            at: 1,
+            record: None,
+            control_seq: 0,
+            error_message: None,
+        })
+    }
+
+    fn facts(host: &str) -> Item {
+        Item::Host(HostFacts {
+            host_id: HostId::parse(host).unwrap(),
+            host_name: HostName::parse(host).unwrap(),
+            ip: None,
+            groups: Vec::new(),
+            agent_version: "test".into(),
+            autoscaling_group: None,
+            availability_zone: None,
+            tags: Default::default(),
+            seen_at: 1,
+        })
+    }
+
+    #[test]
+    fn a_stages_records_wait_in_its_partition_and_a_hosts_facts_in_the_hosts() {
+        let mut pending = Pending::default();
+        let env = "EnvIdWeb000000000000aa";
+        let stage_part = usize::from(partition::of_stage(&EnvId::parse(env).unwrap()));
+        for i in 0..50 {
+            pending.add(update(&format!("host-{i}"), env));
+        }
+        // Every record of one stage, whatever its host, in the stage's partition.
+        assert_eq!(pending.parts[stage_part].agents.len(), 50);
+        assert_eq!(pending.parts.iter().map(|p| p.agents.len()).sum::<usize>(), 50);
+        for i in 0..50 {
+            let host = format!("host-{i}");
+            pending.add(facts(&host));
+            let host_part = usize::from(partition::of_host(&HostId::parse(host.as_str()).unwrap()));
+            assert!(pending.parts[host_part].hosts.iter().any(|h| h.host_id.as_str() == host));
+        }
+        assert!(pending.parts.iter().filter(|p| !p.hosts.is_empty()).count() > 1, "hosts spread over partitions");
+    }
+
+    #[test]
+    fn a_partition_fills_and_is_due_on_its_own() {
+        let mut config = GatewayConfig::new(bus::BusConfig::new("amqp://127.0.0.1:1/%2f", "test"));
+        config.batch_max = 10;
+        config.flush_every = Duration::from_secs(3600);
+        let mut pending = Pending::default();
+        let env = "EnvIdWeb000000000000aa";
+        let stage_part = usize::from(partition::of_stage(&EnvId::parse(env).unwrap()));
+        for i in 0..9 {
+            pending.add(update(&format!("host-{i}"), env));
+        }
+        assert!(!pending.any_full(&config) && !pending.any_due(&config));
+        pending.add(update("host-9", env));
+        assert!(pending.any_full(&config));
+        let due: Vec<usize> = (0..pending.parts.len()).filter(|p| pending.parts[*p].due(&config)).collect();
+        assert_eq!(due, vec![stage_part], "only the full partition is due");
+    }
+}
