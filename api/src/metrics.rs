@@ -119,7 +119,7 @@ static FLEET_READ_AT: Mutex<Option<Instant>> = Mutex::new(None);
 static QUEUE_MESSAGES: LazyLock<Option<IntGaugeVec>> = LazyLock::new(|| {
     register_int_gauge_vec!(
         "teletraan_api_queue_messages",
-        "Messages ready in each work queue and dead-letter queue (read from RabbitMQ at scrape)",
+        "Messages ready in each work queue, report partition and dead-letter queue (read from RabbitMQ at scrape)",
         &["queue"]
     )
     .ok()
@@ -128,7 +128,7 @@ static QUEUE_MESSAGES: LazyLock<Option<IntGaugeVec>> = LazyLock::new(|| {
 static QUEUE_CONSUMERS: LazyLock<Option<IntGaugeVec>> = LazyLock::new(|| {
     register_int_gauge_vec!(
         "teletraan_api_queue_consumers",
-        "Consumers of each work queue and dead-letter queue (read from RabbitMQ at scrape)",
+        "Consumers of each work queue, report partition and dead-letter queue (read from RabbitMQ at scrape)",
         &["queue"]
     )
     .ok()
