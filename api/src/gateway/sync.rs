@@ -18,7 +18,7 @@ use store::Store;
 use tokio::sync::watch;
 
 use super::longpoll::StageReach;
-use super::state::{StageEntry, Stages};
+use super::state::{Load, StageEntry, Stages};
 use super::{Gateway, GatewayConfig};
 use crate::metrics;
 
@@ -93,32 +93,19 @@ pub async fn run(gw: Arc<Gateway>, store: Store, config: GatewayConfig, mut shut
     }
 }
 
+/// Agent records per chunk of a full load.
+const LOAD_CHUNK: usize = 4096;
+
 /// Loads stages, agent records and tokens, retrying until it works or shutdown.
 async fn load_all(gw: &Arc<Gateway>, store: &Store, shutdown: &mut watch::Receiver<bool>) {
     let mut delays = backoff();
     loop {
-        let now = schema::time::now_ms();
-        let loaded = match store.signing_key(store::HOST_CREDENTIAL_KEY, now).await {
-            Ok(key) => {
-                gw.identity.set_key(key);
-                gw.identity.synced_at.store(now, std::sync::atomic::Ordering::Release);
-                store.gateway_load(now).await
+        let failure = match load_once(gw, store).await {
+            Ok(()) => {
+                gw.polls.wake_all();
+                return;
             }
-            Err(e) => Err(e),
-        };
-        let failure = match loaded {
-            Ok(load) => {
-                // Building a million records takes a while: off the runtime's threads.
-                let gw2 = gw.clone();
-                match tokio::task::spawn_blocking(move || install(&gw2, load)).await {
-                    Ok(()) => {
-                        gw.polls.wake_all();
-                        return;
-                    }
-                    Err(e) => format!("installing the state failed: {e}"),
-                }
-            }
-            Err(e) => e.to_string(),
+            Err(e) => e,
         };
         let delay = delays.next().unwrap_or(Duration::from_secs(10));
         tracing::warn!(error = %failure, "gateway cannot load its state; retrying");
@@ -132,19 +119,70 @@ async fn load_all(gw: &Arc<Gateway>, store: &Store, shutdown: &mut watch::Receiv
     }
 }
 
-/// Installs a full load. The records are built aside (their ids shared with the new stages);
-/// stages and records are then swapped under the stages lock, which pings take first, so no
-/// ping sees the new stages with the old records.
-fn install(gw: &Gateway, load: store::GatewayLoad) {
-    gw.identity.replace_tokens(load.tokens);
-    gw.identity.merge_bindings(&load.credentials);
+/// One full load. The records stream from Postgres into a builder off the runtime's threads
+/// (building a million takes a while) through a channel of two chunks, so at no moment do all
+/// the rows exist next to the state built from them: the peak stays near the steady state.
+async fn load_once(gw: &Arc<Gateway>, store: &Store) -> Result<(), String> {
+    let now = schema::time::now_ms();
+    let key = store.signing_key(store::HOST_CREDENTIAL_KEY, now).await.map_err(|e| e.to_string())?;
+    gw.identity.set_key(key);
+    gw.identity.synced_at.store(now, std::sync::atomic::Ordering::Release);
+    let (parts, received) = tokio::sync::mpsc::channel(2);
+    let gw2 = gw.clone();
+    let builder = tokio::task::spawn_blocking(move || build(&gw2, received));
+    let read = store
+        .gateway_load(now, LOAD_CHUNK, |part| {
+            let parts = parts.clone();
+            async move { parts.send(part).await.is_ok() }
+        })
+        .await;
+    drop(parts);
+    let built = builder.await.map_err(|e| format!("building the state failed: {e}"))?;
+    match (read, built) {
+        (Ok(true), Some(built)) => {
+            let gw2 = gw.clone();
+            tokio::task::spawn_blocking(move || install(&gw2, built))
+                .await
+                .map_err(|e| format!("installing the state failed: {e}"))
+        }
+        (Ok(_), _) => Err("the state builder stopped early".into()),
+        (Err(e), _) => Err(e.to_string()),
+    }
+}
+
+/// A full load built aside: the stages and the records (their ids shared with the stages).
+struct Built {
+    head: store::GatewayLoad,
+    records: Load,
+}
+
+/// Builds a full load from its parts as they arrive; `None` when the head never came.
+fn build(gw: &Gateway, mut parts: tokio::sync::mpsc::Receiver<store::LoadPart>) -> Option<Built> {
+    let Some(store::LoadPart::Head(head)) = parts.blocking_recv() else {
+        return None;
+    };
     let mut aside = Stages::default();
-    aside.replace_all(load.stages.clone());
-    let mut fresh = gw.hosts.begin_load();
-    fresh.add(load.agents, &aside.canon());
+    aside.replace_all(head.stages.clone());
+    let canon = aside.canon();
+    let mut records = gw.hosts.begin_load();
+    while let Some(part) = parts.blocking_recv() {
+        match part {
+            store::LoadPart::Agents(rows) => records.add(rows, &canon),
+            store::LoadPart::Head(_) => return None,
+        }
+    }
+    Some(Built { head, records })
+}
+
+/// Installs a full load: stages and records are swapped under the stages lock, which pings
+/// take first, so no ping sees the new stages with the old records.
+fn install(gw: &Gateway, built: Built) {
+    let Built { head, records } = built;
+    gw.identity.replace_tokens(head.tokens);
+    gw.identity.merge_bindings(&head.credentials);
     let mut stages = gw.stages.write().unwrap_or_else(|p| p.into_inner());
-    stages.replace_all(load.stages);
-    gw.hosts.finish_load(fresh);
+    stages.replace_all(head.stages);
+    gw.hosts.finish_load(records);
     drop(stages);
     release_free_memory();
 }

@@ -117,10 +117,10 @@ pub(crate) async fn lock_rows(c: &impl GenericClient, env_id: &EnvId, host_ids: 
     rows.iter().map(agent_row).collect()
 }
 
-/// Every agent record (a gateway's start-up load).
-pub(crate) async fn all_rows(c: &impl GenericClient) -> Result<Vec<AgentRow>> {
-    let rows = c.query(&format!("SELECT {AGENT_COLUMNS} FROM agents"), &[]).await?;
-    rows.iter().map(agent_row).collect()
+/// Every agent record (a gateway's full load), as a stream of rows: read as they are used.
+pub(crate) async fn all_rows(c: &impl GenericClient) -> Result<tokio_postgres::RowStream> {
+    let none: [&(dyn tokio_postgres::types::ToSql + Sync); 0] = [];
+    Ok(c.query_raw(&format!("SELECT {AGENT_COLUMNS} FROM agents"), none).await?)
 }
 
 /// The agent records of one stage (a gateway's reload of that stage).

@@ -55,7 +55,7 @@ pub use access::{GrantRow, PrincipalRow, Subject};
 pub use agents::{AgentRow, AppliedBatch, counting_admissions};
 pub use builds::BuildSearch;
 pub use commands::{NewCommand, Recorded};
-pub use gateway::GatewayLoad;
+pub use gateway::{GatewayLoad, LoadPart};
 pub use gauges::FleetGauges;
 pub use history::{HistoryEntry, HistoryQuery, kind as history_kind};
 pub use identity::{Enrolled, Enrollment, HOST_CREDENTIAL_KEY, HostCredential};

@@ -255,3 +255,58 @@ async fn hosts_and_heartbeats_are_recorded() {
         db2.0.query_one("SELECT last_seen FROM host_heartbeats WHERE host_id = 'h1'", &[]).await.unwrap().get(0);
     assert_eq!(seen, std::time::UNIX_EPOCH + std::time::Duration::from_millis((NOW + 5) as u64));
 }
+
+#[tokio::test]
+async fn a_gateway_load_hands_over_the_head_then_every_record_in_chunks() {
+    let db = TestDatabase::new().await;
+    let s = &db.store;
+    let e = stage(s, "web", "prod", "{}").await;
+    let b = build(s, "web").await;
+    let d = deploy(s, "c1", "web", "prod", &b.id, NOW).await;
+    let batch = ReportBatch {
+        agents: (1..=10).map(|i| update(&format!("h{i:02}"), &e.id, serving(&d.id), NOW + 10)).collect(),
+        ..Default::default()
+    };
+    s.apply_report_batch(&batch).await.unwrap();
+
+    let mut parts = Vec::new();
+    let done = s
+        .gateway_load(NOW, 3, |part| {
+            parts.push(part);
+            async { true }
+        })
+        .await
+        .unwrap();
+    assert!(done);
+    let store::LoadPart::Head(head) = &parts[0] else { panic!("the head comes first: {parts:?}") };
+    assert_eq!(head.stages.iter().map(|(_, s)| s.goal.env_id.clone()).collect::<Vec<_>>(), vec![e.id.clone()]);
+    let sizes: Vec<usize> = parts[1..]
+        .iter()
+        .map(|p| match p {
+            store::LoadPart::Agents(rows) => rows.len(),
+            store::LoadPart::Head(_) => panic!("one head"),
+        })
+        .collect();
+    assert_eq!(sizes, vec![3, 3, 3, 1]);
+    let mut hosts: Vec<String> = parts[1..]
+        .iter()
+        .flat_map(|p| match p {
+            store::LoadPart::Agents(rows) => rows.iter().map(|r| r.host_id.to_string()).collect(),
+            store::LoadPart::Head(_) => vec![],
+        })
+        .collect();
+    hosts.sort();
+    assert_eq!(hosts, (1..=10).map(|i| format!("h{i:02}")).collect::<Vec<_>>());
+
+    // A sink that says stop ends the load there.
+    let mut seen = 0;
+    let done = s
+        .gateway_load(NOW, 3, |_| {
+            seen += 1;
+            let more = seen < 2;
+            async move { more }
+        })
+        .await
+        .unwrap();
+    assert_eq!((done, seen), (false, 2), "the head and one chunk, then nothing more");
+}
