@@ -1,5 +1,7 @@
 //! Publishes what pings changed: agent records and host facts in batches (at most
-//! `batch_max` items or about `batch_max_bytes`, at latest after `flush_every`), one stream of
+//! `batch_max` items or about `batch_max_bytes`; records at latest after `flush_every`, since
+//! rollouts wait for them, and host facts, which nothing waits for, at latest after
+//! `heartbeat_every` unless records of their partition go sooner), one stream of
 //! batches per report partition (a stage's records go to its partition, a host's facts and
 //! heartbeats to the host's: `schema::partition`), and every
 //! `heartbeat_every` the hosts that pinged since the last round and were not published within
@@ -37,7 +39,9 @@ pub enum Item {
 struct Part {
     agents: Vec<AgentUpdate>,
     hosts: Vec<HostFacts>,
-    first_change: Option<Instant>,
+    /// When the oldest waiting record, and the oldest waiting host facts, came.
+    first_agent: Option<Instant>,
+    first_host: Option<Instant>,
     /// Rough encoded size of the changes, to keep each message small.
     bytes: usize,
 }
@@ -48,12 +52,12 @@ impl Part {
             Item::Agent(a) => {
                 self.bytes += 320 + a.error_message.as_ref().map_or(0, String::len);
                 self.agents.push(a);
-                self.first_change.get_or_insert_with(Instant::now);
+                self.first_agent.get_or_insert_with(Instant::now);
             }
             Item::Host(h) => {
                 self.bytes += 320 + h.groups.iter().map(|g| g.as_str().len() + 3).sum::<usize>();
                 self.hosts.push(h);
-                self.first_change.get_or_insert_with(Instant::now);
+                self.first_host.get_or_insert_with(Instant::now);
             }
         }
     }
@@ -66,8 +70,13 @@ impl Part {
         self.changes() >= config.batch_max || self.bytes >= config.batch_max_bytes
     }
 
+    /// Records wait `flush_every` at most, host facts `heartbeat_every`: a gateway meeting
+    /// hosts for the first time (a new gateway in a pool, a fleet moving over) sends their
+    /// facts in a few large batches rather than a trickle of small ones in every partition.
     fn due(&self, config: &GatewayConfig) -> bool {
-        self.full(config) || self.first_change.is_some_and(|t| t.elapsed() >= config.flush_every)
+        self.full(config)
+            || self.first_agent.is_some_and(|t| t.elapsed() >= config.flush_every)
+            || self.first_host.is_some_and(|t| t.elapsed() >= config.heartbeat_every)
     }
 }
 
@@ -292,5 +301,25 @@ mod tests {
         assert!(pending.any_full(&config));
         let due: Vec<usize> = (0..pending.parts.len()).filter(|p| pending.parts[*p].due(&config)).collect();
         assert_eq!(due, vec![stage_part], "only the full partition is due");
+    }
+
+    #[test]
+    fn host_facts_wait_longer_than_records_and_ride_along_with_them() {
+        let mut config = GatewayConfig::new(bus::BusConfig::new("amqp://127.0.0.1:1/%2f", "test"));
+        config.flush_every = Duration::ZERO;
+        config.heartbeat_every = Duration::from_secs(3600);
+        let mut pending = Pending::default();
+        pending.add(facts("host-1"));
+        assert!(!pending.any_due(&config), "facts alone wait for the heartbeat round");
+        let p = usize::from(partition::of_host(&HostId::parse("host-1").unwrap()));
+        let env = (0..1000)
+            .map(|i| format!("EnvIdWeb{i:014}"))
+            .find(|e| usize::from(partition::of_stage(&EnvId::parse(e.as_str()).unwrap())) == p)
+            .unwrap();
+        pending.add(update("host-2", &env));
+        assert!(pending.parts[p].due(&config), "a record is due at once, and takes the facts with it");
+        config.flush_every = Duration::from_secs(3600);
+        config.heartbeat_every = Duration::ZERO;
+        assert!(pending.parts[p].due(&config), "facts are due after the heartbeat interval");
     }
 }
