@@ -142,16 +142,7 @@ pub async fn declare_topology(ch: &Channel, cfg: &BusConfig) -> Result<(), BusEr
             ("x-dead-letter-routing-key", AMQPValue::LongString(q.as_str().into())),
             ("x-delivery-limit", AMQPValue::LongInt(20)),
         ]);
-        let opts = QueueDeclareOptions { durable: true, ..Default::default() };
-        ch.queue_declare(queue.as_str().into(), opts, args).await?;
-        ch.queue_bind(
-            queue.as_str().into(),
-            exchange.as_str().into(),
-            q.as_str().into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+        declare_bound(ch, &queue, args, &exchange, q.as_str()).await?;
         // Delay queue: holds a message for RETRY_DELAY, then dead-letters it back to the work
         // exchange, at least once (the quorum queue keeps it until the work queue took it).
         let retry_queue = cfg.name(&format!("{}.{DELAY}", q.as_str()));
@@ -162,26 +153,10 @@ pub async fn declare_topology(ch: &Channel, cfg: &BusConfig) -> Result<(), BusEr
             ("x-dead-letter-strategy", AMQPValue::LongString("at-least-once".into())),
             ("x-overflow", AMQPValue::LongString("reject-publish".into())),
         ]);
-        ch.queue_declare(retry_queue.as_str().into(), opts, args).await?;
-        ch.queue_bind(
-            retry_queue.as_str().into(),
-            retry.as_str().into(),
-            q.as_str().into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+        declare_bound(ch, &retry_queue, args, &retry, q.as_str()).await?;
         // Dead queue: kept for operators.
         let dead_queue = cfg.name(&format!("{}.dead", q.as_str()));
-        ch.queue_declare(dead_queue.as_str().into(), opts, quorum_args(&[])).await?;
-        ch.queue_bind(
-            dead_queue.as_str().into(),
-            dead.as_str().into(),
-            q.as_str().into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+        declare_bound(ch, &dead_queue, quorum_args(&[]), &dead, q.as_str()).await?;
         // Partition queues: each has one active consumer at a time (the broker hands it to the
         // next when that one leaves), so a partition's messages are handled one after the
         // other, in order, by one worker. Their failed messages are retried in place (never
@@ -196,34 +171,27 @@ pub async fn declare_topology(ch: &Channel, cfg: &BusConfig) -> Result<(), BusEr
                 ("x-dead-letter-routing-key", AMQPValue::LongString(q.as_str().into())),
                 ("x-delivery-limit", AMQPValue::LongInt(20)),
             ]);
-            ch.queue_declare(name.as_str().into(), opts, args).await?;
-            ch.queue_bind(
-                name.as_str().into(),
-                exchange.as_str().into(),
-                key.as_str().into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
+            declare_bound(ch, &name, args, &exchange, key.as_str()).await?;
         }
         if WATCHED_DEAD_LETTERS.contains(&q) {
             // A second queue on the dead exchange with the same key: each dead letter is copied
             // there for its watcher, and stays in the dead queue for operators.
             let watch = cfg.dead_watch_queue(q);
-            ch.queue_declare(watch.as_str().into(), opts, quorum_args(&[])).await?;
-            ch.queue_bind(
-                watch.as_str().into(),
-                dead.as_str().into(),
-                q.as_str().into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
+            declare_bound(ch, &watch, quorum_args(&[]), &dead, q.as_str()).await?;
         }
     }
     ch.exchange_declare(cfg.changes_exchange().as_str().into(), ExchangeKind::Fanout, durable(), FieldTable::default())
         .await?;
     ch.exchange_declare(cfg.events_exchange().as_str().into(), ExchangeKind::Topic, durable(), FieldTable::default())
+        .await?;
+    Ok(())
+}
+
+/// Declares a durable queue with `args` and binds it to `exchange` with `key`.
+async fn declare_bound(ch: &Channel, queue: &str, args: FieldTable, exchange: &str, key: &str) -> Result<(), BusError> {
+    let opts = QueueDeclareOptions { durable: true, ..Default::default() };
+    ch.queue_declare(queue.into(), opts, args).await?;
+    ch.queue_bind(queue.into(), exchange.into(), key.into(), QueueBindOptions::default(), FieldTable::default())
         .await?;
     Ok(())
 }
