@@ -111,19 +111,11 @@ for g in "$g1" "$g2"; do
     curl -sf "$g/metrics" | grep -E '^teletraan_gateway_[a-z_]*_total' | grep -v ' 0$' >&2 || true
 done
 
-row() { # LABEL NAME
-    local r
-    r=$(result "$2")
-    printf "%-34s %9s %8s %8s %9s %7s %11s %12s\n" "$1" "$(field "$r" pings_per_s)" "$(field "$r" p50_ms)" \
-        "$(field "$r" p99_ms)" "$(field "$r" p999_ms)" "$(field "$r" errors)" "$(field "$r" server_cpu_us)" \
-        "$(field "$r" machine_cpu_us)"
-}
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
+row() { load_row 34 "$@"; }
 
 echo
 echo "gateway pool: $HOSTS hosts, $STAGES stages, rollout in progress; $CONNECTIONS connections, ${DURATION} s each"
-printf "%-34s %9s %8s %8s %9s %7s %11s %12s\n" "run" "pings/s" "p50 ms" "p99 ms" "p99.9 ms" "errors" \
-    "server µs" "machine µs"
+load_header 34
 for round in $(seq "$ROUNDS"); do
     row "one gateway directly, max, $round" "direct-max-$round"
     row "two behind HAProxy, max, $round" "pool-max-$round"

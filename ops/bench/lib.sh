@@ -157,3 +157,21 @@ result() {
 rss_kb() {
     awk -v f="${2:-VmRSS}:" '$1 == f { print $2 }' "/proc/$1/status"
 }
+
+# ratio A B: A / B to two decimals ("-" when B is 0).
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
+
+# load_header WIDTH: the header of the rows `load_row` prints.
+load_header() {
+    printf "%-${1}s %9s %8s %8s %9s %7s %11s %12s\n" "run" "pings/s" "p50 ms" "p99 ms" "p99.9 ms" "errors" \
+        "server µs" "machine µs"
+}
+
+# load_row WIDTH LABEL NAME: one row of the `result:` line of the load generator's run NAME.
+load_row() {
+    local r
+    r=$(result "$3")
+    printf "%-${1}s %9s %8s %8s %9s %7s %11s %12s\n" "$2" "$(field "$r" pings_per_s)" "$(field "$r" p50_ms)" \
+        "$(field "$r" p99_ms)" "$(field "$r" p999_ms)" "$(field "$r" errors)" "$(field "$r" server_cpu_us)" \
+        "$(field "$r" machine_cpu_us)"
+}

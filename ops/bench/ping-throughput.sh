@@ -51,19 +51,11 @@ for round in max rate; do
     load "bare-$round" "$bare" "$bare_pid" "${extra[@]}"
 done
 
-row() { # LABEL NAME
-    local r
-    r=$(result "$2")
-    printf "%-24s %9s %8s %8s %9s %7s %11s %12s\n" "$1" "$(field "$r" pings_per_s)" "$(field "$r" p50_ms)" \
-        "$(field "$r" p99_ms)" "$(field "$r" p999_ms)" "$(field "$r" errors)" "$(field "$r" server_cpu_us)" \
-        "$(field "$r" machine_cpu_us)"
-}
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
+row() { load_row 24 "$@"; }
 
 echo
 echo "ping throughput: $HOSTS hosts, $STAGES stages, rollout in progress; $CONNECTIONS connections, ${DURATION} s each, $CLIENT client"
-printf "%-24s %9s %8s %8s %9s %7s %11s %12s\n" "run" "pings/s" "p50 ms" "p99 ms" "p99.9 ms" "errors" \
-    "server µs" "machine µs"
+load_header 24
 row "gateway, max rate" gateway-max
 row "bare, max rate" bare-max
 row "gateway, $RATE/s" gateway-rate
