@@ -3,11 +3,13 @@
 use proptest::prelude::*;
 use schema::ping::ReportIn;
 use schema::rules::admission::{self, StageAdmission, parallel_cap};
+use schema::rules::constraint::{Constraint, TaggedHost};
 use schema::rules::deploy_state::{self, DeployFacts, Progress};
 use schema::rules::goal::{AgentRecord, CurrentDeploy, EnvInput, RecordChange, StageGoal, plan};
+use schema::rules::schedule::{self, HostNumber, ScheduleConfig, ScheduleProgress, Session};
 use schema::{
-    AgentState, AgentStatus, DeployId, DeployPriority, DeployStage, DeployState, DeployType, EnvId, EnvState, EnvType,
-    HostId,
+    AgentState, AgentStatus, DeployConstraintType, DeployId, DeployPriority, DeployStage, DeployState, DeployType,
+    EnvId, EnvState, EnvType, HostId, ScheduleState,
 };
 
 fn id<T: TryFrom<String>>(s: &str) -> T
@@ -254,5 +256,285 @@ proptest! {
         };
         let progress = Progress { total, succeeded, failed };
         prop_assert!(deploy_state::evaluate(&facts, progress, now).is_none());
+    }
+}
+
+/// A host of a stage rolling out one deploy, as the rollout test below tracks it itself (not
+/// from what the rules compute), and its record as the rules see it.
+#[derive(Debug, Clone)]
+struct Rolling {
+    id: HostId,
+    zone: Option<u8>,
+    record: AgentRecord,
+    /// Chosen by admission for the deploy.
+    admitted: bool,
+    /// Reached SERVING_BUILD on it.
+    finished: bool,
+    /// Went silent mid-deploy (the janitor marked it UNREACHABLE).
+    lost: bool,
+    /// Held by an operator.
+    held: bool,
+}
+
+/// What happens next in the stage.
+#[derive(Debug, Clone)]
+enum Event {
+    /// Minutes pass, then a worker re-evaluates the stage: the schedule moves, admission runs.
+    Evaluate(u8),
+    /// Host `i` reports its next step done.
+    Progress(prop::sample::Index),
+    /// Host `i` goes silent mid-deploy.
+    Lost(prop::sample::Index),
+    /// An operator holds host `i`.
+    Hold(prop::sample::Index),
+    /// An operator ends the schedule's current session early.
+    Override,
+}
+
+fn event() -> impl Strategy<Value = Event> {
+    prop_oneof![
+        3 => (0u8..40).prop_map(Event::Evaluate),
+        8 => any::<prop::sample::Index>().prop_map(Event::Progress),
+        1 => any::<prop::sample::Index>().prop_map(Event::Lost),
+        1 => any::<prop::sample::Index>().prop_map(Event::Hold),
+        1 => Just(Event::Override),
+    ]
+}
+
+/// A schedule: sessions of a count or a percentage of hosts, each with a cooldown.
+fn any_schedule() -> impl Strategy<Value = Option<ScheduleConfig>> {
+    let session =
+        (prop_oneof![(1u32..6).prop_map(HostNumber::Count), (1u32..=100).prop_map(HostNumber::Percent)], 0i32..30)
+            .prop_map(|(hosts, cooldown_minutes)| Session { hosts, cooldown_minutes });
+    prop::option::weighted(0.5, prop::collection::vec(session, 1..4).prop_map(|sessions| ScheduleConfig { sessions }))
+}
+
+fn any_constraint() -> impl Strategy<Value = Option<Constraint>> {
+    let kind =
+        prop::sample::select(vec![DeployConstraintType::AllGroupsInParallel, DeployConstraintType::GroupByGroup]);
+    prop::option::weighted(0.5, (1i64..4, kind).prop_map(|(n, kind)| Constraint::new("az", n, kind).unwrap()))
+}
+
+/// The stage's cap restated from its definition: the count, the percentage of the hosts
+/// rounded down, or the smaller of both; at least 1, at most the hosts.
+fn cap_of(max_parallel: i32, pct: i32, hosts: u32) -> u32 {
+    let by_pct = (pct > 0).then(|| hosts * pct.min(100) as u32 / 100);
+    let by_count = (max_parallel > 0).then_some(max_parallel as u32);
+    let cap = match (by_count, by_pct) {
+        (Some(a), Some(b)) => a.min(b),
+        (Some(a), None) | (None, Some(a)) => a,
+        (None, None) => 1,
+    };
+    cap.clamp(1, hosts.max(1))
+}
+
+/// What a worker does for the stage at `now`, through the rules it uses: the schedule moves
+/// (`schedule::advance`), then admission (`admission::select`) with the cap, the slots that
+/// hosts lost mid-deploy free (`admission::charged`), the schedule's allowance and the
+/// constraint, counted from the records as the store counts them. Returns the hosts chosen.
+fn evaluate(
+    hosts: &mut [Rolling],
+    current: &DeployId,
+    (max_parallel, pct): (i32, i32),
+    schedule: Option<(&ScheduleConfig, &mut ScheduleProgress)>,
+    constraint: Option<&Constraint>,
+    now: i64,
+) -> Vec<usize> {
+    let on_current = |r: &AgentRecord| &r.deploy_id == current;
+    let total = hosts.len() as u32;
+    let existing = hosts.iter().filter(|h| !h.record.first_deploy).count() as u32;
+    let cap = parallel_cap(max_parallel, pct, existing);
+    let active = hosts.iter().filter(|h| h.record.is_active()).count() as u32;
+    let lost = hosts
+        .iter()
+        .filter(|h| {
+            h.record.state == AgentState::Unreachable
+                && on_current(&h.record)
+                && h.record.stage != DeployStage::ServingBuild
+        })
+        .count() as u32;
+    let on_deploy = hosts.iter().filter(|h| on_current(&h.record)).count() as u32;
+    // Serving it, or held, failed or lost on it (`store::deploys::progress`, `store::agents::admit`).
+    let done = |r: &AgentRecord| {
+        on_current(r)
+            && (r.stage == DeployStage::ServingBuild
+                || matches!(r.state, AgentState::PausedByUser | AgentState::PausedBySystem | AgentState::Unreachable))
+    };
+    let finished = hosts.iter().filter(|h| done(&h.record)).count() as u32;
+    let allowance = schedule.map(|(config, progress)| {
+        *progress = schedule::advance(config, *progress, finished, total, now);
+        schedule::allowance(config, *progress, on_deploy, total)
+    });
+    let tagged: Vec<TaggedHost> = hosts
+        .iter()
+        .map(|h| TaggedHost {
+            host_id: h.id.clone(),
+            value: h.zone.map(|z| format!("zone-{z}")),
+            active: h.record.is_active(),
+            done: done(&h.record),
+        })
+        .collect();
+    let waiting: Vec<HostId> = hosts
+        .iter()
+        .filter(|h| admission::waits_for_admission(&h.record, current, None))
+        .map(|h| h.id.clone())
+        .collect();
+    let a = StageAdmission {
+        cap,
+        active: admission::charged(active, lost, cap),
+        schedule_allowance: allowance.flatten(),
+        constraint: constraint.map(|c| (c, tagged.as_slice())),
+    };
+    let chosen = admission::select(&a, &waiting);
+    let mut out = Vec::new();
+    for h in &chosen {
+        let i = hosts.iter().position(|x| &x.id == h).expect("admission chose a host of the stage");
+        hosts[i].record = AgentRecord::fresh(current.clone(), false);
+        hosts[i].admitted = true;
+        out.push(i);
+    }
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    /// A stage of serving hosts takes a new deploy while hosts report steps, go silent, are
+    /// held, minutes pass and operators end sessions early, in any order; admission runs
+    /// through the real rules (cap, lost hosts, schedule, constraint). Checked from the hosts'
+    /// own tracking after every evaluation: hosts out of service never exceed the cap (hosts
+    /// lost mid-deploy free their slots, but only a cap of them), a schedule's session never
+    /// lets in more hosts than it allows and none while cooling down, a constraint's value
+    /// never has more hosts out than its limit, a value starts only after every lower one
+    /// finished (GROUP_BY_GROUP), untagged hosts never start under a constraint, held and lost
+    /// hosts are never chosen. And once the events stop, the rollout reaches every host it can.
+    #[test]
+    fn admission_holds_the_cap_the_schedule_and_the_constraint_through_random_events(
+        n in 1usize..30,
+        max_parallel in 0i32..6,
+        pct in 0i32..101,
+        zones in prop::collection::vec(prop::option::weighted(0.9, 0u8..4), 30),
+        schedule in any_schedule(),
+        constraint in any_constraint(),
+        events in prop::collection::vec(event(), 0..300),
+    ) {
+        prop_assume!(max_parallel > 0 || pct > 0);
+        let old: DeployId = id("old");
+        let current: DeployId = id("new");
+        let serving_old = AgentRecord { stage: DeployStage::ServingBuild, ..AgentRecord::fresh(old.clone(), false) };
+        let mut hosts: Vec<Rolling> = (0..n)
+            .map(|i| Rolling {
+                id: id(&format!("h{i:02}")),
+                zone: zones[i],
+                record: serving_old.clone(),
+                admitted: false,
+                finished: false,
+                lost: false,
+                held: false,
+            })
+            .collect();
+        let cap = cap_of(max_parallel, pct, n as u32);
+        let mut progress = schedule::start(0);
+        let mut now = 0i64;
+        let check = |hosts: &[Rolling], chosen: &[usize], progress: &ScheduleProgress|
+            -> Result<(), TestCaseError> {
+            let out = hosts.iter().filter(|h| h.admitted && !h.finished && !h.lost && !h.held).count() as u32;
+            let lost = hosts.iter().filter(|h| h.lost).count() as u32;
+            prop_assert!(out + lost.saturating_sub(cap) <= cap,
+                "{} hosts out of service and {} lost with a cap of {}", out, lost, cap);
+            for &i in chosen {
+                prop_assert!(!hosts[i].lost && !hosts[i].held, "a lost or held host was chosen");
+            }
+            if let Some(config) = &schedule
+                && !chosen.is_empty()
+            {
+                prop_assert!(progress.state != ScheduleState::CoolingDown, "hosts started during a cooldown");
+                if progress.state == ScheduleState::Running {
+                    let on_deploy = hosts.iter().filter(|h| h.admitted).count() as u32;
+                    prop_assert!(on_deploy <= config.allowed(progress.session, n as u32),
+                        "{} hosts on the deploy in session {} of {:?}", on_deploy, progress.session, config);
+                }
+            }
+            if let Some(c) = &constraint {
+                for &i in chosen {
+                    let Some(z) = hosts[i].zone else {
+                        return Err(TestCaseError::fail("an untagged host started under a constraint"));
+                    };
+                    let busy = hosts.iter().filter(|h| h.zone == Some(z) && h.admitted && !h.finished && !h.lost && !h.held).count() as u32;
+                    prop_assert!(busy <= c.max_parallel, "{} hosts of zone {} out with a limit of {}", busy, z, c.max_parallel);
+                    if c.kind == DeployConstraintType::GroupByGroup {
+                        let lower_unfinished =
+                            hosts.iter().any(|h| h.zone.is_some_and(|y| y < z) && !h.finished && !h.held && !h.lost);
+                        prop_assert!(!lower_unfinished, "zone {} started before a lower zone finished", z);
+                    }
+                }
+            }
+            Ok(())
+        };
+        for e in events {
+            match e {
+                Event::Evaluate(minutes) => {
+                    now += i64::from(minutes) * 60_000;
+                    let chosen = evaluate(&mut hosts, &current, (max_parallel, pct),
+                        schedule.as_ref().map(|c| (c, &mut progress)), constraint.as_ref(), now);
+                    check(&hosts, &chosen, &progress)?;
+                }
+                Event::Progress(i) => {
+                    let h = &mut hosts[i.index(n)];
+                    if h.admitted && !h.finished && !h.lost && !h.held {
+                        let k = STAGES.iter().position(|s| *s == h.record.stage).unwrap();
+                        h.record.stage = STAGES[k + 1];
+                        h.finished = h.record.stage == DeployStage::ServingBuild;
+                    }
+                }
+                Event::Lost(i) => {
+                    let h = &mut hosts[i.index(n)];
+                    if h.admitted && !h.finished && !h.held && !h.lost {
+                        h.record.state = AgentState::Unreachable;
+                        h.lost = true;
+                    }
+                }
+                Event::Hold(i) => {
+                    let h = &mut hosts[i.index(n)];
+                    if !h.lost {
+                        h.record.state = AgentState::PausedByUser;
+                        h.held = true;
+                    }
+                }
+                Event::Override => {
+                    if let Some(config) = &schedule
+                        && let Some(p) = schedule::override_session(config, progress, progress.session, now)
+                    {
+                        progress = p;
+                    }
+                }
+            }
+        }
+        // The events stop: hours pass, every host that started finishes its steps.
+        for _ in 0..(n * 10 + 20) {
+            now += 3_600_000;
+            let chosen = evaluate(&mut hosts, &current, (max_parallel, pct),
+                schedule.as_ref().map(|c| (c, &mut progress)), constraint.as_ref(), now);
+            check(&hosts, &chosen, &progress)?;
+            for h in hosts.iter_mut().filter(|h| h.admitted && !h.finished && !h.lost && !h.held) {
+                h.record.stage = DeployStage::ServingBuild;
+                h.finished = true;
+            }
+        }
+        // Every host that can take the deploy did: not held, not lost, tagged when a constraint
+        // needs a tag. Lost hosts hold up neither a slot, a session nor a zone, but more of
+        // them than the cap stop the rollout; with GROUP_BY_GROUP a host held before it
+        // started keeps the zones above its own waiting (until an operator lets it go).
+        let lost = hosts.iter().filter(|h| h.lost).count() as u32;
+        let blocked = lost > cap
+            || constraint.as_ref().is_some_and(|c| c.kind == DeployConstraintType::GroupByGroup
+                && hosts.iter().any(|h| h.held && !h.admitted));
+        if !blocked {
+            for h in &hosts {
+                if !h.held && !h.lost && (constraint.is_none() || h.zone.is_some()) {
+                    prop_assert!(h.finished, "{} never took the deploy: {:?}", h.id, h);
+                }
+            }
+        }
     }
 }

@@ -48,7 +48,7 @@ pub struct TaggedHost {
     pub value: Option<String>,
     /// Out of service on some deploy (it counts against its value's limit).
     pub active: bool,
-    /// Finished the current deploy (serves it, or is held or failed on it).
+    /// Finished the current deploy (serves it, or is held, failed or lost on it).
     pub done: bool,
 }
 

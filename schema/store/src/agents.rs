@@ -278,9 +278,13 @@ pub(crate) async fn admit(c: &impl GenericClient, e: &Environ, now: EpochMs) -> 
             for r in &rows {
                 let row = agent_row(r)?;
                 let rec = &row.record;
+                // A host lost on the deploy holds up its value no more than a slot.
                 let done = &rec.deploy_id == deploy_id
                     && (rec.stage == DeployStage::ServingBuild
-                        || matches!(rec.state, AgentState::PausedByUser | AgentState::PausedBySystem));
+                        || matches!(
+                            rec.state,
+                            AgentState::PausedByUser | AgentState::PausedBySystem | AgentState::Unreachable
+                        ));
                 if get::<bool>(r, "alive")? && admission::waits_for_admission(rec, deploy_id, alias.as_ref()) {
                     waiting.push(row.host_id.clone());
                 }

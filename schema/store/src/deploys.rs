@@ -198,7 +198,9 @@ async fn current_of(c: &impl GenericClient, e: &Environ) -> Result<Option<Deploy
 }
 
 /// Counts the agent records that make a deploy's progress, and the hosts that finished it
-/// (serving it, or held or failed on it: what ends a schedule's session).
+/// (serving it, held or failed on it, or lost on it: what ends a schedule's session; a host
+/// lost mid-deploy holds up a session no more than it holds a slot, and `admission::charged`
+/// stops the rollout when more than a cap of them are lost).
 async fn progress(c: &impl GenericClient, env_id: &EnvId, deploy_id: &DeployId) -> Result<(Progress, u32)> {
     let row = c
         .query_one(
@@ -207,7 +209,7 @@ async fn progress(c: &impl GenericClient, env_id: &EnvId, deploy_id: &DeployId) 
                                  AND state <> 'PAUSED_BY_USER') AS succeeded,
                 count(*) FILTER (WHERE deploy_id = $2 AND state = 'PAUSED_BY_SYSTEM') AS failed,
                 count(*) FILTER (WHERE deploy_id = $2 AND (deploy_stage = 'SERVING_BUILD'
-                                 OR state IN ('PAUSED_BY_USER', 'PAUSED_BY_SYSTEM'))) AS finished
+                                 OR state IN ('PAUSED_BY_USER', 'PAUSED_BY_SYSTEM', 'UNREACHABLE'))) AS finished
              FROM agents WHERE env_id = $1",
             &[&env_id.as_str(), &deploy_id.as_str()],
         )

@@ -475,3 +475,46 @@ async fn a_dead_lettered_command_fails_only_while_pending() {
     }
     assert_eq!(s.deploys_of_stage(&s.stage(&id("web"), &id("prod")).await.unwrap().id, 10).await.unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn a_host_lost_mid_deploy_does_not_hold_up_the_next_zone() {
+    let db = TestDatabase::new().await;
+    let s = &db.store;
+    let e = stage(s, "web", "prod", r#"{"maxParallelPct":100}"#).await;
+    let (b1, b2) = (build(s, "web").await, build(s, "web").await);
+    let d1 = deploy(s, "c1", "web", "prod", &b1.id, NOW).await;
+    let facts = |h: &str, z: &str| HostFacts {
+        host_id: id(h),
+        host_name: id(h),
+        ip: None,
+        groups: vec![id("g")],
+        agent_version: "1".into(),
+        autoscaling_group: None,
+        availability_zone: None,
+        tags: [("zone".to_string(), z.to_string())].into_iter().collect(),
+        seen_at: NOW,
+    };
+    s.upsert_hosts(&[facts("a1", "a"), facts("b1", "b")]).await.unwrap();
+    serve(s, &e, &d1.id, &["a1", "b1"], NOW + 1).await;
+    let c = ConstraintInput {
+        constraint_key: Some("zone".into()),
+        max_parallel: Some(1),
+        constraint_type: Some(DeployConstraintType::GroupByGroup),
+    };
+    s.set_constraint(&e.env_name, &e.stage_name, c, "alice", NOW).await.unwrap();
+    let d2 = deploy(s, "c2", "web", "prod", &b2.id, NOW + 10).await;
+    assert_eq!(agent(s, &e, "a1").await.deploy_id, d2.id, "zone a first");
+    assert_eq!(agent(s, &e, "b1").await.deploy_id, d1.id);
+
+    // a1 goes silent mid-deploy: the janitor marks it (store/tests/janitor.rs tests that part).
+    let marked = db
+        .client()
+        .await
+        .execute("UPDATE agents SET state = 'UNREACHABLE' WHERE host_id = 'a1' AND env_id = $1", &[&e.id.as_str()])
+        .await
+        .unwrap();
+    assert_eq!(marked, 1);
+    assert_eq!(agent(s, &e, "a1").await.state, AgentState::Unreachable);
+    s.refresh_stage(&e.id, NOW + 20).await.unwrap();
+    assert_eq!(agent(s, &e, "b1").await.deploy_id, d2.id, "zone b goes on without the lost host");
+}

@@ -291,3 +291,42 @@ async fn a_pre_registered_host_becomes_active_when_it_pings_or_is_forgotten_if_i
     assert!(s.host_with_id(&id("p2")).await.unwrap().is_empty());
     assert_eq!(s.host_with_id(&id("p1")).await.unwrap().len(), 1, "p1 pinged after");
 }
+
+#[tokio::test]
+async fn a_host_lost_mid_deploy_does_not_hold_up_a_schedules_session() {
+    let db = TestDatabase::new().await;
+    let s = &db.store;
+    let e = stage(s, "web", "prod", r#"{"maxParallelPct":100}"#).await;
+    let (b1, b2) = (build(s, "web").await, build(s, "web").await);
+    let d1 = deploy(s, "c1", "web", "prod", &b1.id, NOW).await;
+    let hosts = ["h1", "h2", "h3", "h4", "h5", "h6"];
+    report(s, &e.id, &hosts, &serving(&d1.id), NOW).await;
+    let input = schema::model::ScheduleInput {
+        total_sessions: Some(2),
+        host_numbers: Some("2,100%".into()),
+        cooldown_times: Some("0,0".into()),
+    };
+    s.set_schedule(&e.env_name, &e.stage_name, input, "alice", NOW).await.unwrap();
+    let d2 = deploy(s, "c2", "web", "prod", &b2.id, NOW + SEC).await;
+    let on_d2 = |agents: &[schema::model::Agent]| -> Vec<String> {
+        agents.iter().filter(|a| a.deploy_id == d2.id).map(|a| a.host_id.as_str().to_string()).collect()
+    };
+    let first = on_d2(&s.agents_of_stage(&e.id).await.unwrap());
+    assert_eq!(first.len(), 2, "session 1 lets two hosts in");
+
+    // One finishes; the other goes silent mid-deploy. The rest keep pinging.
+    let t = NOW + 200 * SEC;
+    let done = schema::bus::AgentUpdate { control_seq: 1, ..update(&first[0], &e.id, serving(&d2.id), t) };
+    s.apply_report_batch(&ReportBatch { agents: vec![done], ..Default::default() }).await.unwrap();
+    let others: Vec<&str> = hosts.into_iter().filter(|h| *h != first[1]).collect();
+    s.record_heartbeats(&others.iter().map(|h| beat(h, t)).collect::<Vec<_>>()).await.unwrap();
+    assert_eq!(s.mark_silent_hosts(t - MIN_STALE, t, 1000).await.unwrap(), 1);
+    // The session is over (its lost host counts as done with it), the cooldown of 0 minutes
+    // too at the next evaluation: session 2 takes the rest, long before the lost host would be
+    // forgotten.
+    s.refresh_stage(&e.id, t + SEC).await.unwrap();
+    s.refresh_stage(&e.id, t + 2 * SEC).await.unwrap();
+    let sched = s.schedule(&e.env_name, &e.stage_name).await.unwrap().unwrap();
+    assert_eq!(sched.current_session, 2, "{sched:?}");
+    assert_eq!(on_d2(&s.agents_of_stage(&e.id).await.unwrap()).len(), 6, "every host is on the deploy");
+}
