@@ -53,7 +53,9 @@ async fn a_rollout_of_1000_hosts_completes_within_the_cap_when_a_broker_node_and
     let faults_at = started.elapsed();
     cluster.ctl(0, &["stop_app"]);
     worker_two.kill().await;
-    let done = api.wait_state(d2.id.as_str(), "SUCCEEDING").await;
+    // Completion is the point, not its pace: on a loaded machine (the rest of the suite runs
+    // beside it) the rollout may take minutes.
+    let done = api.wait_state_within(d2.id.as_str(), "SUCCEEDING", Duration::from_secs(360)).await;
     let report = fleet.rollout(d2.id.as_str()).expect("the fleet saw the deploy");
     eprintln!(
         "scale-out: second rollout of {HOSTS} hosts SUCCEEDING after {:.1} s (faults at {:.1} s); at most {} out of service at once (cap {CAP})",

@@ -17,6 +17,8 @@ use tokio::process::{Child, Command};
 
 pub mod cluster;
 pub mod pool;
+pub mod postgres;
+pub mod proxy;
 pub mod webdriver;
 
 /// The admin token the server is started with.
@@ -175,7 +177,16 @@ where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = tokio::time::Instant::now() + DEADLINE;
+    wait_for_within(what, DEADLINE, check).await
+}
+
+/// [`wait_for`] with a deadline of its own (for the big tests, whose pace is the machine's).
+pub async fn wait_for_within<F, Fut>(what: &str, limit: Duration, check: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
     while !check().await {
         assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -282,7 +293,12 @@ impl Api {
 
     /// Waits until a deploy reaches `state`.
     pub async fn wait_state(&self, deploy: &str, state: &str) -> Deploy {
-        wait_for(&format!("deploy {deploy} to be {state}"), || async {
+        self.wait_state_within(deploy, state, DEADLINE).await
+    }
+
+    /// Waits until a deploy reaches `state`, up to `limit`.
+    pub async fn wait_state_within(&self, deploy: &str, state: &str, limit: Duration) -> Deploy {
+        wait_for_within(&format!("deploy {deploy} to be {state}"), limit, || async {
             self.deploy_by_id(deploy).await.state.as_str() == state
         })
         .await;

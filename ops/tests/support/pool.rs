@@ -137,18 +137,39 @@ impl Drop for Haproxy {
 /// Checks a finished deploy from the hosts' side: every host took it exactly once (one
 /// PRE_DOWNLOAD goal each), none as a first deploy, never more than the cap out of service.
 pub fn check_rollout(fleet: &Fleet, deploy: &str, hosts: usize, cap: u32) {
-    let report = fleet.rollout(deploy).expect("the fleet saw the deploy");
-    assert_eq!(report.hosts_done as usize, hosts, "{report:?}");
-    assert_eq!(report.hosts_taken_out as usize, hosts, "{report:?}");
-    assert_eq!(report.hosts_taken_out_as_first, 0, "a serving host was taken for a new one: {report:?}");
-    assert!(report.max_out <= cap, "{} out of service at once, cap {cap}", report.max_out);
+    if let Err(e) = rollout_check(fleet, deploy, hosts, cap) {
+        panic!("{e}");
+    }
+}
+
+/// [`check_rollout`], answering what broke instead of failing; `Ok` holds the most hosts out
+/// of service at once.
+pub fn rollout_check(fleet: &Fleet, deploy: &str, hosts: usize, cap: u32) -> Result<u32, String> {
+    let report = fleet.rollout(deploy).ok_or("the fleet never saw the deploy")?;
+    if report.hosts_done as usize != hosts || report.hosts_taken_out as usize != hosts {
+        return Err(format!("not every host took it once: {report:?}"));
+    }
+    if report.hosts_taken_out_as_first != 0 {
+        return Err(format!("a serving host was taken for a new one: {report:?}"));
+    }
+    if report.max_out > cap {
+        return Err(format!("{} out of service at once, cap {cap}", report.max_out));
+    }
+    if fleet.timeline_dropped() > 0 {
+        return Err(format!("the timeline dropped {} events", fleet.timeline_dropped()));
+    }
     let mut admissions: BTreeMap<String, usize> = BTreeMap::new();
     for e in fleet.timeline() {
         if &*e.deploy == deploy && e.kind == EventKind::Goal && e.stage == DeployStage::PreDownload {
             *admissions.entry(e.host.to_string()).or_default() += 1;
         }
     }
-    assert_eq!(admissions.len(), hosts, "every host admitted");
+    if admissions.len() != hosts {
+        return Err(format!("{} hosts admitted of {hosts}", admissions.len()));
+    }
     let twice: Vec<_> = admissions.iter().filter(|(_, n)| **n != 1).collect();
-    assert!(twice.is_empty(), "hosts admitted more than once: {twice:?}");
+    if !twice.is_empty() {
+        return Err(format!("hosts admitted more than once: {twice:?}"));
+    }
+    Ok(report.max_out)
 }
