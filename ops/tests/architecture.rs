@@ -105,3 +105,28 @@ fn the_check_sees_transitive_dependencies() {
     let deps = transitive(&graph(), "api");
     assert!(deps.contains("tokio-postgres") && deps.contains("lapin") && deps.contains("schema"));
 }
+
+/// The modules a ping runs through: none may name the store's handle (`Store`), so none can
+/// query Postgres; the gateway's store is used by `sync.rs` (loads, reloads) and the
+/// enrollment route only. (That pings are answered while Postgres is away is shown by
+/// `api/tests/outage.rs::while_postgres_is_cut_the_api_answers_503_json_and_after_it_is_back_the_same_calls_succeed`.)
+#[test]
+fn the_ping_path_holds_no_store_handle() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../api/src/gateway");
+    let ping_path = ["ping.rs", "state.rs", "longpoll.rs", "identity.rs", "fasthash.rs", "publisher.rs"];
+    for file in ping_path {
+        let text = std::fs::read_to_string(dir.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+        let named = text.lines().enumerate().find(|(_, line)| {
+            let code = line.split("//").next().unwrap_or("");
+            code.split(|c: char| !c.is_alphanumeric() && c != '_').any(|word| word == "Store")
+        });
+        assert!(
+            named.is_none(),
+            "api/src/gateway/{file}:{}: the ping path names Store",
+            named.map_or(0, |(i, _)| i + 1)
+        );
+    }
+    // And the check reads the right files: the gateway module does hold a store.
+    let module = std::fs::read_to_string(dir.join("mod.rs")).expect("mod.rs");
+    assert!(module.contains("store: Store"), "the check looks at the gateway's sources");
+}
