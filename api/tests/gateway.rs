@@ -527,3 +527,34 @@ async fn a_long_poll_returns_when_a_stage_takes_the_host_in() {
     assert_eq!(goal["deployStage"], "PRE_DOWNLOAD", "{goal}");
     app.stop().await;
 }
+
+/// A gateway that misses every change (its broker namespace is one nobody publishes to, as if
+/// each change message were lost) still converges on Postgres: its periodic comparison of
+/// stage versions finds the new stage and its deploy, and a host pinging it gets its goal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_that_misses_every_change_converges_on_postgres() {
+    let mut app = spawn_app().await;
+    let deaf = format!("deaf{}", uuid::Uuid::new_v4().simple());
+    let url = app.bus.config.url.clone();
+    let lone = app
+        .start_gateway_with(|c| {
+            c.bus = bus::BusConfig::new(url, deaf);
+            c.check_every = Duration::from_millis(500);
+        })
+        .await;
+    // Created after the lone gateway loaded: it can only learn of them by its check.
+    let setup = stage_with_a_deploy(&app).await;
+    let deploy_id = str_of(&setup.deploy, "id").to_string();
+    let agent = Agent::new("lone-1");
+    let answer = eventually("the lone gateway to hand out the deploy", || {
+        let (app, agent, lone) = (&app, &agent, &lone);
+        async move {
+            let answer = app.ping_at(lone, &agent.host.ping_body(&[])).await.expect(StatusCode::OK);
+            if is_noop(&answer) { Err(answer.to_string()) } else { Ok(answer) }
+        }
+    })
+    .await;
+    let goal = goal_of(&answer, &setup, &deploy_id);
+    assert_eq!(goal["deployStage"], "PRE_DOWNLOAD", "a new host starts at once: {goal}");
+    app.stop().await;
+}

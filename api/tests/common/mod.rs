@@ -56,7 +56,8 @@ pub struct App {
     // Field order is drop order: on a panic the tasks are aborted before the database and the
     // namespace they use are deleted.
     tasks: JoinSet<()>,
-    bus: TestBus,
+    /// The broker namespace of this app.
+    pub bus: TestBus,
     db: TestDatabase,
 }
 
@@ -207,10 +208,16 @@ impl App {
     /// Starts one more gateway on the same database and broker (as a second replica behind a
     /// load balancer would be) and returns its base URL once it is ready.
     pub async fn start_gateway(&mut self) -> String {
+        self.start_gateway_with(|_| {}).await
+    }
+
+    /// [`App::start_gateway`] with its configuration changed by `tune`.
+    pub async fn start_gateway_with(&mut self, tune: impl FnOnce(&mut GatewayConfig)) -> String {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind another gateway");
         let url = format!("http://{}", listener.local_addr().expect("gateway address"));
         let shutdown = self.shutdown.subscribe();
-        let config = GatewayConfig::new(self.bus.config.clone());
+        let mut config = GatewayConfig::new(self.bus.config.clone());
+        tune(&mut config);
         let gw = api::gateway::start(config, self.store.clone(), shutdown.clone(), &mut self.tasks);
         self.tasks.spawn(serve(listener, api::gateway_router(gw, self.store.clone()), shutdown));
         let ready = format!("{url}/readyz");
