@@ -393,3 +393,46 @@ async fn a_url_listing_several_nodes_skips_those_that_are_down() {
     let Err(e) = bus::connect(&none).await else { panic!("no node is up") };
     assert!(matches!(e, bus::BusError::Unavailable(_)), "{e:?}");
 }
+
+/// Fails with "the dependency is away" until it has failed `away_times` times, then acks.
+struct Away {
+    away_times: u32,
+    seen: Mutex<Vec<u32>>,
+}
+
+impl Handler for Away {
+    async fn handle(&self, ctx: &DeliveryCtx<'_>) -> Disposition {
+        let mut seen = self.seen.lock().await;
+        seen.push(ctx.attempt);
+        if seen.len() as u32 <= self.away_times {
+            Disposition::RetryLater("database away".into())
+        } else {
+            Disposition::Ack
+        }
+    }
+}
+
+/// On a shared work queue too, a message failing because a dependency is away goes round the
+/// delay queue as often as it takes, past the attempt limit, and is never dead-lettered.
+#[tokio::test]
+async fn a_message_failing_on_a_dependency_is_retried_past_the_attempt_limit_and_never_dead_lettered() {
+    let tb = TestBus::new();
+    let cfg = tb.config.clone();
+    let handler = Arc::new(Away { away_times: bus::MAX_ATTEMPTS + 1, seen: Mutex::new(Vec::new()) });
+    let (stop, shutdown) = watch::channel(false);
+    let consumer = tokio::spawn(bus::consume(cfg.clone(), WorkQueue::Reports, 4, handler.clone(), shutdown));
+    Publisher::new(cfg.clone()).publish(&[work(&cfg, b"needs the database")]).await.unwrap();
+    let deadline = bus::RETRY_DELAY * (bus::MAX_ATTEMPTS + 4);
+    tokio::time::timeout(deadline, async {
+        while handler.seen.lock().await.len() as u32 <= bus::MAX_ATTEMPTS + 1 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("the message is taken in the end");
+    let attempts = handler.seen.lock().await.clone();
+    assert!(attempts.iter().all(|a| *a == 1), "a dependency's absence counts no attempt: {attempts:?}");
+    assert_eq!(queue_len(&cfg, "reports.dead").await, 0, "nothing dead-lettered");
+    stop.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), consumer).await.unwrap().unwrap();
+}

@@ -313,3 +313,46 @@ async fn the_pool_shares_the_partitions_out_and_takes_over_from_a_worker_that_le
     let left = db.store.worker_heartbeat("observer", lease).await.unwrap();
     assert_eq!(left, vec!["observer".to_string()], "a left the pool; c's row is past its lease");
 }
+
+/// Fails every message with "the dependency is away" until it has failed `away_times` times,
+/// then takes everything; records (body, attempt) of every delivery it sees.
+struct Away {
+    away_times: usize,
+    seen: Arc<Mutex<Vec<(String, u32)>>>,
+}
+
+impl Handler for Away {
+    async fn handle(&self, ctx: &DeliveryCtx<'_>) -> Disposition {
+        let mut seen = self.seen.lock().await;
+        seen.push((String::from_utf8_lossy(&ctx.delivery.data).to_string(), ctx.attempt));
+        if seen.len() <= self.away_times { Disposition::RetryLater("database away".into()) } else { Disposition::Ack }
+    }
+}
+
+/// A message that fails because a dependency is away is retried for as long as it takes:
+/// more times than a failing message may be (`MAX_ATTEMPTS`), without counting attempts, in
+/// place, and never dead-lettered.
+#[tokio::test]
+async fn a_message_failing_on_a_dependency_is_retried_past_the_attempt_limit_and_never_dead_lettered() {
+    let tb = TestBus::new();
+    let cfg = tb.config.clone();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let away_times = bus::MAX_ATTEMPTS as usize + 2;
+    let (assign, assigned) = watch::channel([0u16].into_iter().collect::<BTreeSet<u16>>());
+    let (stop, shutdown) = watch::channel(false);
+    let handler = Arc::new(Away { away_times, seen: seen.clone() });
+    let task = tokio::spawn(bus::consume_partitions(cfg.clone(), WorkQueue::Reports, handler, 8, assigned, shutdown));
+    let publisher = Publisher::new(cfg.clone());
+    let messages: Vec<Outgoing> = ["first", "second"].iter().map(|b| to_partition(&cfg, 0, b.to_string())).collect();
+    publisher.publish(&messages).await.unwrap();
+    wait_for("both messages taken", || async { seen.lock().await.len() == away_times + 2 }).await;
+    let seen = seen.lock().await.clone();
+    let expected: Vec<(String, u32)> =
+        std::iter::repeat_n(("first".to_string(), 1), away_times + 1).chain([("second".to_string(), 1)]).collect();
+    assert_eq!(seen, expected, "retried in place, every attempt counted as the first, nothing overtaking it");
+    assert_eq!(queue_len(&cfg, "reports.dead").await, 0, "nothing dead-lettered");
+    assert_eq!(queue_len(&cfg, "reports.0").await, 0);
+    drop(assign);
+    stop.send_replace(true);
+    tokio::time::timeout(Duration::from_secs(10), task).await.unwrap().unwrap();
+}
