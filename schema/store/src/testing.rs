@@ -60,6 +60,41 @@ impl TestDatabase {
         TestDatabase { url, name, store }
     }
 
+    /// A copy of this database as it is now (`CREATE DATABASE … TEMPLATE`), with a store of
+    /// its own, dropped like any test database: for tests that compare what two histories make
+    /// of one start (with the same generated ids in both). Postgres copies only a database
+    /// nobody is connected to, so this ends the connections of `self.store` first: use the
+    /// copies, not `self`, afterwards.
+    pub async fn fork(&self) -> TestDatabase {
+        let name = format!("teletraan_test_{}", uuid::Uuid::new_v4().simple());
+        let url = with_dbname(&self.url, &name);
+        let admin = with_dbname(&self.url, "postgres");
+        let (client, conn) = tokio_postgres::connect(&admin, tokio_postgres::NoTls).await.expect("connect");
+        tokio::spawn(conn);
+        // A pooled connection may still be closing when the copy starts: try a few times.
+        let mut tries = 0;
+        loop {
+            client
+                .execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+                    &[&self.name],
+                )
+                .await
+                .expect("end the connections to the database copied");
+            match client.batch_execute(&format!("CREATE DATABASE \"{name}\" TEMPLATE \"{}\"", self.name)).await {
+                Ok(()) => break,
+                Err(e) if tries < 20 => {
+                    tries += 1;
+                    eprintln!("copying {} failed ({e}); trying again", self.name);
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("copy {}: {e}", self.name),
+            }
+        }
+        let store = Store::connect(&url, 8).expect("connect the copy");
+        TestDatabase { url, name, store }
+    }
+
     /// A connection of its own, for a test's raw SQL (seeding, checking what no method reads).
     pub async fn client(&self) -> tokio_postgres::Client {
         let (client, conn) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls).await.expect("connect");
