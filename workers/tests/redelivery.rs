@@ -11,3 +11,6 @@ mod support;
 
 #[path = "redelivery/commands.rs"]
 mod commands;
+
+#[path = "redelivery/dead_letters.rs"]
+mod dead_letters;
