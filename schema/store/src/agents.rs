@@ -471,7 +471,8 @@ impl Store {
             }
             add_to_stages(&mut live, &rows, false)?;
 
-            // Errors: the latest text per host and stage, for the UI, in one statement.
+            // Errors: the latest text per host and stage, for the UI, in one statement; an
+            // older report's error (a redelivery) does not replace a newer one.
             let errors: Vec<&&AgentUpdate> = upserts
                 .iter()
                 .filter(|u| u.error_message.is_some() && u.record.as_ref().is_some_and(|r| r.err_no != 0))
@@ -489,7 +490,8 @@ impl Store {
                      WHERE EXISTS (SELECT 1 FROM environs e WHERE e.env_id = u.env_id)
                      ORDER BY 1, 2
                      ON CONFLICT (host_id, env_id) DO UPDATE SET host_name = EXCLUDED.host_name,
-                         error_msg = EXCLUDED.error_msg, updated_at = EXCLUDED.updated_at",
+                         error_msg = EXCLUDED.error_msg, updated_at = EXCLUDED.updated_at
+                     WHERE agent_errors.updated_at <= EXCLUDED.updated_at",
                     &[&hosts, &envs, &names, &texts, &at],
                 )
                 .await?;

@@ -160,6 +160,35 @@ async fn an_older_report_does_not_overwrite_a_newer_one() {
 }
 
 #[tokio::test]
+async fn an_older_error_does_not_overwrite_a_newer_one() {
+    let db = TestDatabase::new().await;
+    let s = &db.store;
+    let e = stage(s, "web", "prod", "{}").await;
+    let b1 = build(s, "web").await;
+    let d1 = deploy(s, "c1", "web", "prod", &b1.id, NOW).await;
+    let failed = |fail_count, error: &str, at| AgentUpdate {
+        error_message: Some(error.into()),
+        ..update(
+            "h1",
+            &e.id,
+            AgentRecord {
+                stage: DeployStage::Downloading,
+                status: AgentStatus::RetryableAgentFailed,
+                err_no: 1,
+                fail_count,
+                ..AgentRecord::fresh(d1.id.clone(), false)
+            },
+            at,
+        )
+    };
+    for update in [failed(2, "second failure", NOW + 5), failed(1, "first failure", NOW + 4)] {
+        s.apply_report_batch(&ReportBatch { agents: vec![update], ..Default::default() }).await.unwrap();
+    }
+    let (_, error) = s.agent_error(&e.id, &id("h1")).await.unwrap().expect("an error");
+    assert_eq!(error, "second failure", "the error of the newer report stays");
+}
+
+#[tokio::test]
 async fn commands_apply_once_and_refusals_are_stored() {
     let db = TestDatabase::new().await;
     let s = &db.store;
