@@ -166,7 +166,8 @@ impl Store {
 }
 
 impl Store {
-    /// Stores host identities and replaces their group memberships and tags.
+    /// Stores host identities and replaces their group memberships and tags. Facts older than
+    /// those stored (`seen_at`: a redelivered or late batch) change nothing.
     pub async fn upsert_hosts(&self, hosts: &[HostFacts]) -> Result<()> {
         if hosts.is_empty() {
             return Ok(());
@@ -183,10 +184,34 @@ impl Store {
         let asgs: Vec<Option<&str>> = hosts.iter().map(|h| h.autoscaling_group.as_deref()).collect();
         let azs: Vec<Option<&str>> = hosts.iter().map(|h| h.availability_zone.as_deref()).collect();
         let seen: Vec<SystemTime> = hosts.iter().map(|h| ts(h.seen_at)).collect();
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let written: Vec<String> = tx
+            .query(
+                "INSERT INTO hosts (host_id, host_name, ip, agent_version, autoscaling_group, availability_zone, state,
+                     create_date, last_update, facts_at)
+                 SELECT u.id, u.name, u.ip, u.version, u.asg, u.az, 'ACTIVE', u.seen, u.seen, u.seen
+                 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::timestamptz[])
+                      AS u(id, name, ip, version, asg, az, seen)
+                 ON CONFLICT (host_id) DO UPDATE SET host_name = EXCLUDED.host_name, ip = EXCLUDED.ip,
+                     agent_version = EXCLUDED.agent_version, autoscaling_group = EXCLUDED.autoscaling_group,
+                     availability_zone = EXCLUDED.availability_zone, last_update = EXCLUDED.last_update,
+                     facts_at = EXCLUDED.facts_at,
+                     state = CASE WHEN hosts.state = 'PROVISIONED' THEN 'ACTIVE' ELSE hosts.state END
+                 -- Evaluated on the locked row: facts seen before the stored ones are refused.
+                 WHERE hosts.facts_at IS NULL OR hosts.facts_at <= EXCLUDED.facts_at
+                 RETURNING host_id",
+                &[&ids, &names, &ips, &versions, &asgs, &azs, &seen],
+            )
+            .await?
+            .iter()
+            .map(|r| get(r, "host_id"))
+            .collect::<Result<_>>()?;
+        // Memberships and tags of the hosts whose facts were taken, replaced.
         let mut group_hosts = Vec::new();
         let mut group_names = Vec::new();
         let (mut tag_hosts, mut tag_names, mut tag_values) = (Vec::new(), Vec::new(), Vec::new());
-        for h in &hosts {
+        for h in hosts.iter().filter(|h| written.iter().any(|w| w == h.host_id.as_str())) {
             for g in &h.groups {
                 group_hosts.push(h.host_id.as_str());
                 group_names.push(g.as_str());
@@ -197,29 +222,14 @@ impl Store {
                 tag_values.push(v.as_str());
             }
         }
-        let mut client = self.client().await?;
-        let tx = client.transaction().await?;
-        tx.execute(
-            "INSERT INTO hosts (host_id, host_name, ip, agent_version, autoscaling_group, availability_zone, state,
-                 create_date, last_update)
-             SELECT u.id, u.name, u.ip, u.version, u.asg, u.az, 'ACTIVE', u.seen, u.seen
-             FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::timestamptz[])
-                  AS u(id, name, ip, version, asg, az, seen)
-             ON CONFLICT (host_id) DO UPDATE SET host_name = EXCLUDED.host_name, ip = EXCLUDED.ip,
-                 agent_version = EXCLUDED.agent_version, autoscaling_group = EXCLUDED.autoscaling_group,
-                 availability_zone = EXCLUDED.availability_zone, last_update = EXCLUDED.last_update,
-                 state = CASE WHEN hosts.state = 'PROVISIONED' THEN 'ACTIVE' ELSE hosts.state END",
-            &[&ids, &names, &ips, &versions, &asgs, &azs, &seen],
-        )
-        .await?;
-        tx.execute("DELETE FROM host_groups WHERE host_id = ANY($1)", &[&ids]).await?;
+        tx.execute("DELETE FROM host_groups WHERE host_id = ANY($1)", &[&written]).await?;
         tx.execute(
             "INSERT INTO host_groups (host_id, group_name) SELECT * FROM unnest($1::text[], $2::text[])
              ON CONFLICT DO NOTHING",
             &[&group_hosts, &group_names],
         )
         .await?;
-        tx.execute("DELETE FROM host_tags WHERE host_id = ANY($1)", &[&ids]).await?;
+        tx.execute("DELETE FROM host_tags WHERE host_id = ANY($1)", &[&written]).await?;
         tx.execute(
             "INSERT INTO host_tags (host_id, tag_name, tag_value) SELECT * FROM unnest($1::text[], $2::text[], $3::text[])
              ON CONFLICT DO NOTHING",

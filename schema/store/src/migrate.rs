@@ -20,6 +20,7 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
     (14, "stage_links", include_str!("../../migrations/0014_stage_links.sql")),
     (15, "agent_steps", include_str!("../../migrations/0015_agent_steps.sql")),
     (16, "workers", include_str!("../../migrations/0016_workers.sql")),
+    (17, "host_facts_at", include_str!("../../migrations/0017_host_facts_at.sql")),
 ];
 
 /// Arbitrary constant that names the migration lock.

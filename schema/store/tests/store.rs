@@ -286,6 +286,43 @@ async fn hosts_and_heartbeats_are_recorded() {
 }
 
 #[tokio::test]
+async fn older_host_facts_do_not_overwrite_newer_ones() {
+    let db = TestDatabase::new().await;
+    let s = &db.store;
+    let facts = |version: &str, group: &str, zone: &str, seen_at| HostFacts {
+        host_id: id("h1"),
+        host_name: id("web-1"),
+        ip: Some("10.0.0.1".into()),
+        groups: vec![id(group)],
+        agent_version: version.into(),
+        autoscaling_group: None,
+        availability_zone: None,
+        tags: [("zone".to_string(), zone.to_string())].into_iter().collect(),
+        seen_at,
+    };
+    // The newer facts first, then a redelivery of older ones.
+    s.upsert_hosts(&[facts("1.1", "web", "b", NOW + 5)]).await.unwrap();
+    s.upsert_hosts(&[facts("1.0", "canary", "a", NOW + 4)]).await.unwrap();
+    let client = db.client().await;
+    let row = client
+        .query_one(
+            "SELECT h.agent_version, (extract(epoch FROM h.last_update) * 1000)::int8,
+                 (SELECT array_agg(group_name) FROM host_groups g WHERE g.host_id = h.host_id),
+                 (SELECT array_agg(tag_value) FROM host_tags t WHERE t.host_id = h.host_id)
+             FROM hosts h WHERE h.host_id = 'h1'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let got: (String, i64, Vec<String>, Vec<String>) = (row.get(0), row.get(1), row.get(2), row.get(3));
+    assert_eq!(got, ("1.1".into(), NOW + 5, vec!["web".into()], vec!["b".into()]), "the newer facts stay");
+    // Facts as new as the stored ones are applied (a gateway's second look at the same ping).
+    s.upsert_hosts(&[facts("1.2", "web", "b", NOW + 5)]).await.unwrap();
+    let version: String = client.query_one("SELECT agent_version FROM hosts", &[]).await.unwrap().get(0);
+    assert_eq!(version, "1.2");
+}
+
+#[tokio::test]
 async fn a_gateway_load_hands_over_the_head_then_every_record_in_chunks() {
     let db = TestDatabase::new().await;
     let s = &db.store;
