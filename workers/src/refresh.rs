@@ -58,26 +58,7 @@ impl Refresher {
             if *shutdown.borrow() {
                 return;
             }
-            let stages = self.take();
-            let mut again = Vec::new();
-            for env_id in stages {
-                match store.refresh_stage_if_free(&env_id, now_ms()).await {
-                    Ok(Some(refreshed)) => {
-                        metrics::admitted(refreshed.admitted.as_ref().map_or(0, |a| a.agents.len()));
-                        self.live.send(refreshed.into_live());
-                    }
-                    // Another worker holds the stage: it may have counted before our change
-                    // committed, so look again shortly.
-                    Ok(None) => again.push(env_id),
-                    Err(e) => {
-                        tracing::warn!(env_id = %env_id, error = %e, "stage re-evaluation failed; will retry");
-                        again.push(env_id);
-                    }
-                }
-            }
-            let retry = !again.is_empty();
-            self.mark(&again);
-            if retry {
+            if self.refresh_marked(&store).await {
                 tokio::select! {
                     _ = tokio::time::sleep(RETRY) => {}
                     _ = shutdown.changed() => {}
@@ -89,5 +70,28 @@ impl Refresher {
                 }
             }
         }
+    }
+
+    /// One round of [`Refresher::run`]: re-evaluates each stage marked now, once; a stage
+    /// another worker holds, or whose evaluation failed, stays marked. Returns whether any did.
+    pub async fn refresh_marked(&self, store: &Store) -> bool {
+        let mut again = Vec::new();
+        for env_id in self.take() {
+            match store.refresh_stage_if_free(&env_id, now_ms()).await {
+                Ok(Some(refreshed)) => {
+                    metrics::admitted(refreshed.admitted.as_ref().map_or(0, |a| a.agents.len()));
+                    self.live.send(refreshed.into_live());
+                }
+                // Another worker holds the stage: it may have counted before our change
+                // committed, so look again shortly.
+                Ok(None) => again.push(env_id),
+                Err(e) => {
+                    tracing::warn!(env_id = %env_id, error = %e, "stage re-evaluation failed; will retry");
+                    again.push(env_id);
+                }
+            }
+        }
+        self.mark(&again);
+        !again.is_empty()
     }
 }

@@ -14,3 +14,6 @@ mod commands;
 
 #[path = "redelivery/dead_letters.rs"]
 mod dead_letters;
+
+#[path = "redelivery/reports.rs"]
+mod reports;
