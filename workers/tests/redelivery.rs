@@ -17,3 +17,6 @@ mod dead_letters;
 
 #[path = "redelivery/reports.rs"]
 mod reports;
+
+#[path = "redelivery/webhooks.rs"]
+mod webhooks;
