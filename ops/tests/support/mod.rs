@@ -62,7 +62,8 @@ impl Server {
         Server::launch(settings, TestBus::new(), reqwest::Client::new(), false, None).await
     }
 
-    /// Starts the server with more settings, its log (standard error) going to `log`.
+    /// Starts the server with more settings, its log (standard error) going to `log` and its
+    /// standard output to `log` with the extension `stdout`.
     pub async fn start_logging(settings: &[(&str, &str)], log: &Path) -> Server {
         Server::launch(settings, TestBus::new(), reqwest::Client::new(), false, Some(log)).await
     }
@@ -109,6 +110,13 @@ impl Server {
             .spawn()
             .expect("start teletraan up");
         let mut lines = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
+        let mut stdout = log.map(|l| std::fs::File::create(l.with_extension("stdout")).expect("the stdout file"));
+        let mut keep = move |line: &str| {
+            if let Some(out) = stdout.as_mut() {
+                use std::io::Write;
+                writeln!(out, "{line}").expect("write the server's stdout");
+            }
+        };
         let (mut api, mut gateway) = (None, None);
         while api.is_none() || gateway.is_none() {
             let line = tokio::time::timeout(DEADLINE, lines.next_line())
@@ -116,6 +124,7 @@ impl Server {
                 .expect("the server announces itself")
                 .expect("server output")
                 .expect("the server exited before announcing itself");
+            keep(&line);
             if let Some(url) = line.strip_prefix("teletraan: api ") {
                 api = Some(url.to_string());
             }
@@ -123,7 +132,11 @@ impl Server {
                 gateway = Some(url.to_string());
             }
         }
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                keep(&line);
+            }
+        });
         let api = Api { http, base: api.unwrap_or_default() };
         let gateway = gateway.unwrap_or_default();
         let ready = format!("{gateway}/readyz");
