@@ -107,13 +107,6 @@ async fn two_rollouts() -> (TestDatabase, Rollout) {
     (db, Rollout { prod, canary, d1, k1 })
 }
 
-/// A host's record as the database holds it: its deploy and control sequence.
-async fn records(db: &TestDatabase) -> BTreeMap<String, (String, i64)> {
-    let client = db.client().await;
-    let rows = client.query("SELECT host_id, deploy_id, control_seq FROM agents", &[]).await.unwrap();
-    rows.iter().map(|r| (r.get(0), (r.get(1), r.get(2)))).collect()
-}
-
 fn body(b: ReportBatch) -> Vec<u8> {
     serde_json::to_vec(&ReportMessage::ReportsV1(b)).unwrap()
 }
@@ -136,6 +129,12 @@ async fn play_in_order(db: &TestDatabase, r: &Rollout, conduit: &Conduit) -> Vec
     let mut heard: BTreeMap<&str, EpochMs> = BTreeMap::new();
     let start = now_ms();
     let mut finished = None;
+    // Each host's record as the database holds it: its deploy and control sequence.
+    let client = db.client().await;
+    let records = async || -> BTreeMap<String, (String, i64)> {
+        let rows = client.query("SELECT host_id, deploy_id, control_seq FROM agents", &[]).await.unwrap();
+        rows.iter().map(|r| (r.get(0), (r.get(1), r.get(2)))).collect()
+    };
     let hosts: [(&str, &Environ, &Deploy, &str); 7] = [
         ("w1", &r.prod, &r.d1, "web"),
         ("w2", &r.prod, &r.d1, "web"),
@@ -147,7 +146,7 @@ async fn play_in_order(db: &TestDatabase, r: &Rollout, conduit: &Conduit) -> Vec
     ];
     for round in 0..200 {
         let t = start + 1_000 * round;
-        let known = records(db).await;
+        let known = records().await;
         let mut per_stage: BTreeMap<&str, ReportBatch> = BTreeMap::new();
         let mut new_facts: Vec<HostFacts> = Vec::new();
         for &(host, env, deploy, group) in &hosts {
@@ -200,13 +199,13 @@ async fn play_in_order(db: &TestDatabase, r: &Rollout, conduit: &Conduit) -> Vec
             b.sent_at = t;
             messages.push(Message { body: body(b), after: trigger.into_iter().collect() });
             let i = messages.len() - 1;
-            let before: i64 = records(db).await.values().map(|(_, seq)| seq).sum();
+            let before: i64 = records().await.values().map(|(_, seq)| seq).sum();
             conduit
                 .deliver(&handler, &messages, &[vec![i]], async || {
                     refresher.refresh_marked(&db.store).await;
                 })
                 .await;
-            let after: i64 = records(db).await.values().map(|(_, seq)| seq).sum();
+            let after: i64 = records().await.values().map(|(_, seq)| seq).sum();
             if after != before {
                 trigger = Some(i);
             }

@@ -23,7 +23,7 @@ use store::Store;
 pub fn seeds() -> Vec<u64> {
     match std::env::var("REDELIVERY_SEED").ok().and_then(|s| s.parse().ok()) {
         Some(seed) => vec![seed],
-        None => vec![1, 2, 3, 4, 5],
+        None => vec![1, 2, 3, 4],
     }
 }
 
