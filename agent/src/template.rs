@@ -48,8 +48,9 @@ pub fn read_script_config(path: &Path) -> Result<BTreeMap<String, String>> {
 pub fn render(text: &[u8], vars: &BTreeMap<String, String>) -> Vec<u8> {
     let mut out = Vec::with_capacity(text.len());
     let (mut i, mut copied) = (0, 0);
+    let mut closer = Closer { text, from: 0, at: None, known: false };
     while i < text.len() {
-        let Some((end, value)) = placeholder(&text[i..], vars) else {
+        let Some((end, value)) = placeholder(&text[i..], i, vars, &mut closer) else {
             i += 1;
             continue;
         };
@@ -65,9 +66,36 @@ pub fn render(text: &[u8], vars: &BTreeMap<String, String>) -> Vec<u8> {
     out
 }
 
-/// A placeholder at the start of `s`: its length and its value (`None`: unknown key, no
-/// default, so it stays as written).
-fn placeholder<'a>(s: &'a [u8], vars: &'a BTreeMap<String, String>) -> Option<(usize, Option<&'a [u8]>)> {
+/// Where the first `}` or newline at or after a position of the text is. Every default looks
+/// for one; remembering the last answer keeps a long line of unclosed defaults from being
+/// scanned again for each of them (quadratic time: minutes for a template of a megabyte).
+struct Closer<'t> {
+    text: &'t [u8],
+    from: usize,
+    at: Option<usize>,
+    known: bool,
+}
+
+impl Closer<'_> {
+    fn find(&mut self, from: usize) -> Option<usize> {
+        // The first stop after `self.from` is also the first after any later position up to it.
+        if self.known && from >= self.from && self.at.is_none_or(|at| at >= from) {
+            return self.at;
+        }
+        let at = self.text[from..].iter().position(|c| *c == b'}' || *c == b'\n').map(|p| from + p);
+        (self.from, self.at, self.known) = (from, at, true);
+        at
+    }
+}
+
+/// A placeholder at the start of `s`, which is at `offset` in the text `closer` reads: its
+/// length and its value (`None`: unknown key, no default, so it stays as written).
+fn placeholder<'a>(
+    s: &'a [u8],
+    offset: usize,
+    vars: &'a BTreeMap<String, String>,
+    closer: &mut Closer<'_>,
+) -> Option<(usize, Option<&'a [u8]>)> {
     let lookup = |key: &[u8]| std::str::from_utf8(key).ok().and_then(|k| vars.get(k)).map(|v| v.as_bytes());
     for open in [&b"${TELETRAAN_"[..], b"{$TELETRAAN_"] {
         if let Some(rest) = s.strip_prefix(open) {
@@ -80,7 +108,7 @@ fn placeholder<'a>(s: &'a [u8], vars: &'a BTreeMap<String, String>) -> Option<(u
                 Some(b'}') => Some((open.len() + key_len + 1, lookup(key))),
                 Some(b':') => {
                     let default = &after[1..];
-                    let close = default.iter().position(|c| *c == b'}' || *c == b'\n')?;
+                    let close = closer.find(offset + open.len() + key_len + 1)? - (offset + open.len() + key_len + 1);
                     if default[close] != b'}' {
                         return None;
                     }
@@ -311,6 +339,20 @@ mod tests {
         assert_eq!(r("${TELETRAAN_A}", &v), "${TELETRAAN_B}");
         assert_eq!(r("é ${X} $HOME {$Y} ✓", &v), "é ${X} $HOME {$Y} ✓");
         assert_eq!(render(b"\xff$TELETRAAN_B\xfe", &v), b"\xffno\xfe");
+    }
+
+    #[test]
+    fn a_long_line_of_unclosed_defaults_renders_in_linear_time() {
+        // Each `${TELETRAAN_A:` looked for its `}` to the end of the line: 900 KB took two
+        // minutes (debug build). Found by fuzzing (agent/tests/fuzz.rs).
+        let v = vars(&[("A", "x")]);
+        let text = "${TELETRAAN_A:".repeat(64_000).into_bytes();
+        let started = std::time::Instant::now();
+        assert_eq!(render(&text, &v), text, "nothing closes, so nothing is replaced");
+        assert!(started.elapsed() < std::time::Duration::from_secs(5), "took {:?}", started.elapsed());
+        // A stop remembered for one line is not used for the next.
+        let text = "${TELETRAAN_A:1 ${TELETRAAN_B:2\n${TELETRAAN_C:3 {$TELETRAAN_D:4}\n${TELETRAAN_A}";
+        assert_eq!(r(text, &v), "${TELETRAAN_A:1 ${TELETRAAN_B:2\n3 {$TELETRAAN_D:4\nx");
     }
 
     #[test]
