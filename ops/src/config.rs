@@ -322,7 +322,7 @@ impl ServerArgs {
         let command_wait = Duration::from_secs(self.command_wait.or(file.command_wait).unwrap_or(10));
         // A deploy request may wait for the broker four times (connection, channel, publish,
         // confirm), then for a worker.
-        let deploy_wait = command_wait + 4 * amqp_timeout;
+        let deploy_wait = command_wait.saturating_add(4 * amqp_timeout);
         if request_timeout <= deploy_wait {
             bail!(
                 "request_timeout ({} s) must be longer than command_wait plus four times amqp_timeout ({} s), \
@@ -332,7 +332,7 @@ impl ServerArgs {
             );
         }
         let heartbeat = self.heartbeat_seconds.or(file.heartbeat_seconds).unwrap_or(60);
-        if heartbeat == 0 || heartbeat * 2 > jobs.janitor.min_stale.as_secs() {
+        if heartbeat == 0 || heartbeat.saturating_mul(2) > jobs.janitor.min_stale.as_secs() {
             bail!(
                 "heartbeat_seconds must be at least 1 and at most half of min_stale_host_seconds ({}), \
                  or live hosts would look silent",
@@ -532,6 +532,16 @@ mod tests {
         assert_eq!(s.artifacts, ArtifactPolicy::default(), "the strict policy: sha256 required, no file://");
         assert_eq!(s.artifacts.checksum, ChecksumPolicy::Required);
         assert_eq!(s.tls, None, "plain HTTP unless a certificate is given");
+    }
+
+    #[test]
+    fn numbers_too_large_for_the_checks_are_errors_not_panics() {
+        // Both overflowed in a check (found by config::fuzz): `heartbeat * 2` and
+        // `command_wait + 4 * amqp_timeout`.
+        let err = ServerArgs { heartbeat_seconds: Some(u64::MAX / 2 + 1), ..Default::default() }.resolve().unwrap_err();
+        assert!(err.to_string().contains("heartbeat_seconds"), "{err}");
+        let err = ServerArgs { command_wait: Some(u64::MAX), ..Default::default() }.resolve().unwrap_err();
+        assert!(err.to_string().contains("command_wait"), "{err}");
     }
 
     #[test]
