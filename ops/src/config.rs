@@ -519,6 +519,9 @@ impl ServerArgs {
 }
 
 #[cfg(test)]
+mod fuzz;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
