@@ -147,7 +147,8 @@ fn build_entries() -> impl Strategy<Value = Vec<BuildEntry>> {
     let target = select(vec![
         "../../outside",
         "../../outside/secret.tmpl",
-        "/etc/passwd",
+        // (Never a real system path: the harness runs as root.)
+        "../../outside/passwd",
         "..",
         "../teletraan",
         "a.tmpl",
@@ -164,8 +165,27 @@ fn build_entries() -> impl Strategy<Value = Vec<BuildEntry>> {
     vec(entry, 1..12)
 }
 
+/// Whether writing at `p` would go through a link the build already holds (the harness must
+/// never follow one: it runs as root, and a link may point anywhere).
+fn through_link(build: &Path, p: &Path) -> bool {
+    let mut at = build.to_path_buf();
+    for part in p.strip_prefix(build).unwrap_or(p).components() {
+        at.push(part);
+        if fs::symlink_metadata(&at).is_ok_and(|m| m.file_type().is_symlink()) {
+            return true;
+        }
+    }
+    false
+}
+
 fn write_build(build: &Path, entries: &[BuildEntry]) {
     for e in entries {
+        let target = match e {
+            BuildEntry::File(n, ..) | BuildEntry::Dir(n) | BuildEntry::Link(n, _) => build.join(n),
+        };
+        if through_link(build, &target) {
+            continue;
+        }
         // Entries that do not fit (a file where a dir is, a name taken) are skipped: the
         // tree is whatever an archive could have left.
         let _ = match e {
@@ -521,17 +541,26 @@ enum Item {
     PaxPath(String),
 }
 
-/// An entry path: parts that traverse (`..`), absolute ones, empty parts, long ones, and the
-/// names the sentinels outside the build use.
+/// An entry path: parts that traverse (`..`), absolute ones (into the sentinel), empty parts,
+/// long ones, and the names the sentinels outside the build use.
 fn item_name() -> impl Strategy<Value = String> {
     let part = prop_oneof![
-        6 => select(vec!["a", "b", "sub", "..", ".", "", "outside", "neighbour", "keep.txt", "l1", "l2"]).prop_map(String::from),
+        6 => select(vec!["a", "b", "sub", "..", ".", "", "outside", "neighbour", "keep.txt", "l1", "l2", "{abs}"]).prop_map(String::from),
         2 => "[a-z]{1,3}",
-        1 => "\\PC{1,4}",
+        1 => "[^/\\p{C}]{1,4}",
         1 => (90usize..300).prop_map(|n| "n".repeat(n)),
     ];
-    (prop::bool::weighted(0.1), vec(part, 1..5))
-        .prop_map(|(absolute, parts)| format!("{}{}", if absolute { "/" } else { "" }, parts.join("/")))
+    // Absolute names go into the sentinel, without `..`: a bug that let one through must not
+    // reach a system path (relative ones climb at most to the temp dir).
+    (prop::bool::weighted(0.1), vec(part, 1..5)).prop_map(|(absolute, parts)| {
+        // An empty first part would make the name absolute too.
+        if absolute || parts.first().is_some_and(String::is_empty) {
+            let parts: Vec<String> = parts.into_iter().filter(|p| p != "..").collect();
+            format!("{{abs}}/{}", parts.join("/"))
+        } else {
+            parts.join("/")
+        }
+    })
 }
 
 fn link_target() -> impl Strategy<Value = String> {
@@ -541,8 +570,10 @@ fn link_target() -> impl Strategy<Value = String> {
             "../../outside/keep.txt",
             "../../../outside",
             "../../../../outside/keep.txt",
-            "/etc",
-            "/",
+            // Absolute targets name a sentinel directory, never a system path: the harness may
+            // run as root, and a bug under test would write through them.
+            "{abs}",
+            "{abs}/keep.txt",
             "a",
             "sub/../..",
             ".",
@@ -750,7 +781,7 @@ const LIMITS: Limits = Limits { max_bytes: 1 << 20, max_entries: 48 };
 const BUILD: &str = "fuzzbuild";
 
 /// Extracts `archive` as the agent does and checks the outcome (see the module doc).
-fn check_extraction(archive: &[u8]) -> Result<(), TestCaseError> {
+fn check_extraction(archive: &[u8], abs: &Path) -> Result<(), TestCaseError> {
     let fail = |e: std::io::Error| TestCaseError::fail(e.to_string());
     let root = TempDir::new("fuzz-extract");
     let layout = Layout::new(root.path().join("base"));
@@ -762,6 +793,7 @@ fn check_extraction(archive: &[u8]) -> Result<(), TestCaseError> {
     let path = root.path().join("artifact");
     fs::write(&path, archive).map_err(fail)?;
     let before = listing(root.path());
+    let abs_before = listing(abs);
 
     let outcome = extract_build(&path, &layout, BUILD, LIMITS, &AtomicBool::new(false));
 
@@ -776,6 +808,10 @@ fn check_extraction(archive: &[u8]) -> Result<(), TestCaseError> {
         .collect();
     ensure(after == before, || format!("outside the build: {before:#?}\nbecame {after:#?}\n({outcome:?})"))?;
     ensure(fs::read(outside.join("keep.txt")).ok().as_deref() == Some(&b"precious"[..]), || "keep.txt changed".into())?;
+    ensure(listing(abs) == abs_before, || format!("the absolute sentinel changed: {:?}", listing(abs)))?;
+    ensure(fs::read(abs.join("keep.txt")).ok().as_deref() == Some(&b"precious"[..]), || {
+        "{abs}/keep.txt changed".into()
+    })?;
     match outcome {
         Err(e) => {
             ensure(!build.exists() && !marker.exists(), || format!("a refused archive left {build_rel}: {e}"))?;
@@ -863,7 +899,31 @@ fn archive_case() -> impl Strategy<Value = (Vec<Item>, Wrapping, Vec<Mutation>)>
     (vec(item(), 0..10), wrapping, changes)
 }
 
-fn archive_bytes(items: &[Item], wrapping: Wrapping, changes: &[Mutation]) -> Vec<u8> {
+/// The absolute sentinel of a target: a directory outside every case's tree that absolute
+/// link targets and names (`{abs}`) point into, checked unchanged after each case.
+fn abs_sentinel() -> TempDir {
+    let dir = TempDir::new("fuzz-abs");
+    if let Err(e) = fs::write(dir.path().join("keep.txt"), "precious") {
+        panic!("cannot write the sentinel: {e}");
+    }
+    dir
+}
+
+fn archive_bytes(items: &[Item], wrapping: Wrapping, changes: &[Mutation], abs: &Path) -> Vec<u8> {
+    let abs = abs.display().to_string();
+    let place = |s: &String| s.replace("{abs}", &abs);
+    let items: Vec<Item> = items
+        .iter()
+        .map(|item| match item {
+            Item::Dir(n, m) => Item::Dir(place(n), *m),
+            Item::File(n, b, m, d) => Item::File(place(n), b.clone(), *m, *d),
+            Item::Symlink(n, t) => Item::Symlink(place(n), place(t)),
+            Item::HardLink(n, t) => Item::HardLink(place(n), place(t)),
+            Item::Other(n, k) => Item::Other(place(n), *k),
+            Item::PaxPath(n) => Item::PaxPath(place(n)),
+        })
+        .collect();
+    let items = &items[..];
     let data = match wrapping {
         Wrapping::Tar => tar_bytes(items),
         Wrapping::TarGz => gzip(&tar_bytes(items)),
@@ -876,8 +936,9 @@ fn archive_bytes(items: &[Item], wrapping: Wrapping, changes: &[Mutation]) -> Ve
 
 #[test]
 fn fuzz_extract_archives() {
+    let abs = abs_sentinel();
     budget::run("extract_archives", 250, archive_case(), |(items, wrapping, changes)| {
-        check_extraction(&archive_bytes(&items, wrapping, &changes))
+        check_extraction(&archive_bytes(&items, wrapping, &changes, abs.path()), abs.path())
     });
 }
 
@@ -892,7 +953,8 @@ fn fuzz_extract_bytes() {
         b"BZh",
     ]);
     let case = (prefix, vec(any::<u8>(), 0..4096)).prop_map(|(p, rest)| Bytes([p, &rest[..]].concat()));
-    budget::run("extract_bytes", 300, case, |Bytes(bytes)| check_extraction(&bytes));
+    let abs = abs_sentinel();
+    budget::run("extract_bytes", 300, case, |Bytes(bytes)| check_extraction(&bytes, abs.path()));
 }
 
 /// The escapes the oracle must see, so that it is known to be able to fail: a link out of the
