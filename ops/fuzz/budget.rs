@@ -40,7 +40,8 @@ fn seed() -> u64 {
 }
 
 /// Runs `check` on [`cases`]`(short)` values of `strategy`; a failure (an `Err` or a panic)
-/// is shrunk to a small input and fails the test with it. Returns the number of cases run.
+/// is shrunk to a small input and fails the test with it. Returns the number of cases run
+/// (those the check rejected as not applicable excepted; shrinking steps included).
 pub fn run<S>(target: &str, short: u32, strategy: S, check: impl Fn(S::Value) -> Result<(), TestCaseError>) -> u64
 where
     S: Strategy,
@@ -64,8 +65,11 @@ where
     quiet_panics();
     QUIET.set(true);
     let outcome = runner.run(&strategy, |value| {
-        ran.set(ran.get() + 1);
-        check(value)
+        let result = check(value);
+        if !matches!(result, Err(TestCaseError::Reject(_))) {
+            ran.set(ran.get() + 1);
+        }
+        result
     });
     QUIET.set(false);
     let line = format!("fuzz {target}: {} cases in {:.1} s (seed {seed})", ran.get(), started.elapsed().as_secs_f64());

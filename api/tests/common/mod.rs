@@ -235,6 +235,20 @@ impl App {
         url
     }
 
+    /// A router of the API on this test's store and namespace, built as the listener's is, to
+    /// drive in-process (`tower::ServiceExt::oneshot`): a handler's panic then reaches the test.
+    pub fn api_router(&self) -> axum::Router {
+        let state = ApiState {
+            store: self.store.clone(),
+            commands: Arc::new(CommandClient::new(self.bus.config.clone())),
+            artifacts: Arc::new(ArtifactPolicy::default()),
+            command_wait: Duration::from_secs(20),
+            request_timeout: Duration::from_secs(120),
+            events: self.events.clone(),
+        };
+        api::api_router(state, TrustedHeaders::default())
+    }
+
     /// Pings a given gateway with the agent token.
     pub async fn ping_at(&self, gateway: &str, body: &Value) -> Reply {
         let url = format!("{gateway}/v1/system/ping");

@@ -1,0 +1,840 @@
+//! Fuzzing of the two HTTP surfaces (docs/fuzzing.md): the gateway's ping, sent over HTTP to
+//! a running gateway, and the JSON bodies, query strings and path segments of a
+//! representative set of REST routes, sent to the API's router in-process.
+//!
+//! Inputs are arbitrary bytes, or valid requests with hostile edits: fields of the wrong type,
+//! huge or control-character texts, numbers out of every range, nesting past the parser's
+//! limit, invalid UTF-8, duplicate keys, cut or flipped bytes. The oracles: never a 5xx, never
+//! a panic; every error is a 4xx with the documented shape `{"code", "message"}`; every ping
+//! answered 200 is a ping answer; the servers answer normally afterwards.
+//! `TELETRAAN_FUZZ_CASES` sets the number of cases (`ops/fuzz/run.sh`).
+
+mod common;
+
+#[path = "../../ops/fuzz/budget.rs"]
+mod budget;
+
+use std::time::Duration;
+
+use axum::body::Body as AxumBody;
+use axum::http::{HeaderValue, Method, Request, StatusCode};
+use budget::{Bytes, ensure};
+use common::{App, Host, report, spawn_app, str_of};
+use proptest::collection::{btree_map, vec};
+use proptest::prelude::*;
+use proptest::sample::select;
+use proptest::test_runner::TestCaseError;
+use serde_json::{Value, json};
+use tokio::runtime::Runtime;
+use tower::ServiceExt;
+
+/// Stands for raw JSON text in a value until it is serialized (see [`Edit::Raw`]).
+const RAW: &str = "\u{1}raw\u{1}";
+/// A request body at most this long: past the 2 MB limit the server may answer 413 before the
+/// client is done sending, and the hostile-client tests cover that.
+const MAX_BODY: usize = 1_900_000;
+
+/// Words the routes and the ping know, and a few they must refuse.
+const WORDS: [&str; 52] = [
+    "PAUSED_BY_USER",
+    "RESET",
+    "NORMAL",
+    "GROUP",
+    "HOST",
+    "PROMOTE",
+    "ROLLBACK",
+    "RESTART",
+    "PAUSE",
+    "RESUME",
+    "ENABLE",
+    "DISABLE",
+    "SERVING_BUILD",
+    "DOWNLOADING",
+    "PRE_DOWNLOAD",
+    "SUCCEEDED",
+    "FAILED",
+    "TOO_MANY_RETRY",
+    "RESET_BY_SYSTEM",
+    "PRODUCTION",
+    "DEV",
+    "AUTO",
+    "MANUAL",
+    "BUILD",
+    "GOOD_BUILD",
+    "BAD_BUILD",
+    "GROUP_BY_GROUP",
+    "READER",
+    "ADMIN",
+    "AGENT",
+    "ENROLL",
+    "ACCEPTED",
+    "web",
+    "prod",
+    "i-h1",
+    "h1",
+    "5",
+    "5.0",
+    "-1",
+    "{build}",
+    "{deploy}",
+    "{env}",
+    "true",
+    "",
+    " ",
+    "https://artifacts.example.com/web/1.tgz",
+    "http://127.0.0.1:9/hook",
+    common::SOME_SHA256,
+    "0 0/30 9-17 ? * MON-FRI",
+    "1,50%",
+    "a\u{0}b",
+    "é✓",
+];
+
+fn text() -> impl Strategy<Value = String> {
+    prop_oneof![
+        5 => select(WORDS.to_vec()).prop_map(String::from),
+        3 => "\\PC{0,24}",
+        1 => "[\\x00-\\x1f\\x7f]{1,4}",
+        // Long texts: past every field's length limit, in ASCII and in wider characters.
+        1 => (1_000usize..300_000).prop_map(|n| "x".repeat(n)),
+        1 => ("\\PC{1,3}", 20usize..400).prop_map(|(s, n)| s.repeat(n)),
+    ]
+}
+
+/// A JSON value of any type, with texts and numbers chosen to break parsers and validators.
+fn hostile_value() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::from),
+        any::<i64>().prop_map(Value::from),
+        any::<u64>().prop_map(Value::from),
+        // Numbers every type holds, but not every setting takes.
+        any::<i32>().prop_map(Value::from),
+        (-1_000i64..100_000).prop_map(Value::from),
+        (-1_000i64..100_000).prop_map(|n| Value::from(n.to_string())),
+        select(vec![0i64, -1, 1, 1 << 31, -(1 << 31) - 1, 1 << 53, i64::MAX, i64::MIN]).prop_map(Value::from),
+        prop_oneof![any::<f64>(), Just(1.5), Just(1e300), Just(-0.0), Just(5.0)]
+            .prop_filter_map("a finite number", |f| serde_json::Number::from_f64(f).map(Value::Number)),
+        text().prop_map(Value::String),
+    ];
+    let nested = leaf.clone().prop_recursive(3, 24, 5, |inner| {
+        prop_oneof![
+            vec(inner.clone(), 0..5).prop_map(Value::Array),
+            btree_map("[a-zA-Z]{1,10}", inner, 0..4).prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    });
+    prop_oneof![3 => leaf, 1 => nested]
+}
+
+/// JSON text no `Value` holds, or that a parser must refuse: numbers out of range, bad
+/// escapes, nesting around and far past serde_json's limit of 128, broken syntax.
+fn raw_json() -> impl Strategy<Value = String> {
+    prop_oneof![
+        3 => select(vec![
+            "1e400", "-1e400", "18446744073709551616", "-9223372036854775809", "9223372036854775807", "4294967296",
+            "2147483648", "-0", "1.0", "5.5", "1e2", "\"\\ud800\"", "\"\\u0000\"", "\"\\x\"", "tru", "nul",
+            "\"unterminated", "NaN", "Infinity", "01", "+1", "{\"a\":1,\"a\":2}", "[1,]", "{,}", "{\"a\" 1}", "",
+        ])
+        .prop_map(String::from),
+        2 => (1usize..400).prop_map(|n| format!("{}{}", "[".repeat(n), "]".repeat(n))),
+        1 => (1usize..300).prop_map(|n| format!("{}1{}", "{\"a\":".repeat(n), "}".repeat(n))),
+        1 => (1_000usize..200_000).prop_map(|n| "[".repeat(n)),
+    ]
+}
+
+/// A change to a JSON value; a path picks a node (each step an index among the keys or items
+/// there, taken modulo their number).
+#[derive(Debug, Clone)]
+enum Edit {
+    Set(Vec<u16>, Value),
+    Raw(Vec<u16>, String),
+    Remove(Vec<u16>),
+    Add(Vec<u16>, String, Value),
+    Wrap(Vec<u16>),
+}
+
+fn edit(keys: &'static [&'static str]) -> impl Strategy<Value = Edit> {
+    let path = vec(any::<u16>(), 0..3);
+    let key = prop_oneof![3 => select(keys.to_vec()).prop_map(String::from), 1 => "\\PC{0,12}"];
+    prop_oneof![
+        5 => (path.clone(), hostile_value()).prop_map(|(p, v)| Edit::Set(p, v)),
+        3 => (path.clone(), raw_json()).prop_map(|(p, r)| Edit::Raw(p, r)),
+        1 => path.clone().prop_map(Edit::Remove),
+        2 => (path.clone(), key, hostile_value()).prop_map(|(p, k, v)| Edit::Add(p, k, v)),
+        1 => path.prop_map(Edit::Wrap),
+    ]
+}
+
+fn node<'v>(v: &'v mut Value, path: &[u16]) -> &'v mut Value {
+    let Some((step, rest)) = path.split_first() else { return v };
+    let i = usize::from(*step);
+    let inner = match &*v {
+        Value::Object(m) => m.len(),
+        Value::Array(a) => a.len(),
+        _ => 0,
+    };
+    if inner == 0 {
+        return v;
+    }
+    let child = match v {
+        Value::Object(m) => m.values_mut().nth(i % inner),
+        Value::Array(a) => a.get_mut(i % inner),
+        _ => None,
+    };
+    match child {
+        Some(c) => node(c, rest),
+        None => unreachable!("a node with {inner} children has child {}", i % inner),
+    }
+}
+
+fn apply(mut v: Value, edits: &[Edit]) -> (Value, Vec<String>) {
+    let mut raws = Vec::new();
+    for e in edits {
+        match e {
+            Edit::Set(p, x) => *node(&mut v, p) = x.clone(),
+            Edit::Raw(p, r) => {
+                *node(&mut v, p) = Value::String(RAW.into());
+                raws.push(r.clone());
+            }
+            Edit::Remove(p) => {
+                let (parent, last) = match p.split_last() {
+                    Some((last, parent)) => (node(&mut v, parent), usize::from(*last)),
+                    None => (&mut v, 0),
+                };
+                match parent {
+                    Value::Object(m) if !m.is_empty() => {
+                        let key = m.keys().nth(last % m.len()).cloned().unwrap_or_default();
+                        m.remove(&key);
+                    }
+                    Value::Array(a) if !a.is_empty() => {
+                        let n = a.len();
+                        a.remove(last % n);
+                    }
+                    _ => {}
+                }
+            }
+            Edit::Add(p, k, x) => match node(&mut v, p) {
+                Value::Object(m) => {
+                    m.insert(k.clone(), x.clone());
+                }
+                Value::Array(a) => a.push(x.clone()),
+                other => *other = x.clone(),
+            },
+            Edit::Wrap(p) => {
+                let n = node(&mut v, p);
+                *n = Value::Array(vec![n.take()]);
+            }
+        }
+    }
+    (v, raws)
+}
+
+/// A change to the serialized text.
+#[derive(Debug, Clone)]
+enum TextEdit {
+    /// Bytes that are not UTF-8, just after the `n`th quote (inside a string, mostly).
+    NotUtf8(u16, Vec<u8>),
+    /// A first key repeated with another value, as `"key": <raw>,` after the first `{`.
+    Duplicate(&'static str, String),
+    Flip(f64, u8),
+    Cut(f64),
+    Insert(f64, Vec<u8>),
+}
+
+fn text_edit(keys: &'static [&'static str]) -> impl Strategy<Value = TextEdit> {
+    let bad = select(vec![&b"\xff"[..], b"\xc3", b"\xed\xa0\x80", b"\xf8\x88\x80\x80\x80", b"\xc0\xaf", b"\x80\x80"]);
+    prop_oneof![
+        3 => (any::<u16>(), bad).prop_map(|(n, b)| TextEdit::NotUtf8(n, b.to_vec())),
+        3 => (select(keys.to_vec()), prop_oneof![raw_json(), hostile_value().prop_map(|v| v.to_string())])
+            .prop_map(|(k, r)| TextEdit::Duplicate(k, r)),
+        2 => (0.0..1.0f64, 1u8..=255).prop_map(|(a, x)| TextEdit::Flip(a, x)),
+        1 => (0.0..1.0f64).prop_map(TextEdit::Cut),
+        1 => (0.0..1.0f64, vec(any::<u8>(), 1..8)).prop_map(|(a, b)| TextEdit::Insert(a, b)),
+    ]
+}
+
+fn apply_text(mut data: Vec<u8>, edits: &[TextEdit]) -> Vec<u8> {
+    let at = |data: &Vec<u8>, f: f64| ((data.len() as f64) * f) as usize;
+    for e in edits {
+        match e {
+            TextEdit::NotUtf8(n, bytes) => {
+                let quotes: Vec<usize> = data.iter().enumerate().filter(|(_, b)| **b == b'"').map(|(i, _)| i).collect();
+                let i = if quotes.is_empty() { 0 } else { quotes[usize::from(*n) % quotes.len()] + 1 };
+                data.splice(i..i, bytes.iter().copied());
+            }
+            TextEdit::Duplicate(key, raw) => {
+                if let Some(i) = data.iter().position(|b| *b == b'{') {
+                    let pair = format!("\"{key}\": {raw},");
+                    data.splice(i + 1..i + 1, pair.into_bytes());
+                }
+            }
+            TextEdit::Flip(f, x) => {
+                let i = at(&data, *f);
+                if let Some(b) = data.get_mut(i) {
+                    *b ^= x;
+                }
+            }
+            TextEdit::Cut(f) => data.truncate(at(&data, *f)),
+            TextEdit::Insert(f, bytes) => {
+                let i = at(&data, *f);
+                data.splice(i..i, bytes.iter().copied());
+            }
+        }
+    }
+    data
+}
+
+/// A request body: arbitrary bytes, or a valid document with edits to its value and text.
+#[derive(Debug, Clone)]
+enum Payload {
+    Bytes(Bytes),
+    Json { base: Value, edits: Vec<Edit>, text: Vec<TextEdit> },
+}
+
+impl Payload {
+    /// The bytes to send, with the fixture's ids in place of `{build}`, `{deploy}`, `{env}`.
+    fn bytes(&self, fixture: &Fixture) -> Vec<u8> {
+        let mut out = match self {
+            Payload::Bytes(b) => b.0.clone(),
+            Payload::Json { base, edits, text } => {
+                let (value, raws) = apply(base.clone(), edits);
+                let mut serialized = fixture.fill(&value.to_string());
+                let marker = serde_json::to_string(RAW).unwrap_or_default();
+                for raw in raws {
+                    serialized = serialized.replacen(&marker, &raw, 1);
+                }
+                apply_text(serialized.into_bytes(), text)
+            }
+        };
+        out.truncate(MAX_BODY);
+        out
+    }
+}
+
+fn payload(base: impl Strategy<Value = Value>, keys: &'static [&'static str]) -> impl Strategy<Value = Payload> {
+    // A third of the documents are left valid, so that they reach the code past the parser.
+    let edits = prop_oneof![1 => Just(Vec::new()), 2 => vec(edit(keys), 1..3)];
+    let structured = (base, edits, prop_oneof![4 => Just(Vec::new()), 1 => vec(text_edit(keys), 1..3)])
+        .prop_map(|(base, edits, text)| Payload::Json { base, edits, text });
+    prop_oneof![
+        8 => structured,
+        1 => vec(any::<u8>(), 0..2048).prop_map(|b| Payload::Bytes(Bytes(b))),
+    ]
+}
+
+/// What every case refers to: a stage `web/prod` deploying a build to host `h1`.
+struct Fixture {
+    env_id: String,
+    build_id: String,
+    deploy_id: String,
+}
+
+impl Fixture {
+    async fn new(app: &App) -> Fixture {
+        let stage = app.create_stage("web", "prod").await;
+        app.set_capacity("web", "prod", "GROUP", &["web"]).await;
+        let build = app.publish_build("web", "abcdef12").await;
+        let deploy = app.deploy("web", "prod", str_of(&build, "id")).await;
+        let fixture = Fixture {
+            env_id: str_of(&stage, "id").to_string(),
+            build_id: str_of(&build, "id").to_string(),
+            deploy_id: str_of(&deploy, "id").to_string(),
+        };
+        app.serve_deploy(&Host::new("h1", "web"), &fixture.deploy_id).await;
+        fixture
+    }
+
+    fn fill(&self, text: &str) -> String {
+        text.replace("{build}", &self.build_id).replace("{deploy}", &self.deploy_id).replace("{env}", &self.env_id)
+    }
+}
+
+/// Checks an answer: not a 5xx; an error has the documented shape.
+fn check_answer(what: &str, status: StatusCode, body: &[u8]) -> Result<(), TestCaseError> {
+    let shown = || format!("{what}: {status} {}", String::from_utf8_lossy(&body[..body.len().min(500)]));
+    ensure(!status.is_server_error(), || format!("a server error: {}", shown()))?;
+    if status.is_client_error() {
+        let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+        let (code, message) = (v["code"].as_str().unwrap_or(""), v["message"].as_str().unwrap_or(""));
+        ensure(!code.is_empty() && !message.is_empty(), || format!("not the error shape: {}", shown()))?;
+    }
+    Ok(())
+}
+
+fn runtime() -> Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("a runtime")
+}
+
+// ---------------------------------------------------------------------------------------------
+// The gateway's ping
+
+const PING_KEYS: [&str; 14] = [
+    "hostId",
+    "hostName",
+    "hostIp",
+    "autoscalingGroup",
+    "availabilityZone",
+    "ec2Tags",
+    "agentVersion",
+    "stageType",
+    "groups",
+    "accountId",
+    "reports",
+    "deployId",
+    "envId",
+    "errorMessage",
+];
+
+/// A ping as Teletraan's agent sends it, for the fixture's hosts or others, reporting the
+/// fixture's deploy or others, at any stage. `waitSeconds` is never positive: a held ping
+/// waits up to a minute by design.
+fn ping_base() -> impl Strategy<Value = Value> {
+    let name = prop_oneof![3 => select(vec!["h1", "h2", "web-3"]).prop_map(String::from), 1 => "[a-z0-9.-]{1,20}"];
+    let id = prop_oneof![Just("{env}".to_string()), Just("{deploy}".to_string()), "[A-Za-z0-9]{1,22}"];
+    let one_report = (
+        id.clone(),
+        id,
+        select(vec![
+            "PRE_DOWNLOAD",
+            "DOWNLOADING",
+            "POST_DOWNLOAD",
+            "STAGING",
+            "RESTARTING",
+            "SERVING_BUILD",
+            "UNKNOWN",
+        ]),
+        select(vec![
+            "SUCCEEDED",
+            "SUCCEEDED",
+            "UNKNOWN",
+            "TOO_MANY_RETRY",
+            "SCRIPT_FAILED",
+            "AGENT_FAILED",
+            "ABORTED_BY_SERVICE",
+            "SCRIPT_TIMEOUT",
+        ]),
+        any::<i32>(),
+        proptest::option::of(text()),
+        select(vec![Value::Null, json!("RESET_BY_SYSTEM"), json!("NORMAL")]),
+    )
+        .prop_map(|(deploy, env, stage, status, code, message, state)| {
+            let mut r = report(&deploy, &env, stage, status);
+            r["errorCode"] = json!(code);
+            r["errorMessage"] = json!(message);
+            r["agentState"] = state;
+            r
+        });
+    let wait = select(vec![Value::Null, json!(0), json!(-1), json!(4294967296u64), json!("1"), json!(1.5)]);
+    // Texts of the right type in the fields the gateway cleans and cuts.
+    let texts =
+        vec((select(vec!["hostIp", "autoscalingGroup", "availabilityZone", "agentVersion", "hostName"]), text()), 0..3);
+    (name, vec(one_report, 0..3), proptest::option::weighted(0.2, wait), any::<bool>(), texts).prop_map(
+        |(name, reports, wait, tags_as_text, texts)| {
+            let mut ping = Host::new(&name, "web").ping_body(&reports);
+            ping["ec2Tags"] = if tags_as_text { json!("{\"az\": \"1a\"}") } else { json!({"az": "1a", "n": 3}) };
+            if let Some(w) = wait {
+                ping["waitSeconds"] = w;
+            }
+            for (field, text) in texts {
+                ping[field] = json!(text);
+            }
+            ping
+        },
+    )
+}
+
+#[derive(Debug, Clone)]
+enum Token {
+    Agent,
+    Admin,
+    Missing,
+    Junk(String),
+}
+
+#[test]
+fn fuzz_gateway_ping() {
+    let rt = runtime();
+    let app = rt.block_on(spawn_app());
+    let fixture = rt.block_on(Fixture::new(&app));
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(20)).build().expect("a client");
+    let url = format!("{}/v1/system/ping", app.gateway);
+    let token = prop_oneof![
+        20 => Just(Token::Agent),
+        1 => Just(Token::Admin),
+        1 => Just(Token::Missing),
+        1 => "[ -~]{0,40}".prop_map(Token::Junk),
+    ];
+    budget::run("gateway_ping", 400, (payload(ping_base(), &PING_KEYS), token), |(payload, token)| {
+        let body = payload.bytes(&fixture);
+        rt.block_on(async {
+            let mut request = http.post(&url).header("Content-Type", "application/json").body(body);
+            request = match &token {
+                Token::Agent => request.header("Authorization", format!("token {}", app.agent_token)),
+                Token::Admin => request.header("Authorization", format!("token {}", app.admin_token)),
+                Token::Missing => request,
+                Token::Junk(t) => request.header("Authorization", t.as_str()),
+            };
+            let answer = request.send().await.map_err(|e| TestCaseError::fail(format!("no answer (a panic?): {e}")))?;
+            let status = answer.status();
+            let body = answer.bytes().await.map_err(|e| TestCaseError::fail(format!("answer cut: {e}")))?;
+            check_answer("ping", status, &body)?;
+            if status.is_success() {
+                let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                ensure(v["opCode"].is_string() && (v["deployGoal"].is_null() || v["deployGoal"].is_object()), || {
+                    format!("not a ping answer: {v}")
+                })?;
+            }
+            Ok(())
+        })
+    });
+    // The gateway still answers, pings and probes alike.
+    rt.block_on(async {
+        let ping = app.ping(&Host::new("h2", "web").ping_body(&[])).await;
+        assert_eq!(ping.status, StatusCode::OK, "{}", ping.text);
+        let ready = http.get(format!("{}/readyz", app.gateway)).send().await.expect("the gateway answers");
+        assert_eq!(ready.status(), StatusCode::OK);
+        app.stop().await;
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// The REST API
+
+const BODY_KEYS: [&str; 24] = [
+    "envName",
+    "stageName",
+    "maxParallel",
+    "description",
+    "stageType",
+    "name",
+    "artifactUrl",
+    "artifactSha256",
+    "commit",
+    "state",
+    "totalSessions",
+    "hostNumbers",
+    "constraintKey",
+    "maxParallel",
+    "preDeployHooks",
+    "url",
+    "principal",
+    "expiresAt",
+    "role",
+    "hostId",
+    "acceptanceStatus",
+    "targetId",
+    "type",
+    "queueSize",
+];
+
+/// Every query parameter some route reads, and a few none does.
+const PARAMS: [&str; 30] = [
+    "actionType",
+    "after",
+    "before",
+    "branch",
+    "buildId",
+    "capacityType",
+    "commit",
+    "commitDate",
+    "deployState",
+    "deployType",
+    "description",
+    "envId",
+    "envName",
+    "filter",
+    "fromDeployId",
+    "groupName",
+    "markBad",
+    "name",
+    "nameFilter",
+    "operator",
+    "pageIndex",
+    "pageSize",
+    "principal",
+    "replaceHost",
+    "sessionNumber",
+    "size",
+    "stageType",
+    "start",
+    "toDeployId",
+    "bogus",
+];
+
+/// One route as the fuzzer calls it: a valid body and query to start from.
+struct Route {
+    method: Method,
+    path: &'static str,
+    query: &'static str,
+    body: Option<fn() -> Value>,
+}
+
+fn routes() -> Vec<Route> {
+    let r = |method: Method, path, query, body: Option<fn() -> Value>| Route { method, path, query, body };
+    vec![
+        r(
+            Method::POST,
+            "/v1/envs",
+            "",
+            Some(|| json!({"envName": "fz", "stageName": "s1", "maxParallel": 2, "stageType": "DEV"})),
+        ),
+        r(
+            Method::PUT,
+            "/v1/envs/web/prod",
+            "",
+            Some(|| {
+                json!({"description": "d", "maxParallel": 3, "maxParallelPct": 10, "successThreshold": 9000, "stuckThreshold": 600,
+                   "acceptanceType": "AUTO", "priority": "NORMAL", "branch": "main", "emailRecipients": "a@example.com"})
+            }),
+        ),
+        r(Method::POST, "/v1/envs/web/prod/deploys", "buildId={build}&description=fuzz", None),
+        r(Method::POST, "/v1/envs/web/prod/deploys/current/actions", "actionType=RESTART&description=x", None),
+        r(
+            Method::POST,
+            "/v1/envs/web/prod/deploys/current/actions",
+            "actionType=ROLLBACK&toDeployId={deploy}&markBad=true",
+            None,
+        ),
+        r(
+            Method::POST,
+            "/v1/builds",
+            "",
+            Some(|| {
+                json!({"name": "web", "artifactUrl": "https://artifacts.example.com/web/2.tgz", "artifactSha256": common::SOME_SHA256,
+                   "type": "GitHub", "repo": "org/web", "branch": "main", "commit": "abcdef34", "commitDate": 1700000000000i64})
+            }),
+        ),
+        r(Method::GET, "/v1/builds", "name=web&branch=main&pageIndex=1&pageSize=10", None),
+        r(Method::GET, "/v1/deploys", "envId={env}&deployState=RUNNING&commit=abcdef12&pageIndex=1&pageSize=5", None),
+        r(Method::PUT, "/v1/envs/web/prod/deploys/hostactions", "actionType=PAUSED_BY_USER", Some(|| json!(["i-h1"]))),
+        r(Method::PUT, "/v1/envs/web/prod/agents/i-h1", "", Some(|| json!({"state": "NORMAL"}))),
+        r(Method::DELETE, "/v1/envs/web/prod/hosts", "replaceHost=false", Some(|| json!(["i-h9"]))),
+        r(
+            Method::PUT,
+            "/v1/schedules/web/prod/schedules",
+            "",
+            Some(|| json!({"totalSessions": 2, "hostNumbers": "1,50%", "cooldownTimes": "5,-1"})),
+        ),
+        r(Method::PUT, "/v1/schedules/web/prod/override", "sessionNumber=1", None),
+        r(
+            Method::POST,
+            "/v1/envs/web/prod/deploy_constraint",
+            "",
+            Some(|| json!({"constraintKey": "az", "maxParallel": 1, "constraintType": "GROUP_BY_GROUP"})),
+        ),
+        r(
+            Method::PUT,
+            "/v1/envs/web/prod/web_hooks",
+            "",
+            Some(|| {
+                json!({"preDeployHooks": [{"url": "http://127.0.0.1:9/pre", "method": "POST", "headers": "X-A: b", "body": "{}"}],
+                   "postDeployHooks": [], "secret": "0123456789abcdef0123456789"})
+            }),
+        ),
+        r(
+            Method::POST,
+            "/v1/tokens",
+            "",
+            Some(|| json!({"principal": "fuzzer", "description": "d", "kind": "API", "expiresAt": 1893456000000i64})),
+        ),
+        r(Method::POST, "/v1/principals", "", Some(|| json!({"name": "p1", "kind": "AGENT"}))),
+        r(Method::POST, "/v1/system/user_roles", "", Some(|| json!({"name": "fuzzer", "role": "READER"}))),
+        r(Method::PUT, "/v1/envs/web/prod/capacity", "capacityType=GROUP", Some(|| json!(["web", "web-canary"]))),
+        r(Method::POST, "/v1/envs/web/prod/capacity", "capacityType=HOST", Some(|| json!("web-9"))),
+        r(Method::PUT, "/v1/envs/web/prod/script_configs", "", Some(|| json!({"PORT": "8080"}))),
+        r(Method::PUT, "/v1/envs/web/prod/agent_configs", "", Some(|| json!({"max_retry": "5"}))),
+        r(Method::PUT, "/v1/envs/web/prod/script_secrets", "", Some(|| json!({"DB": "x", "OLD": null}))),
+        r(
+            Method::PUT,
+            "/v1/envs/web/prod/metrics",
+            "",
+            Some(
+                || json!([{"title": "t", "url": "https://m.example.com/x", "specs": [{"min": 0, "max": 1, "color": "red"}]}]),
+            ),
+        ),
+        r(
+            Method::PUT,
+            "/v1/envs/web/prod/alarms",
+            "",
+            Some(|| json!([{"name": "a", "alarmUrl": "https://a.example.com", "metricsUrl": "https://m.example.com"}])),
+        ),
+        r(
+            Method::PUT,
+            "/v1/envs/web/prod/promotes",
+            "",
+            Some(
+                || json!({"type": "MANUAL", "predStage": "beta", "schedule": "0 0/30 9-17 ? * MON-FRI", "queueSize": 2, "delay": 0}),
+            ),
+        ),
+        r(
+            Method::POST,
+            "/v1/hosts",
+            "",
+            Some(|| json!({"hostName": "h9", "hostId": "i-h9", "groupName": "web", "ip": "10.0.0.9"})),
+        ),
+        r(
+            Method::PUT,
+            "/v1/deploys/{deploy}",
+            "",
+            Some(|| json!({"acceptanceStatus": "ACCEPTED", "description": "ok"})),
+        ),
+        r(
+            Method::POST,
+            "/v1/tags",
+            "",
+            Some(|| json!({"value": "GOOD_BUILD", "targetType": "BUILD", "targetId": "{build}", "comments": "c"})),
+        ),
+        r(Method::POST, "/v1/envs/web/prod/actions", "actionType=ENABLE&description=x", None),
+        r(Method::POST, "/v1/envs/actions", "actionType=ENABLE&description=x", None),
+        r(Method::GET, "/v1/history", "envName=web&operator=admin&type=Build&pageIndex=1&pageSize=5", None),
+        r(Method::GET, "/v1/envs", "envName=web&groupName=web&stageType=DEV", None),
+        r(Method::GET, "/v1/envs/names", "nameFilter=w&pageIndex=1&pageSize=10", None),
+        r(Method::GET, "/v1/builds/names", "filter=w&start=0&size=10", None),
+        r(Method::GET, "/v1/deploys/{deploy}/steps", "pageSize=10", None),
+        r(Method::GET, "/v1/agents/h1/steps", "pageSize=10", None),
+        r(Method::GET, "/v1/envs/web/prod/agents/count", "actionType=SERVING", None),
+        r(Method::GET, "/v1/envs/web/prod/web_hooks/deliveries", "pageIndex=1&pageSize=10", None),
+        r(Method::GET, "/v1/tokens", "principal=fuzzer", None),
+    ]
+}
+
+/// A query value: text percent-encoded, any bytes percent-encoded (so not always UTF-8 once
+/// decoded), or characters left as they are (a lone `%`, `+`, `&&`).
+#[derive(Debug, Clone)]
+enum QueryValue {
+    Text(String),
+    Bytes(Bytes),
+    Verbatim(&'static str),
+}
+
+#[derive(Debug, Clone)]
+struct RestCase {
+    route: usize,
+    /// Keep the route's own query, then add these pairs.
+    keep_query: bool,
+    query: Vec<(String, QueryValue)>,
+    /// A path segment replaced by this (percent-encoded) text.
+    segment: Option<(u16, String)>,
+    body: Option<Payload>,
+    idempotency_key: Option<Bytes>,
+}
+
+fn query_value() -> impl Strategy<Value = QueryValue> {
+    prop_oneof![
+        6 => text().prop_map(|t| QueryValue::Text(t.chars().take(2_000).collect())),
+        2 => vec(any::<u8>(), 0..24).prop_map(|b| QueryValue::Bytes(Bytes(b))),
+        1 => select(vec!["%", "%z", "%%41", "+", "&&", "=", "%C3", "%FF", "%00", "a=b=c", "%2B1"]).prop_map(QueryValue::Verbatim),
+    ]
+}
+
+fn rest_case(count: usize) -> impl Strategy<Value = RestCase> {
+    let pair = (prop_oneof![6 => select(PARAMS.to_vec()).prop_map(String::from), 1 => "\\PC{0,10}"], query_value());
+    let body = payload(hostile_value(), &BODY_KEYS);
+    (
+        0..count,
+        prop::bool::weighted(0.8),
+        vec(pair, 0..4),
+        proptest::option::weighted(0.1, (any::<u16>(), text())),
+        proptest::option::weighted(0.9, body),
+        proptest::option::weighted(0.1, vec(any::<u8>(), 0..300).prop_map(Bytes)),
+    )
+        .prop_map(|(route, keep_query, query, segment, body, idempotency_key)| RestCase {
+            route,
+            keep_query,
+            query,
+            segment,
+            body,
+            idempotency_key,
+        })
+}
+
+fn encode(bytes: &[u8]) -> String {
+    bytes
+        .iter()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (*b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+impl RestCase {
+    /// The request, with the fixture's ids in place; the body is the route's valid body
+    /// edited (a `Payload::Json` starting from the hostile value is re-based on it).
+    fn request(&self, routes: &[Route], fixture: &Fixture, token: &str) -> Option<Request<AxumBody>> {
+        let route = &routes[self.route];
+        let mut path = fixture.fill(route.path);
+        if let Some((i, text)) = &self.segment {
+            let mut parts: Vec<String> = path.split('/').map(String::from).collect();
+            // Never the empty first part or `v1`.
+            let at = 2 + usize::from(*i) % (parts.len() - 2).max(1);
+            if at < parts.len() {
+                parts[at] = encode(text.as_bytes());
+            }
+            path = parts.join("/");
+        }
+        let mut query: Vec<String> = Vec::new();
+        if self.keep_query && !route.query.is_empty() {
+            query.push(fixture.fill(route.query));
+        }
+        for (k, v) in &self.query {
+            let v = match v {
+                QueryValue::Text(t) => encode(fixture.fill(t).as_bytes()),
+                QueryValue::Bytes(b) => encode(&b.0),
+                QueryValue::Verbatim(s) => (*s).to_string(),
+            };
+            query.push(format!("{}={v}", encode(k.as_bytes())));
+        }
+        let uri = if query.is_empty() { path } else { format!("{path}?{}", query.join("&")) };
+        let body = match (&self.body, route.body) {
+            (Some(Payload::Json { edits, text, .. }), Some(base)) => {
+                Payload::Json { base: base(), edits: edits.clone(), text: text.clone() }.bytes(fixture)
+            }
+            (Some(p), _) => p.bytes(fixture),
+            (None, Some(base)) => fixture.fill(&base().to_string()).into_bytes(),
+            (None, None) => Vec::new(),
+        };
+        let mut request = Request::builder()
+            .method(route.method.clone())
+            .uri(uri)
+            .header("Authorization", format!("token {token}"))
+            .header("Content-Type", "application/json");
+        if let Some(key) = &self.idempotency_key
+            && let Ok(value) = HeaderValue::from_bytes(&key.0)
+        {
+            request = request.header("Idempotency-Key", value);
+        }
+        request.body(AxumBody::from(body)).ok()
+    }
+}
+
+#[test]
+fn fuzz_rest_api() {
+    let rt = runtime();
+    let app = rt.block_on(spawn_app());
+    let fixture = rt.block_on(Fixture::new(&app));
+    rt.block_on(async {
+        app.post("/v1/principals", &json!({"name": "fuzzer"})).await.expect(StatusCode::CREATED);
+    });
+    let router = app.api_router();
+    let routes = routes();
+    budget::run("rest_api", 400, rest_case(routes.len()), |case| {
+        let Some(request) = case.request(&routes, &fixture, &app.admin_token) else {
+            return Err(TestCaseError::reject("not a valid request line"));
+        };
+        let what = format!("{} {}", request.method(), request.uri());
+        rt.block_on(async {
+            let Ok(answer) = router.clone().oneshot(request).await;
+            let status = answer.status();
+            let body = axum::body::to_bytes(answer.into_body(), 64 << 20)
+                .await
+                .map_err(|e| TestCaseError::fail(format!("{what}: answer cut: {e}")))?;
+            check_answer(&what, status, &body)
+        })
+    });
+    rt.block_on(async {
+        let stage = app.get("/v1/envs/web/prod").await;
+        assert!(stage.status == StatusCode::OK || stage.status == StatusCode::NOT_FOUND, "{}", stage.text);
+        app.stop().await;
+    });
+}
