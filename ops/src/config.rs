@@ -82,6 +82,11 @@ pub struct ServerArgs {
     /// Seconds an API request may take before it answers 503.
     #[arg(long, env = "TELETRAAN_REQUEST_TIMEOUT", global = true)]
     pub request_timeout: Option<u64>,
+    /// Seconds a client of the API or gateway listener may take to send a request's head (its
+    /// line and headers) or to stay idle between requests, before it is disconnected, and then
+    /// to send the request's body, before the request is refused.
+    #[arg(long, env = "TELETRAAN_CLIENT_READ_TIMEOUT", global = true)]
+    pub client_read_timeout: Option<u64>,
     /// Periods of the workers' jobs, `name=30s,other=off` (see README: jobs).
     #[arg(long, env = "TELETRAAN_JOBS", global = true)]
     pub jobs: Option<String>,
@@ -165,6 +170,7 @@ struct FileConfig {
     statement_timeout: Option<u64>,
     amqp_timeout: Option<u64>,
     request_timeout: Option<u64>,
+    client_read_timeout: Option<u64>,
     jobs: Option<std::collections::BTreeMap<String, String>>,
     job_lease: Option<String>,
     min_stale_host_seconds: Option<u64>,
@@ -210,6 +216,9 @@ pub struct Settings {
     pub amqp_timeout: Duration,
     /// Longest an API request may take.
     pub request_timeout: Duration,
+    /// Longest a client may take to send a request's head (or stay idle between requests),
+    /// and then its body.
+    pub client_read_timeout: Duration,
     pub jobs: JobsConfig,
     pub heartbeat_resolution: Duration,
     pub webhook_timeout: Duration,
@@ -319,6 +328,12 @@ impl ServerArgs {
             seconds("statement_timeout", self.statement_timeout.or(file.statement_timeout), 120, 0)?;
         let amqp_timeout = seconds("amqp_timeout", self.amqp_timeout.or(file.amqp_timeout), 10, 1)?;
         let request_timeout = seconds("request_timeout", self.request_timeout.or(file.request_timeout), 60, 1)?;
+        let client_read_timeout = seconds(
+            "client_read_timeout",
+            self.client_read_timeout.or(file.client_read_timeout),
+            teletraan::http::CLIENT_READ_TIMEOUT.as_secs(),
+            1,
+        )?;
         let command_wait = Duration::from_secs(self.command_wait.or(file.command_wait).unwrap_or(10));
         // A deploy request may wait for the broker four times (connection, channel, publish,
         // confirm), then for a worker.
@@ -378,6 +393,7 @@ impl ServerArgs {
             statement_timeout,
             amqp_timeout,
             request_timeout,
+            client_read_timeout,
             jobs,
             heartbeat_resolution: Duration::from_secs(heartbeat),
             webhook_timeout: Duration::from_secs(webhook_timeout),
@@ -535,6 +551,17 @@ mod tests {
         assert_eq!(s.artifacts, ArtifactPolicy::default(), "the strict policy: sha256 required, no file://");
         assert_eq!(s.artifacts.checksum, ChecksumPolicy::Required);
         assert_eq!(s.tls, None, "plain HTTP unless a certificate is given");
+    }
+
+    #[test]
+    fn the_client_read_timeout_defaults_to_30_seconds_and_is_bounded() {
+        assert_eq!(ServerArgs::default().resolve().unwrap().client_read_timeout, Duration::from_secs(30));
+        let s = ServerArgs { client_read_timeout: Some(2), ..Default::default() }.resolve().unwrap();
+        assert_eq!(s.client_read_timeout, Duration::from_secs(2));
+        for bad in [0, 3601] {
+            let err = ServerArgs { client_read_timeout: Some(bad), ..Default::default() }.resolve().unwrap_err();
+            assert!(err.to_string().contains("client_read_timeout"), "{err}");
+        }
     }
 
     #[test]

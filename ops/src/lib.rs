@@ -1,6 +1,7 @@
 //! Shared pieces of the operator binary that tests also use.
 
 pub mod bench;
+pub mod http;
 pub mod sample;
 pub mod sim;
 pub mod tls;

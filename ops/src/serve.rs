@@ -98,7 +98,7 @@ pub async fn start(settings: &Settings, roles: Roles, generate_tokens: bool) -> 
         config.heartbeat_resolution = settings.heartbeat_resolution;
         let gw = api::gateway::start(config, store.clone(), shutdown_rx.clone(), &mut tasks);
         let router = api::gateway_router(gw, store.clone());
-        tasks.spawn(serve(listener, tls.clone(), router, shutdown_rx.clone(), "gateway"));
+        tasks.spawn(serve(listener, tls.clone(), router, settings.client_read_timeout, shutdown_rx.clone(), "gateway"));
     }
     if roles.worker && !roles.api && !roles.gateway {
         // A worker alone still serves /healthz, /readyz and /metrics.
@@ -106,7 +106,8 @@ pub async fn start(settings: &Settings, roles: Roles, generate_tokens: bool) -> 
             .await
             .with_context(|| format!("cannot listen on {} (worker health)", settings.worker_listen))?;
         // Health and metrics only, for the local probes and Prometheus: plain HTTP.
-        tasks.spawn(serve(listener, None, api::health::api(store.clone(), None), shutdown_rx.clone(), "worker"));
+        let health = api::health::api(store.clone(), None);
+        tasks.spawn(serve(listener, None, health, settings.client_read_timeout, shutdown_rx.clone(), "worker"));
     }
     let mut api_addr = None;
     if roles.api {
@@ -125,17 +126,19 @@ pub async fn start(settings: &Settings, roles: Roles, generate_tokens: bool) -> 
             events,
         };
         let router = api::api_router(state, settings.trusted.clone());
-        tasks.spawn(serve(listener, tls.clone(), router, shutdown_rx.clone(), "api"));
+        tasks.spawn(serve(listener, tls.clone(), router, settings.client_read_timeout, shutdown_rx.clone(), "api"));
     }
     let https = tls.is_some();
     Ok(Running { api_addr, gateway_addr, admin_token, agent_token, https, shutdown, tasks })
 }
 
-/// Serves `router` on `listener` (over TLS with `tls`) until `shutdown` turns true.
+/// Serves `router` on `listener` (over TLS with `tls`) until `shutdown` turns true; a client
+/// gets `client_read_timeout` to send each request's head, and as long for its body.
 async fn serve(
     listener: TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
     router: axum::Router,
+    client_read_timeout: std::time::Duration,
     mut shutdown: watch::Receiver<bool>,
     role: &'static str,
 ) {
@@ -144,19 +147,12 @@ async fn serve(
     let stop = async move {
         let _ = shutdown.wait_for(|s| *s).await;
     };
-    let outcome = match tls {
+    match tls {
         Some(config) => match TlsListener::new(listener, config, HANDSHAKE_TIMEOUT) {
-            Ok(listener) => teletraan::tls::serve(listener, router, stop).await,
-            Err(e) => Err(e),
+            Ok(listener) => teletraan::tls::serve(listener, router, client_read_timeout, stop).await,
+            Err(e) => tracing::error!(role, error = %e, "server failed"),
         },
-        None => {
-            // Connection info tells trusted-header mode where a request comes from.
-            let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
-            axum::serve(listener, service).with_graceful_shutdown(stop).await
-        }
-    };
-    if let Err(e) = outcome {
-        tracing::error!(role, error = %e, "server failed");
+        None => teletraan::http::serve(listener, router, client_read_timeout, stop).await,
     }
 }
 

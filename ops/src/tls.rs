@@ -283,19 +283,18 @@ impl axum::serve::Listener for TlsListener {
     }
 }
 
-/// Serves `router` on `listener` until `stop` resolves, with each request's peer address as
-/// `ConnectInfo<SocketAddr>` (trusted-header mode checks it), as the plain listeners do.
+/// Serves `router` on `listener` until `stop` resolves, as the plain listeners are served
+/// ([`crate::http::serve`]: the peer address as `ConnectInfo<SocketAddr>`, the bounds on slow
+/// clients).
 pub async fn serve(
     listener: TlsListener,
     router: axum::Router,
+    client_read_timeout: Duration,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
-) -> io::Result<()> {
-    // axum hands connection info to listeners of its own kinds and to tapped ones; a tap that
-    // does nothing is how a listener of ours gets it.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |_| {});
+) {
     // The board marks its cookies Secure on requests that came this way.
     let router = router.layer(axum::Extension(api::board::Https));
-    axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>()).with_graceful_shutdown(stop).await
+    crate::http::serve(listener, router, client_read_timeout, stop).await
 }
 
 #[cfg(test)]

@@ -64,7 +64,7 @@ async fn serve_artifact_https(pki: &Pki, name: &'static str, bytes: Vec<u8>) -> 
     let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = tcp.local_addr().unwrap();
     let listener = TlsListener::new(tcp, cert.server_config().unwrap(), HANDSHAKE_TIMEOUT).unwrap();
-    tokio::spawn(teletraan::tls::serve(listener, app, std::future::pending()));
+    tokio::spawn(teletraan::tls::serve(listener, app, teletraan::http::CLIENT_READ_TIMEOUT, std::future::pending()));
     format!("https://127.0.0.1:{}/{name}", addr.port())
 }
 

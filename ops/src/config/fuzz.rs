@@ -34,7 +34,7 @@ enum Kind {
     Path,
 }
 
-const KEYS: [(&str, Kind); 38] = [
+const KEYS: [(&str, Kind); 39] = [
     ("database_url", Kind::Url),
     ("amqp_url", Kind::Url),
     ("namespace", Kind::Name),
@@ -54,6 +54,7 @@ const KEYS: [(&str, Kind); 38] = [
     ("statement_timeout", Kind::Seconds),
     ("amqp_timeout", Kind::Seconds),
     ("request_timeout", Kind::Seconds),
+    ("client_read_timeout", Kind::Seconds),
     ("jobs", Kind::Jobs),
     ("job_lease", Kind::Duration),
     ("min_stale_host_seconds", Kind::Seconds),

@@ -62,7 +62,7 @@ async fn start(cert: &Arc<ReloadingCert>, stop: watch::Receiver<bool>) -> Socket
     let router = Router::new()
         .route("/", get(|ConnectInfo(peer): ConnectInfo<SocketAddr>| async move { peer.ip().to_string() }));
     let mut stop = stop;
-    tokio::spawn(serve(listener, router, async move {
+    tokio::spawn(serve(listener, router, crate::http::CLIENT_READ_TIMEOUT, async move {
         let _ = stop.wait_for(|s| *s).await;
     }));
     addr
