@@ -338,3 +338,25 @@ async fn an_oversized_body_answers_413_with_the_error_shape() {
     }
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn epoch_milliseconds_past_what_postgres_stores_are_400() {
+    // Such a value overflowed the database client's conversion: the handler panicked (found by
+    // api/tests/fuzz.rs with `expiresAt`).
+    let app = spawn_app().await;
+    app.create_stage("web", "prod").await;
+    app.post("/v1/principals", &json!({"name": "alice"})).await.expect(StatusCode::CREATED);
+    let build = json!({"name": "web", "artifactUrl": "https://a", "repo": "r", "branch": "b", "commit": "abc1234",
+        "artifactSha256": common::SOME_SHA256, "commitDate": i64::MAX});
+    let cases = [
+        (Method::POST, "/v1/tokens".to_string(), Some(json!({"principal": "alice", "expiresAt": i64::MAX}))),
+        (Method::POST, "/v1/builds".to_string(), Some(build)),
+        (Method::GET, format!("/v1/deploys?commitDate={}", i64::MAX), None),
+        (Method::GET, format!("/v1/builds?name=web&after={}", i64::MIN), None),
+    ];
+    for (method, path, body) in &cases {
+        let reply = app.admin(method.clone(), path, body.as_ref().map_or(Body::None, Body::Json)).await;
+        reply.expect_error(StatusCode::BAD_REQUEST);
+    }
+    app.stop().await;
+}

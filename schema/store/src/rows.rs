@@ -8,8 +8,17 @@ use tokio_postgres::Row;
 
 use crate::{Error, Result};
 
-/// Epoch milliseconds as a `timestamptz` parameter.
+/// Just past the last `timestamptz` Postgres stores (294276 AD) and before the first (4713
+/// BC), in epoch milliseconds: both still convertible by the client library.
+const PAST_LATEST: EpochMs = 9_224_318_720_800_000;
+const BEFORE_EARLIEST: EpochMs = -9_222_425_351_200_000;
+
+/// Epoch milliseconds as a `timestamptz` parameter. A value outside what Postgres stores (only
+/// bad input can be) is sent as one just outside it, which Postgres refuses ("timestamp out
+/// of range", class 22: a 400), rather than as one whose microseconds since 2000 overflow the
+/// client's conversion (a panic in a debug build, a wrong date in a release build).
 pub(crate) fn ts(ms: EpochMs) -> SystemTime {
+    let ms = ms.clamp(BEFORE_EARLIEST, PAST_LATEST);
     if ms >= 0 {
         UNIX_EPOCH + Duration::from_millis(ms as u64)
     } else {
@@ -91,6 +100,22 @@ mod tests {
     fn milliseconds_round_trip() {
         for v in [0, 1, 1_795_826_082_513, -5] {
             assert_eq!(ms(ts(v)), v);
+        }
+    }
+
+    #[test]
+    fn any_milliseconds_convert_to_a_parameter_postgres_refuses_when_out_of_its_range() {
+        use tokio_postgres::types::private::BytesMut;
+        use tokio_postgres::types::{ToSql, Type};
+        // i64::MAX ms overflowed the client's microseconds since 2000 (found by fuzzing
+        // `expiresAt`, api/tests/fuzz.rs): a panic in the API's handler.
+        for v in [i64::MAX, i64::MIN, PAST_LATEST, BEFORE_EARLIEST, 1 << 62, -(1 << 62)] {
+            let mut out = BytesMut::new();
+            ts(v).to_sql(&Type::TIMESTAMPTZ, &mut out).unwrap();
+            let micros = i64::from_be_bytes(out[..8].try_into().unwrap());
+            // Postgres's range in microseconds since 2000, and its two infinities.
+            let (first, last) = (-211_813_488_000_000_000i64, 9_223_371_331_200_000_000i64);
+            assert!(!(first..last).contains(&micros) && micros != i64::MAX && micros != i64::MIN, "{v}: {micros}");
         }
     }
 }
