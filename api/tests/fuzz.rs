@@ -292,12 +292,14 @@ enum Payload {
 }
 
 impl Payload {
-    /// The bytes to send, with the fixture's ids in place of `{build}`, `{deploy}`, `{env}`.
-    fn bytes(&self, fixture: &Fixture) -> Vec<u8> {
+    /// The bytes to send, with the fixture's ids in place of `{build}`, `{deploy}`, `{env}`,
+    /// `tame` applied to the edited value.
+    fn bytes(&self, fixture: &Fixture, tame: fn(&mut Value)) -> Vec<u8> {
         let mut out = match self {
             Payload::Bytes(b) => b.0.clone(),
             Payload::Json { base, edits, text } => {
-                let (value, raws) = apply(base.clone(), edits);
+                let (mut value, raws) = apply(base.clone(), edits);
+                tame(&mut value);
                 let mut serialized = fixture.fill(&value.to_string());
                 let marker = serde_json::to_string(RAW).unwrap_or_default();
                 for raw in raws {
@@ -443,6 +445,16 @@ fn ping_base() -> impl Strategy<Value = Value> {
     )
 }
 
+/// Keeps an edited ping from asking to be held: a positive `waitSeconds` (or raw text there)
+/// becomes 0, since a held ping waits up to a minute by design.
+fn no_long_poll(ping: &mut Value) {
+    if let Some(wait) = ping.get_mut("waitSeconds")
+        && (wait.as_f64().is_some_and(|w| w > 0.0) || wait.as_str() == Some(RAW))
+    {
+        *wait = json!(0);
+    }
+}
+
 #[derive(Debug, Clone)]
 enum Token {
     Agent,
@@ -456,7 +468,9 @@ fn fuzz_gateway_ping() {
     let rt = runtime();
     let app = rt.block_on(spawn_app());
     let fixture = rt.block_on(Fixture::new(&app));
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(20)).build().expect("a client");
+    // Longer than the longest long-poll, which a byte flipped in `waitSeconds` may still ask for.
+    let wait = Duration::from_secs(u64::from(schema::ping::MAX_WAIT_SECONDS) + 10);
+    let http = reqwest::Client::builder().timeout(wait).build().expect("a client");
     let url = format!("{}/v1/system/ping", app.gateway);
     let token = prop_oneof![
         20 => Just(Token::Agent),
@@ -465,7 +479,7 @@ fn fuzz_gateway_ping() {
         1 => "[ -~]{0,40}".prop_map(Token::Junk),
     ];
     budget::run("gateway_ping", 400, (payload(ping_base(), &PING_KEYS), token), |(payload, token)| {
-        let body = payload.bytes(&fixture);
+        let body = payload.bytes(&fixture, no_long_poll);
         rt.block_on(async {
             let mut request = http.post(&url).header("Content-Type", "application/json").body(body);
             request = match &token {
@@ -788,9 +802,9 @@ impl RestCase {
         let uri = if query.is_empty() { path } else { format!("{path}?{}", query.join("&")) };
         let body = match (&self.body, route.body) {
             (Some(Payload::Json { edits, text, .. }), Some(base)) => {
-                Payload::Json { base: base(), edits: edits.clone(), text: text.clone() }.bytes(fixture)
+                Payload::Json { base: base(), edits: edits.clone(), text: text.clone() }.bytes(fixture, |_| {})
             }
-            (Some(p), _) => p.bytes(fixture),
+            (Some(p), _) => p.bytes(fixture, |_| {}),
             (None, Some(base)) => fixture.fill(&base().to_string()).into_bytes(),
             (None, None) => Vec::new(),
         };
