@@ -528,33 +528,95 @@ async fn a_long_poll_returns_when_a_stage_takes_the_host_in() {
     app.stop().await;
 }
 
-/// A gateway that misses every change (its broker namespace is one nobody publishes to, as if
-/// each change message were lost) still converges on Postgres: its periodic comparison of
-/// stage versions finds the new stage and its deploy, and a host pinging it gets its goal.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_gateway_that_misses_every_change_converges_on_postgres() {
-    let mut app = spawn_app().await;
-    let deaf = format!("deaf{}", uuid::Uuid::new_v4().simple());
-    let url = app.bus.config.url.clone();
-    let lone = app
+/// A second gateway on a broker namespace nobody publishes to, as if every change message
+/// were lost, comparing stage versions with Postgres every `check_every`: its URL and its
+/// broker configuration.
+async fn deaf_gateway(app: &mut App, check_every: Duration) -> (String, bus::BusConfig) {
+    let deaf = bus::BusConfig::new(app.bus.config.url.clone(), format!("deaf{}", uuid::Uuid::new_v4().simple()));
+    let url = app
         .start_gateway_with(|c| {
-            c.bus = bus::BusConfig::new(url, deaf);
-            c.check_every = Duration::from_millis(500);
+            c.bus = deaf.clone();
+            c.check_every = check_every;
         })
         .await;
-    // Created after the lone gateway loaded: it can only learn of them by its check.
-    let setup = stage_with_a_deploy(&app).await;
-    let deploy_id = str_of(&setup.deploy, "id").to_string();
-    let agent = Agent::new("lone-1");
-    let answer = eventually("the lone gateway to hand out the deploy", || {
-        let (app, agent, lone) = (&app, &agent, &lone);
+    (url, deaf)
+}
+
+/// Pings `gateway` as a new host until it answers with a goal, which must be the first step
+/// of `setup`'s deploy.
+async fn wait_for_the_first_step(app: &App, gateway: &str, setup: &Setup, what: &str) {
+    let body = Agent::new("deaf-1").host.ping_body(&[]);
+    let answer = eventually(what, || {
+        let body = &body;
         async move {
-            let answer = app.ping_at(lone, &agent.host.ping_body(&[])).await.expect(StatusCode::OK);
+            let answer = app.ping_at(gateway, body).await.expect(StatusCode::OK);
             if is_noop(&answer) { Err(answer.to_string()) } else { Ok(answer) }
         }
     })
     .await;
-    let goal = goal_of(&answer, &setup, &deploy_id);
+    let goal = goal_of(&answer, setup, str_of(&setup.deploy, "id"));
     assert_eq!(goal["deployStage"], "PRE_DOWNLOAD", "a new host starts at once: {goal}");
+}
+
+/// A gateway that misses every change still converges on Postgres: its periodic comparison
+/// of stage versions finds the new stage and its deploy, and a host pinging it gets its goal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_that_misses_every_change_converges_on_postgres() {
+    let mut app = spawn_app().await;
+    let (lone, _) = deaf_gateway(&mut app, Duration::from_millis(500)).await;
+    // Created after the lone gateway loaded: it can only learn of them by its check.
+    let setup = stage_with_a_deploy(&app).await;
+    wait_for_the_first_step(&app, &lone, &setup, "the lone gateway to hand out the deploy").await;
+    app.stop().await;
+}
+
+/// A gateway that sees a stage's change versions jump (the messages between were lost)
+/// reloads that stage from Postgres at once, without waiting for its periodic check: here
+/// the check is slowed to an hour and the gateway is deaf to the workers' changes, so only
+/// the reload on the gap can tell it of the stage and its deploy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gap_in_a_stages_change_versions_reloads_the_stage() {
+    let mut app = spawn_app().await;
+    let (lone, deaf) = deaf_gateway(&mut app, Duration::from_secs(3600)).await;
+    let setup = stage_with_a_deploy(&app).await;
+    let answer = app.ping_at(&lone, &Agent::new("deaf-1").host.ping_body(&[])).await.expect(StatusCode::OK);
+    assert!(is_noop(&answer), "the gateway loaded before the stage existed and heard nothing since: {answer}");
+
+    // A records change far past the version the gateway holds, as if those before were lost.
+    let change = json!({"kind": "agents.v1", "envId": setup.env_id, "version": 1_000_000, "agents": []});
+    let message = bus::Outgoing {
+        exchange: deaf.changes_exchange(),
+        routing_key: String::new(),
+        payload: serde_json::to_vec(&change).expect("a change message"),
+    };
+    bus::Publisher::new(deaf.clone()).publish(&[message]).await.expect("publish the change");
+    wait_for_the_first_step(&app, &lone, &setup, "the gateway to reload the stage and hand out the deploy").await;
+    app.stop().await;
+}
+/// A gateway publishes an unchanged record again once `resend_unchanged_after` has passed
+/// since it last sent it, so a record whose batch the workers lost for good (here: its row
+/// deleted behind every role's back) is repaired by the host's next pings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unchanged_record_is_published_again_after_a_while() {
+    let mut app = spawn_app().await;
+    let resending = app.start_gateway_with(|c| c.resend_unchanged_after = Duration::from_secs(2)).await;
+    let _setup = stage_with_a_deploy(&app).await;
+    let agent = Agent::new("resend-1");
+    let stored = |rows: &[Value]| rows.iter().any(|a| a["hostName"] == "resend-1");
+    app.ping_at(&resending, &agent.host.ping_body(&[])).await.expect(StatusCode::OK);
+    wait_for_agents(&app, "the host's record to be stored", stored).await;
+
+    let deleted = app.sql(&format!("DELETE FROM agents WHERE host_id = '{}'", agent.host.id)).await;
+    assert_eq!(deleted, 1, "the host's one record");
+    eventually("the unchanged record to be published again", || {
+        let (app, agent, resending) = (&app, &agent, &resending);
+        async move {
+            app.ping_at(resending, &agent.host.ping_body(&[])).await.expect(StatusCode::OK);
+            let rows = app.get("/v1/envs/web/prod/agents").await.expect(StatusCode::OK);
+            let rows = rows.as_array().cloned().unwrap_or_default();
+            if stored(&rows) { Ok(()) } else { Err(json!(rows).to_string()) }
+        }
+    })
+    .await;
     app.stop().await;
 }

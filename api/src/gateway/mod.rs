@@ -59,6 +59,9 @@ pub struct GatewayConfig {
     /// Most hosts without records held (checked every `check_every`; the least recently seen
     /// go first), so that made-up host ids cannot grow memory without bound.
     pub max_hosts_without_records: usize,
+    /// An unchanged record is published again once this long has passed since it was last
+    /// sent, so that a batch the workers lost for good is repaired.
+    pub resend_unchanged_after: Duration,
 }
 
 impl GatewayConfig {
@@ -75,6 +78,7 @@ impl GatewayConfig {
             check_every: Duration::from_secs(10),
             forget_idle_after: Duration::from_secs(3600),
             max_hosts_without_records: 1_000_000,
+            resend_unchanged_after: Duration::from_secs(30 * 60),
         }
     }
 }
@@ -93,6 +97,8 @@ pub struct Gateway {
     /// gateway: two heartbeat periods, and at least ten minutes (so that a short heartbeat
     /// setting does not make every ping of a slow-pinging fleet republish).
     pub(crate) republish_after_ms: i64,
+    /// [`GatewayConfig::resend_unchanged_after`] in milliseconds.
+    pub(crate) resend_after_ms: i64,
 }
 
 impl Gateway {
@@ -141,6 +147,7 @@ pub fn start(
         shutdown: shutdown.clone(),
         republish_after_ms: (i64::try_from(config.heartbeat_resolution.as_millis()).unwrap_or(i64::MAX / 4) * 2)
             .max(600_000),
+        resend_after_ms: i64::try_from(config.resend_unchanged_after.as_millis()).unwrap_or(i64::MAX / 4),
     });
     let id = format!("gateway-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     tasks.spawn(publisher::run(rx, gateway.clone(), config.clone(), id, shutdown.clone()));

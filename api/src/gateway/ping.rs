@@ -26,9 +26,6 @@ use crate::auth::bearer;
 use crate::error::ApiError;
 use crate::extract::body_error;
 
-/// Unchanged records are published again after this long (see `Gateway::record`).
-const RESEND_AFTER_MS: EpochMs = 30 * 60 * 1000;
-
 /// Pings answered, by outcome (the counters resolved once: a ping does not hash labels).
 struct Outcomes {
     counters: Option<[IntCounter; 7]>,
@@ -244,7 +241,7 @@ impl Gateway {
                 let same = held.is_some_and(|h| {
                     h.record == record
                         && (error_hash == 0 || h.error_hash == error_hash)
-                        && (h.sent_at == 0 || now - h.sent_at < RESEND_AFTER_MS)
+                        && (h.sent_at == 0 || now - h.sent_at < self.resend_after_ms)
                 });
                 if same {
                     return;

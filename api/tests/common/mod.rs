@@ -405,6 +405,12 @@ impl App {
         self.db.last_seen(host_id).await
     }
 
+    /// Runs `statement` on this test's database and returns the rows it changed: for a test
+    /// that changes rows behind the roles' backs (as a lost message would leave them).
+    pub async fn sql(&self, statement: &str) -> u64 {
+        self.db.client().await.execute(statement, &[]).await.expect(statement)
+    }
+
     /// Stops every role and waits for them; fails the test when they do not stop in time.
     /// The database and the namespace are deleted afterwards.
     pub async fn stop(self) {
