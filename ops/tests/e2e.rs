@@ -12,11 +12,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use axum::Router;
-use axum::routing::get;
 use schema::model::Deploy;
 use serde_json::json;
-use support::{AGENT, Api, Server, binary, wait_for};
+use support::{AGENT, Api, Server, binary, serve_artifacts, wait_for};
 use teletraan::sample;
 use tokio::process::{Child, Command};
 
@@ -76,21 +74,6 @@ fn hook_runs(dir: &Path) -> Vec<HookRun> {
             }
         })
         .collect()
-}
-
-/// Serves artifacts over HTTP as CI publishes them: `/<name>` answers its bytes and
-/// `/<name>.sha256` its digest, as `sha256sum` writes it.
-async fn serve_artifacts(files: Vec<(&'static str, Vec<u8>)>) -> String {
-    let mut app = Router::new();
-    for (name, bytes) in files {
-        let sidecar = format!("{}  {name}\n", sample::sha256_hex(&bytes));
-        app = app.route(&format!("/{name}"), get(move || async move { bytes }));
-        app = app.route(&format!("/{name}.sha256"), get(move || async move { sidecar }));
-    }
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    format!("http://{addr}")
 }
 
 fn start_agent(gateway: &str, host: &str, dir: &Path) -> Child {

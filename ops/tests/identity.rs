@@ -12,11 +12,9 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
-use axum::Router;
-use axum::routing::get;
 use schema::model::Deploy;
 use serde_json::{Value, json};
-use support::{AGENT, Api, Server, binary, wait_for};
+use support::{AGENT, Api, Server, binary, serve_artifacts, wait_for};
 use teletraan::sample;
 use tokio::process::{Child, Command};
 
@@ -31,18 +29,6 @@ fn probe_hooks(credential: &Path) -> Vec<(&'static str, String)> {
         credential.display()
     );
     vec![("RESTARTING", restart)]
-}
-
-/// Serves artifacts over HTTP: `/<name>` answers its bytes.
-async fn serve_artifacts(files: Vec<(&'static str, Vec<u8>)>) -> String {
-    let mut app = Router::new();
-    for (name, bytes) in files {
-        app = app.route(&format!("/{name}"), get(move || async move { bytes }));
-    }
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    format!("http://{addr}")
 }
 
 /// The agent with only an enrollment token, hooks as `nobody`, its log in `log`.

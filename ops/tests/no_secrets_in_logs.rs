@@ -16,10 +16,10 @@ use std::sync::{Arc, Mutex};
 use axum::Router;
 use axum::extract::RawQuery;
 use axum::http::HeaderMap;
-use axum::routing::{get, post};
+use axum::routing::post;
 use schema::model::{Build, Deploy};
 use serde_json::{Value, json};
-use support::{ADMIN, AGENT, Api, Server, binary, wait_for};
+use support::{ADMIN, AGENT, Api, Server, binary, serve_artifacts, wait_for};
 use teletraan::sample;
 use tokio::process::{Child, Command};
 
@@ -43,18 +43,6 @@ fn hooks(version: &str) -> Vec<(&'static str, String)> {
          printf %s \"$DB_PASSWORD\" | sha256sum | cut -d' ' -f1 > \"$TARGET/secret.sha256\"\n"
     );
     vec![("RESTARTING", restart)]
-}
-
-/// Serves `/<name>` with its bytes.
-async fn serve_artifacts(files: Vec<(&'static str, Vec<u8>)>) -> String {
-    let mut app = Router::new();
-    for (name, bytes) in files {
-        app = app.route(&format!("/{name}"), get(move || async move { bytes }));
-    }
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    format!("http://{addr}")
 }
 
 /// What a webhook receiver got: each request's query, `Authorization` header and whether it

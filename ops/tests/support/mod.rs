@@ -318,3 +318,18 @@ impl Api {
         self.deploy_by_id(deploy).await
     }
 }
+
+/// Serves artifacts over HTTP as CI publishes them: `/<name>` answers its bytes and
+/// `/<name>.sha256` its digest, as `sha256sum` writes it. Returns the base URL.
+pub async fn serve_artifacts(files: Vec<(&'static str, Vec<u8>)>) -> String {
+    let mut app = axum::Router::new();
+    for (name, bytes) in files {
+        let sidecar = format!("{}  {name}\n", teletraan::sample::sha256_hex(&bytes));
+        app = app.route(&format!("/{name}"), axum::routing::get(move || async move { bytes }));
+        app = app.route(&format!("/{name}.sha256"), axum::routing::get(move || async move { sidecar }));
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind the artifact server");
+    let addr = listener.local_addr().expect("the artifact server's address");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}")
+}

@@ -83,6 +83,21 @@ fn on(agents: &[Agent], deploy: &DeployId) -> usize {
     agents.iter().filter(|a| &a.deploy_id == deploy).count()
 }
 
+/// Host `h` of group `g`, tagged `zone` = `zone`, seen now.
+fn in_zone(h: &str, zone: &str) -> HostFacts {
+    HostFacts {
+        host_id: id(h),
+        host_name: id(h),
+        ip: None,
+        groups: vec![id("g")],
+        agent_version: "1".into(),
+        autoscaling_group: None,
+        availability_zone: None,
+        tags: [("zone".to_string(), zone.to_string())].into_iter().collect(),
+        seen_at: NOW,
+    }
+}
+
 #[tokio::test]
 async fn promote_restart_and_rollback_create_typed_deploys() {
     let db = TestDatabase::new().await;
@@ -400,20 +415,7 @@ async fn a_group_by_group_constraint_rolls_one_zone_at_a_time() {
     let b2 = build(s, "web").await;
     let d1 = deploy(s, "c1", "web", "prod", &b1.id, NOW).await;
     let zones = [("a1", "a"), ("a2", "a"), ("b1", "b"), ("b2", "b"), ("c1", "c")];
-    let facts: Vec<HostFacts> = zones
-        .iter()
-        .map(|(h, z)| HostFacts {
-            host_id: id(h),
-            host_name: id(h),
-            ip: None,
-            groups: vec![id("g")],
-            agent_version: "1".into(),
-            autoscaling_group: None,
-            availability_zone: None,
-            tags: [("zone".to_string(), z.to_string())].into_iter().collect(),
-            seen_at: NOW,
-        })
-        .collect();
+    let facts: Vec<HostFacts> = zones.iter().map(|(h, z)| in_zone(h, z)).collect();
     s.upsert_hosts(&facts).await.unwrap();
     serve(s, &e, &d1.id, &zones.map(|(h, _)| h), NOW + 1).await;
     let c = ConstraintInput {
@@ -483,18 +485,7 @@ async fn a_host_lost_mid_deploy_does_not_hold_up_the_next_zone() {
     let e = stage(s, "web", "prod", r#"{"maxParallelPct":100}"#).await;
     let (b1, b2) = (build(s, "web").await, build(s, "web").await);
     let d1 = deploy(s, "c1", "web", "prod", &b1.id, NOW).await;
-    let facts = |h: &str, z: &str| HostFacts {
-        host_id: id(h),
-        host_name: id(h),
-        ip: None,
-        groups: vec![id("g")],
-        agent_version: "1".into(),
-        autoscaling_group: None,
-        availability_zone: None,
-        tags: [("zone".to_string(), z.to_string())].into_iter().collect(),
-        seen_at: NOW,
-    };
-    s.upsert_hosts(&[facts("a1", "a"), facts("b1", "b")]).await.unwrap();
+    s.upsert_hosts(&[in_zone("a1", "a"), in_zone("b1", "b")]).await.unwrap();
     serve(s, &e, &d1.id, &["a1", "b1"], NOW + 1).await;
     let c = ConstraintInput {
         constraint_key: Some("zone".into()),
