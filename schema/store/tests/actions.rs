@@ -4,11 +4,11 @@ mod common;
 
 use common::*;
 use schema::bus::{AgentUpdate, Command, CommandEnvelope, CommandError, CommandOutcome, HostFacts, ReportBatch};
-use schema::model::{Agent, ConstraintInput, Deploy, Environ, ScheduleInput};
+use schema::model::{Agent, ConstraintInput, Deploy, Environ, PromoteInput, ScheduleInput};
 use schema::rules::goal::AgentRecord;
 use schema::{
     AcceptanceStatus, AgentState, AgentStatus, DeployAction, DeployConstraintType, DeployId, DeployStage, DeployState,
-    DeployType, EnvState, ScheduleState,
+    DeployType, EnvState, PromoteType, ScheduleState,
 };
 use store::Store;
 use store::testing::TestDatabase;
@@ -508,4 +508,29 @@ async fn a_host_lost_mid_deploy_does_not_hold_up_the_next_zone() {
     assert_eq!(agent(s, &e, "a1").await.state, AgentState::Unreachable);
     s.refresh_stage(&e.id, NOW + 20).await.unwrap();
     assert_eq!(agent(s, &e, "b1").await.deploy_id, d2.id, "zone b goes on without the lost host");
+}
+
+/// A refused command keeps nothing of what it did before it was refused: a person's deploy
+/// first switches the stage's auto-promotion off (a person took over), then is refused for a
+/// build that does not exist; the switch goes with it.
+#[tokio::test]
+async fn a_refused_command_keeps_nothing_it_did_before_the_refusal() {
+    let db = TestDatabase::new().await;
+    let s = &db.store;
+    stage(s, "web", "prod", r#"{"maxParallel":5}"#).await;
+    let auto: PromoteInput =
+        serde_json::from_value(serde_json::json!({"type": "AUTO", "predStage": "BUILD", "disablePolicy": "AUTO"}))
+            .unwrap();
+    s.set_promote(&id("web"), &id("prod"), auto, "alice", NOW).await.unwrap();
+
+    let deploy = Command::CreateDeployV1 {
+        env_name: id("web"),
+        stage_name: id("prod"),
+        build_id: id("no-such-build"),
+        description: None,
+    };
+    let refused = run(s, "c1", deploy, NOW).await.expect_err("an unknown build is refused");
+    assert_eq!((refused.status, refused.code.as_str()), (404, "not_found"), "{refused:?}");
+    let promote = s.promote(&id("web"), &id("prod")).await.unwrap();
+    assert_eq!(promote.promote_type, PromoteType::Auto, "the refused deploy switched auto-promotion off: {promote:?}");
 }
