@@ -245,6 +245,41 @@ async fn admission_query_agrees_with_the_rule() {
     }
 }
 
+/// The admission query counts the hosts out of service as `AgentRecord::is_active` does: on
+/// stages with a cap of one, a record in every combination of step, state and first deploy,
+/// beside two hosts waiting for the next deploy; that deploy admits one host unless the
+/// record is active.
+#[tokio::test]
+async fn admission_counts_the_hosts_out_of_service_as_the_rule_does() {
+    let db = TestDatabase::new().await;
+    let s = &db.store;
+    let (b1, b2) = (build(s, "web").await, build(s, "web").await);
+    let mut probes = Vec::new();
+    for stage in [DeployStage::ServingBuild, DeployStage::Restarting] {
+        for state in AgentState::ALL {
+            for first_deploy in [false, true] {
+                let n = probes.len();
+                let name = format!("p{n}");
+                let e = self::stage(s, "web", &name, r#"{"maxParallel":1}"#).await;
+                let d1 = deploy(s, &format!("{name}-1"), "web", &name, &b1.id, NOW).await;
+                let probe = AgentRecord { stage, state: *state, first_deploy, ..serving(&d1.id) };
+                let agents = [("x", probe.clone()), ("w1", serving(&d1.id)), ("w2", serving(&d1.id))]
+                    .into_iter()
+                    .map(|(h, r)| update(&format!("{name}-{h}"), &e.id, r, NOW + 1))
+                    .collect();
+                s.apply_report_batch(&ReportBatch { agents, ..Default::default() }).await.unwrap();
+                probes.push((name, e, probe));
+            }
+        }
+    }
+    for (name, e, probe) in &probes {
+        let d2 = deploy(s, &format!("{name}-2"), "web", name, &b2.id, NOW + 2).await;
+        let admitted = s.agents_of_stage(&e.id).await.unwrap().iter().filter(|a| a.deploy_id == d2.id).count();
+        let expected = if probe.is_active() { 0 } else { 1 };
+        assert_eq!(admitted, expected, "{name}: beside {probe:?} (active: {})", probe.is_active());
+    }
+}
+
 #[tokio::test]
 async fn hosts_and_heartbeats_are_recorded() {
     let db = TestDatabase::new().await;
