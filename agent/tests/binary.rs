@@ -90,6 +90,38 @@ fn alive(pid: i32) -> bool {
         .is_ok_and(|s| s.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z')))
 }
 
+/// Without a hook user a hook inherits the agent's environment, minus every
+/// `TELETRAAN_AGENT_*` variable (the token among them), and a stage's script variable named
+/// like one of them does not reach it either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hook_without_a_hook_user_sees_none_of_the_agents_variables() {
+    let t = TempDir::new("bin-hook-env");
+    let dir = t.path().join("a");
+    let fake = Fake::start().await;
+    let seen = t.path().join("hook.env");
+    let restarting = format!("env > {0}.tmp && mv {0}.tmp {0}", seen.display());
+    fake.serve("one.tar.gz", build_archive("one", &[("RESTARTING", &restarting)]));
+    fake.set_mode(Mode::Deploy {
+        deploy_id: "DeployOne".into(),
+        build: build_json(B1, &format!("{}/artifacts/one.tar.gz", fake.url()), None),
+        script_variables: json!({"TELETRAAN_AGENT_TOKEN": "from-the-stage", "STAGE_SETTING": "kept"}),
+    });
+
+    let mut c = agent_cmd(&dir, &fake.url());
+    c.env("TELETRAAN_AGENT_TOKEN", "s3cr3t-token");
+    c.arg("run").stdout(Stdio::null()).stderr(Stdio::null());
+    let mut running = c.spawn().unwrap();
+    wait_until("RESTARTING to write its environment", Duration::from_secs(60), || seen.is_file());
+    running.start_kill().unwrap();
+    running.wait().await.unwrap();
+
+    let env = std::fs::read_to_string(&seen).unwrap();
+    assert!(env.lines().any(|l| l == "STAGE_SETTING=kept"), "the stage's variables reach the hook:\n{env}");
+    let leaked: Vec<&str> = env.lines().filter(|l| l.starts_with("TELETRAAN_AGENT_")).collect();
+    assert!(leaked.is_empty(), "the hook saw the agent's variables: {leaked:?}");
+    assert!(!env.contains("s3cr3t-token") && !env.contains("from-the-stage"), "{env}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_mid_hook_then_restart_reports_the_interrupted_step_as_unknown() {
     let t = TempDir::new("bin-crash");
