@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::*;
+use common::{NOW, build, deploy, deploy_command, id, serving, stage, update};
 use schema::bus::{AgentUpdate, Command, CommandEnvelope, CommandError, CommandOutcome, HostFacts, ReportBatch};
 use schema::model::{Agent, ConstraintInput, Deploy, Environ, PromoteInput, ScheduleInput};
 use schema::rules::goal::AgentRecord;

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::*;
+use common::{NOW, build, deploy, id, stage};
 use schema::bus::{Command, CommandEnvelope, CommandError, CommandOutcome};
 use schema::{DeployAction, DeployId, EnvironAction, EnvironState, TagValue};
 use store::testing::TestDatabase;

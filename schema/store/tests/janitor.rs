@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::*;
+use common::{NOW, build, changes, deploy, id, serving, stage, update};
 use schema::bus::{ChangeMessage, Command, CommandEnvelope, Heartbeat, HostFacts, ReportBatch};
 use schema::rules::goal::AgentRecord;
 use schema::{AgentState, AgentStatus, CapacityType, DeployStage, EnvId, HostId};

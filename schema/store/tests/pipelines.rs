@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::*;
+use common::{NOW, build, deploy, deploy_command, id, stage};
 use schema::bus::{Command, CommandEnvelope, CommandOutcome};
 use schema::model::{AUTO_PROMOTER, ArtifactPolicy, Build, BuildInput, Deploy, NewTag, PromoteInput};
 use schema::{

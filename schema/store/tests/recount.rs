@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::*;
+use common::{NOW, build, deploy, id, stage, update};
 use proptest::prelude::*;
 use schema::bus::ReportBatch;
 use schema::rules::goal::AgentRecord;

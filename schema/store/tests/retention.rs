@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::*;
+use common::{NOW, build, deploy, id, serving, stage, update};
 use schema::bus::{Command, CommandEnvelope};
 use schema::model::{ArtifactPolicy, Build, BuildInput, Deploy};
 use schema::{DeployAction, DeployId};

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::*;
+use common::{NOW, build, deploy, id, stage, update};
 use schema::bus::{AgentUpdate, Command, CommandEnvelope, CommandOutcome, ReportBatch};
 use schema::model::{AgentStep, DeploySteps};
 use schema::rules::goal::AgentRecord;

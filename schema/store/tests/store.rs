@@ -9,7 +9,7 @@ use store::testing::TestDatabase;
 
 mod common;
 
-use common::*;
+use common::{NOW, build, changes, deploy, deploy_command, id, serving, stage, update};
 
 #[tokio::test]
 async fn stages_are_created_read_updated_and_deleted() {
