@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use api::auth::{Cidr, From, Need, TrustedHeaders};
 use api::rest::route_specs;
-use common::*;
+use common::{App, Body, spawn_app, spawn_app_trusting, str_of};
 use reqwest::{Method, StatusCode};
 use schema::rules::access::{self, Grant, GrantScope, Target};
 use schema::{AccessRole, EnvName};

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::*;
+use common::{App, SOME_SHA256, spawn_app, str_of};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 

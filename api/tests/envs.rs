@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::*;
+use common::{Body, spawn_app, str_of};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::*;
+use common::{Body, Host, eventually, spawn_app, str_of};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::*;
+use common::{App, Body, Host, Reply, eventually, spawn_app};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 

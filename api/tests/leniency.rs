@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::*;
+use common::{Body, Host, spawn_app};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 

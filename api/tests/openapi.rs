@@ -7,7 +7,7 @@ mod common;
 use std::collections::BTreeSet;
 
 use api::rest::route_specs;
-use common::*;
+use common::{Body, spawn_app};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
