@@ -49,10 +49,23 @@ ensure_postgres() {
         as_postgres "psql -qc \"CREATE ROLE teletraan LOGIN CREATEDB PASSWORD 'teletraan'\""
 }
 
+# Each broker connection takes a file descriptor: at the usual soft limit of 1,024 a day of
+# parallel test runs exhausts them and new connections hang. The server is started through
+# `su`, which resets limits, so the limit is raised in the file its start script sources as
+# the rabbitmq user (up to the hard limit, which that user may do).
+raise_rabbitmq_open_files() {
+    local conf=/etc/rabbitmq/rabbitmq-env.conf
+    local line='ulimit -n "$(ulimit -Hn)" 2>/dev/null || true # teletraan tests: open files'
+    if ! grep -qF "teletraan tests: open files" "$conf" 2>/dev/null; then
+        printf '%s\n' "$line" | as_root tee -a "$conf" >/dev/null
+    fi
+}
+
 ensure_rabbitmq() {
     if ! command -v rabbitmq-server >/dev/null; then
         apt_install rabbitmq-server
     fi
+    raise_rabbitmq_open_files
     if ! as_root rabbitmqctl -q status >/dev/null 2>&1; then
         as_root rabbitmq-server -detached || true
         wait_for 120 "RabbitMQ" as_root rabbitmqctl -q await_startup
