@@ -272,29 +272,35 @@ const CONFIG_KEYS: [(&str, Kind); 25] = [
     ("metrics_listen", Kind::Text),
 ];
 
+/// Texts right for some key of the agent's configuration and wrong for others.
+const PLAUSIBLE_TEXTS: &[&str] = &[
+    "http://127.0.0.1:8081",
+    "https://gw.example.com/",
+    "ftp://x",
+    "http://",
+    "web",
+    "web,api",
+    "az=1a,team=x",
+    "novalue",
+    "127.0.0.1:9102",
+    "[::1]:0",
+    "root",
+    "no-such-user-x",
+    "a b",
+    "web-1",
+    "i-0abc",
+    "",
+    " ",
+    "file:///srv/a",
+    "https://a.example.com/web",
+    "/var/lib/teletraan-agent",
+    "relative/dir",
+    "/nonexistent/ca.pem",
+];
+
 /// Text values: some right for some key, some wrong for every key.
 fn text_value() -> impl Strategy<Value = String> {
-    let plausible = select(vec![
-        "http://127.0.0.1:8081",
-        "https://gw.example.com/",
-        "ftp://x",
-        "http://",
-        "web",
-        "web,api",
-        "az=1a,team=x",
-        "novalue",
-        "127.0.0.1:9102",
-        "[::1]:0",
-        "root",
-        "no-such-user-x",
-        "a b",
-        "web-1",
-        "i-0abc",
-        "",
-        " ",
-        "file:///srv/a",
-        "https://a.example.com/web",
-    ]);
+    let plausible = select(PLAUSIBLE_TEXTS);
     prop_oneof![
         6 => plausible.prop_map(String::from),
         3 => "\\PC{0,16}",
@@ -354,26 +360,7 @@ fn toml_string(s: &str) -> String {
 
 /// A TOML value of any type, sometimes of the right one for some key, sometimes hostile.
 fn toml_value() -> impl Strategy<Value = String> {
-    let plausible = select(vec![
-        "http://127.0.0.1:8081",
-        "https://gw.example.com/",
-        "ftp://x",
-        "web,api",
-        "az=1a,team=x",
-        "novalue",
-        "127.0.0.1:9102",
-        "[::1]:0",
-        "root",
-        "no-such-user-x",
-        "a b",
-        "/var/lib/teletraan-agent",
-        "relative/dir",
-        "",
-        " ",
-        "file:///srv/a",
-        "https://a.example.com/web",
-        "/nonexistent/ca.pem",
-    ]);
+    let plausible = select(PLAUSIBLE_TEXTS);
     let leaf = prop_oneof![
         4 => plausible.prop_map(toml_string),
         3 => "\\PC{0,16}".prop_map(|s| toml_string(&s)),
