@@ -25,7 +25,7 @@ use agent::extract::{Limits, extract_build};
 use agent::layout::Layout;
 use agent::template::{read_script_config, render, render_build};
 use agent::testutil::{TempDir, listing};
-use budget::{Bytes, ensure};
+use budget::{Bytes, ensure, toml_string};
 use proptest::collection::{btree_map, vec};
 use proptest::prelude::*;
 use proptest::sample::select;
@@ -341,21 +341,6 @@ fn typed_value(kind: Kind) -> BoxedStrategy<String> {
         Kind::Seconds | Kind::Count => seconds.boxed(),
         Kind::Bool => select(vec!["true", "false"]).prop_map(String::from).boxed(),
     }
-}
-
-/// A TOML basic string holding `s`, escaped by hand (control characters as `\u`).
-fn toml_string(s: &str) -> String {
-    let mut out = String::from("\"");
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if c.is_control() => out.push_str(&format!("\\u{:04X}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
 }
 
 /// A TOML value of any type, sometimes of the right one for some key, sometimes hostile.

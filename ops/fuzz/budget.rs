@@ -126,3 +126,19 @@ pub fn shown(value: &impl Debug) -> String {
 pub fn ensure(condition: bool, message: impl FnOnce() -> String) -> Result<(), TestCaseError> {
     if condition { Ok(()) } else { Err(TestCaseError::fail(message())) }
 }
+
+/// A TOML basic string holding `s`, escaped by hand (control characters as `\u`), so that a
+/// configuration target can write any text into a file it then parses.
+pub fn toml_string(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04X}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}

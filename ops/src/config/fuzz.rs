@@ -9,7 +9,7 @@ mod budget;
 
 use std::time::Duration;
 
-use budget::{Bytes, ensure};
+use budget::{Bytes, ensure, toml_string};
 use proptest::collection::{btree_map, vec};
 use proptest::prelude::*;
 use proptest::sample::{select, subsequence};
@@ -76,21 +76,6 @@ const KEYS: [(&str, Kind); 39] = [
     ("amqp_ca_file", Kind::Path),
 ];
 
-/// A TOML basic string holding `s` (control characters escaped).
-fn quoted(s: &str) -> String {
-    let mut out = String::from("\"");
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if c.is_control() => out.push_str(&format!("\\u{:04X}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
 /// Text: values right for some setting, wrong for others, and noise.
 fn text() -> impl Strategy<Value = String> {
     let plausible = select(vec![
@@ -129,7 +114,7 @@ fn text() -> impl Strategy<Value = String> {
 /// A TOML value of any type.
 fn any_value() -> impl Strategy<Value = String> {
     let leaf = prop_oneof![
-        text().prop_map(|t| quoted(&t)),
+        text().prop_map(|t| toml_string(&t)),
         any::<i64>().prop_map(|n| n.to_string()),
         select(vec!["1.5", "nan", "-inf", "true", "1979-05-27", "18446744073709551616", "0b101"])
             .prop_map(String::from),
@@ -158,13 +143,13 @@ fn number() -> impl Strategy<Value = u64> {
 fn typed(kind: Kind) -> BoxedStrategy<String> {
     match kind {
         Kind::Url | Kind::Name | Kind::Address | Kind::Token | Kind::Duration => {
-            text().prop_map(|t| quoted(&t)).boxed()
+            text().prop_map(|t| toml_string(&t)).boxed()
         }
         // TOML integers are signed: numbers past i64::MAX are refused by the parser.
         Kind::Seconds | Kind::Count => number().prop_map(|n| n.to_string()).boxed(),
         Kind::Signed => prop_oneof![any::<i64>(), -2i64..200].prop_map(|n| n.to_string()).boxed(),
         Kind::List => vec(text(), 0..3)
-            .prop_map(|l| format!("[{}]", l.iter().map(|t| quoted(t)).collect::<Vec<_>>().join(", ")))
+            .prop_map(|l| format!("[{}]", l.iter().map(|t| toml_string(t)).collect::<Vec<_>>().join(", ")))
             .boxed(),
         Kind::Bool => select(vec!["true", "false"]).prop_map(String::from).boxed(),
         Kind::Jobs => btree_map(
@@ -176,13 +161,13 @@ fn typed(kind: Kind) -> BoxedStrategy<String> {
             0..3,
         )
         .prop_map(|m| {
-            let pairs: Vec<String> = m.iter().map(|(k, v)| format!("{k} = {}", quoted(v))).collect();
+            let pairs: Vec<String> = m.iter().map(|(k, v)| format!("{k} = {}", toml_string(v))).collect();
             format!("{{{}}}", pairs.join(", "))
         })
         .boxed(),
         // Paths that exist or not, never a device or a fifo (the CA file is read).
         Kind::Path => {
-            select(vec!["/nonexistent/ca.pem", "", ".", "/etc/hostname", "relative.pem"]).prop_map(quoted).boxed()
+            select(vec!["/nonexistent/ca.pem", "", ".", "/etc/hostname", "relative.pem"]).prop_map(toml_string).boxed()
         }
     }
 }
