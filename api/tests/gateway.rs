@@ -544,8 +544,8 @@ async fn deaf_gateway(app: &mut App, check_every: Duration) -> (String, bus::Bus
 
 /// Pings `gateway` as a new host until it answers with a goal, which must be the first step
 /// of `setup`'s deploy.
-async fn wait_for_the_first_step(app: &App, gateway: &str, setup: &Setup, what: &str) {
-    let body = Agent::new("deaf-1").host.ping_body(&[]);
+async fn wait_for_the_first_step(app: &App, gateway: &str, setup: &Setup, agent: &Agent, what: &str) {
+    let body = agent.host.ping_body(&[]);
     let answer = eventually(what, || {
         let body = &body;
         async move {
@@ -566,7 +566,8 @@ async fn a_gateway_that_misses_every_change_converges_on_postgres() {
     let (lone, _) = deaf_gateway(&mut app, Duration::from_millis(500)).await;
     // Created after the lone gateway loaded: it can only learn of them by its check.
     let setup = stage_with_a_deploy(&app).await;
-    wait_for_the_first_step(&app, &lone, &setup, "the lone gateway to hand out the deploy").await;
+    wait_for_the_first_step(&app, &lone, &setup, &Agent::new("deaf-1"), "the lone gateway to hand out the deploy")
+        .await;
     app.stop().await;
 }
 
@@ -590,7 +591,14 @@ async fn a_gap_in_a_stages_change_versions_reloads_the_stage() {
         payload: serde_json::to_vec(&change).expect("a change message"),
     };
     bus::Publisher::new(deaf.clone()).publish(&[message]).await.expect("publish the change");
-    wait_for_the_first_step(&app, &lone, &setup, "the gateway to reload the stage and hand out the deploy").await;
+    wait_for_the_first_step(
+        &app,
+        &lone,
+        &setup,
+        &Agent::new("deaf-1"),
+        "the gateway to reload the stage and hand out the deploy",
+    )
+    .await;
     app.stop().await;
 }
 /// A gateway publishes an unchanged record again once `resend_unchanged_after` has passed
@@ -600,10 +608,11 @@ async fn a_gap_in_a_stages_change_versions_reloads_the_stage() {
 async fn an_unchanged_record_is_published_again_after_a_while() {
     let mut app = spawn_app().await;
     let resending = app.start_gateway_with(|c| c.resend_unchanged_after = Duration::from_secs(2)).await;
-    let _setup = stage_with_a_deploy(&app).await;
+    let setup = stage_with_a_deploy(&app).await;
     let agent = Agent::new("resend-1");
     let stored = |rows: &[Value]| rows.iter().any(|a| a["hostName"] == "resend-1");
-    app.ping_at(&resending, &agent.host.ping_body(&[])).await.expect(StatusCode::OK);
+    // The gateway hears of the new stage through a change event: ping until it has.
+    wait_for_the_first_step(&app, &resending, &setup, &agent, "the gateway to hand out the deploy").await;
     wait_for_agents(&app, "the host's record to be stored", stored).await;
 
     let deleted = app.sql(&format!("DELETE FROM agents WHERE host_id = '{}'", agent.host.id)).await;
