@@ -3,7 +3,7 @@
 use proptest::prelude::*;
 use schema::ping::ReportIn;
 use schema::rules::admission::{self, StageAdmission, parallel_cap};
-use schema::rules::constraint::{Constraint, TaggedHost};
+use schema::rules::constraint::{Constraint, TagOf, TaggedHost};
 use schema::rules::deploy_state::{self, DeployFacts, Progress};
 use schema::rules::goal::{AgentRecord, CurrentDeploy, EnvInput, RecordChange, StageGoal, plan};
 use schema::rules::schedule::{self, HostNumber, ScheduleConfig, ScheduleProgress, Session};
@@ -265,6 +265,8 @@ proptest! {
 struct Rolling {
     id: HostId,
     zone: Option<u8>,
+    /// Its tags (its zone among them) have reached the store.
+    tags_stored: bool,
     record: AgentRecord,
     /// Chosen by admission for the deploy.
     admitted: bool,
@@ -289,6 +291,8 @@ enum Event {
     Hold(prop::sample::Index),
     /// An operator ends the schedule's current session early.
     Override,
+    /// Host `i`'s tags reach the store (they come up to a heartbeat round after its record).
+    TagsStored(prop::sample::Index),
 }
 
 fn event() -> impl Strategy<Value = Event> {
@@ -298,6 +302,7 @@ fn event() -> impl Strategy<Value = Event> {
         1 => any::<prop::sample::Index>().prop_map(Event::Lost),
         1 => any::<prop::sample::Index>().prop_map(Event::Hold),
         1 => Just(Event::Override),
+        2 => any::<prop::sample::Index>().prop_map(Event::TagsStored),
     ]
 }
 
@@ -369,7 +374,11 @@ fn evaluate(
         .iter()
         .map(|h| TaggedHost {
             host_id: h.id.clone(),
-            value: h.zone.map(|z| format!("zone-{z}")),
+            tag: match (h.tags_stored, h.zone) {
+                (false, _) => TagOf::Unknown,
+                (true, None) => TagOf::Untagged,
+                (true, Some(z)) => TagOf::Value(format!("zone-{z}")),
+            },
             active: h.record.is_active(),
             done: done(&h.record),
         })
@@ -400,20 +409,23 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
 
     /// A stage of serving hosts takes a new deploy while hosts report steps, go silent, are
-    /// held, minutes pass and operators end sessions early, in any order; admission runs
+    /// held, minutes pass, operators end sessions early and hosts' tags reach the store late,
+    /// in any order; admission runs
     /// through the real rules (cap, lost hosts, schedule, constraint). Checked from the hosts'
     /// own tracking after every evaluation: hosts out of service never exceed the cap (hosts
     /// lost mid-deploy free their slots, but only a cap of them), a schedule's session never
     /// lets in more hosts than it allows and none while cooling down, a constraint's value
     /// never has more hosts out than its limit, a value starts only after every lower one
-    /// finished (GROUP_BY_GROUP), untagged hosts never start under a constraint, held and lost
-    /// hosts are never chosen. And once the events stop, the rollout reaches every host it can.
+    /// finished (GROUP_BY_GROUP; by the hosts' real zones, known to the store or not),
+    /// untagged hosts and hosts whose tags the store lacks never start under a constraint,
+    /// held and lost hosts are never chosen. And once the events stop, the rollout reaches every host it can.
     #[test]
     fn admission_holds_the_cap_the_schedule_and_the_constraint_through_random_events(
         n in 1usize..30,
         max_parallel in 0i32..6,
         pct in 0i32..101,
         zones in prop::collection::vec(prop::option::weighted(0.9, 0u8..4), 30),
+        tags_stored in prop::collection::vec(prop::bool::weighted(0.8), 30),
         schedule in any_schedule(),
         constraint in any_constraint(),
         events in prop::collection::vec(event(), 0..300),
@@ -426,6 +438,7 @@ proptest! {
             .map(|i| Rolling {
                 id: id(&format!("h{i:02}")),
                 zone: zones[i],
+                tags_stored: tags_stored[i],
                 record: serving_old.clone(),
                 admitted: false,
                 finished: false,
@@ -457,6 +470,7 @@ proptest! {
             }
             if let Some(c) = &constraint {
                 for &i in chosen {
+                    prop_assert!(hosts[i].tags_stored, "a host started before its tags reached the store");
                     let Some(z) = hosts[i].zone else {
                         return Err(TestCaseError::fail("an untagged host started under a constraint"));
                     };
@@ -508,7 +522,11 @@ proptest! {
                         progress = p;
                     }
                 }
+                Event::TagsStored(i) => hosts[i.index(n)].tags_stored = true,
             }
+        }
+        for h in &mut hosts {
+            h.tags_stored = true;
         }
         // The events stop: hours pass, every host that started finishes its steps.
         for _ in 0..(n * 10 + 20) {

@@ -48,7 +48,9 @@ pub struct ConstraintBean {
     pub max_parallel: i64,
     /// Values in parallel, or one after the other.
     pub constraint_type: DeployConstraintType,
-    /// Always FINISHED: tags are read live from the pings, there is nothing to sync.
+    /// PROCESSING while a host of the stage has a record but its tags have not been stored
+    /// yet (they come with its facts, a heartbeat round at most after its first ping; with
+    /// GROUP_BY_GROUP no host starts meanwhile), FINISHED once every host's tags are known.
     pub state: String,
     /// Created.
     pub start_date: EpochMs,

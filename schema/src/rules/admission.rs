@@ -91,6 +91,7 @@ pub fn waits_for_admission(record: &AgentRecord, current: &DeployId, alias: Opti
 mod tests {
     use super::*;
     use crate::DeployConstraintType;
+    use crate::rules::constraint::TagOf;
 
     #[test]
     fn count_cap_alone() {
@@ -182,7 +183,7 @@ mod tests {
             .enumerate()
             .map(|(i, h)| TaggedHost {
                 host_id: h.clone(),
-                value: Some(["a", "b"][i % 2].into()),
+                tag: TagOf::Value(["a", "b"][i % 2].into()),
                 active: false,
                 done: false,
             })

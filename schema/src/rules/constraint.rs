@@ -1,7 +1,9 @@
 //! Deploy constraints: a rollout shaped by a host tag (a zone, a shard…) read from the
 //! pings' `ec2Tags`. At most `max_parallel` hosts per tag value are out of service at once,
 //! on top of the stage's cap; with GROUP_BY_GROUP the values go one at a time, in their
-//! order: a host starts only when every host of a lower value has finished the deploy.
+//! order: a host starts only when every host of a lower value has finished the deploy, and
+//! no host starts while a host's tags have not reached the store yet (its value may be the
+//! lowest).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -39,13 +41,35 @@ impl Constraint {
     }
 }
 
+/// What the store knows of a host's value for the constraint's tag.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TagOf {
+    /// The host's facts (its tags among them) have not been stored yet: a gateway sends a
+    /// new host's record at once and its facts up to a heartbeat round later.
+    Unknown,
+    /// The host reported its tags, and not this one.
+    Untagged,
+    /// The host's value.
+    Value(String),
+}
+
+impl TagOf {
+    /// The value, when the host has one.
+    pub fn value(&self) -> Option<&str> {
+        match self {
+            TagOf::Value(v) => Some(v),
+            TagOf::Unknown | TagOf::Untagged => None,
+        }
+    }
+}
+
 /// One host of the stage as the constraint sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TaggedHost {
     /// The host.
     pub host_id: HostId,
-    /// Its value of the constraint's tag, if it reports one.
-    pub value: Option<String>,
+    /// Its value of the constraint's tag, as far as it is known.
+    pub tag: TagOf,
     /// Out of service on some deploy (it counts against its value's limit).
     pub active: bool,
     /// Finished the current deploy (serves it, or is held, failed or lost on it).
@@ -54,13 +78,17 @@ pub struct TaggedHost {
 
 /// Chooses up to `slots` hosts among `waiting` (in preference order) that the constraint lets
 /// start now. Hosts without a value for the tag never start: their place in the rollout is
-/// unknown.
+/// unknown. With GROUP_BY_GROUP nothing starts while a host's tags are unknown and it has
+/// not finished: once they arrive its value may turn out lower than the one under way.
 pub fn admit(c: &Constraint, hosts: &[TaggedHost], waiting: &[HostId], slots: u32) -> Vec<HostId> {
+    if c.kind == DeployConstraintType::GroupByGroup && hosts.iter().any(|h| h.tag == TagOf::Unknown && !h.done) {
+        return Vec::new();
+    }
     let mut active: BTreeMap<&str, u32> = BTreeMap::new();
     let mut unfinished: BTreeSet<&str> = BTreeSet::new();
     let mut value_of: BTreeMap<&HostId, &str> = BTreeMap::new();
     for h in hosts {
-        let Some(v) = h.value.as_deref() else { continue };
+        let Some(v) = h.tag.value() else { continue };
         value_of.insert(&h.host_id, v);
         if h.active {
             *active.entry(v).or_default() += 1;
@@ -93,7 +121,8 @@ mod tests {
     use super::*;
 
     fn host(id: &str, value: Option<&str>, active: bool, done: bool) -> TaggedHost {
-        TaggedHost { host_id: HostId::parse(id).unwrap(), value: value.map(str::to_string), active, done }
+        let tag = value.map_or(TagOf::Untagged, |v| TagOf::Value(v.to_string()));
+        TaggedHost { host_id: HostId::parse(id).unwrap(), tag, active, done }
     }
 
     fn ids(v: &[&str]) -> Vec<HostId> {
@@ -133,10 +162,27 @@ mod tests {
         let hosts = zones();
         assert_eq!(admit(&c, &hosts, &ids(&["b1", "a1", "a2", "c1"]), 10), ids(&["a1", "a2"]), "zone a first");
         let mut hosts = zones();
-        for h in hosts.iter_mut().filter(|h| h.value.as_deref() == Some("a")) {
+        for h in hosts.iter_mut().filter(|h| h.tag.value() == Some("a")) {
             h.done = true;
         }
         assert_eq!(admit(&c, &hosts, &ids(&["c1", "b1", "b2"]), 10), ids(&["b1", "b2"]), "then zone b, not c");
+    }
+
+    #[test]
+    fn group_by_group_waits_for_every_hosts_tags_and_in_parallel_does_not() {
+        let mut hosts = zones();
+        hosts.push(TaggedHost { tag: TagOf::Unknown, ..host("new", None, false, false) });
+        let waiting = ids(&["a1", "b1", "new"]);
+        let by_group = Constraint::new("az", 2, DeployConstraintType::GroupByGroup).unwrap();
+        assert!(admit(&by_group, &hosts, &waiting, 10).is_empty(), "the new host may be of a value below a");
+        let in_parallel = Constraint { kind: DeployConstraintType::AllGroupsInParallel, ..by_group.clone() };
+        assert_eq!(admit(&in_parallel, &hosts, &waiting, 10), ids(&["a1", "b1"]), "the unknown host waits alone");
+        // A host that finished the deploy is past mattering, whatever its tags.
+        hosts.last_mut().unwrap().done = true;
+        assert_eq!(admit(&by_group, &hosts, &waiting, 10), ids(&["a1"]));
+        // Its tags arrive: it takes its place in the order.
+        *hosts.last_mut().unwrap() = host("new", Some("0"), false, false);
+        assert_eq!(admit(&by_group, &hosts, &waiting, 10), ids(&["new"]), "zone 0 sorts before a");
     }
 
     #[test]

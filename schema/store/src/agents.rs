@@ -6,7 +6,7 @@ use std::time::SystemTime;
 use schema::bus::{AgentControl, AgentUpdate, AgentView, ChangeMessage, Heartbeat, ReportBatch, StageAgents};
 use schema::model::{Agent, Environ};
 use schema::rules::admission::{self, StageAdmission};
-use schema::rules::constraint::TaggedHost;
+use schema::rules::constraint::{TagOf, TaggedHost};
 use schema::rules::goal::AgentRecord;
 use schema::rules::schedule;
 use schema::time::EpochMs;
@@ -262,9 +262,10 @@ pub(crate) async fn admit(c: &impl GenericClient, e: &Environ, now: EpochMs) -> 
             let rows = c
                 .query(
                     &format!(
-                        "SELECT {AGENT_COLUMNS}, t.tag_value,
+                        "SELECT {AGENT_COLUMNS}, t.tag_value, ho.facts_at IS NOT NULL AS tags_stored,
                              (h.last_seen IS NULL OR h.last_seen > now() - make_interval(secs => {HOST_SILENCE_SECS})) AS alive
                          FROM agents a LEFT JOIN host_tags t ON t.host_id = a.host_id AND t.tag_name = $2
+                             LEFT JOIN hosts ho ON ho.host_id = a.host_id
                              LEFT JOIN host_heartbeats h ON h.host_id = a.host_id
                          WHERE a.env_id = $1
                          ORDER BY h.last_seen DESC NULLS LAST, a.host_name",
@@ -288,12 +289,12 @@ pub(crate) async fn admit(c: &impl GenericClient, e: &Environ, now: EpochMs) -> 
                 if get::<bool>(r, "alive")? && admission::waits_for_admission(rec, deploy_id, alias.as_ref()) {
                     waiting.push(row.host_id.clone());
                 }
-                tagged.push(TaggedHost {
-                    host_id: row.host_id,
-                    value: get(r, "tag_value")?,
-                    active: rec.is_active(),
-                    done,
-                });
+                let tag = match (get::<bool>(r, "tags_stored")?, get::<Option<String>>(r, "tag_value")?) {
+                    (_, Some(v)) => TagOf::Value(v),
+                    (true, None) => TagOf::Untagged,
+                    (false, None) => TagOf::Unknown,
+                };
+                tagged.push(TaggedHost { host_id: row.host_id, tag, active: rec.is_active(), done });
             }
             let a = StageAdmission { cap, active, schedule_allowance, constraint: Some((&constraint, &tagged)) };
             admission::select(&a, &waiting).into_iter().map(HostId::into_string).collect()
@@ -343,7 +344,7 @@ impl Store {
     /// whenever they decide for it (an admission, a user action), and a gateway sends the
     /// sequence it knew; a later report (`report_at`) wins over an earlier one.
     pub async fn apply_report_batch(&self, batch: &ReportBatch) -> Result<AppliedBatch> {
-        self.upsert_hosts(&batch.hosts).await?;
+        let tagged = self.upsert_hosts(&batch.hosts).await?;
         // A host a report mentions was seen then: every host with a record or an identity has a
         // heartbeat row, which is what the janitor scans for silent hosts.
         let mut beats = batch.heartbeats.clone();
@@ -365,6 +366,20 @@ impl Store {
             updates.into_iter().partition(|u| u.record.is_some());
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
+        if !tagged.is_empty() {
+            // Admission under a constraint reads the hosts' tags: it may now start them, or
+            // (GROUP_BY_GROUP) others that waited for their tags.
+            let rows = tx
+                .query(
+                    "SELECT DISTINCT a.env_id FROM agents a JOIN deploy_constraints c ON c.env_id = a.env_id
+                     WHERE a.host_id = ANY($1)",
+                    &[&tagged],
+                )
+                .await?;
+            for r in &rows {
+                applied.stages.insert(get_id(r, "env_id")?);
+            }
+        }
         if !upserts.is_empty() {
             let mut host_id = Vec::new();
             let mut host_name = Vec::new();

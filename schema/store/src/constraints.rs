@@ -11,7 +11,15 @@ use crate::rows::{get, get_ms, get_parsed, ts};
 use crate::stages::lock_stage;
 use crate::{Error, Result, Store};
 
-const BEAN_COLUMNS: &str = "constraint_id, constraint_key, max_parallel, constraint_type, start_date, last_update";
+/// The bean's columns, with its tag sync state: PROCESSING while a host of the stage has a
+/// record and neither stored facts nor a value for the tag (admission's `TagOf::Unknown`).
+const BEAN_COLUMNS: &str = "constraint_id, constraint_key, max_parallel, constraint_type, start_date, last_update,
+    CASE WHEN EXISTS (
+        SELECT 1 FROM agents a LEFT JOIN hosts ho ON ho.host_id = a.host_id
+        WHERE a.env_id = deploy_constraints.env_id AND ho.facts_at IS NULL
+          AND NOT EXISTS (SELECT 1 FROM host_tags t
+                          WHERE t.host_id = a.host_id AND t.tag_name = deploy_constraints.constraint_key)
+    ) THEN 'PROCESSING' ELSE 'FINISHED' END AS tag_sync";
 
 fn bean_of(r: &tokio_postgres::Row) -> Result<ConstraintBean> {
     Ok(ConstraintBean {
@@ -19,7 +27,7 @@ fn bean_of(r: &tokio_postgres::Row) -> Result<ConstraintBean> {
         constraint_key: get(r, "constraint_key")?,
         max_parallel: i64::from(get::<i32>(r, "max_parallel")?),
         constraint_type: get_parsed(r, "constraint_type")?,
-        state: "FINISHED".into(),
+        state: get(r, "tag_sync")?,
         start_date: get_ms(r, "start_date")?,
         last_update: get_ms(r, "last_update")?,
     })

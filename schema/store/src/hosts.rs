@@ -167,10 +167,11 @@ impl Store {
 
 impl Store {
     /// Stores host identities and replaces their group memberships and tags. Facts older than
-    /// those stored (`seen_at`: a redelivered or late batch) change nothing.
-    pub async fn upsert_hosts(&self, hosts: &[HostFacts]) -> Result<()> {
+    /// those stored (`seen_at`: a redelivered or late batch) change nothing. Returns the hosts
+    /// whose facts were written.
+    pub async fn upsert_hosts(&self, hosts: &[HostFacts]) -> Result<Vec<String>> {
         if hosts.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let mut hosts: Vec<&HostFacts> = hosts.iter().collect();
         hosts.sort_by(|a, b| (&a.host_id, a.seen_at).cmp(&(&b.host_id, b.seen_at)));
@@ -237,7 +238,7 @@ impl Store {
         )
         .await?;
         tx.commit().await?;
-        Ok(())
+        Ok(written)
     }
 
     /// Records when hosts were last seen: one statement per batch.

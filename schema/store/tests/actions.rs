@@ -447,6 +447,47 @@ async fn a_group_by_group_constraint_rolls_one_zone_at_a_time() {
     assert_eq!(on(&agents(s, &e).await, &d2.id), 5);
 }
 
+/// A host's record reaches the store at once and its tags (with its facts) up to a heartbeat
+/// round later. Until they do, its zone may be the first: GROUP_BY_GROUP starts nobody, the
+/// constraint says PROCESSING, and the batch that brings the tags marks the stage for the
+/// re-evaluation that starts the rollout, with that host's zone first.
+#[tokio::test]
+async fn a_group_by_group_constraint_waits_for_every_hosts_tags() {
+    let db = TestDatabase::new().await;
+    let s = &db.store;
+    let e = stage(s, "web", "prod", r#"{"maxParallelPct":100}"#).await;
+    let (b1, b2) = (build(s, "web").await, build(s, "web").await);
+    let d1 = deploy(s, "c1", "web", "prod", &b1.id, NOW).await;
+    s.upsert_hosts(&[in_zone("a1", "a"), in_zone("b1", "b")]).await.unwrap();
+    serve(s, &e, &d1.id, &["a1", "b1", "late"], NOW + 1).await;
+    let c = ConstraintInput {
+        constraint_key: Some("zone".into()),
+        max_parallel: Some(1),
+        constraint_type: Some(DeployConstraintType::GroupByGroup),
+    };
+    let bean = s.set_constraint(&e.env_name, &e.stage_name, c, "alice", NOW).await.unwrap();
+    assert_eq!(bean.state, "PROCESSING", "late's tags are not stored yet");
+
+    let d2 = deploy(s, "c2", "web", "prod", &b2.id, NOW + 10).await;
+    assert_eq!(on(&agents(s, &e).await, &d2.id), 0, "late may be of a zone before a");
+
+    let tags = ReportBatch { hosts: vec![in_zone("late", "0")], ..Default::default() };
+    let applied = s.apply_report_batch(&tags).await.unwrap();
+    assert!(applied.stages.contains(&e.id), "the stage is marked for re-evaluation: {:?}", applied.stages);
+    assert_eq!(s.constraint(&e.env_name, &e.stage_name).await.unwrap().unwrap().state, "FINISHED");
+    s.refresh_stage(&e.id, NOW + 20).await.unwrap();
+    assert_eq!(agent(s, &e, "late").await.deploy_id, d2.id, "zone 0 first");
+    assert_eq!(on(&agents(s, &e).await, &d2.id), 1);
+
+    // A host reporting its facts without the tag is known to have none: it holds nobody up.
+    let untagged = HostFacts { tags: Default::default(), ..in_zone("bare", "-") };
+    serve(s, &e, &d1.id, &["bare"], NOW + 30).await;
+    s.apply_report_batch(&ReportBatch { hosts: vec![untagged], ..Default::default() }).await.unwrap();
+    finish(s, &e, "late", NOW + 40).await;
+    assert_eq!(agent(s, &e, "a1").await.deploy_id, d2.id, "then zone a");
+    assert_eq!(agent(s, &e, "bare").await.deploy_id, d1.id, "a host without the tag never starts");
+}
+
 #[tokio::test]
 async fn a_dead_lettered_command_fails_only_while_pending() {
     let db = TestDatabase::new().await;
