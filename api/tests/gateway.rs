@@ -602,8 +602,9 @@ async fn a_gap_in_a_stages_change_versions_reloads_the_stage() {
     app.stop().await;
 }
 /// A gateway publishes an unchanged record again once `resend_unchanged_after` has passed
-/// since it last sent it, so a record whose batch the workers lost for good (here: its row
-/// deleted behind every role's back) is repaired by the host's next pings.
+/// since it last sent it, with the host's facts, so a record or facts whose batch the workers
+/// lost for good (here: their rows deleted behind every role's back) are repaired by the
+/// host's next pings.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unchanged_record_is_published_again_after_a_while() {
     let mut app = spawn_app().await;
@@ -615,15 +616,26 @@ async fn an_unchanged_record_is_published_again_after_a_while() {
     wait_for_the_first_step(&app, &resending, &setup, &agent, "the gateway to hand out the deploy").await;
     wait_for_agents(&app, "the host's record to be stored", stored).await;
 
+    let facts = format!("SELECT 1 FROM hosts WHERE host_id = '{}' AND facts_at IS NOT NULL", agent.host.id);
+    eventually("the host's facts to be stored", || async {
+        if app.sql(&facts).await == 1 { Ok(()) } else { Err("no facts row".to_string()) }
+    })
+    .await;
     let deleted = app.sql(&format!("DELETE FROM agents WHERE host_id = '{}'", agent.host.id)).await;
     assert_eq!(deleted, 1, "the host's one record");
-    eventually("the unchanged record to be published again", || {
-        let (app, agent, resending) = (&app, &agent, &resending);
+    assert_eq!(app.sql(&format!("DELETE FROM hosts WHERE host_id = '{}'", agent.host.id)).await, 1, "its facts");
+    eventually("the unchanged record and the facts to be published again", || {
+        let (app, agent, resending, facts) = (&app, &agent, &resending, &facts);
         async move {
             app.ping_at(resending, &agent.host.ping_body(&[])).await.expect(StatusCode::OK);
             let rows = app.get("/v1/envs/web/prod/agents").await.expect(StatusCode::OK);
             let rows = rows.as_array().cloned().unwrap_or_default();
-            if stored(&rows) { Ok(()) } else { Err(json!(rows).to_string()) }
+            let facts = app.sql(facts).await;
+            if stored(&rows) && facts == 1 {
+                Ok(())
+            } else {
+                Err(format!("facts rows {facts}, records {}", json!(rows)))
+            }
         }
     })
     .await;

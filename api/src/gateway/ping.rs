@@ -237,13 +237,12 @@ impl Gateway {
                 let error = report.filter(|r| r.err_no != 0).and_then(|r| r.err_msg.clone());
                 let error_hash = error.as_ref().map(hash_of).unwrap_or(0);
                 // Unchanged records are not sent again, except once in a while: a batch the workers
-                // lost for good is then repaired.
-                let same = held.is_some_and(|h| {
-                    h.record == record
-                        && (error_hash == 0 || h.error_hash == error_hash)
-                        && (h.sent_at == 0 || now - h.sent_at < self.resend_after_ms)
-                });
-                if same {
+                // lost for good is then repaired, and the host's facts go along (a constraint's
+                // admission waits for a host's tags).
+                let unchanged =
+                    held.is_some_and(|h| h.record == record && (error_hash == 0 || h.error_hash == error_hash));
+                let resend_due = held.is_some_and(|h| h.sent_at != 0 && now - h.sent_at >= self.resend_after_ms);
+                if unchanged && !resend_due {
                     return;
                 }
                 let control_seq = held.map(|h| h.control_seq).unwrap_or(0);
@@ -262,6 +261,9 @@ impl Gateway {
                         env_id,
                         Some(AgentEntry { env_id: env_id.clone(), record, control_seq, error_hash, sent_at: now }),
                     );
+                    if unchanged {
+                        entry.facts_hash = 0;
+                    }
                 }
             }
             RecordChange::Delete => {
