@@ -268,3 +268,16 @@ fn fuzz_server_config() {
     });
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `KEYS` holds every key the file takes, so a key added to the file is fuzzed too: serde
+/// refuses an unknown key naming all the keys it expects.
+#[test]
+fn the_fuzzed_keys_are_every_key_of_the_file() {
+    let refusal = toml::from_str::<super::FileConfig>("no_such_key = 1").expect_err("an unknown key").to_string();
+    let (_, expected) = refusal.split_once("expected one of").unwrap_or_else(|| panic!("no key list in: {refusal}"));
+    let mut file_keys: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
+    let mut fuzzed: Vec<&str> = KEYS.iter().map(|(k, _)| *k).collect();
+    file_keys.sort_unstable();
+    fuzzed.sort_unstable();
+    assert_eq!(fuzzed, file_keys, "KEYS must list every key of the configuration file");
+}
