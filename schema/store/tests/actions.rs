@@ -4,7 +4,7 @@ mod common;
 
 use common::{NOW, build, deploy, deploy_command, id, serving, stage, update};
 use schema::bus::{AgentUpdate, Command, CommandEnvelope, CommandError, CommandOutcome, HostFacts, ReportBatch};
-use schema::model::{Agent, ConstraintInput, Deploy, Environ, PromoteInput, ScheduleInput};
+use schema::model::{Agent, ConstraintBean, ConstraintInput, Deploy, Environ, PromoteInput, ScheduleInput};
 use schema::rules::goal::AgentRecord;
 use schema::{
     AcceptanceStatus, AgentState, AgentStatus, DeployAction, DeployConstraintType, DeployId, DeployStage, DeployState,
@@ -96,6 +96,24 @@ fn in_zone(h: &str, zone: &str) -> HostFacts {
         tags: [("zone".to_string(), zone.to_string())].into_iter().collect(),
         seen_at: NOW,
     }
+}
+
+/// `web/prod` at 100 % with `hosts` serving a first deploy, the facts of `zones` (host, zone)
+/// stored, and a GROUP_BY_GROUP constraint on `zone`, one host per zone. Returns the stage,
+/// the first deploy and the constraint as set.
+async fn zoned_stage(s: &Store, zones: &[(&str, &str)], hosts: &[&str]) -> (Environ, Deploy, ConstraintBean) {
+    let e = stage(s, "web", "prod", r#"{"maxParallelPct":100}"#).await;
+    let d1 = deploy(s, "c1", "web", "prod", &build(s, "web").await.id, NOW).await;
+    let facts: Vec<HostFacts> = zones.iter().map(|(h, z)| in_zone(h, z)).collect();
+    s.upsert_hosts(&facts).await.unwrap();
+    serve(s, &e, &d1.id, hosts, NOW + 1).await;
+    let c = ConstraintInput {
+        constraint_key: Some("zone".into()),
+        max_parallel: Some(1),
+        constraint_type: Some(DeployConstraintType::GroupByGroup),
+    };
+    let bean = s.set_constraint(&e.env_name, &e.stage_name, c, "alice", NOW).await.unwrap();
+    (e, d1, bean)
 }
 
 #[tokio::test]
@@ -410,22 +428,9 @@ async fn a_schedule_admits_session_by_session() {
 async fn a_group_by_group_constraint_rolls_one_zone_at_a_time() {
     let db = TestDatabase::new().await;
     let s = &db.store;
-    let e = stage(s, "web", "prod", r#"{"maxParallelPct":100}"#).await;
-    let b1 = build(s, "web").await;
-    let b2 = build(s, "web").await;
-    let d1 = deploy(s, "c1", "web", "prod", &b1.id, NOW).await;
     let zones = [("a1", "a"), ("a2", "a"), ("b1", "b"), ("b2", "b"), ("c1", "c")];
-    let facts: Vec<HostFacts> = zones.iter().map(|(h, z)| in_zone(h, z)).collect();
-    s.upsert_hosts(&facts).await.unwrap();
-    serve(s, &e, &d1.id, &zones.map(|(h, _)| h), NOW + 1).await;
-    let c = ConstraintInput {
-        constraint_key: Some("zone".into()),
-        max_parallel: Some(1),
-        constraint_type: Some(DeployConstraintType::GroupByGroup),
-    };
-    s.set_constraint(&e.env_name, &e.stage_name, c, "alice", NOW).await.unwrap();
-
-    let d2 = deploy(s, "c2", "web", "prod", &b2.id, NOW + 10).await;
+    let (e, _, _) = zoned_stage(s, &zones, &zones.map(|(h, _)| h)).await;
+    let d2 = deploy(s, "c2", "web", "prod", &build(s, "web").await.id, NOW + 10).await;
     let mut order = Vec::new();
     let mut now = NOW + 20;
     loop {
@@ -455,20 +460,10 @@ async fn a_group_by_group_constraint_rolls_one_zone_at_a_time() {
 async fn a_group_by_group_constraint_waits_for_every_hosts_tags() {
     let db = TestDatabase::new().await;
     let s = &db.store;
-    let e = stage(s, "web", "prod", r#"{"maxParallelPct":100}"#).await;
-    let (b1, b2) = (build(s, "web").await, build(s, "web").await);
-    let d1 = deploy(s, "c1", "web", "prod", &b1.id, NOW).await;
-    s.upsert_hosts(&[in_zone("a1", "a"), in_zone("b1", "b")]).await.unwrap();
-    serve(s, &e, &d1.id, &["a1", "b1", "late"], NOW + 1).await;
-    let c = ConstraintInput {
-        constraint_key: Some("zone".into()),
-        max_parallel: Some(1),
-        constraint_type: Some(DeployConstraintType::GroupByGroup),
-    };
-    let bean = s.set_constraint(&e.env_name, &e.stage_name, c, "alice", NOW).await.unwrap();
+    let (e, d1, bean) = zoned_stage(s, &[("a1", "a"), ("b1", "b")], &["a1", "b1", "late"]).await;
     assert_eq!(bean.state, "PROCESSING", "late's tags are not stored yet");
 
-    let d2 = deploy(s, "c2", "web", "prod", &b2.id, NOW + 10).await;
+    let d2 = deploy(s, "c2", "web", "prod", &build(s, "web").await.id, NOW + 10).await;
     assert_eq!(on(&agents(s, &e).await, &d2.id), 0, "late may be of a zone before a");
 
     let tags = ReportBatch { hosts: vec![in_zone("late", "0")], ..Default::default() };
@@ -523,18 +518,9 @@ async fn a_dead_lettered_command_fails_only_while_pending() {
 async fn a_host_lost_mid_deploy_does_not_hold_up_the_next_zone() {
     let db = TestDatabase::new().await;
     let s = &db.store;
-    let e = stage(s, "web", "prod", r#"{"maxParallelPct":100}"#).await;
-    let (b1, b2) = (build(s, "web").await, build(s, "web").await);
-    let d1 = deploy(s, "c1", "web", "prod", &b1.id, NOW).await;
-    s.upsert_hosts(&[in_zone("a1", "a"), in_zone("b1", "b")]).await.unwrap();
-    serve(s, &e, &d1.id, &["a1", "b1"], NOW + 1).await;
-    let c = ConstraintInput {
-        constraint_key: Some("zone".into()),
-        max_parallel: Some(1),
-        constraint_type: Some(DeployConstraintType::GroupByGroup),
-    };
-    s.set_constraint(&e.env_name, &e.stage_name, c, "alice", NOW).await.unwrap();
-    let d2 = deploy(s, "c2", "web", "prod", &b2.id, NOW + 10).await;
+    let (e, d1, bean) = zoned_stage(s, &[("a1", "a"), ("b1", "b")], &["a1", "b1"]).await;
+    assert_eq!(bean.state, "FINISHED", "every host's tags are stored");
+    let d2 = deploy(s, "c2", "web", "prod", &build(s, "web").await.id, NOW + 10).await;
     assert_eq!(agent(s, &e, "a1").await.deploy_id, d2.id, "zone a first");
     assert_eq!(agent(s, &e, "b1").await.deploy_id, d1.id);
 
