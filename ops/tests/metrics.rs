@@ -197,6 +197,7 @@ async fn json_logs_carry_the_request_id_from_the_api_to_the_worker_that_applied_
     let resp = api.http.post(url).bearer_auth(ADMIN).header("X-Request-Id", "ci-run-42.deploy").send().await.unwrap();
     assert_eq!(resp.status(), 201);
     assert_eq!(resp.headers()["x-request-id"], "ci-run-42.deploy", "the id comes back");
+    let deploy: serde_json::Value = resp.json().await.unwrap();
     let other = api.http.get(format!("{}/v1/envs", api.base)).bearer_auth(ADMIN).send().await.unwrap();
     let generated = other.headers()["x-request-id"].to_str().unwrap().to_string();
     assert_eq!(generated.len(), 36, "one is made when the caller sends none: {generated}");
@@ -216,5 +217,10 @@ async fn json_logs_carry_the_request_id_from_the_api_to_the_worker_that_applied_
         "the worker's line names the request: {applied}"
     );
     assert!(applied["fields"]["command.id"].is_string() && applied["level"] == "INFO", "{applied}");
+    assert_eq!(applied["fields"]["deploy.id"], deploy["id"], "the line names the deploy: {applied}");
+    assert!(
+        spans.iter().any(|s| s["name"] == "command" && s["env"] == "web" && s["stage"] == "prod"),
+        "and the stage: {applied}"
+    );
     let _ = std::fs::remove_file(&log);
 }

@@ -137,6 +137,20 @@ impl Command {
             Command::OverrideScheduleV1 { .. } => "override_schedule",
         }
     }
+
+    /// The stage the command acts on, when it names one (every command but a deploy's update,
+    /// which names the deploy).
+    pub fn stage_names(&self) -> Option<(&EnvName, &StageName)> {
+        match self {
+            Command::CreateDeployV1 { env_name, stage_name, .. }
+            | Command::DeployActionV1 { env_name, stage_name, .. }
+            | Command::HostActionV1 { env_name, stage_name, .. }
+            | Command::ResetFailedV1 { env_name, stage_name, .. }
+            | Command::StopHostsV1 { env_name, stage_name, .. }
+            | Command::OverrideScheduleV1 { env_name, stage_name, .. } => Some((env_name, stage_name)),
+            Command::UpdateDeployV1 { .. } => None,
+        }
+    }
 }
 
 /// Why a command failed, with the HTTP status the API answers.

@@ -31,14 +31,10 @@ impl CommandHandler {
     /// Reads what an applied command changed and queues it for the board; a failure costs the
     /// board an update, never the command.
     async fn tell_the_board(&self, command: &Command, at: EpochMs) {
-        let stage = match command {
-            Command::CreateDeployV1 { env_name, stage_name, .. }
-            | Command::DeployActionV1 { env_name, stage_name, .. }
-            | Command::HostActionV1 { env_name, stage_name, .. }
-            | Command::ResetFailedV1 { env_name, stage_name, .. }
-            | Command::StopHostsV1 { env_name, stage_name, .. }
-            | Command::OverrideScheduleV1 { env_name, stage_name, .. } => CommandStage::Names(env_name, stage_name),
-            Command::UpdateDeployV1 { deploy_id, .. } => CommandStage::OfDeploy(deploy_id),
+        let stage = match (command.stage_names(), command) {
+            (Some((env_name, stage_name)), _) => CommandStage::Names(env_name, stage_name),
+            (None, Command::UpdateDeployV1 { deploy_id, .. }) => CommandStage::OfDeploy(deploy_id),
+            (None, _) => return,
         };
         match self.store.live_after_command(stage, at).await {
             Ok(events) => self.live.send(events),
@@ -54,11 +50,14 @@ impl Handler for CommandHandler {
             Ok(e) => e,
             Err(e) => return Disposition::Dead(format!("undecodable command: {e}")),
         };
+        let (env, stage) = envelope.command.stage_names().map_or(("-", "-"), |(e, s)| (e.as_str(), s.as_str()));
         let span = tracing::info_span!(
             "command",
             command.id = %envelope.id,
             command.kind = envelope.command.kind(),
             request.id = envelope.request_id.as_deref().unwrap_or("-"),
+            env = env,
+            stage = stage,
         );
         self.apply(ctx, envelope).instrument(span).await
     }
@@ -74,8 +73,9 @@ impl CommandHandler {
             Err(e) if e.is_transient() => return Disposition::RetryLater(format!("command {}: {e}", envelope.id)),
             Err(e) => return Disposition::Retry(format!("command {}: {e}", envelope.id)),
         };
+        let deploy = deploy_of(&envelope.command, &outcome);
         tracing::info!(command.id = %envelope.id, command.kind = envelope.command.kind(), operator = %envelope.operator,
-            ok = matches!(outcome, CommandOutcome::Ok { .. }), "command applied");
+            deploy.id = deploy.unwrap_or("-"), ok = matches!(outcome, CommandOutcome::Ok { .. }), "command applied");
         // The outcome is committed; a lost reply only makes the API answer 202 and the caller
         // poll the command.
         let applied = matches!(outcome, CommandOutcome::Ok { .. });
@@ -101,5 +101,17 @@ impl CommandHandler {
             self.tell_the_board(&envelope.command, now).await;
         }
         Disposition::Ack
+    }
+}
+
+/// The deploy a command made or changed, for the log: the one it names, or the one its result
+/// is (a new deploy, a promotion, a rollback, a restart).
+fn deploy_of<'a>(command: &'a Command, outcome: &'a CommandOutcome) -> Option<&'a str> {
+    match (command, outcome) {
+        (Command::UpdateDeployV1 { deploy_id, .. }, _) => Some(deploy_id.as_str()),
+        (Command::CreateDeployV1 { .. } | Command::DeployActionV1 { .. }, CommandOutcome::Ok { result }) => {
+            result.get("id").and_then(serde_json::Value::as_str)
+        }
+        _ => None,
     }
 }
