@@ -126,8 +126,8 @@ pub(crate) fn live_dropped(reason: &'static str, n: usize) {
 static ADMISSIONS: LazyLock<Option<IntCounter>> = LazyLock::new(|| {
     register_int_counter!(
         "teletraan_worker_admissions_total",
-        "Hosts admitted into a deploy by this process's stage re-evaluations (after reports, and periodic); \
-         a deploy command's first admissions, in its own transaction, are not counted"
+        "Hosts admitted into a deploy by this process: by commands (a deploy's first hosts), by stage \
+         re-evaluations (after reports, and periodic) and by the auto-promoter's deploys"
     )
     .ok()
 });
