@@ -5,16 +5,20 @@
 //! done, heals it, and checks:
 //!
 //! * the rollout completes (every host SERVING_BUILD on it);
-//! * every command the API answered 201/202 for was applied exactly once: a driver keeps
-//!   deploying to a second stage throughout, each request with an `Idempotency-Key`, retried
-//!   with the same key until it is answered; in the end each key has exactly one deploy and
-//!   each command is DONE, and no other deploy exists (no deploy is duplicated);
 //! * hosts out of service never exceeded the cap, from the simulator's recorded timeline of
 //!   every goal every host received (not a sample), and every host was admitted exactly once;
-//! * the work queues drain and the dead-letter queues are empty.
+//! * the work queues drain;
+//! * every command the API answered 201/202 for was applied exactly once: a driver keeps
+//!   deploying to a second stage throughout, each request with an `Idempotency-Key`, retried
+//!   with the same key until it is answered (and, when the API is killed, a burst of such
+//!   requests is in flight); after each round, with the driver paused, each key answered so
+//!   far has exactly one deploy, no deploy exists that no answer was given for, and every
+//!   command is DONE;
+//! * no deploy of the fleet's stage is duplicated, and the dead-letter queues are empty.
 //!
 //! It prints a table: fault, time to recover (from the heal until the rollout made progress
-//! again), rollout time, and each invariant held or not; then fails if any did not hold.
+//! again), rollout time, and each invariant held or not after that round; then fails if any
+//! did not hold.
 //!
 //! The short form (the default, run by `ops/test.sh` in CI) uses 100 hosts and a cap of 20 %;
 //! `ops/chaos/run.sh` runs the full form (1,000 hosts, a cap of 10 %, longer faults). Settings:
@@ -291,45 +295,156 @@ struct Driven {
     refused: BTreeMap<String, String>,
     /// Attempts that got no answer or a 5xx (retried).
     retries: u64,
+    /// Keys that needed more than one attempt.
+    retried: BTreeSet<String>,
 }
 
-/// Deploys builds to the side stage until told to stop, each request with its own
-/// `Idempotency-Key`, retried with the same key until answered.
-async fn drive_commands(api: String, build: String, driven: Arc<Mutex<Driven>>, mut stop: watch::Receiver<bool>) {
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
+/// Sends one deploy of `build` to the side stage with `key` as its `Idempotency-Key`, again
+/// with the same key until it is answered.
+async fn send_until_answered(http: &reqwest::Client, api: &str, build: &str, key: &str, driven: &Mutex<Driven>) {
+    loop {
+        let url = format!("{api}/v1/envs/{SIDE}/prod/deploys?buildId={build}&description={key}");
+        let sent = http
+            .post(&url)
+            .header("Authorization", format!("token {ADMIN}"))
+            .header("Idempotency-Key", key)
+            .send()
+            .await;
+        match sent {
+            Ok(r) if r.status() == 201 || r.status() == 202 => {
+                driven.lock().unwrap().answered.insert(key.to_string(), r.status().as_u16());
+                return;
+            }
+            Ok(r) if r.status().is_client_error() => {
+                let text = r.text().await.unwrap_or_default();
+                driven.lock().unwrap().refused.insert(key.to_string(), text);
+                return;
+            }
+            _ => {
+                {
+                    let mut d = driven.lock().unwrap();
+                    d.retries += 1;
+                    d.retried.insert(key.to_string());
+                }
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        }
+    }
+}
+
+fn command_client() -> reqwest::Client {
+    reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap()
+}
+
+/// Deploys builds to the side stage until told to stop, one key at a time, each taken while
+/// holding `gate` (the checks between rounds hold it to pause the driver).
+async fn drive_commands(
+    api: String,
+    build: String,
+    driven: Arc<Mutex<Driven>>,
+    gate: Arc<tokio::sync::Mutex<()>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let http = command_client();
     let mut n = 0u64;
     while !*stop.borrow() {
         n += 1;
-        let key = format!("chaos-{n}");
-        loop {
-            let url = format!("{api}/v1/envs/{SIDE}/prod/deploys?buildId={build}&description={key}");
-            let sent = http
-                .post(&url)
-                .header("Authorization", format!("token {ADMIN}"))
-                .header("Idempotency-Key", &key)
-                .send()
-                .await;
-            match sent {
-                Ok(r) if r.status() == 201 || r.status() == 202 => {
-                    driven.lock().unwrap().answered.insert(key.clone(), r.status().as_u16());
-                    break;
-                }
-                Ok(r) if r.status().is_client_error() => {
-                    let text = r.text().await.unwrap_or_default();
-                    driven.lock().unwrap().refused.insert(key.clone(), text);
-                    break;
-                }
-                _ => {
-                    driven.lock().unwrap().retries += 1;
-                    tokio::time::sleep(Duration::from_millis(300)).await;
-                }
-            }
-        }
+        let turn = gate.lock().await;
+        send_until_answered(&http, &api, &build, &format!("chaos-{n}"), &driven).await;
+        drop(turn);
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(250)) => {}
             _ = stop.changed() => {}
         }
     }
+}
+
+/// Starts `n` deploys to the side stage at once (keys `<prefix>-<i>`), each sent until
+/// answered: when the API is killed right after, some of them are in flight.
+fn burst(
+    api: &str,
+    build: &str,
+    prefix: &str,
+    n: usize,
+    driven: &Arc<Mutex<Driven>>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..n)
+        .map(|i| {
+            let (api, build, key, driven) =
+                (api.to_string(), build.to_string(), format!("{prefix}-{i}"), driven.clone());
+            tokio::spawn(async move { send_until_answered(&command_client(), &api, &build, &key, &driven).await })
+        })
+        .collect()
+}
+
+/// The checks of the commands and deploys, at a moment when no command is being sent and the
+/// queues have drained: every key answered so far has exactly one deploy, no deploy exists
+/// that no answer was given for, nothing was refused, every command is DONE; the fleet's stage
+/// has exactly the deploys made; the dead-letter queues are empty.
+fn check_commands(rig: &Rig, driven: &Driven, fleet_deploys: usize) -> Checks {
+    let side: BTreeMap<String, u64> = rig
+        .psql(&format!(
+            "SELECT d.description, count(*) FROM deploys d JOIN environs e ON e.env_id = d.env_id
+             WHERE e.env_name = '{SIDE}' GROUP BY d.description"
+        ))
+        .lines()
+        .filter_map(|l| l.split_once('\t').map(|(k, n)| (k.to_string(), n.parse().unwrap_or(0))))
+        .collect();
+    let mut problems = Vec::new();
+    for key in driven.answered.keys() {
+        match side.get(key) {
+            Some(1) => {}
+            Some(n) => problems.push(format!("{key}: {n} deploys")),
+            None => problems.push(format!("{key}: answered but never applied")),
+        }
+    }
+    for key in side.keys().filter(|k| !driven.answered.contains_key(*k)) {
+        problems.push(format!("{key}: a deploy nobody was answered for"));
+    }
+    if let Some((key, why)) = driven.refused.iter().next() {
+        problems.push(format!("{} refused, the first: {key}: {why}", driven.refused.len()));
+    }
+    let not_done = rig.psql("SELECT count(*) FROM commands WHERE status <> 'DONE'");
+    if not_done.trim() != "0" {
+        problems.push(format!("{} commands not DONE", not_done.trim()));
+    }
+    let stored = rig.psql(&format!(
+        "SELECT count(*) FROM deploys d JOIN environs e ON e.env_id = d.env_id WHERE e.env_name = '{ENV}'"
+    ));
+    let duplicated = if stored.trim() == fleet_deploys.to_string() {
+        Ok(())
+    } else {
+        Err(format!("{} deploys of the fleet's stage stored, {fleet_deploys} made", stored.trim()))
+    };
+    let dead: BTreeMap<String, u64> =
+        rig.queues_with_messages(1).into_iter().filter(|(q, _)| q.ends_with(".dead")).collect();
+    Checks {
+        commands: if problems.is_empty() { Ok(()) } else { Err(problems.join("; ")) },
+        duplicated,
+        dead_letters: if dead.is_empty() { Ok(()) } else { Err(format!("{dead:?}")) },
+    }
+}
+
+/// The command, deploy and dead-letter checks of one moment.
+struct Checks {
+    commands: Result<(), String>,
+    duplicated: Result<(), String>,
+    dead_letters: Result<(), String>,
+}
+
+/// Waits until no queue of the suite holds a message but dead letters (up to 30 s).
+async fn drain(rig: &Rig) -> Result<(), String> {
+    let mut drained = Err(String::new());
+    for _ in 0..60 {
+        let left: BTreeMap<String, u64> =
+            rig.queues_with_messages(1).into_iter().filter(|(q, _)| !q.ends_with(".dead")).collect();
+        drained = if left.is_empty() { Ok(()) } else { Err(format!("{left:?}")) };
+        if drained.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    drained
 }
 
 /// One round's outcome.
@@ -340,6 +455,10 @@ struct Row {
     completed: Result<(), String>,
     cap: Result<u32, String>,
     drained: Result<(), String>,
+    checks: Checks,
+    /// Commands that reached the API before it was killed, applied, and answered only on a
+    /// retry (kill-api, all-together).
+    in_flight: Option<usize>,
 }
 
 fn mark<T>(r: &Result<T, String>) -> &'static str {
@@ -425,8 +544,9 @@ async fn inject(rig: &mut Rig, fault: &str, hold: Duration) {
             rig.cluster.ctl(0, &["start_app"]);
         }
         "restart-postgres" => {
-            rig.pg.restart();
+            rig.pg.stop();
             tokio::time::sleep(hold).await;
+            rig.pg.start_again();
         }
         "cut-worker-from-postgres" => {
             rig.workers[0].links.set(Some(Mode::Cut), None);
@@ -450,8 +570,9 @@ async fn inject(rig: &mut Rig, fault: &str, hold: Duration) {
             rig.cluster.ctl(0, &["stop_app"]);
             rig.workers[0].links.set(Some(Mode::Cut), None);
             rig.gateways[1].links.set(None, Some(Mode::Partition));
-            rig.pg.restart();
+            rig.pg.stop();
             tokio::time::sleep(hold).await;
+            rig.pg.start_again();
             rig.workers[0].links.set(Some(Mode::Pass), None);
             rig.gateways[1].links.set(None, Some(Mode::Pass));
             rig.cluster.ctl(0, &["start_app"]);
@@ -532,8 +653,10 @@ async fn rollouts_survive_every_fault_one_at_a_time_and_together() {
     // The command driver runs through every round.
     let side_build = publish(SIDE, 1).await;
     let driven = Arc::new(Mutex::new(Driven::default()));
+    let gate = Arc::new(tokio::sync::Mutex::new(()));
     let (stop_driver, stop_rx) = watch::channel(false);
-    let driver = tokio::spawn(drive_commands(api.base.clone(), side_build, driven.clone(), stop_rx));
+    let driver =
+        tokio::spawn(drive_commands(api.base.clone(), side_build.clone(), driven.clone(), gate.clone(), stop_rx));
 
     let mut rows = Vec::new();
     let mut fleet_deploys = vec![d0];
@@ -549,8 +672,28 @@ async fn rollouts_survive_every_fault_one_at_a_time_and_together() {
         })
         .await;
         eprintln!("chaos: {fault} at {:.1} s", started.elapsed().as_secs_f64());
+        // Commands in flight when the API dies: a burst, then the kill while it is answered.
+        let burst_keys = format!("burst-{round}");
+        let bursting = if fault == "kill-api" || fault == "all-together" {
+            let tasks = burst(&api.base, &side_build, &burst_keys, 20, &driven);
+            // The kill comes once the first of them is applied: the others are then waiting
+            // in the API for their turn on the stage (a stage's commands go one at a time).
+            let applied = format!(
+                "SELECT count(*) FROM deploys d JOIN environs e ON e.env_id = d.env_id
+                 WHERE e.env_name = '{SIDE}' AND d.description LIKE '{burst_keys}-%'"
+            );
+            let since = Instant::now();
+            while rig.psql(&applied).trim() == "0" && since.elapsed() < Duration::from_secs(10) {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            tasks
+        } else {
+            Vec::new()
+        };
+        let in_burst = bursting.len();
         inject(&mut rig, fault, hold).await;
         let healed = Instant::now();
+        let healed_at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
         let after_heal = success_total(&api, &deploy).await.unwrap_or(0);
         let mut recovered = None;
         let deadline = Instant::now() + Duration::from_secs(300);
@@ -569,66 +712,45 @@ async fn rollouts_survive_every_fault_one_at_a_time_and_together() {
         };
         let rollout = started.elapsed();
         let cap_held = rollout_check(&fleet, &deploy, hosts, cap);
-        // The queues drain: everything sent was handled.
-        let mut drained = Err(String::new());
-        for _ in 0..60 {
-            let left = rig.queues_with_messages(1);
-            drained = if left.is_empty() { Ok(()) } else { Err(format!("{left:?}")) };
-            if drained.is_ok() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
+        // The burst is answered, the driver paused: then the queues drain and nothing is sent
+        // while the commands are checked.
+        for task in bursting {
+            task.await.expect("a burst command");
         }
-        rows.push(Row { fault: fault.clone(), recovered, rollout, completed, cap: cap_held, drained });
+        let paused = gate.lock().await;
+        let drained = drain(&rig).await;
+        let checks = check_commands(&rig, &driven.lock().unwrap(), fleet_deploys.len());
+        drop(paused);
+        // Burst commands that reached the API before it died (their deploy was made while it
+        // was down) and were answered only on a retry: in flight at the kill.
+        let in_flight = (in_burst > 0).then(|| {
+            let made_while_down = rig.psql(&format!(
+                "SELECT d.description FROM deploys d JOIN environs e ON e.env_id = d.env_id
+                 WHERE e.env_name = '{SIDE}' AND d.description LIKE '{burst_keys}-%'
+                   AND d.start_date < to_timestamp({healed_at})"
+            ));
+            let retried = &driven.lock().unwrap().retried;
+            made_while_down.lines().filter(|k| retried.contains(*k)).count()
+        });
+        rows.push(Row {
+            fault: fault.clone(),
+            recovered,
+            rollout,
+            completed,
+            cap: cap_held,
+            drained,
+            checks,
+            in_flight,
+        });
     }
     let _ = stop_driver.send(true);
     driver.await.unwrap();
 
-    // Commands: every answered key has exactly one deploy and its command is DONE.
+    // Once more after the last round, with the driver stopped.
+    let drained = drain(&rig).await;
     let driven = std::mem::take(&mut *driven.lock().unwrap());
-    let side: BTreeMap<String, u64> = rig
-        .psql(&format!(
-            "SELECT d.description, count(*) FROM deploys d JOIN environs e ON e.env_id = d.env_id
-             WHERE e.env_name = '{SIDE}' GROUP BY d.description"
-        ))
-        .lines()
-        .filter_map(|l| l.split_once('\t').map(|(k, n)| (k.to_string(), n.parse().unwrap_or(0))))
-        .collect();
-    let mut commands_problems = Vec::new();
-    for key in driven.answered.keys() {
-        match side.get(key) {
-            Some(1) => {}
-            Some(n) => commands_problems.push(format!("{key}: {n} deploys")),
-            None => commands_problems.push(format!("{key}: answered but never applied")),
-        }
-    }
-    let answered: BTreeSet<&String> = driven.answered.keys().collect();
-    for key in side.keys().filter(|k| !answered.contains(k)) {
-        commands_problems.push(format!("{key}: a deploy nobody was answered for"));
-    }
-    if let Some((key, why)) = driven.refused.iter().next() {
-        commands_problems.push(format!("{} refused, the first: {key}: {why}", driven.refused.len()));
-    }
-    let not_done = rig.psql("SELECT count(*) FROM commands WHERE status <> 'DONE'");
-    if not_done.trim() != "0" {
-        commands_problems.push(format!("{} commands not DONE", not_done.trim()));
-    }
-    let fleet_deploys_stored = rig.psql(&format!(
-        "SELECT count(*) FROM deploys d JOIN environs e ON e.env_id = d.env_id WHERE e.env_name = '{ENV}'"
-    ));
-    let duplicated = if fleet_deploys_stored.trim() == fleet_deploys.len().to_string() {
-        Ok(())
-    } else {
-        Err(format!(
-            "{} deploys of the fleet's stage stored, {} made",
-            fleet_deploys_stored.trim(),
-            fleet_deploys.len()
-        ))
-    };
-    let dead: BTreeMap<String, u64> =
-        rig.queues_with_messages(1).into_iter().filter(|(q, _)| q.ends_with(".dead")).collect();
-    let dead_letters = if dead.is_empty() { Ok(()) } else { Err(format!("{dead:?}")) };
-    let commands = if commands_problems.is_empty() { Ok(()) } else { Err(commands_problems.join("; ")) };
+    let Checks { commands, duplicated, dead_letters } = check_commands(&rig, &driven, fleet_deploys.len());
+    let commands = drained.and(commands);
 
     // The table.
     let mut table = String::new();
@@ -639,12 +761,16 @@ async fn rollouts_survive_every_fault_one_at_a_time_and_together() {
         driven.answered.len(),
         driven.retries
     );
-    let _ = writeln!(table, "| fault | recovered in | rollout | completed | cap (max out) | queues drained |");
-    let _ = writeln!(table, "|---|---|---|---|---|---|");
+    let _ = writeln!(
+        table,
+        "| fault | recovered in | rollout | completed | cap (max out) | queues drained | commands applied once | \
+         no deploy duplicated | no dead letters |"
+    );
+    let _ = writeln!(table, "|---|---|---|---|---|---|---|---|---|");
     for r in &rows {
         let _ = writeln!(
             table,
-            "| {} | {} | {:.1} s | {} | {} | {} |",
+            "| {} | {} | {:.1} s | {} | {} | {} | {} | {} | {} |",
             r.fault,
             r.recovered.map_or("-".to_string(), |d| format!("{:.1} s", d.as_secs_f64())),
             r.rollout.as_secs_f64(),
@@ -654,9 +780,15 @@ async fn rollouts_survive_every_fault_one_at_a_time_and_together() {
                 Err(_) => "BROKEN".into(),
             },
             mark(&r.drained),
+            match (r.in_flight, &r.checks.commands) {
+                (Some(n), Ok(())) => format!("held ({n} in flight at the kill)"),
+                (_, res) => mark(res).to_string(),
+            },
+            mark(&r.checks.duplicated),
+            mark(&r.checks.dead_letters),
         );
     }
-    let _ = writeln!(table, "\nover all rounds: every answered command applied exactly once: {}", mark(&commands));
+    let _ = writeln!(table, "\nafter the last round: every answered command applied exactly once: {}", mark(&commands));
     let _ = writeln!(table, "no deploy duplicated: {}", mark(&duplicated));
     let _ = writeln!(table, "dead-letter queues empty: {}", mark(&dead_letters));
     eprintln!("\n{table}");
@@ -669,6 +801,9 @@ async fn rollouts_survive_every_fault_one_at_a_time_and_together() {
             ("completed", r.completed.as_ref().map(|_| ())),
             ("cap", r.cap.as_ref().map(|_| ())),
             ("drained", r.drained.as_ref().map(|_| ())),
+            ("commands", r.checks.commands.as_ref().map(|_| ())),
+            ("deploys", r.checks.duplicated.as_ref().map(|_| ())),
+            ("dead letters", r.checks.dead_letters.as_ref().map(|_| ())),
         ] {
             if let Err(e) = res {
                 failures.push(format!("{}: {what}: {e}", r.fault));

@@ -120,9 +120,14 @@ impl Postgres {
         self.run("createdb", &["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "postgres", db]);
     }
 
-    /// Stops the server (a fast shutdown: sessions are ended) and starts it again.
-    pub fn restart(&self) {
-        self.pg_ctl("restart");
+    /// Stops the server (a fast shutdown: sessions are ended).
+    pub fn stop(&self) {
+        self.pg_ctl("stop");
+    }
+
+    /// Starts the stopped server again.
+    pub fn start_again(&self) {
+        self.pg_ctl("start");
     }
 }
 
