@@ -1,6 +1,8 @@
 //! Fuzzing of the two HTTP surfaces (docs/fuzzing.md): the gateway's ping, sent over HTTP to
-//! a running gateway, and the JSON bodies, query strings and path segments of a
-//! representative set of REST routes, sent to the API's router in-process.
+//! a running gateway, and the JSON bodies, query strings and path segments of every REST
+//! route that reads a body or a query (`every_route_with_a_body_or_a_query_is_fuzzed` checks
+//! that against the API contract), sent to the API's router in-process, with the gateway's
+//! enrollment sent over HTTP.
 //!
 //! Inputs are arbitrary bytes, or valid requests with hostile edits: fields of the wrong type,
 //! huge or control-character texts, numbers out of every range, nesting past the parser's
@@ -19,7 +21,7 @@ use std::time::Duration;
 use axum::body::Body as AxumBody;
 use axum::http::{HeaderValue, Method, Request, StatusCode};
 use budget::{Bytes, ensure};
-use common::{App, Host, report, spawn_app, str_of};
+use common::{App, Host, eventually, report, spawn_app, spawn_app_with, str_of};
 use proptest::collection::{btree_map, vec};
 use proptest::prelude::*;
 use proptest::sample::select;
@@ -324,11 +326,15 @@ fn payload(base: impl Strategy<Value = Value>, keys: &'static [&'static str]) ->
     ]
 }
 
-/// What every case refers to: a stage `web/prod` deploying a build to host `h1`.
+/// What every case refers to: a stage `web/prod` deploying a build to host `h1`; for the REST
+/// cases also (see [`Fixture::for_rest`]) roles to change, a FAILED webhook delivery of
+/// `web/beta` and an enrollment token.
 struct Fixture {
     env_id: String,
     build_id: String,
     deploy_id: String,
+    delivery_id: String,
+    enroll_token: String,
 }
 
 impl Fixture {
@@ -341,13 +347,53 @@ impl Fixture {
             env_id: str_of(&stage, "id").to_string(),
             build_id: str_of(&build, "id").to_string(),
             deploy_id: str_of(&deploy, "id").to_string(),
+            delivery_id: String::new(),
+            enroll_token: String::new(),
         };
         app.serve_deploy(&Host::new("h1", "web"), &fixture.deploy_id).await;
         fixture
     }
 
+    /// [`Fixture::new`], and what the routes that change something need to find so that a
+    /// valid case gets past their lookups: the principal `fuzzer` with roles on `web` and on
+    /// the system, the group `devs` likewise, the script `deployer` of `web`, a FAILED
+    /// delivery of a webhook of `web/beta` (the app makes one attempt per delivery), and an
+    /// ENROLL token of the agent principal `fleet` for the groups `web` and `web-canary` that
+    /// may enroll a host again.
+    async fn for_rest(app: &App) -> Fixture {
+        let mut fixture = Fixture::new(app).await;
+        for (path, body) in [
+            ("/v1/principals", json!({"name": "fuzzer"})),
+            ("/v1/principals", json!({"name": "fleet", "kind": "AGENT"})),
+            ("/v1/envs/web/user_roles", json!({"name": "fuzzer", "role": "READER"})),
+            ("/v1/envs/web/group_roles", json!({"name": "devs", "role": "READER"})),
+            ("/v1/envs/web/token_roles", json!({"name": "deployer", "role": "OPERATOR"})),
+            ("/v1/system/user_roles", json!({"name": "fuzzer", "role": "READER"})),
+            ("/v1/system/group_roles", json!({"name": "devs", "role": "READER"})),
+        ] {
+            app.post(path, &body).await.expect(StatusCode::CREATED);
+        }
+        let token = json!({"principal": "fleet", "kind": "ENROLL", "groups": ["web", "web-canary"], "reenroll": true});
+        fixture.enroll_token =
+            str_of(&app.post("/v1/tokens", &token).await.expect(StatusCode::CREATED), "token").into();
+
+        app.create_stage("web", "beta").await;
+        let hooks = json!({"preDeployHooks": [{"url": "http://127.0.0.1:9/hook", "body": "{}"}]});
+        app.put("/v1/envs/web/beta/web_hooks", &hooks).await.expect(StatusCode::OK);
+        app.deploy("web", "beta", &fixture.build_id).await;
+        fixture.delivery_id = eventually("a FAILED webhook delivery", || async {
+            let list = app.get("/v1/envs/web/beta/web_hooks/deliveries?status=FAILED").await.expect(StatusCode::OK);
+            list[0]["id"].as_str().map(String::from).ok_or_else(|| list.to_string())
+        })
+        .await;
+        fixture
+    }
+
     fn fill(&self, text: &str) -> String {
-        text.replace("{build}", &self.build_id).replace("{deploy}", &self.deploy_id).replace("{env}", &self.env_id)
+        text.replace("{build}", &self.build_id)
+            .replace("{deploy}", &self.deploy_id)
+            .replace("{env}", &self.env_id)
+            .replace("{delivery}", &self.delivery_id)
     }
 }
 
@@ -514,7 +560,7 @@ fn fuzz_gateway_ping() {
 // ---------------------------------------------------------------------------------------------
 // The REST API
 
-const BODY_KEYS: [&str; 24] = [
+const BODY_KEYS: [&str; 27] = [
     "envName",
     "stageName",
     "maxParallel",
@@ -539,10 +585,13 @@ const BODY_KEYS: [&str; 24] = [
     "targetId",
     "type",
     "queueSize",
+    "expireDate",
+    "hostName",
+    "groups",
 ];
 
 /// Every query parameter some route reads, and a few none does.
-const PARAMS: [&str; 30] = [
+const PARAMS: [&str; 34] = [
     "actionType",
     "after",
     "before",
@@ -572,8 +621,21 @@ const PARAMS: [&str; 30] = [
     "stageType",
     "start",
     "toDeployId",
+    "type",
+    "status",
+    "env",
+    "stage",
     "bogus",
 ];
+
+/// Which listener serves a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Listener {
+    /// The API, driven in-process, as the admin.
+    Api,
+    /// The gateway, over HTTP, with the fixture's enrollment token.
+    Gateway,
+}
 
 /// One route as the fuzzer calls it: a valid body and query to start from.
 struct Route {
@@ -581,11 +643,18 @@ struct Route {
     path: &'static str,
     query: &'static str,
     body: Option<fn() -> Value>,
+    on: Listener,
 }
 
 fn routes() -> Vec<Route> {
-    let r = |method: Method, path, query, body: Option<fn() -> Value>| Route { method, path, query, body };
-    vec![
+    let r = |method: Method, path, query, body: Option<fn() -> Value>| Route {
+        method,
+        path,
+        query,
+        body,
+        on: Listener::Api,
+    };
+    let mut routes = vec![
         r(
             Method::POST,
             "/v1/envs",
@@ -705,11 +774,42 @@ fn routes() -> Vec<Route> {
         r(Method::GET, "/v1/envs/names", "nameFilter=w&pageIndex=1&pageSize=10", None),
         r(Method::GET, "/v1/builds/names", "filter=w&start=0&size=10", None),
         r(Method::GET, "/v1/deploys/{deploy}/steps", "pageSize=10", None),
-        r(Method::GET, "/v1/agents/h1/steps", "pageSize=10", None),
+        r(Method::GET, "/v1/agents/h1/steps", "before=1893456000000&pageSize=10", None),
         r(Method::GET, "/v1/envs/web/prod/agents/count", "actionType=SERVING", None),
         r(Method::GET, "/v1/envs/web/prod/web_hooks/deliveries", "pageIndex=1&pageSize=10", None),
         r(Method::GET, "/v1/tokens", "principal=fuzzer", None),
-    ]
+        r(Method::POST, "/v1/envs/web/user_roles", "", Some(|| json!({"name": "fuzzer", "role": "OPERATOR"}))),
+        r(Method::PUT, "/v1/envs/web/user_roles/fuzzer", "", Some(|| json!({"role": "ADMIN"}))),
+        r(Method::POST, "/v1/envs/web/group_roles", "", Some(|| json!({"name": "devs", "role": "OPERATOR"}))),
+        r(Method::PUT, "/v1/envs/web/group_roles/devs", "", Some(|| json!({"role": "PUBLISHER"}))),
+        r(
+            Method::POST,
+            "/v1/envs/web/token_roles",
+            "",
+            Some(|| json!({"name": "release", "role": "OPERATOR", "expireDate": 1893456000000i64})),
+        ),
+        r(Method::PUT, "/v1/envs/web/token_roles/deployer", "", Some(|| json!({"role": "READER"}))),
+        r(Method::PUT, "/v1/system/user_roles/fuzzer", "", Some(|| json!({"role": "OPERATOR"}))),
+        r(Method::POST, "/v1/system/group_roles", "", Some(|| json!({"name": "devs", "role": "OPERATOR"}))),
+        r(Method::PUT, "/v1/system/group_roles/devs", "", Some(|| json!({"role": "PUBLISHER"}))),
+        r(Method::PUT, "/v1/envs/web/prod/agents/reset_failed_agents/{deploy}", "", None),
+        r(Method::POST, "/v1/envs/web/beta/web_hooks/deliveries/{delivery}/retry", "", None),
+        r(Method::GET, "/v1/envs/web/prod/capacity", "capacityType=GROUP", None),
+        r(Method::DELETE, "/v1/envs/web/prod/capacity", "capacityType=HOST", Some(|| json!("web-9"))),
+        r(Method::GET, "/v1/envs/web/prod/history", "pageIndex=1&pageSize=10", None),
+        r(Method::GET, "/v1/builds/tags", "name=web&commit=abcdef12&after=0&pageIndex=1&pageSize=10", None),
+        r(Method::GET, "/v1/agents/h1/deploys", "pageSize=10", None),
+        r(Method::GET, "/v1/host_credentials", "pageIndex=1&pageSize=10", None),
+        r(Method::GET, "/v1/events", "env=web&stage=prod", None),
+    ];
+    routes.push(Route {
+        method: Method::POST,
+        path: "/v1/system/enroll",
+        query: "",
+        body: Some(|| json!({"hostId": "i-e1", "hostName": "e1", "groups": ["web"]})),
+        on: Listener::Gateway,
+    });
+    routes
 }
 
 /// A query value: text percent-encoded, any bytes percent-encoded (so not always UTF-8 once
@@ -731,6 +831,8 @@ struct RestCase {
     segment: Option<(u16, String)>,
     body: Option<Payload>,
     idempotency_key: Option<Bytes>,
+    /// An `Authorization` of any printable text in place of the route's token.
+    authorization: Option<String>,
 }
 
 fn query_value() -> impl Strategy<Value = QueryValue> {
@@ -751,14 +853,16 @@ fn rest_case(count: usize) -> impl Strategy<Value = RestCase> {
         proptest::option::weighted(0.1, (any::<u16>(), text())),
         proptest::option::weighted(0.9, body),
         proptest::option::weighted(0.1, vec(any::<u8>(), 0..300).prop_map(Bytes)),
+        proptest::option::weighted(0.05, prop_oneof!["[ -~]{0,40}", "token [ -~]{0,40}"]),
     )
-        .prop_map(|(route, keep_query, query, segment, body, idempotency_key)| RestCase {
+        .prop_map(|(route, keep_query, query, segment, body, idempotency_key, authorization)| RestCase {
             route,
             keep_query,
             query,
             segment,
             body,
             idempotency_key,
+            authorization,
         })
 }
 
@@ -773,9 +877,11 @@ fn encode(bytes: &[u8]) -> String {
 }
 
 impl RestCase {
-    /// The request, with the fixture's ids in place; the body is the route's valid body
-    /// edited (a `Payload::Json` starting from the hostile value is re-based on it).
-    fn request(&self, routes: &[Route], fixture: &Fixture, token: &str) -> Option<Request<AxumBody>> {
+    /// The request, with the fixture's ids in place, its URI after `base` (the gateway's
+    /// address, or nothing for the API's router) and its token the route's listener's; the body
+    /// is the route's valid body edited (a `Payload::Json` starting from the hostile value is
+    /// re-based on it).
+    fn request(&self, routes: &[Route], fixture: &Fixture, base: &str, token: &str) -> Option<Request<Vec<u8>>> {
         let route = &routes[self.route];
         let mut path = fixture.fill(route.path);
         if let Some((i, text)) = &self.segment {
@@ -799,7 +905,7 @@ impl RestCase {
             };
             query.push(format!("{}={v}", encode(k.as_bytes())));
         }
-        let uri = if query.is_empty() { path } else { format!("{path}?{}", query.join("&")) };
+        let uri = if query.is_empty() { format!("{base}{path}") } else { format!("{base}{path}?{}", query.join("&")) };
         let body = match (&self.body, route.body) {
             (Some(Payload::Json { edits, text, .. }), Some(base)) => {
                 Payload::Json { base: base(), edits: edits.clone(), text: text.clone() }.bytes(fixture, |_| {})
@@ -808,47 +914,135 @@ impl RestCase {
             (None, Some(base)) => fixture.fill(&base().to_string()).into_bytes(),
             (None, None) => Vec::new(),
         };
+        let authorization = self.authorization.clone().unwrap_or_else(|| format!("token {token}"));
         let mut request = Request::builder()
             .method(route.method.clone())
             .uri(uri)
-            .header("Authorization", format!("token {token}"))
+            .header("Authorization", authorization)
             .header("Content-Type", "application/json");
         if let Some(key) = &self.idempotency_key
             && let Ok(value) = HeaderValue::from_bytes(&key.0)
         {
             request = request.header("Idempotency-Key", value);
         }
-        request.body(AxumBody::from(body)).ok()
+        request.body(body).ok()
+    }
+}
+
+/// Sends a case to the API's router in-process, or to the gateway over HTTP; answers the status
+/// and the body. A 200 event stream is not read: it goes on until the client leaves.
+async fn send(
+    router: &axum::Router,
+    http: &reqwest::Client,
+    on: Listener,
+    request: Request<Vec<u8>>,
+) -> Result<(StatusCode, Vec<u8>), TestCaseError> {
+    let what = format!("{} {}", request.method(), request.uri());
+    match on {
+        Listener::Api => {
+            let Ok(answer) = router.clone().oneshot(request.map(AxumBody::from)).await;
+            let status = answer.status();
+            let stream =
+                answer.headers().get("content-type").is_some_and(|t| t.as_bytes().starts_with(b"text/event-stream"));
+            if status.is_success() && stream {
+                return Ok((status, Vec::new()));
+            }
+            let body = axum::body::to_bytes(answer.into_body(), 64 << 20)
+                .await
+                .map_err(|e| TestCaseError::fail(format!("{what}: answer cut: {e}")))?;
+            Ok((status, body.to_vec()))
+        }
+        Listener::Gateway => {
+            let Ok(request) = reqwest::Request::try_from(request) else {
+                return Err(TestCaseError::reject("not a URL the client sends"));
+            };
+            let answer = http
+                .execute(request)
+                .await
+                .map_err(|e| TestCaseError::fail(format!("{what}: no answer (a panic?): {e}")))?;
+            let status = answer.status();
+            let body = answer.bytes().await.map_err(|e| TestCaseError::fail(format!("{what}: answer cut: {e}")))?;
+            Ok((status, body.to_vec()))
+        }
     }
 }
 
 #[test]
 fn fuzz_rest_api() {
     let rt = runtime();
-    let app = rt.block_on(spawn_app());
-    let fixture = rt.block_on(Fixture::new(&app));
-    rt.block_on(async {
-        app.post("/v1/principals", &json!({"name": "fuzzer"})).await.expect(StatusCode::CREATED);
-    });
+    // One attempt per webhook delivery: the fixture's fails at once, and so does a retried one.
+    let app = rt.block_on(spawn_app_with(|c| c.webhooks.attempts = 1));
+    let fixture = rt.block_on(Fixture::for_rest(&app));
     let router = app.api_router();
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(60)).build().expect("a client");
     let routes = routes();
     budget::run("rest_api", 400, rest_case(routes.len()), |case| {
-        let Some(request) = case.request(&routes, &fixture, &app.admin_token) else {
+        let on = routes[case.route].on;
+        let (base, token) = match on {
+            Listener::Api => ("", &app.admin_token),
+            Listener::Gateway => (app.gateway.as_str(), &fixture.enroll_token),
+        };
+        let Some(request) = case.request(&routes, &fixture, base, token) else {
             return Err(TestCaseError::reject("not a valid request line"));
         };
         let what = format!("{} {}", request.method(), request.uri());
         rt.block_on(async {
-            let Ok(answer) = router.clone().oneshot(request).await;
-            let status = answer.status();
-            let body = axum::body::to_bytes(answer.into_body(), 64 << 20)
-                .await
-                .map_err(|e| TestCaseError::fail(format!("{what}: answer cut: {e}")))?;
+            let (status, body) = send(&router, &http, on, request).await?;
             check_answer(&what, status, &body)
         })
     });
     rt.block_on(async {
         let stage = app.get("/v1/envs/web/prod").await;
         assert!(stage.status == StatusCode::OK || stage.status == StatusCode::NOT_FOUND, "{}", stage.text);
+        let enroll = json!({"hostId": "i-e2", "groups": ["web"]});
+        let url = format!("{}/v1/system/enroll", app.gateway);
+        let made = app.call(Method::POST, &url, Some(&fixture.enroll_token), common::Body::Json(&enroll)).await;
+        assert_eq!(made.status, StatusCode::CREATED, "the gateway still enrolls: {}", made.text);
         app.stop().await;
     });
+}
+
+/// Every route of the API contract that reads a JSON body or a query string is among the
+/// fuzzed routes (the ping has its own target): a route added without being fuzzed fails this.
+#[test]
+fn every_route_with_a_body_or_a_query_is_fuzzed() {
+    let contract = api::contract();
+    let mut wanted = Vec::new();
+    for (path, methods) in contract["paths"].as_object().expect("paths") {
+        for (method, op) in methods.as_object().expect("methods") {
+            let query = op["parameters"].as_array().is_some_and(|ps| ps.iter().any(|p| p["in"] == "query"));
+            if (query || op.get("requestBody").is_some()) && path != "/v1/system/ping" {
+                wanted.push((method.to_ascii_uppercase(), path.clone()));
+            }
+        }
+    }
+    assert!(wanted.len() > 40, "the contract's routes with a body or a query: {wanted:?}");
+    let templates: Vec<(String, String)> = contract["paths"]
+        .as_object()
+        .expect("paths")
+        .iter()
+        .flat_map(|(path, methods)| {
+            methods.as_object().into_iter().flatten().map(|(m, _)| (m.to_ascii_uppercase(), path.clone()))
+        })
+        .collect();
+    // The template the router picks for a fuzzed path: of those it fits, the one with the most
+    // literal segments.
+    let served: Vec<(String, String)> = routes()
+        .iter()
+        .filter_map(|r| {
+            let segments: Vec<&str> = r.path.split('/').collect();
+            templates
+                .iter()
+                .filter(|(m, t)| {
+                    let parts: Vec<&str> = t.split('/').collect();
+                    *m == r.method.as_str()
+                        && parts.len() == segments.len()
+                        && parts.iter().zip(&segments).all(|(p, s)| p.starts_with('{') || p == s)
+                })
+                .max_by_key(|(_, t)| t.split('/').filter(|p| !p.starts_with('{')).count())
+                .cloned()
+        })
+        .collect();
+    let missing: Vec<_> = wanted.iter().filter(|w| !served.contains(w)).collect();
+    assert!(missing.is_empty(), "routes with a body or a query that are not fuzzed: {missing:?}");
 }
