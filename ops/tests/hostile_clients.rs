@@ -3,14 +3,16 @@
 //! UTF-8 (400), huge request heads (431 or closed), garbage instead of HTTP; clients that send
 //! their headers a byte a second (slowloris), or nothing at all, which must be disconnected
 //! within the client read timeout, and clients that send their body a byte a second, whose
-//! request must be refused (400) within it too, while everybody else is served as usual.
+//! request must be refused (400) within it too, while everybody else is served as usual. And
+//! none of it costs the server more than a bounded amount of memory, at its peak and after: not
+//! what holding the bodies, heads or connections would cost.
 
 mod support;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use support::{ADMIN, AGENT, Server};
+use support::{ADMIN, AGENT, Memory, Server};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -19,8 +21,82 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How much later than the timeout a client may be disconnected (a loaded test machine).
 const SLACK: Duration = Duration::from_secs(6);
 
+/// Times the hostile requests are sent to each listener: memory they left behind would add up.
+const ROUNDS: usize = 3;
+
+// Bounds on the server's memory growth over its baseline (resident size after an ordinary
+// request and a small bad body on each listener), in KiB, as `/proc/<pid>/status` counts it:
+// the peak during a phase (`VmHWM`, reset at the baseline) and the resident size after it
+// (`VmRSS`).
+//
+// The hostile requests: a round sends 18,094,303 bytes over both listeners (two 3 MiB bodies
+// and 1.7 MB of nesting per listener, a 1 MiB header, 500 headers), so the 3 rounds send
+// 54,282,909 bytes, 51.8 MiB (the test prints it): what a server that kept every body and head
+// it was sent would grow by. Measured (dev build, 2 CPUs, 10 runs, 3 of them of one round): a
+// peak of +3.1 to +5.1 MiB (reading an over-limit body up to the 2 MB limit before its 413 is
+// legitimate) and +1.0 to +3.7 MiB still resident after. The bounds are about three times the
+// worst of each, and under a third of what keeping the bodies would cost (the test checks that
+// against what it sent).
+const HOSTILE_PEAK_KIB: u64 = 16 * 1024;
+const HOSTILE_KEPT_KIB: u64 = 12 * 1024;
+// The slow and idle clients: 270 connections held at once per listener, sending a few bytes
+// each. Hyper lets a connection's read buffer grow to 417,792 bytes (8 KiB + 100 × 4 KiB)
+// before it answers 431: a server that let each held connection grow its buffer that far would
+// take 270 × 408 KiB = 107.6 MiB. Measured (7 runs): +5.1 to +6.0 MiB at the peak, at most
+// 23 KiB per held connection, and as much resident after (the allocator keeps what was freed
+// for reuse). The bound, for both, is four times that: 24 MiB, 91 KiB per held connection,
+// under a quarter of the 107.6 MiB.
+const SLOW_PEAK_KIB: u64 = 24 * 1024;
+const SLOW_KEPT_KIB: u64 = 24 * 1024;
+
 async fn start() -> Server {
     Server::start_with(&[("TELETRAAN_CLIENT_READ_TIMEOUT", "2")]).await
+}
+
+/// Readies the server for a memory baseline: one ordinary request and one small bad body on
+/// each listener, so that what any first request allocates once (lazily built state, the
+/// error path) is in the baseline and not counted as growth. Then resets the server's
+/// high-water mark and answers its memory now.
+async fn memory_baseline(server: &Server) -> Memory {
+    let http = fresh_client();
+    for l in listeners(server) {
+        let ok = http.get(format!("{}/healthz", l.base)).send().await.expect("healthz");
+        assert_eq!(ok.status(), 200, "{}", l.name);
+        let bad = http
+            .post(format!("{}{}", l.base, l.path))
+            .header("Authorization", format!("token {}", l.token))
+            .body("[[[")
+            .send()
+            .await
+            .expect("a small bad body");
+        assert_eq!(bad.status(), 400, "{}", l.name);
+    }
+    if !Memory::reset_peak(server.pid()) {
+        eprintln!("memory: the kernel would not reset the peak; it counts from the server's start");
+    }
+    server.memory()
+}
+
+/// Checks what a hostile phase cost the server in memory (KiB): its peak during the phase
+/// (`VmHWM`) over the baseline under `peak_bound`, and what it still holds after (`VmRSS`)
+/// over the baseline under `after_bound`.
+#[track_caller]
+fn assert_memory_bounded(what: &str, server: &Server, before: Memory, peak_bound: u64, after_bound: u64) {
+    let after = server.memory();
+    let peak = after.peak_kib.saturating_sub(before.rss_kib);
+    let kept = after.rss_kib.saturating_sub(before.rss_kib);
+    eprintln!(
+        "memory: {what}: resident {} KiB before; peak {} KiB (+{peak}), resident {} KiB after (+{kept})",
+        before.rss_kib, after.peak_kib, after.rss_kib
+    );
+    assert!(
+        peak < peak_bound,
+        "{what}: the server's peak grew by {peak} KiB (bound {peak_bound} KiB): {before:?} then {after:?}"
+    );
+    assert!(
+        kept < after_bound,
+        "{what}: the server holds {kept} KiB more after (bound {after_bound} KiB): {before:?} then {after:?}"
+    );
 }
 
 /// A client that opens a connection per request: the server closes idle ones after the
@@ -140,16 +216,23 @@ fn chunked(data: &[u8]) -> Vec<u8> {
 async fn hostile_requests_get_their_4xx_on_both_listeners() {
     let server = start().await;
     let http = fresh_client();
-    for l in listeners(&server) {
+    let before = memory_baseline(&server).await;
+    // Every byte the hostile clients below send (heads and bodies, both listeners).
+    let mut sent = 0usize;
+    for l in (0..ROUNDS).flat_map(|_| listeners(&server)) {
         let at = addr(&l.base);
         let name = l.name;
 
         // Past the 2 MB body limit: declared, and sent in chunks with no length at all.
         let huge = format!("{{\"hostId\": \"{}\"}}", "x".repeat(3 << 20)).into_bytes();
-        let answer = raw_exchange(at, &post_head(&l, Some(huge.len())), &huge).await;
+        let head = post_head(&l, Some(huge.len()));
+        sent += head.len() + huge.len();
+        let answer = raw_exchange(at, &head, &huge).await;
         assert_eq!(status_of(&answer), Some(413), "{name}: declared 3 MB");
         assert_error_shape(name, &answer);
-        let answer = raw_exchange(at, &post_head(&l, None), &chunked(&huge)).await;
+        let (head, body) = (post_head(&l, None), chunked(&huge));
+        sent += head.len() + body.len();
+        let answer = raw_exchange(at, &head, &body).await;
         assert_eq!(status_of(&answer), Some(413), "{name}: 3 MB in chunks");
         assert_error_shape(name, &answer);
 
@@ -159,14 +242,18 @@ async fn hostile_requests_get_their_4xx_on_both_listeners() {
             format!("{{\"hostId\": {}", "{\"a\":".repeat(100_000)),
             "[".repeat(1_000_000),
         ] {
-            let answer = raw_exchange(at, &post_head(&l, Some(body.len())), body.as_bytes()).await;
+            let head = post_head(&l, Some(body.len()));
+            sent += head.len() + body.len();
+            let answer = raw_exchange(at, &head, body.as_bytes()).await;
             assert_eq!(status_of(&answer), Some(400), "{name}: nesting");
             assert_error_shape(name, &answer);
         }
 
         // Not UTF-8, inside a string and as the whole body.
         for body in [&b"{\"hostId\": \"\xff\xfe\", \"envName\": \"\xc3\"}"[..], b"\xff\xff\xff\xff"] {
-            let answer = raw_exchange(at, &post_head(&l, Some(body.len())), body).await;
+            let head = post_head(&l, Some(body.len()));
+            sent += head.len() + body.len();
+            let answer = raw_exchange(at, &head, body).await;
             assert_eq!(status_of(&answer), Some(400), "{name}: invalid UTF-8");
             assert_error_shape(name, &answer);
         }
@@ -176,19 +263,25 @@ async fn hostile_requests_get_their_4xx_on_both_listeners() {
         let big = format!("GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Big: {}\r\n\r\n", "b".repeat(1 << 20));
         let many = format!("GET /healthz HTTP/1.1\r\nHost: localhost\r\n{}\r\n", "X-Many: m\r\n".repeat(500));
         for (what, head) in [("a 1 MB header", big), ("500 headers", many)] {
+            sent += head.len();
             let answer = raw_exchange(at, head.as_bytes(), b"").await;
             let status = status_of(&answer);
             assert!(status == Some(431) || answer.is_empty(), "{name}: {what}: {:?}", String::from_utf8_lossy(&answer));
         }
 
         // Not HTTP at all.
-        let answer = raw_exchange(at, b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03garbage\r\n\r\n", b"").await;
+        let garbage = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03garbage\r\n\r\n";
+        sent += garbage.len();
+        let answer = raw_exchange(at, garbage, b"").await;
         assert!(status_of(&answer).is_none_or(|s| s == 400), "{name}: garbage: {:?}", String::from_utf8_lossy(&answer));
 
         // And the listener still answers.
         let ok = http.get(format!("{}/healthz", l.base)).send().await.expect("still serving");
         assert_eq!(ok.status(), 200, "{name}");
     }
+    eprintln!("memory: the hostile requests sent {sent} bytes ({} KiB)", sent / 1024);
+    assert!(HOSTILE_PEAK_KIB * 1024 * 3 < sent as u64, "the bound is not far below the {sent} bytes sent");
+    assert_memory_bounded("hostile requests", &server, before, HOSTILE_PEAK_KIB, HOSTILE_KEPT_KIB);
     server.stop().await;
 }
 
@@ -288,6 +381,7 @@ async fn idle(at: SocketAddr, first_request: bool, patience: Duration) -> Option
 async fn slow_and_idle_clients_are_cut_off_while_everybody_else_is_served() {
     let server = start().await;
     let http = fresh_client();
+    let before = memory_baseline(&server).await;
     let patience = CLIENT_TIMEOUT + SLACK;
     for l in listeners(&server) {
         let (at, name) = (addr(&l.base), l.name);
@@ -347,5 +441,6 @@ async fn slow_and_idle_clients_are_cut_off_while_everybody_else_is_served() {
         let ok = http.get(format!("{}/healthz", l.base)).send().await.expect("still serving");
         assert_eq!(ok.status(), 200, "{name}");
     }
+    assert_memory_bounded("slow and idle clients", &server, before, SLOW_PEAK_KIB, SLOW_KEPT_KIB);
     server.stop().await;
 }

@@ -151,6 +151,16 @@ impl Server {
         Server { child, api, gateway, amqp_url, _bus: bus, db }
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("the server runs")
+    }
+
+    /// The server's memory now, from `/proc/<pid>/status`.
+    pub fn memory(&self) -> Memory {
+        Memory::of(self.pid())
+    }
+
     /// Stops the server with SIGTERM and checks it exits cleanly.
     pub async fn stop(mut self) {
         let pid = self.child.id().expect("the server runs").to_string();
@@ -160,6 +170,39 @@ impl Server {
             .expect("the server stops on SIGTERM")
             .unwrap();
         assert!(status.success(), "server exit: {status}");
+    }
+}
+
+/// A process's memory as Linux counts it in `/proc/<pid>/status`, in KiB.
+#[derive(Clone, Copy, Debug)]
+pub struct Memory {
+    /// Resident now (`VmRSS`).
+    pub rss_kib: u64,
+    /// The most it was ever resident (`VmHWM`, the high-water mark).
+    pub peak_kib: u64,
+}
+
+impl Memory {
+    /// Reads process `pid`'s.
+    pub fn of(pid: u32) -> Memory {
+        let path = format!("/proc/{pid}/status");
+        let status = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        let field = |name: &str| -> u64 {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+                .unwrap_or_else(|| panic!("no {name} in {path}"))
+        };
+        Memory { rss_kib: field("VmRSS:"), peak_kib: field("VmHWM:") }
+    }
+
+    /// Resets process `pid`'s high-water mark to what it holds now (`5` into
+    /// `/proc/<pid>/clear_refs`, Linux 4.0 and later), so that a later `peak_kib` is the peak
+    /// of what happened since. False if the kernel refused: the peak then still counts from
+    /// the start of the process, which only overstates a growth measured against it.
+    pub fn reset_peak(pid: u32) -> bool {
+        std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok()
     }
 }
 
