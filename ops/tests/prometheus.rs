@@ -1,8 +1,10 @@
 //! The alert rules (`ops/prometheus/alerts.yml`) and dashboards (`ops/grafana/*.json`) against a
-//! real Prometheus (the Debian package, installed by `ops/test.sh`) scraping `teletraan up`
-//! during a rollout of simulated hosts: every rule loads and evaluates, every series a rule
-//! reads exists, and every dashboard query returns data. And every metric they name exists in
-//! the code.
+//! real Prometheus (the Debian package, installed by `ops/test.sh`) scraping every role during
+//! a rollout of simulated hosts: `teletraan up`'s API and gateway listeners, and a
+//! `teletraan worker` of its own beside it, each as the job `ops/prometheus/prometheus.yml`
+//! names it. Every job is up, the worker's series come from the worker's job, every rule
+//! loads and evaluates, every series a rule reads exists, and every dashboard query returns
+//! data. And every metric they name exists in the code.
 
 mod support;
 
@@ -119,16 +121,21 @@ async fn query(http: &reqwest::Client, prom: &str, expr: &str) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_prometheus_evaluates_every_rule_and_every_panel_has_data_during_a_rollout() {
     let server = Server::start_with(&[("TELETRAAN_JOBS", "record-retention=1s")]).await;
+    // A worker process of its own, on the server's database and broker: it consumes the same
+    // queues as the server's worker and serves /metrics on its own listener.
+    let worker = server.start_worker_on(&format!("127.0.0.1:{}", free_port())).await;
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("prometheus-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let config = format!(
         "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {rules}\nscrape_configs:\n  \
          - job_name: teletraan-api\n    static_configs:\n      - targets: [\"{api}\"]\n  \
-         - job_name: teletraan-gateway\n    static_configs:\n      - targets: [\"{gateway}\"]\n",
+         - job_name: teletraan-gateway\n    static_configs:\n      - targets: [\"{gateway}\"]\n  \
+         - job_name: teletraan-worker\n    static_configs:\n      - targets: [\"{worker}\"]\n",
         rules = repo().join("ops/prometheus/alerts.yml").display(),
         api = host_port(&server.api.base),
         gateway = host_port(&server.gateway),
+        worker = host_port(&worker.url),
     );
     std::fs::write(dir.join("prometheus.yml"), config).unwrap();
     let port = free_port();
@@ -219,8 +226,42 @@ async fn a_real_prometheus_evaluates_every_rule_and_every_panel_has_data_during_
     let up = query(&http, &prom, r#"min(up{job=~"teletraan-.*"})"#).await;
     assert_eq!(up["data"]["result"][0]["value"][1], "1", "{up}");
 
+    // Every role's job scraped, and up: one target each, answering.
+    let (up, jobs) = support::wait_for_value("every job scraped", || async {
+        let up = query(&http, &prom, r#"up{job=~"teletraan-.*"}"#).await;
+        let mut jobs: Vec<(String, String)> = up["data"]["result"]
+            .as_array()?
+            .iter()
+            .map(|r| {
+                (r["metric"]["job"].as_str().unwrap_or("").to_string(), r["value"][1].as_str().unwrap_or("").into())
+            })
+            .collect();
+        jobs.sort();
+        (jobs.len() >= 3).then_some((up, jobs))
+    })
+    .await;
+    let every_role_up: Vec<(String, String)> = ["teletraan-api", "teletraan-gateway", "teletraan-worker"]
+        .iter()
+        .map(|j| (j.to_string(), "1".to_string()))
+        .collect();
+    assert_eq!(jobs, every_role_up, "{up}");
+
+    // The worker's own series, from the worker's job: what it handled by queue and outcome.
+    let messages = support::wait_for_value("teletraan_worker_messages_total from the worker's job", || async {
+        let v = query(&http, &prom, r#"teletraan_worker_messages_total{job="teletraan-worker"}"#).await;
+        v["data"]["result"].as_array().is_some_and(|r| !r.is_empty()).then_some(v)
+    })
+    .await;
+    let instance = host_port(&worker.url);
+    for series in messages["data"]["result"].as_array().unwrap() {
+        assert_eq!(series["metric"]["instance"], instance, "{series}");
+    }
+    let handled = query(&http, &prom, r#"sum(teletraan_worker_messages_total{job="teletraan-worker"})"#).await;
+    eprintln!("the worker process handled {} message(s)", handled["data"]["result"][0]["value"][1]);
+
     prometheus.kill().await.unwrap();
     fleet.stop().await;
+    worker.kill().await;
     server.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -17,7 +17,8 @@ use super::{ADMIN, AGENT, DEADLINE, Server, binary, wait_for};
 pub struct Role {
     /// The process.
     pub child: Child,
-    /// Where a gateway listens (empty for a worker, which does not say).
+    /// Where a gateway listens (for a worker, which does not say, the address it was given, or
+    /// empty).
     pub url: String,
 }
 
@@ -46,13 +47,31 @@ impl Server {
         self.start_role("worker", "TELETRAAN_WORKER_LISTEN", None).await
     }
 
+    /// Starts `teletraan worker` on this server's database and namespace with its health and
+    /// metrics listener on `listen` (`host:port`: a worker does not say where it listens), and
+    /// waits until its `/readyz` answers 200.
+    pub async fn start_worker_on(&self, listen: &str) -> Role {
+        let mut role = self.start_role_on("worker", "TELETRAAN_WORKER_LISTEN", listen, None).await;
+        role.url = format!("http://{listen}");
+        let ready = format!("{}/readyz", role.url);
+        wait_for("the worker to be ready", || async {
+            self.api.http.get(&ready).send().await.is_ok_and(|r| r.status() == 200)
+        })
+        .await;
+        role
+    }
+
     async fn start_role(&self, role: &str, listen: &str, announce: Option<&str>) -> Role {
+        self.start_role_on(role, listen, "127.0.0.1:0", announce).await
+    }
+
+    async fn start_role_on(&self, role: &str, listen: &str, address: &str, announce: Option<&str>) -> Role {
         let mut child = Command::new(binary("teletraan"))
             .arg(role)
             .env("TELETRAAN_DATABASE_URL", &self.db.url)
             .env("TELETRAAN_AMQP_URL", &self.amqp_url)
             .env("TELETRAAN_NAMESPACE", &self._bus.config.namespace)
-            .env(listen, "127.0.0.1:0")
+            .env(listen, address)
             .env("TELETRAAN_ADMIN_TOKEN", ADMIN)
             .env("TELETRAAN_AGENT_TOKEN", AGENT)
             .env("RUST_LOG", "warn")
