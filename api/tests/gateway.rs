@@ -920,14 +920,12 @@ async fn change_messages_delivered_twice_and_out_of_order_leave_the_gateway_as_i
     app.stop().await;
 }
 
-/// A gateway loaded before a stage existed, which receives the stage's newest change (a
-/// `stage.v1`) before the older ones, applies it at once, though it holds none of the stage's
-/// agent records: the `!known` arm of `sync::apply` skips the gap check for a stage it does not
-/// hold. Every older `agents.v1` is then dropped as stale, and since its version now equals
-/// Postgres' the periodic check sees no drift: the hosts the workers admitted are answered
-/// NOOP until the stage changes again or the gateway restarts.
+/// A gateway loaded before a stage existed receives the stage's newest change (a `stage.v1`)
+/// before the older ones: it must reload the stage, records included, as on any gap. It used
+/// to apply such a change at once for a stage it did not hold, then drop every older
+/// `agents.v1` as stale; its version equal to Postgres', the periodic check saw no drift, and
+/// the hosts the workers admitted were answered NOOP until the stage changed again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "reproduces a gateway bug: a stage.v1 for a stage not held bypasses the gap check"]
 async fn a_stage_change_ahead_of_its_records_for_a_stage_not_held_does_not_lose_them() {
     let mut app = spawn_app().await;
     let (early, deaf) = deaf_gateway(&mut app, Duration::from_secs(3600)).await;

@@ -235,17 +235,17 @@ async fn apply(gw: &Gateway, store: &Store, msg: ChangeMessage) {
         return;
     };
     let env_id = env_id.clone();
-    let (current, known) = {
-        let stages = gw.stages.read().unwrap_or_else(|p| p.into_inner());
-        (stages.version(&env_id), stages.get(&env_id).is_some())
-    };
+    let current = gw.stages.read().unwrap_or_else(|p| p.into_inner()).version(&env_id);
     if version <= current {
         metrics::change("stale");
         return;
     }
+    // A stage this gateway does not hold is at version 0: its changes since creation are in
+    // order from 1; a later one first means earlier ones (records among them) are missing or
+    // late, and the stage is reloaded like any other gap.
     let in_order = version == current + 1;
     match msg {
-        ChangeMessage::StageV1 { stage, .. } if in_order || !known => {
+        ChangeMessage::StageV1 { stage, .. } if in_order => {
             let old = gw.stages.write().unwrap_or_else(|p| p.into_inner()).put(&env_id, version, stage.map(|s| *s));
             wake_stage(gw, &env_id, old);
             metrics::change("applied");
